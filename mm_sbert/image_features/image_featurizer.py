@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from mm_sbert.image_features.region_features import RegionFeatures
+
+FEATURIZER_CONFIG_NAME = "featurizer_config.json"
+
+FEATURIZER_REGISTRY: dict[str, type[ImageFeaturizer]] = {}
+
+
+def register_featurizer(cls: type[ImageFeaturizer]) -> type[ImageFeaturizer]:
+    """Class decorator: make a featurizer loadable by name from a saved model."""
+    FEATURIZER_REGISTRY[cls.__name__] = cls
+    return cls
+
+
+class ImageFeaturizer(ABC):
+    """Turns RGB images into :class:`RegionFeatures`: the one interface every image extractor implements.
+
+    Subclasses set :attr:`feature_dim`, implement :meth:`featurize`, list their constructor arguments in
+    :attr:`config_keys`, and, when they hold weights, override :meth:`save` / :meth:`load`. Decorate them with
+    :func:`register_featurizer` so a saved model can rebuild them by name.
+    """
+
+    config_keys: ClassVar[list[str]] = []
+    feature_dim: int
+
+    @abstractmethod
+    def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
+        """Featurize a batch of RGB PIL images, one :class:`RegionFeatures` per image, in order."""
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
+        return self.featurize(images)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    def save(self, output_path: str) -> None:
+        """Write the featurizer's settings (and, in subclasses, weights) into ``output_path``."""
+        os.makedirs(output_path, exist_ok=True)
+        config = {"type": type(self).__name__, "config": self.get_config_dict()}
+        with open(os.path.join(output_path, FEATURIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+
+    @classmethod
+    def load(cls, input_path: str) -> ImageFeaturizer:
+        """Rebuild a saved featurizer of whatever registered type it is."""
+        config_path = os.path.join(input_path, FEATURIZER_CONFIG_NAME)
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        type_name = saved.get("type")
+        featurizer_cls = FEATURIZER_REGISTRY.get(type_name)
+        if featurizer_cls is None:
+            raise ValueError(
+                f"{config_path} names featurizer type {type_name!r}, which is not registered; known types: "
+                f"{sorted(FEATURIZER_REGISTRY)}. Import the module that defines it before loading the model."
+            )
+        return featurizer_cls._from_saved(input_path, saved.get("config", {}))
+
+    @classmethod
+    def _from_saved(cls, input_path: str, config: dict[str, Any]) -> ImageFeaturizer:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.get_config_dict()})"

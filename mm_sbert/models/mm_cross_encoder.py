@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from sentence_transformers import CrossEncoder
+
+from mm_sbert.models.loading import MM_SBERT_MODULE_CLASSES, REQUIREMENTS, hub_kwargs_from, is_multimodal_folder
+from mm_sbert.models.model_card import MMCrossEncoderModelCardData
+from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+
+if TYPE_CHECKING:
+    from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
+
+
+class MMCrossEncoder(CrossEncoder):
+    """The cross-encoder view: ``MultimodalTransformer`` alone; its head writes ``features["scores"]``.
+
+    ``predict([(caption, image), ...])`` returns one relevance probability per pair (sigmoid of the logit);
+    ``rank(caption, images)`` sorts images for a caption. Besides the host's behaviour it
+
+    - loads this package's modules without ``trust_remote_code``,
+    - writes the ``requirements`` key into the saved config,
+    - loads a bi-encoder / joint folder saved by :class:`MMSentenceTransformer` as a cross-encoder (same weights,
+      the pooling module dropped).
+
+    Example:
+        >>> cross_encoder = MMCrossEncoder("path/to/joint-model")
+        >>> cross_encoder.predict([("A dog on a beach.", "dog.jpg"), ("A dog on a beach.", "cat.jpg")])
+    """
+
+    model_card_data_class = MMCrossEncoderModelCardData
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        module = self[0]
+        if isinstance(module, MultimodalTransformer) and module.classifier is None:
+            raise ValueError(
+                "This MultimodalTransformer was built with score_head=False, so it cannot act as a cross-encoder"
+            )
+
+    def to_bi_encoder(self) -> MMSentenceTransformer:
+        """The bi-encoder view of this model, sharing the ``MultimodalTransformer`` object."""
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
+        from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
+
+        module = self[0]
+        return MMSentenceTransformer(
+            modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device=str(self.device)
+        )
+
+    def predict(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if inputs is None:
+            inputs = kwargs.pop("sentences", None)
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
+        return super().predict(inputs, *args, **kwargs)
+
+    def _get_model_config(self) -> dict[str, Any]:
+        return super()._get_model_config() | {"requirements": REQUIREMENTS}
+
+    def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
+        if class_ref in MM_SBERT_MODULE_CLASSES:
+            return MM_SBERT_MODULE_CLASSES[class_ref]
+        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
+
+    def _get_model_type(self, model_name_or_path: str, **kwargs: Any) -> str:
+        # Every folder of ours (bi-encoder, cross-encoder, joint) holds the same module and loads as this view.
+        if is_multimodal_folder(model_name_or_path, **hub_kwargs_from(kwargs)):
+            return self.model_type
+        return super()._get_model_type(model_name_or_path, **kwargs)
+
+    def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):
+        modules, module_kwargs = super()._load_config_modules(model_name_or_path, **kwargs)
+        first_name, first = next(iter(modules.items()))
+        if isinstance(first, MultimodalTransformer) and len(modules) > 1:
+            # A bi-encoder / joint folder: the head lives in the MultimodalTransformer; pooling is not needed.
+            return OrderedDict([(first_name, first)]), OrderedDict([(first_name, module_kwargs.get(first_name, []))])
+        return modules, module_kwargs

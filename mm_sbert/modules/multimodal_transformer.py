@@ -1,0 +1,429 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+try:
+    from typing import Self
+except ImportError:  # Python < 3.11
+    from typing_extensions import Self
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file as load_safetensors_file
+from sentence_transformers.base.modality_types import Modality
+from sentence_transformers.base.modules import InputModule
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
+
+from mm_sbert.image_features.image_featurizer import ImageFeaturizer
+from mm_sbert.image_features.image_loading import load_image, looks_like_image_path
+from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
+
+FEATURIZER_FOLDER = "image_featurizer"
+
+RegionOrder = Literal["text_first", "regions_first"]
+
+
+class MultimodalTransformer(InputModule):
+    """A single-stream vision-language transformer as a sentence-transformers input module.
+
+    The text goes through the backbone's own embeddings (``[CLS] text [SEP]``); each image region's feature,
+    with its box geometry appended, is projected into the hidden size by ``img_embedding`` (optionally
+    LayerNorm-ed, then dropout), exactly as OSCAR's image-BERT does: regions get no position or token-type
+    embedding. ``[text ; regions]`` then runs through the backbone's encoder. The module writes
+
+    - ``token_embeddings`` and the joint ``attention_mask``, which mean :class:`~sentence_transformers.models.Pooling`
+      turns into the bi-encoder embedding, and
+    - ``scores``, the cross-encoder relevance logit of a small head over the first token (the backbone's pooler,
+      dropout, ``classifier``), which a :class:`~sentence_transformers.CrossEncoder` reads.
+
+    Keeping the head inside this module means a joint model is literally one module: the bi-encoder and the
+    cross-encoder view share every weight, the weights are stored once, and DDP synchronises the head with the
+    rest.
+
+    Args:
+        model_name_or_path: a BERT / XLM-R / MiniLM checkpoint (folder or hub id) to start from. Leave it out and
+            pass ``backbone`` and ``tokenizer`` to build from objects instead.
+        backbone: a ``BertModel``-like model with ``embeddings``, ``encoder`` and (optionally) ``pooler``.
+        tokenizer: the backbone's tokenizer.
+        region_feature_dim: width of one region's feature without the box numbers (2048 for OSCAR / M3P).
+        box_format: which box numbers are appended to each region (``"oscar"``: 6, ``"m3p"``: 5, ``"none"``).
+        use_img_layernorm: LayerNorm after the image projection (VinVL-era OSCAR, M3P).
+        img_layer_norm_eps: its epsilon.
+        region_order: ``"text_first"`` (OSCAR: ``[text ; regions]``) or ``"regions_first"`` (M3P).
+        max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
+        max_regions: regions kept per image (the first ones: extractors sort them by confidence).
+        featurizer: turns PIL images and image paths into :class:`RegionFeatures`; without one, images must be
+            given as :class:`RegionFeatures`.
+        score_head: whether to build the cross-encoder head.
+        model_kwargs / processor_kwargs / config_kwargs: passed to ``AutoModel`` / ``AutoTokenizer`` /
+            ``AutoConfig`` when loading ``model_name_or_path``.
+
+    Example:
+        >>> from sentence_transformers.models import Pooling
+        >>> from mm_sbert import MMSentenceTransformer, MMCrossEncoder, MultimodalTransformer, ColorGridFeaturizer
+        >>> mmt = MultimodalTransformer("path/to/bert", featurizer=ColorGridFeaturizer(), region_feature_dim=19)
+        >>> bi_encoder = MMSentenceTransformer(modules=[mmt, Pooling(mmt.get_embedding_dimension(), "mean")])
+        >>> cross_encoder = MMCrossEncoder(modules=[mmt])  # the same weights
+    """
+
+    config_file_name = "mm_transformer_config.json"
+    config_keys = [
+        "region_feature_dim",
+        "box_format",
+        "use_img_layernorm",
+        "img_layer_norm_eps",
+        "region_order",
+        "max_seq_length",
+        "max_regions",
+        "score_head",
+    ]
+    save_in_root = True
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        backbone: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        region_feature_dim: int = 2048,
+        box_format: BoxFormat = "oscar",
+        use_img_layernorm: bool = False,
+        img_layer_norm_eps: float = 1e-12,
+        region_order: RegionOrder = "text_first",
+        max_seq_length: int = 70,
+        max_regions: int = 50,
+        featurizer: ImageFeaturizer | None = None,
+        score_head: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if model_name_or_path is not None:
+            if backbone is not None:
+                raise ValueError("Pass either model_name_or_path or backbone to MultimodalTransformer, not both")
+            config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, **(config_kwargs or {}))
+            backbone = AutoModel.from_pretrained(
+                model_name_or_path, config=config, cache_dir=cache_dir, **(model_kwargs or {})
+            )
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    model_name_or_path, cache_dir=cache_dir, **(processor_kwargs or {})
+                )
+        if backbone is None or tokenizer is None:
+            raise ValueError("MultimodalTransformer needs a backbone and a tokenizer (or a model_name_or_path)")
+        for part in ("embeddings", "encoder"):
+            if not hasattr(backbone, part):
+                raise TypeError(
+                    f"The backbone {type(backbone).__name__} has no `{part}`; MultimodalTransformer needs an "
+                    "encoder-only model in the BERT / XLM-R layout (embeddings + encoder [+ pooler])"
+                )
+        if box_format not in BOX_FORMAT_WIDTHS:
+            raise ValueError(f"Unknown box_format {box_format!r}; expected one of {sorted(BOX_FORMAT_WIDTHS)}")
+        if region_order not in ("text_first", "regions_first"):
+            raise ValueError(f"region_order must be 'text_first' or 'regions_first', got {region_order!r}")
+        if featurizer is not None and featurizer.feature_dim != region_feature_dim:
+            raise ValueError(
+                f"The featurizer {type(featurizer).__name__} yields {featurizer.feature_dim}-d region features, but "
+                f"region_feature_dim={region_feature_dim}; set region_feature_dim={featurizer.feature_dim}"
+            )
+
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.region_feature_dim = int(region_feature_dim)
+        self.box_format = box_format
+        self.use_img_layernorm = bool(use_img_layernorm)
+        self.img_layer_norm_eps = float(img_layer_norm_eps)
+        self.region_order = region_order
+        self.max_seq_length = int(max_seq_length)
+        self.max_regions = int(max_regions)
+        self.score_head = bool(score_head)
+        # Not a registered submodule: a featurizer has its own device and is saved in its own folder.
+        self.featurizer = featurizer
+
+        config = backbone.config
+        hidden_size = config.hidden_size
+        self.img_embedding = nn.Linear(self.region_feature_dim + BOX_FORMAT_WIDTHS[box_format], hidden_size)
+        self.img_layer_norm = nn.LayerNorm(hidden_size, eps=self.img_layer_norm_eps) if use_img_layernorm else None
+        self.img_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(hidden_size, 1) if score_head else None
+        self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
+        self._init_new_weights(config.initializer_range)
+
+    def _init_new_weights(self, std: float) -> None:
+        for linear in (self.img_embedding, self.classifier):
+            if linear is not None:
+                nn.init.normal_(linear.weight, mean=0.0, std=std)
+                nn.init.zeros_(linear.bias)
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return ["text", "image", ("image", "text")]
+
+    @property
+    def region_vector_dim(self) -> int:
+        """Width of one region's input vector: feature plus box numbers."""
+        return self.region_feature_dim + BOX_FORMAT_WIDTHS[self.box_format]
+
+    def get_embedding_dimension(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def get_config_dict(self) -> dict[str, Any]:
+        config = super().get_config_dict()
+        config["backbone_config"] = self.backbone.config.to_dict()
+        return config
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def preprocess(
+        self, inputs: Sequence[Any], prompt: str | None = None, **kwargs
+    ) -> dict[str, torch.Tensor | Any]:
+        """Tokenize texts and featurize images into padded tensors.
+
+        Each input may be a caption, a PIL image, an image path, a ``(H, W, C)`` array, a :class:`RegionFeatures`,
+        a ``{"text": ..., "image": ...}`` dict, or a ``(text, image)`` / ``(image, text)`` pair.
+
+        Returns:
+            ``input_ids``, ``text_mask`` (and ``token_type_ids`` where the backbone has them) for the text part;
+            ``region_features`` ``[B, R, region_vector_dim]`` and ``region_mask`` ``[B, R]`` for the image part.
+            The text mask is deliberately not called ``attention_mask``: the joint mask is built in ``forward``.
+        """
+        if len(inputs) == 0:
+            raise ValueError("MultimodalTransformer.preprocess got an empty list of inputs; pass at least one input")
+        parsed = [self._parse_input(item, index) for index, item in enumerate(inputs)]
+        # Prompts only go in front of real captions: an image-only input keeps its empty text part.
+        texts = [(prompt or "") + text if text is not None else "" for text, _ in parsed]
+        regions = self._resolve_regions([image for _, image in parsed])
+
+        max_length = kwargs.get("max_length") or self.max_seq_length
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        features: dict[str, torch.Tensor | Any] = {
+            "input_ids": encoded["input_ids"],
+            "text_mask": encoded["attention_mask"],
+        }
+        if "token_type_ids" in encoded:
+            features["token_type_ids"] = encoded["token_type_ids"]
+
+        num_regions = [0 if region is None else region.num_regions for region in regions]
+        width = max(num_regions)
+        region_features = torch.zeros(len(inputs), width, self.region_vector_dim)
+        region_mask = torch.zeros(len(inputs), width, dtype=torch.long)
+        for row, region in enumerate(regions):
+            if region is not None and region.num_regions:
+                region_features[row, : region.num_regions] = region.region_vectors(self.box_format)
+                region_mask[row, : region.num_regions] = 1
+        features["region_features"] = region_features
+        features["region_mask"] = region_mask
+        return features
+
+    def _parse_input(self, item: Any, index: int) -> tuple[str | None, Any | None]:
+        """Split one input into its text part and its (unresolved) image part."""
+        if isinstance(item, dict):
+            unknown = set(item) - {"text", "image"}
+            if unknown or not item:
+                raise ValueError(
+                    f"Input {index}: a dict input takes the keys 'text' and/or 'image', got {sorted(map(str, item))}"
+                )
+            text, image = item.get("text"), item.get("image")
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"Input {index}: 'text' must be a string, got {type(text).__name__}")
+            if image is not None and self._kind(image, index) != "image":
+                raise ValueError(f"Input {index}: 'image' must be an image, got {type(image).__name__}")
+            return text, image
+        if isinstance(item, (tuple, list)):
+            if len(item) == 1 and isinstance(item[0], dict):
+                # CrossEncoder.predict([{"text": ..., "image": ...}]) arrives wrapped as a one-element "pair".
+                return self._parse_input(item[0], index)
+            if any(isinstance(part, dict) for part in item):
+                raise ValueError(
+                    f"Input {index}: a pair holds a caption and an image, not dicts; pass (caption, image) or one "
+                    "{'text': ..., 'image': ...} dict per input"
+                )
+            if len(item) != 2:
+                raise ValueError(
+                    f"Input {index}: a pair must have exactly two elements (text, image), got {len(item)}"
+                )
+            kinds = [self._kind(part, index) for part in item]
+            if kinds[0] == kinds[1]:
+                raise ValueError(
+                    f"Input {index}: a pair must combine one text and one image, got two {kinds[0]}s; "
+                    "this model scores (text, image) pairs"
+                )
+            text, image = (item[0], item[1]) if kinds[0] == "text" else (item[1], item[0])
+            return text, image
+        if self._kind(item, index) == "text":
+            return item, None
+        return None, item
+
+    def _kind(self, value: Any, index: int) -> Literal["text", "image"]:
+        if isinstance(value, str):
+            return "image" if looks_like_image_path(value) else "text"
+        if isinstance(value, (RegionFeatures, Image.Image, os.PathLike, np.ndarray, torch.Tensor)):
+            return "image"
+        raise ValueError(
+            f"Input {index}: unsupported input type {type(value).__name__}; expected a caption (str), a PIL image, "
+            "an image path, a RegionFeatures, a {'text', 'image'} dict or a (text, image) pair"
+        )
+
+    def _resolve_regions(self, images: list[Any | None]) -> list[RegionFeatures | None]:
+        """Turn every image part into RegionFeatures, featurizing raw images in one batch."""
+        regions: list[RegionFeatures | None] = [None] * len(images)
+        to_featurize: list[int] = []
+        pil_images: list[Image.Image] = []
+        for index, image in enumerate(images):
+            if image is None:
+                continue
+            if isinstance(image, RegionFeatures):
+                regions[index] = image
+                continue
+            if self.featurizer is None:
+                raise ValueError(
+                    f"Input {index} is a raw image, but this model has no image featurizer; pass RegionFeatures, "
+                    "or build the MultimodalTransformer with featurizer=..."
+                )
+            pil_images.append(load_image(image))
+            to_featurize.append(index)
+        if pil_images:
+            for index, region in zip(to_featurize, self.featurizer.featurize(pil_images)):
+                regions[index] = region
+        for index, region in enumerate(regions):
+            if region is None:
+                continue
+            if region.feature_dim != self.region_feature_dim:
+                raise ValueError(
+                    f"Input {index}: region features have width {region.feature_dim}, but this model expects "
+                    f"{self.region_feature_dim} (box numbers are appended by the model, do not include them)"
+                )
+            regions[index] = region.truncate(self.max_regions)
+        return regions
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, features: dict[str, torch.Tensor | Any], **kwargs) -> dict[str, torch.Tensor | Any]:
+        """Run ``[text ; regions]`` through the backbone; adds ``token_embeddings``, ``attention_mask``, ``scores``."""
+        input_ids = features["input_ids"]
+        text_mask = features["text_mask"]
+        text_embeddings = self.backbone.embeddings(input_ids=input_ids, token_type_ids=features.get("token_type_ids"))
+        region_features = features["region_features"].to(text_embeddings.dtype)
+        region_embeddings = self.img_embedding(region_features)
+        if self.img_layer_norm is not None:
+            region_embeddings = self.img_layer_norm(region_embeddings)
+        region_embeddings = self.img_dropout(region_embeddings)
+        region_mask = features["region_mask"].to(text_mask.dtype)
+
+        if self.region_order == "text_first":
+            hidden = torch.cat([text_embeddings, region_embeddings], dim=1)
+            mask = torch.cat([text_mask, region_mask], dim=1)
+        else:
+            hidden = torch.cat([region_embeddings, text_embeddings], dim=1)
+            mask = torch.cat([region_mask, text_mask], dim=1)
+
+        encoder_mask = create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
+        )
+        token_embeddings = self.backbone.encoder(hidden, attention_mask=encoder_mask).last_hidden_state
+
+        features["token_embeddings"] = token_embeddings
+        features["attention_mask"] = mask
+        if self.classifier is not None:
+            features["scores"] = self.score(token_embeddings, mask)
+        return features
+
+    def score(self, token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cross-encoder logit ``[B, 1]`` from the first unmasked position (``[CLS]``, or M3P's first region)."""
+        first = mask.to(torch.int64).argmax(dim=1)
+        first_token = token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first]
+        pooler = getattr(self.backbone, "pooler", None)
+        pooled = pooler.activation(pooler.dense(first_token)) if pooler is not None else first_token
+        return self.classifier(self.classifier_dropout(pooled))
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """Save config, weights (always safetensors), tokenizer and featurizer into ``output_path``."""
+        os.makedirs(output_path, exist_ok=True)
+        self.save_config(output_path)
+        self.save_torch_weights(output_path, safe_serialization=True)
+        self.save_tokenizer(output_path)
+        if self.featurizer is not None:
+            self.featurizer.save(os.path.join(output_path, FEATURIZER_FOLDER))
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        **kwargs,
+    ) -> Self:
+        """Load a saved module from a folder or the hub (the hub cache works offline with ``HF_HUB_OFFLINE=1``)."""
+        directory = cls.load_dir_path(
+            model_name_or_path,
+            subfolder=subfolder,
+            token=token,
+            cache_folder=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+        config_path = os.path.join(directory, cls.config_file_name)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(
+                f"{model_name_or_path!r} has no {cls.config_file_name}; it was not saved by mm_sbert's "
+                "MultimodalTransformer. To start from a plain BERT / XLM-R checkpoint use "
+                "MultimodalTransformer(model_name_or_path) instead."
+            )
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        backbone_config = dict(config.pop("backbone_config"))
+        backbone = AutoModel.from_config(AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config))
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        featurizer_dir = os.path.join(directory, FEATURIZER_FOLDER)
+        featurizer = ImageFeaturizer.load(featurizer_dir) if os.path.isdir(featurizer_dir) else None
+        unknown = set(config) - set(cls.config_keys)
+        if unknown:
+            raise ValueError(f"{config_path} has unknown keys {sorted(unknown)}; was it written by a newer mm_sbert?")
+        module = cls(backbone=backbone, tokenizer=tokenizer, featurizer=featurizer, **config)
+        module.load_checkpoint_weights(os.path.join(directory, "model.safetensors"))
+        return module
+
+    def load_checkpoint_weights(self, weights_path: str) -> None:
+        """Load a saved state dict, refusing one whose keys or shapes do not match this module exactly."""
+        if not os.path.isfile(weights_path):
+            raise FileNotFoundError(f"No weights at {weights_path}")
+        state_dict = load_safetensors_file(weights_path)
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong_shape = [
+            f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+            for key in sorted(set(expected) & set(state_dict))
+            if state_dict[key].shape != expected[key].shape
+        ]
+        if missing or unexpected or wrong_shape:
+            lines = [f"The checkpoint {weights_path} does not match this MultimodalTransformer:"]
+            if missing:
+                lines.append(f"  missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+            if unexpected:
+                lines.append(f"  unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+            if wrong_shape:
+                lines.append(f"  wrong shapes: {wrong_shape[:10]}")
+            raise ValueError("\n".join(lines))
+        self.load_state_dict(state_dict, strict=True)
+
+    def __repr__(self) -> str:
+        config = {key: getattr(self, key) for key in self.config_keys}
+        config["backbone"] = type(self.backbone).__name__
+        config["featurizer"] = repr(self.featurizer)
+        return f"MultimodalTransformer({config})"
