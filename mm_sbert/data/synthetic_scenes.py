@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +21,16 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 SIZES: tuple[str, ...] = ("small", "large")
-# Slot centres as fractions of the image side. The four slots never overlap, even with two large objects.
+# Slot centres as fractions of the image side: the edge cells of a 3x3 grid, so slots never overlap and a grid
+# featurizer with 3 cells per side sees each object in exactly one cell.
 SLOTS: dict[str, tuple[float, float]] = {
-    "left": (0.2, 0.5),
-    "right": (0.8, 0.5),
-    "top": (0.5, 0.2),
-    "bottom": (0.5, 0.8),
+    "left": (1 / 6, 0.5),
+    "right": (5 / 6, 0.5),
+    "top": (0.5, 1 / 6),
+    "bottom": (0.5, 5 / 6),
 }
-# Half-side of an object's bounding box as a fraction of the image side.
-SIZE_RADIUS: dict[str, float] = {"small": 0.08, "large": 0.16}
+# Half-side of an object's bounding box as a fraction of the image side (a large object fills most of its cell).
+SIZE_RADIUS: dict[str, float] = {"small": 0.075, "large": 0.15}
 BACKGROUND = (245, 245, 240)
 _SLOT_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -84,6 +85,8 @@ class SyntheticScenes:
         seed: the whole set (scenes, captions, pixels) is a function of the arguments; same seed, same set.
         image_size: side of the square images in pixels.
         family_size: images per family (the base scene and ``family_size - 1`` one-detail variants).
+        exclude: scenes that must not occur, e.g. ``train.signatures`` for a held-out set that shares no scene with
+            the training set.
 
     Example:
         >>> scenes = SyntheticScenes(200, captions_per_image=3, seed=0)
@@ -99,6 +102,7 @@ class SyntheticScenes:
         seed: int = 0,
         image_size: int = 64,
         family_size: int = 4,
+        exclude: Iterable[tuple[SceneObject, ...]] = (),
     ) -> None:
         if num_images < 1:
             raise ValueError(f"SyntheticScenes needs num_images >= 1, got {num_images}")
@@ -115,7 +119,7 @@ class SyntheticScenes:
         self.family_size = family_size
 
         rng = random.Random(seed)
-        self.scenes = self._generate_scenes(rng)
+        self.scenes = self._generate_scenes(rng, set(exclude))
         for scene in self.scenes:
             scene.captions = [self._caption(scene, template, rng) for template in self._templates(rng)]
         self._images: list[Image.Image] | None = None
@@ -138,6 +142,11 @@ class SyntheticScenes:
     def caption_image_ids(self) -> list[int]:
         """For each caption, the index of its image in :attr:`images`."""
         return [image_id for image_id, scene in enumerate(self.scenes) for _ in scene.captions]
+
+    @property
+    def signatures(self) -> list[tuple[SceneObject, ...]]:
+        """A hashable description of each scene (pass to ``exclude`` of another set to keep them disjoint)."""
+        return [scene.signature for scene in self.scenes]
 
     @property
     def families(self) -> list[int]:
@@ -212,9 +221,8 @@ class SyntheticScenes:
 
     # ------------------------------------------------------------------ generation
 
-    def _generate_scenes(self, rng: random.Random) -> list[Scene]:
+    def _generate_scenes(self, rng: random.Random, seen: set[tuple[SceneObject, ...]]) -> list[Scene]:
         scenes: list[Scene] = []
-        seen: set[tuple[SceneObject, ...]] = set()
         family = 0
         while len(scenes) < self.num_images:
             base = Scene(self._random_objects(rng), family)

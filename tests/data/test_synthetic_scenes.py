@@ -96,3 +96,11 @@ def test_dataset_has_agreed_columns(tmp_path):
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="SyntheticScenes needs"):
         SyntheticScenes(**kwargs)
+
+
+def test_exclude_keeps_a_held_out_set_disjoint():
+    train = SyntheticScenes(200, captions_per_image=1, seed=0)
+    held_out = SyntheticScenes(200, captions_per_image=1, seed=0, exclude=train.signatures)
+    assert not set(train.signatures) & set(held_out.signatures)
+    # The same seed without exclude reproduces the training scenes, so the exclusion is what made them disjoint.
+    assert SyntheticScenes(200, captions_per_image=1, seed=0).signatures == train.signatures
