@@ -15,8 +15,8 @@ import time
 
 from mm_sbert.cli.common import CLIError, set_threads
 
-DEFAULTS = {"train_images": 1000, "eval_images": 100, "steps": 200, "batch_size": 32, "eval_captions": 1}
-QUICK = {"train_images": 24, "eval_images": 12, "steps": 2, "batch_size": 8, "eval_captions": 1}
+DEFAULTS = {"train_images": 400, "eval_images": 100, "steps": 150, "batch_size": 16, "layers": 2, "eval_captions": 1}
+QUICK = {"train_images": 24, "eval_images": 12, "steps": 2, "batch_size": 8, "layers": 1, "eval_captions": 1}
 LATENCY_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 
@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-images", type=int, default=None, help=f"held-out scenes ({DEFAULTS['eval_images']})")
     parser.add_argument("--steps", type=int, default=None, help=f"joint training rounds ({DEFAULTS['steps']})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"images per batch ({DEFAULTS['batch_size']})")
+    parser.add_argument(
+        "--layers", type=int, default=None, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)"
+    )
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     parser.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
@@ -76,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     )
     held_out_paths = held_out.save_images(os.path.join(args.output_dir, "held_out_images"))
 
-    print("[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights) + a colour-grid image featurizer")
-    model = build_demo_model(train.image_size)
+    print(
+        f"[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights, first {_setting(args, 'layers')} "
+        "layers) + a colour-grid image featurizer"
+    )
+    model = build_demo_model(train.image_size, _setting(args, "layers"))
     featurizer = model[0].featurizer
     train_regions = featurizer.featurize(train.images)
     eval_regions = featurizer.featurize(held_out.images)
@@ -152,6 +158,8 @@ def build_demo_model(image_size: int, layers: int = 6):
         featurizer=featurizer,
         region_feature_dim=featurizer.feature_dim,
         max_seq_length=48,
+        # Colour statistics are small numbers; LayerNorm puts the projected regions on the text embeddings' scale.
+        use_img_layernorm=True,
         device="cpu",
     )
     backbone = model[0].backbone
@@ -232,13 +240,13 @@ def verdict(metrics: dict[str, float]) -> list[str]:
         f"Coop took {metrics['coop_seconds']:.1f} s = {100 * fraction:.0f}% of full cross-encoding "
         f"({metrics['ce_seconds']:.1f} s) on this collection; the gap grows with the collection (see the plot).",
     ]
-    if coop >= be and fraction < 1.0:
+    if coop >= be and fraction <= 0.5:
         lines.append("As in the paper: Coop recall is at or above the bi-encoder's, at a fraction of CE's time.")
     else:
         lines.append(
             "Note: this run does NOT show the paper's result "
             + ("(Coop recall is below BE) " if coop < be else "")
-            + ("(Coop was not faster than CE) " if fraction >= 1.0 else "")
+            + ("(Coop took more than half of CE's time) " if fraction > 0.5 else "")
             + "- too little training (--steps) or data (--train-images) for this seed; the numbers are honest."
         )
     return lines

@@ -48,6 +48,13 @@ def triplet_loss(caption_embeddings: torch.Tensor, image_embeddings: torch.Tenso
     return (F.relu(margin - positives + hardest_image) + F.relu(margin - positives + hardest_caption)).mean()
 
 
+def info_nce_loss(caption_embeddings: torch.Tensor, image_embeddings: torch.Tensor, scale: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE on cosine similarity (MultipleNegativesRankingLoss in both directions)."""
+    scores = scale * F.normalize(caption_embeddings, dim=-1) @ F.normalize(image_embeddings, dim=-1).T
+    targets = torch.arange(len(scores), device=scores.device)
+    return (F.cross_entropy(scores, targets) + F.cross_entropy(scores.T, targets)) / 2
+
+
 def train_joint_interim(
     model: MMSentenceTransformer,
     regions: Sequence[RegionFeatures],
@@ -59,15 +66,20 @@ def train_joint_interim(
     learning_rate: float = 1e-4,
     new_layer_learning_rate: float = 1e-3,
     margin: float = 0.2,
+    bi_encoder_loss: str = "infonce",
+    scale: float = 20.0,
+    hard_negative_ratio: float = 0.5,
     seed: int = 0,
     show_progress_bar: bool = True,
 ) -> list[tuple[float, float]]:
     """Fine-tune ``model`` jointly in place; returns the (triplet, BCE) loss of every step.
 
-    Each step draws ``batch_size`` images (whole families) with one random caption each, takes a triplet-loss step
-    on the bi-encoder view and a BCE step on the cross-encoder view. The CE sees each positive pair with one hard
-    negative mined from the bi-encoder scores of the same batch: half the time the caption's most similar wrong
-    image, otherwise the image's most similar wrong caption.
+    Each step draws ``batch_size`` images (whole families) with one random caption each, takes a bi-encoder step
+    (``"infonce"``: symmetric in-batch InfoNCE, the default because it converges within the demo's few hundred
+    steps; ``"triplet"``: the paper's max-violation triplet loss, which from a cold start tends to collapse this
+    early) and a BCE step on the cross-encoder view. The CE sees each positive pair with one negative: with
+    probability ``hard_negative_ratio`` mined from the bi-encoder scores of the batch, otherwise random; half the
+    time the image is replaced, otherwise the caption.
     """
     module = model[0]
     rng = random.Random(seed)
@@ -118,7 +130,10 @@ def train_joint_interim(
 
         caption_embeddings = run(batch_captions)["sentence_embedding"]
         image_embeddings = run(batch_regions)["sentence_embedding"]
-        be_loss = triplet_loss(caption_embeddings, image_embeddings, margin)
+        if bi_encoder_loss == "triplet":
+            be_loss = triplet_loss(caption_embeddings, image_embeddings, margin)
+        else:
+            be_loss = info_nce_loss(caption_embeddings, image_embeddings, scale)
         optimizer_step(be_loss)
 
         with torch.no_grad():
@@ -130,10 +145,12 @@ def train_joint_interim(
         for row in range(len(image_ids)):
             pairs.append((batch_captions[row], batch_regions[row]))
             labels.append(1.0)
+            hard = rng.random() < hard_negative_ratio
+            other = rng.choice([i for i in range(len(image_ids)) if i != row])
             if rng.random() < 0.5:
-                pairs.append((batch_captions[row], batch_regions[hardest_image[row]]))
+                pairs.append((batch_captions[row], batch_regions[hardest_image[row] if hard else other]))
             else:
-                pairs.append((batch_captions[hardest_caption[row]], batch_regions[row]))
+                pairs.append((batch_captions[hardest_caption[row] if hard else other], batch_regions[row]))
             labels.append(0.0)
         logits = run(pairs)["scores"].view(-1)
         ce_loss = F.binary_cross_entropy_with_logits(logits, torch.tensor(labels, device=logits.device))

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         revision=args.revision,
         exist_ok=args.exist_ok,
-        local_model_path=args.model,
+        # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
+        replace_model_card=True,
     )
     print(f"Pushed {args.model} to {url}")
     print(f'Load it with MMSentenceTransformer("{args.repo_id}") or MMCrossEncoder("{args.repo_id}")')
