@@ -3,14 +3,15 @@ from __future__ import annotations
 import json
 import re
 
+from cli_helpers import run_cli
+
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer
-from cli_helpers import cli  # noqa: F401 (fixtures)
 
 ROW = re.compile(r"^(BE|CE|Coop \(k=20\))\s+" + r"\s+".join([r"(\d+\.\d)"] * 6) + r"\s+(\d+\.\d\d)\s+(\d+)$")
 
 
-def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model(cli, tmp_path):
-    code, out, err = cli("demo", "--quick", "--output-dir", tmp_path, "--threads", "1")
+def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "demo", "--quick", "--output-dir", tmp_path, "--threads", "1")
     assert code == 0, err
 
     rows = {m.group(1): m.groups()[1:] for line in out.splitlines() if (m := ROW.match(line.strip()))}
@@ -41,6 +42,6 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     ).shape == (1,)
 
 
-def test_demo_rejects_bad_settings(cli, tmp_path):
-    code, _, err = cli("demo", "--quick", "--steps", "0", "--output-dir", tmp_path)
+def test_demo_rejects_bad_settings(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "demo", "--quick", "--steps", "0", "--output-dir", tmp_path)
     assert code == 2 and "--steps must be >= 1" in err

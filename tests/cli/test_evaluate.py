@@ -4,19 +4,20 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
 from mm_sbert.cli.demo_evaluation import recall_from_rankings
-from cli_helpers import cli, scene_folder, tiny_model_dir  # noqa: F401 (fixtures)
 
 
-def test_evaluate_tiny_model_on_a_caption_file(cli, tiny_model_dir, scene_folder, tmp_path):
+def test_evaluate_tiny_model_on_a_caption_file(capsys, tmp_path):
     output = tmp_path / "metrics.json"
-    code, out, err = cli(
+    code, out, err = run_cli(
+        capsys,
         "evaluate",
         "--model",
-        tiny_model_dir,
+        tiny_model_dir(),
         "--data",
-        f"{scene_folder}/captions.csv",
+        f"{scene_folder()}/captions.csv",
         "--modes",
         "be,ce,coop",
         "--top-k",
@@ -38,10 +39,10 @@ def test_evaluate_tiny_model_on_a_caption_file(cli, tiny_model_dir, scene_folder
     assert metrics["be_t2i_r@10"] == 100.0 and metrics["ce_t2i_r@10"] == 100.0
 
 
-def test_evaluate_synthetic_and_bad_modes(cli, tiny_model_dir):
-    code, out, _ = cli("evaluate", "--model", tiny_model_dir, "--synthetic", "5", "--modes", "be")
+def test_evaluate_synthetic_and_bad_modes(capsys):
+    code, out, _ = run_cli(capsys, "evaluate", "--model", tiny_model_dir(), "--synthetic", "5", "--modes", "be")
     assert code == 0 and "5 images, 5 captions" in out and "Coop" not in out
-    code, _, err = cli("evaluate", "--model", tiny_model_dir, "--synthetic", "5", "--modes", "be,xx")
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir(), "--synthetic", "5", "--modes", "be,xx")
     assert code == 2 and "expected a comma-separated subset of be, ce, coop" in err
 
 

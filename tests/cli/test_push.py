@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from cli_helpers import cli, tiny_model_dir  # noqa: F401 (fixtures)
+
+from cli_helpers import run_cli, tiny_model_dir
 
 
 class FakeHfApi:
@@ -27,12 +28,14 @@ class FakeHfApi:
         return SimpleNamespace(commit_url=f"https://hub.example/{repo_id}/commit/1")
 
 
-def test_push_uploads_the_saved_model_with_its_card(cli, tiny_model_dir, monkeypatch):
+def test_push_uploads_the_saved_model_with_its_card(capsys, monkeypatch):
     import sentence_transformers.base.model as host_model
 
     FakeHfApi.calls = []
     monkeypatch.setattr(host_model, "HfApi", FakeHfApi)
-    code, out, err = cli("push", tiny_model_dir, "someone/tiny-mm", "--private", "--commit-message", "hello")
+    code, out, err = run_cli(
+        capsys, "push", tiny_model_dir(), "someone/tiny-mm", "--private", "--commit-message", "hello"
+    )
     assert code == 0, err
     assert FakeHfApi.calls[0] == ("create_repo", "someone/tiny-mm", True, False)
     name, repo, files, message, revision, readme = FakeHfApi.calls[-1]
@@ -42,6 +45,6 @@ def test_push_uploads_the_saved_model_with_its_card(cli, tiny_model_dir, monkeyp
     assert "https://hub.example/someone/tiny-mm/commit/1" in out and 'MMCrossEncoder("someone/tiny-mm")' in out
 
 
-def test_push_rejects_a_bad_repo_id(cli, tiny_model_dir):
-    code, _, err = cli("push", tiny_model_dir, "no-slash")
+def test_push_rejects_a_bad_repo_id(capsys):
+    code, _, err = run_cli(capsys, "push", tiny_model_dir(), "no-slash")
     assert code == 2 and "repo_id must look like 'user-or-org/name'" in err
