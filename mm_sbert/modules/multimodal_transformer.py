@@ -182,9 +182,7 @@ class MultimodalTransformer(InputModule):
 
     # ------------------------------------------------------------------ preprocessing
 
-    def preprocess(
-        self, inputs: Sequence[Any], prompt: str | None = None, **kwargs
-    ) -> dict[str, torch.Tensor | Any]:
+    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor | Any]:
         """Tokenize texts and featurize images into padded tensors.
 
         Each input may be a caption, a PIL image, an image path, a ``(H, W, C)`` array, a :class:`RegionFeatures`,
@@ -203,9 +201,7 @@ class MultimodalTransformer(InputModule):
         regions = self._resolve_regions([image for _, image in parsed])
 
         max_length = kwargs.get("max_length") or self.max_seq_length
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         features: dict[str, torch.Tensor | Any] = {
             "input_ids": encoded["input_ids"],
             "text_mask": encoded["attention_mask"],
