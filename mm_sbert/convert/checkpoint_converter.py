@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, XLMRobertaTokenizerFast
 
 from mm_sbert.convert.state_dict_mapping import CheckpointMismatchError, ConversionReport
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
@@ -118,8 +118,21 @@ def load_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None, fallback_dir
             continue
         if tokenizer is None and not any(os.path.isfile(os.path.join(candidate, f)) for f in tokenizer_files):
             continue
-        return AutoTokenizer.from_pretrained(candidate)
+        return _tokenizer_from(candidate)
     raise FileNotFoundError(
         f"No tokenizer for the {what} checkpoint: pass tokenizer=... (--tokenizer), a folder or hub id of its "
         f"tokenizer (looked in {[c for c in fallback_dirs if c]})"
     )
+
+
+def _tokenizer_from(path: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer``, falling back on the vocabulary file for old folders (OSCAR's ``pytorch_transformers``
+    checkpoints) whose configs name neither a ``model_type`` nor a ``tokenizer_class``."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        if os.path.isfile(os.path.join(path, "vocab.txt")):
+            return BertTokenizerFast.from_pretrained(path)
+        if os.path.isfile(os.path.join(path, "sentencepiece.bpe.model")):
+            return XLMRobertaTokenizerFast.from_pretrained(path)
+        raise exc

@@ -170,3 +170,17 @@ def test_heads_that_are_not_a_relevance_score_are_refused(tmp_path):
     state_dict["classifier.weight"], state_dict["classifier.bias"] = torch.zeros(3, 32), torch.zeros(3)
     with pytest.raises(CheckpointMismatchError, match="3-way"):
         OscarConverter().convert(write_checkpoint(tmp_path / "vqa", config, state_dict))
+
+
+def test_old_checkpoint_folders_with_only_vocab_txt_get_a_bert_tokenizer(tmp_path):
+    # pytorch_transformers-era OSCAR folders: config.json without model_type, vocab.txt, no tokenizer config.
+    by_id = {index: token for token, index in tiny_bert_tokenizer().get_vocab().items()}
+    config = oscar_config(max(by_id) + 1)
+    folder = tmp_path / "checkpoint-0"
+    write_checkpoint(folder, config, random_oscar_state_dict(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    lines = [by_id.get(index, f"[unused{index}]") for index in range(max(by_id) + 1)]  # the tiny vocab has gaps
+    (folder / "vocab.txt").write_text("\n".join(lines) + "\n")
+    module = OscarConverter().convert(str(folder)).module
+    assert module.tokenizer("two dogs")["input_ids"] == tiny_bert_tokenizer()("two dogs")["input_ids"]
