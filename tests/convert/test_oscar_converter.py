@@ -184,3 +184,25 @@ def test_old_checkpoint_folders_with_only_vocab_txt_get_a_bert_tokenizer(tmp_pat
     (folder / "vocab.txt").write_text("\n".join(lines) + "\n")
     module = OscarConverter().convert(str(folder)).module
     assert module.tokenizer("two dogs")["input_ids"] == tiny_bert_tokenizer()("two dogs")["input_ids"]
+
+
+def test_a_featurizer_can_be_attached_when_its_width_fits(tmp_path):
+    from PIL import Image
+
+    from mm_sbert import ColorGridFeaturizer
+
+    featurizer = ColorGridFeaturizer(grid_size=2, resize_to=32)
+    config = oscar_config(len(tiny_bert_tokenizer()), img_feature_dim=featurizer.feature_dim + 6)
+    path = write_checkpoint(tmp_path / "ckpt", config, random_oscar_state_dict(config))
+    converted = OscarConverter(featurizer=featurizer).convert(path)
+    converted.save(str(tmp_path / "converted"))
+    bi_encoder = MMSentenceTransformer(str(tmp_path / "converted"), device="cpu")
+    image = Image.new("RGB", (40, 40), "red")
+    from_pixels = bi_encoder.encode([image], convert_to_tensor=True)  # the saved folder kept the featurizer
+    from_regions = bi_encoder.encode([featurizer.featurize([image])[0]], convert_to_tensor=True)
+    torch.testing.assert_close(from_pixels, from_regions)
+
+    config = oscar_config(len(tiny_bert_tokenizer()))  # 16-d regions
+    path = write_checkpoint(tmp_path / "wide", config, random_oscar_state_dict(config))
+    with pytest.raises(CheckpointMismatchError, match="the featurizer ColorGridFeaturizer yields 19-d"):
+        OscarConverter(featurizer=featurizer).convert(path)
