@@ -59,6 +59,8 @@ class CheckpointConverter(ABC):
         max_regions: regions per image (``None``: the format's default).
         featurizer: an image featurizer to attach, so the converted model takes raw images too.
         allow_unexpected: drop (and report) source keys no rule knows instead of refusing the checkpoint.
+        trust_pickle: read ``.bin`` / ``.pth`` files with ``weights_only=False`` (they may run code when unpickled);
+            only for checkpoints that pickled Python objects besides tensors and come from a source you trust.
     """
 
     format_name: str = ""
@@ -71,12 +73,14 @@ class CheckpointConverter(ABC):
         max_regions: int | None = None,
         featurizer: ImageFeaturizer | None = None,
         allow_unexpected: bool = False,
+        trust_pickle: bool = False,
     ) -> None:
         self.region_feature_dim = region_feature_dim
         self.max_seq_length = max_seq_length
         self.max_regions = max_regions
         self.featurizer = featurizer
         self.allow_unexpected = allow_unexpected
+        self.trust_pickle = trust_pickle
 
     @abstractmethod
     def convert(

@@ -43,6 +43,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--allow-unexpected", action="store_true", help="drop (and report) checkpoint keys no rule knows"
     )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read checkpoints that pickle Python objects besides tensors (unpickling can run code: trusted "
+        "sources only)",
+    )
     return parser
 
 
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> ConvertedModel:
         "max_seq_length": args.max_seq_length,
         "max_regions": args.max_regions,
         "allow_unexpected": args.allow_unexpected,
+        "trust_pickle": args.trust_pickle,
     }
     if args.format == "m3p":
         options["n_heads"] = args.n_heads

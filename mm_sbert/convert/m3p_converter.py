@@ -95,7 +95,7 @@ class M3PConverter(CheckpointConverter):
         tokenizer = load_tokenizer(
             tokenizer, [folder], "M3P (an XLM-R sentencepiece tokenizer, e.g. xlm-roberta-base)"
         )
-        return self.convert_state_dict(read_state_dict(weights_path), params, tokenizer)
+        return self.convert_state_dict(read_state_dict(weights_path, self.trust_pickle), params, tokenizer)
 
     def convert_state_dict(
         self,

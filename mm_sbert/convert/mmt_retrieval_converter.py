@@ -83,13 +83,13 @@ class MMTRetrievalConverter(CheckpointConverter):
                     f"{head['path']}: classifier_type={head_config['classifier_type']!r}; only a linear head converts"
                 )
             head_pooler = head_config.get("input_key", "cls_token_embeddings") == "pooled_cls_token_embeddings"
-            head_state_dict = read_state_dict(os.path.join(head_dir, _HEAD_FILE))
+            head_state_dict = read_state_dict(os.path.join(head_dir, _HEAD_FILE), self.trust_pickle)
             head_source = f"{head['path']}/{_HEAD_FILE}"
         elif transformer["kind"] in {"DoubleOSCAR", "JointM3P"}:
             # Legacy joint modules keep the head next to the transformer weights.
             head_path = os.path.join(transformer_dir, _HEAD_FILE)
             if os.path.isfile(head_path):
-                head_state_dict = read_state_dict(head_path)
+                head_state_dict = read_state_dict(head_path, self.trust_pickle)
                 head_source = f"{transformer['path']}/{_HEAD_FILE}"
             head_pooler = transformer["kind"] == "DoubleOSCAR"
             model_args = module_config.get("model_args") or {}
@@ -116,14 +116,17 @@ class MMTRetrievalConverter(CheckpointConverter):
             "max_regions": self.max_regions,
             "featurizer": self.featurizer,
             "allow_unexpected": self.allow_unexpected,
+            "trust_pickle": self.trust_pickle,
         }
         if transformer["kind"] in _OSCAR_TYPES:
-            weights = read_state_dict(find_weights_file(transformer_dir))
+            weights = read_state_dict(find_weights_file(transformer_dir), self.trust_pickle)
             oscar_config = read_json(config or os.path.join(transformer_dir, "config.json"))
             tokenizer = load_tokenizer(tokenizer, [transformer_dir], "OSCAR")
             converted = OscarConverter(**options).convert_state_dict(weights, oscar_config, tokenizer, **common)
         else:
-            weights = read_state_dict(find_weights_file(transformer_dir, ("m3p_under_weights.pth",)))
+            weights = read_state_dict(
+                find_weights_file(transformer_dir, ("m3p_under_weights.pth",)), self.trust_pickle
+            )
             params = dict(module_config.get("model_args") or {})
             if config:
                 params.update(read_json(config))

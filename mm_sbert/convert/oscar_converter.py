@@ -71,7 +71,7 @@ class OscarConverter(CheckpointConverter):
         config_path = config or os.path.join(folder, "config.json")
         config_dict = read_json(config_path)
         tokenizer = load_tokenizer(tokenizer, [folder, os.path.dirname(config_path)], "OSCAR")
-        return self.convert_state_dict(read_state_dict(weights_path), config_dict, tokenizer)
+        return self.convert_state_dict(read_state_dict(weights_path, self.trust_pickle), config_dict, tokenizer)
 
     def convert_state_dict(
         self,

@@ -110,11 +110,13 @@ class KeyMapper:
         return mapped, source_of, sorted(ignored), sorted(unexpected)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read an original checkpoint file (``torch.save`` pickle or safetensors) into a flat state dict.
 
     Accepts ``{"model": state_dict}`` / ``{"state_dict": ...}`` wrappers (M3P saves the former) and strips a
-    ``module.`` prefix left by ``DataParallel``. Tensors only: the pickle is read with ``weights_only=True``.
+    ``module.`` prefix left by ``DataParallel``. The pickle is read with ``weights_only=True`` (tensors and plain
+    containers only); ``trust_pickle=True`` lifts that for checkpoints that also pickled Python objects (training
+    arguments ...): only for files from a source you trust, since unpickling can run code.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path}")
@@ -124,10 +126,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         state_dict: Any = load_file(path)
     else:
         try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
         except Exception as exc:  # noqa: BLE001 - any unpickling problem means the same thing to the user
+            hint = "" if trust_pickle else "; if it pickles Python objects and you trust its source, pass trust_pickle"
             raise CheckpointMismatchError(
-                f"Could not read {path} as a PyTorch state dict of tensors ({type(exc).__name__}: {exc})"
+                f"Could not read {path} as a PyTorch state dict of tensors ({type(exc).__name__}: {exc}){hint}"
             ) from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):

@@ -163,3 +163,16 @@ def test_mismatching_m3p_checkpoints_are_refused(tmp_path):
     path, params = write_checkpoint(tmp_path / "ffn", state_dict)
     with pytest.raises(CheckpointMismatchError, match=r"ffns.1.lin2.weight -> backbone.encoder.layer.1.output.dense"):
         M3PConverter().convert(path, params, str(tmp_path / "ffn" / "tokenizer"))
+
+
+def test_checkpoints_that_pickle_python_objects_need_trust(tmp_path):
+    import argparse
+
+    state_dict = random_m3p_state_dict(len(tiny_xlmr_tokenizer()), feature_dim=FEATURE_DIM)
+    path, params = write_checkpoint(tmp_path / "m3p", state_dict)
+    torch.save({"model": state_dict, "params": argparse.Namespace(n_heads=N_HEADS)}, path)
+    tokenizer = str(tmp_path / "m3p" / "tokenizer")
+    with pytest.raises(CheckpointMismatchError, match="trust_pickle"):
+        M3PConverter().convert(path, params, tokenizer)
+    module = M3PConverter(trust_pickle=True).convert(path, params, tokenizer).module
+    assert torch.equal(module.backbone.embeddings.word_embeddings.weight, state_dict["embeddings.weight"])
