@@ -220,7 +220,8 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         if output_path is not None and self.write_csv:
             self._write_csv(output_path, metrics, epoch, steps)
         metrics = self.prefix_name_to_metrics(metrics, self.name)
-        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        if hasattr(model, "model_card_data"):
+            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
 
     def evaluate_top_k(self, model: Any, ks: Sequence[int] = (10, 20, 50)) -> dict[int, dict[str, float]]:

@@ -71,7 +71,10 @@ def resolve_cross_encoder(bi_encoder: Any, cross_encoder: Any | None) -> Any | N
         return cross_encoder
     from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
-    module = bi_encoder[0] if len(bi_encoder) else None
+    try:
+        module = bi_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return None
     if isinstance(module, MultimodalTransformer) and module.classifier is not None:
         if hasattr(bi_encoder, "to_cross_encoder"):
             return bi_encoder.to_cross_encoder()
