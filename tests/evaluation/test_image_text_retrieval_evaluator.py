@@ -192,3 +192,19 @@ def test_full_cross_encoding_is_refused_above_the_limit_with_an_estimate(tiny_da
     evaluation = ImageTextRetrievalEvaluator(images, captions, gold, cross_encoder, modes=("ce",), ce_max_pairs=10)
     with pytest.raises(ValueError, match=r"32 pairs \(8 captions x 4 images\).*ms per pair.*takes about"):
         evaluation(bi_encoder)
+
+
+def test_real_flickr8k_images_and_captions_run_through_every_mode(shared_data, tiny_data):
+    import json
+
+    bi_encoder, _, _, _, _ = tiny_data
+    folder = shared_data / "flickr8k" / "dev"
+    with open(folder / "captions.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for _, line in zip(range(6), f)]
+    images = [str(folder / record["image"]) for record in records]
+    captions = [caption for record in records for caption in record["en"]]
+    gold = [index for index, record in enumerate(records) for _ in record["en"]]
+    metrics = ImageTextRetrievalEvaluator(images, captions, gold, modes=("be", "coop", "ce"), top_k=6)(bi_encoder)
+    assert metrics["be_t2i_r@10"] == metrics["coop_t2i_r@10"] == 1.0  # 6 images: the gold one is always in the top 10
+    # top_k covers every image, so Coop's image retrieval is the full cross-encoding's
+    assert metrics["coop_t2i_r@1"] == metrics["ce_t2i_r@1"]
