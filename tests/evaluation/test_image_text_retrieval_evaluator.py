@@ -187,6 +187,16 @@ def test_coop_over_the_whole_collection_equals_full_cross_encoding(tiny_data):
     assert metrics["be_t2i_r@5"] == 1.0  # 4 images: the gold one is always within the top 5
 
 
+def test_a_joint_model_can_be_evaluated_through_its_cross_encoder_view(tiny_data):
+    bi_encoder, cross_encoder, images, captions, gold = tiny_data
+    evaluation = ImageTextRetrievalEvaluator(images, captions, gold, modes=("be", "coop"), top_k=3)
+    from_bi_encoder = evaluation(bi_encoder)
+    from_cross_encoder = evaluation(cross_encoder)  # to_bi_encoder() for the BE, the model itself for the CE
+    assert {key: value for key, value in from_bi_encoder.items() if "seconds" not in key} == {
+        key: value for key, value in from_cross_encoder.items() if "seconds" not in key
+    }
+
+
 def test_full_cross_encoding_is_refused_above_the_limit_with_an_estimate(tiny_data):
     bi_encoder, cross_encoder, images, captions, gold = tiny_data
     evaluation = ImageTextRetrievalEvaluator(images, captions, gold, cross_encoder, modes=("ce",), ce_max_pairs=10)
@@ -208,3 +218,34 @@ def test_real_flickr8k_images_and_captions_run_through_every_mode(shared_data, t
     assert metrics["be_t2i_r@10"] == metrics["coop_t2i_r@10"] == 1.0  # 6 images: the gold one is always in the top 10
     # top_k covers every image, so Coop's image retrieval is the full cross-encoding's
     assert metrics["coop_t2i_r@1"] == metrics["ce_t2i_r@1"]
+
+
+def test_the_host_trainer_runs_the_evaluator(tiny_data, tmp_path):
+    from conftest import build_views
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    bi_encoder, _ = build_views()  # a fresh model: training must not touch the module-scoped one
+    _, _, images, captions, gold = tiny_data
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"image{index}.png"))
+        image.save(paths[-1])
+    train = Dataset.from_dict({"caption": captions, "image": [paths[index] for index in gold]})
+    evaluation = ImageTextRetrievalEvaluator(images, captions, gold, modes=("be", "coop"), top_k=4, name="toy")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, report_to=[], save_strategy="no"
+    )
+    trainer = SentenceTransformerTrainer(
+        model=bi_encoder,
+        args=args,
+        train_dataset=train,
+        loss=MultipleNegativesRankingLoss(bi_encoder),
+        evaluator=evaluation,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_toy_be_t2i_r@5"] == 1.0  # 4 images
+    assert 0.0 <= metrics["eval_toy_coop_mean_recall"] <= 1.0
+    assert evaluation.primary_metric == "toy_coop_mean_recall"
