@@ -46,6 +46,8 @@ class Hit:
 
     def __getitem__(self, key: str) -> Any:
         # Code written for util.semantic_search reads hit["corpus_id"] / hit["score"].
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
         return getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
