@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaConfig
-from transformers import XLMRobertaModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    PreTrainedTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 
 WORDS = (
     "a an the one two three four five six seven eight nine ten of and with on in at to is are left right above "
@@ -16,7 +22,8 @@ WORDS = (
 
 
 def tiny_bert_tokenizer() -> BertTokenizerFast:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz.,!?"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz.,!?"]
+    vocab = list(dict.fromkeys(tokens))  # "a" is both a word and a letter: keep ids contiguous
     return BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
 
 
@@ -54,7 +61,9 @@ def tiny_bert(hidden_size: int = 32, layers: int = 2, seed: int = 0) -> tuple[Be
     return BertModel(config).eval(), tokenizer
 
 
-def tiny_xlmr(hidden_size: int = 32, layers: int = 2, seed: int = 0) -> tuple[XLMRobertaModel, PreTrainedTokenizerFast]:
+def tiny_xlmr(
+    hidden_size: int = 32, layers: int = 2, seed: int = 0
+) -> tuple[XLMRobertaModel, PreTrainedTokenizerFast]:
     tokenizer = tiny_xlmr_tokenizer()
     torch.manual_seed(seed)
     config = XLMRobertaConfig(

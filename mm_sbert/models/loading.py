@@ -8,8 +8,8 @@ from typing import Any
 
 from sentence_transformers.util import load_file_path
 
-from mm_sbert.version import __version__
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+from mm_sbert.version import __version__
 
 # Only this package's own classes load without trust_remote_code; anything else in modules.json still needs it.
 MM_SBERT_MODULE_CLASSES: dict[str, type] = {

@@ -48,7 +48,7 @@ class MMSentenceTransformer(SentenceTransformer):
         return cls(modules=[module, Pooling(module.get_embedding_dimension(), pooling_mode)], device=device)
 
     def to_cross_encoder(self) -> MMCrossEncoder:
-        """The cross-encoder view of this model; it shares the ``MultimodalTransformer`` object (``ce[0] is st[0]``)."""
+        """The cross-encoder view of this model, sharing the ``MultimodalTransformer`` object (``ce[0] is st[0]``)."""
         from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
 
         return MMCrossEncoder(modules=[self[0]], device=str(self.device))

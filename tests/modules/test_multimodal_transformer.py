@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_module
+from PIL import Image
+
+from mm_sbert import ImageLoadError, RegionFeatures
+
+
+def regions(num: int, dim: int = 16, seed: int = 0) -> RegionFeatures:
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(num, 2, generator=generator) * 0.5
+    boxes = torch.cat([corners, corners + 0.4], dim=1)
+    return RegionFeatures(torch.randn(num, dim, generator=generator), boxes)
+
+
+def run(module, inputs):
+    with torch.no_grad():
+        return module(module.preprocess(inputs))
+
+
+def mean_pool(features):
+    mask = features["attention_mask"].unsqueeze(-1).float()
+    return (features["token_embeddings"] * mask).sum(1) / mask.sum(1)
+
+
+def test_text_only_input_is_exactly_the_backbone(backbone_name):
+    """With no regions the module must reduce to the text transformer it wraps."""
+    module = build_module(backbone_name, featurizer=False)
+    captions = ["a red circle left of two blue squares", "one star"]
+    features = run(module, captions)
+    encoded = module.tokenizer(captions, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = module.backbone(**encoded).last_hidden_state
+    mask = encoded["attention_mask"].bool()
+    torch.testing.assert_close(features["token_embeddings"][mask], reference[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_layout_follows_region_order(backbone_name):
+    module = build_module(backbone_name, featurizer=False)
+    features = run(module, [("a red circle", regions(3))])
+    text_width = features["text_mask"].shape[1]
+    if module.region_order == "text_first":
+        assert features["attention_mask"][0].tolist() == [1] * text_width + [1, 1, 1]
+    else:
+        assert features["attention_mask"][0].tolist() == [1, 1, 1] + [1] * text_width
+
+
+@pytest.mark.parametrize("backbone", ["bert", "xlmr"])
+def test_outputs_do_not_depend_on_batch_neighbours(backbone):
+    """Padding (tokens and regions) is masked: an input gives the same vector alone or in any batch."""
+    module = build_module(backbone, featurizer=False)
+    target = ("two green triangles", regions(4, seed=1))
+    alone = run(module, [target])
+    neighbours = [("a", regions(1, seed=2)), ("a large purple star above a small orange square", regions(9, seed=3))]
+    batched = run(module, [neighbours[0], target, neighbours[1]])
+    torch.testing.assert_close(mean_pool(batched)[1], mean_pool(alone)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched["scores"][1], alone["scores"][0], atol=1e-5, rtol=1e-5)
+
+    image_alone = run(module, [regions(4, seed=1)])
+    image_batched = run(
+        module, [regions(12, seed=5), regions(4, seed=1), RegionFeatures(torch.zeros(0, 16), torch.zeros(0, 4))]
+    )
+    torch.testing.assert_close(mean_pool(image_batched)[1], mean_pool(image_alone)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_padded_region_values_cannot_leak():
+    module = build_module("bert", featurizer=False)
+    features = module.preprocess([("a dog", regions(2)), ("a cat", regions(6))])
+    poisoned = {key: value.clone() for key, value in features.items()}
+    poisoned["region_features"][0, 2:] = 1e3  # padding slots of the first input
+    with torch.no_grad():
+        clean, dirty = module(dict(features)), module(poisoned)
+    torch.testing.assert_close(mean_pool(clean)[0], mean_pool(dirty)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_regions_change_the_embedding_and_their_boxes_matter():
+    module = build_module("bert", featurizer=False)
+    base = regions(3)
+    moved = RegionFeatures(base.features, base.boxes.flip(0))
+    text_only, with_image, with_moved = (
+        mean_pool(run(module, [x])) for x in ["a dog", ("a dog", base), ("a dog", moved)]
+    )
+    assert not torch.allclose(text_only, with_image, atol=1e-4)
+    assert not torch.allclose(with_image, with_moved, atol=1e-4)
+
+
+def test_pair_order_and_dict_input_are_the_same_input():
+    module = build_module("bert")
+    image = Image.new("RGB", (32, 32), "red")
+    a, b, c = (
+        run(module, [x])["scores"]
+        for x in [("a red square", image), (image, "a red square"), {"text": "a red square", "image": image}]
+    )
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+
+
+def test_image_path_and_pil_image_give_the_same_features(tmp_path):
+    module = build_module("bert")
+    image = Image.new("RGB", (48, 40), (10, 200, 30))
+    image.save(tmp_path / "green.png")
+    from_path = run(module, [str(tmp_path / "green.png")])
+    from_pil = run(module, [image])
+    torch.testing.assert_close(mean_pool(from_path), mean_pool(from_pil))
+
+
+def test_regions_beyond_max_regions_are_dropped():
+    module = build_module("bert", featurizer=False, max_regions=5)
+    features = module.preprocess([regions(8)])
+    assert features["region_features"].shape[1] == 5
+
+
+def test_clear_errors(tmp_path):
+    module = build_module("bert", featurizer=False)
+    with pytest.raises(ValueError, match="width 20, but this model expects 16"):
+        module.preprocess([regions(3, dim=20)])
+    with pytest.raises(ValueError, match="empty list"):
+        module.preprocess([])
+    with pytest.raises(ValueError, match="two texts"):
+        module.preprocess([("a dog", "a cat")])
+    with pytest.raises(ValueError, match="two images"):
+        module.preprocess([(regions(2), regions(3))])
+    with pytest.raises(ValueError, match="no image featurizer"):
+        module.preprocess([Image.new("RGB", (8, 8))])
+    with pytest.raises(ValueError, match="unsupported input type int"):
+        module.preprocess([3])
+    with_featurizer = build_module("bert")
+    with pytest.raises(ImageLoadError, match="nowhere.jpg"):
+        with_featurizer.preprocess([str(tmp_path / "nowhere.jpg")])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    with pytest.raises(ImageLoadError, match="corrupt.png"):
+        with_featurizer.preprocess([("a dog", str(corrupt))])
+
+
+def test_featurizer_width_must_match_the_projection():
+    from conftest import tiny_bert
+
+    from mm_sbert import ColorGridFeaturizer, MultimodalTransformer
+
+    backbone, tokenizer = tiny_bert()
+    with pytest.raises(ValueError, match="region_feature_dim=19"):
+        MultimodalTransformer(
+            backbone=backbone, tokenizer=tokenizer, featurizer=ColorGridFeaturizer(), region_feature_dim=2048
+        )
