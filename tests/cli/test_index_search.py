@@ -59,9 +59,8 @@ def test_index_then_search_prints_ranked_images_with_both_scores(capsys, index_d
 
 
 def test_search_json_matches_a_direct_cooperative_search(capsys, index_dir):
-    from mm_sbert.retrieval import CooperativeRetriever
-
     from mm_sbert import MMSentenceTransformer
+    from mm_sbert.retrieval import CooperativeRetriever
 
     code, out, _ = run_cli(
         capsys, "search", index_dir, "a large blue star", "--json", "--top-k", "4", "--rerank-k", "6"
