@@ -25,10 +25,10 @@ BoxSource = Callable[[Image.Image], Any]
 class DetectorFeaturizer(ImageFeaturizer):
     """Object regions: boxes from a detector (any callable), features RoIAlign-pooled from a CNN feature map.
 
-    For each image, ``box_source(image)`` returns the boxes in pixels (``x1, y1, x2, y2``) as an ``[N, 4]`` array,
-    or a ``(boxes, scores[, labels])`` tuple, or a ``{"boxes", "scores", "labels"}`` dict (torchvision detection
-    output). Boxes are sorted by score (when given), filtered by ``min_score``, and the first ``max_regions`` kept
-    (OSCAR used 10-100, commonly 36 or 50). The image runs through the backbone's ``features`` at
+    For each image, ``box_source(image)`` returns the boxes in pixels (``x1, y1, x2, y2``) as an ``[N, 4]`` array
+    or list, or a ``(boxes, scores[, labels])`` *tuple*, or a ``{"boxes", "scores", "labels"}`` dict (torchvision
+    detection output). Boxes are sorted by score (when given), filtered by ``min_score``, and the first
+    ``max_regions`` kept (OSCAR used 10-100, commonly 36 or 50). The image runs through the backbone's ``features`` at
     ``image_size x image_size``; each box's feature is the mean of its ``pool_size x pool_size`` RoIAlign grid on
     that map (1280-d with MobileNetV2). With ``include_global`` the mean-pooled whole map comes first, box
     ``(0, 0, 1, 1)``, so an image without detections still has one region.
@@ -121,7 +121,9 @@ class DetectorFeaturizer(ImageFeaturizer):
         scores = labels = None
         if isinstance(output, dict):
             boxes, scores, labels = output.get("boxes"), output.get("scores"), output.get("labels")
-        elif isinstance(output, (tuple, list)) and len(output) in (2, 3) and not np.isscalar(output[0]):
+        elif isinstance(output, tuple):  # a list is a list of boxes; only a tuple carries scores / labels
+            if len(output) not in (2, 3):
+                raise ValueError(f"A box source's tuple must be (boxes, scores[, labels]), got {len(output)} items")
             boxes, scores = output[0], output[1]
             labels = output[2] if len(output) == 3 else None
         else:
