@@ -45,7 +45,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         weights: where the weights come from (see above).
         include_global: prepend the whole-image region (50 regions instead of 49 at 224 px).
         image_size: square input size in pixels; the grid has ``image_size // 32`` cells per side.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; ``None``: 1 on CPU (larger batches are slower per image there: the
+            activations of a batch fall out of the CPU caches; see ``benchmarks/results/featurize.md``), 64 on GPU.
         device: ``"cpu"``, ``"cuda"``, ... (not saved: a loaded model starts on the CPU; call :meth:`to`).
         show_progress_bar: ``None`` shows one for calls with at least 256 images.
     """
@@ -57,24 +58,27 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         weights: str | os.PathLike | None = MOBILENET_V2_PACKAGE,
         include_global: bool = True,
         image_size: int = 224,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | torch.device = "cpu",
         show_progress_bar: bool | None = None,
     ) -> None:
         if image_size < 32 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (MobileNetV2's stride), got {image_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.weights = None if weights is None else str(weights)
         self.include_global = bool(include_global)
         self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.show_progress_bar = show_progress_bar
-        self.model: MobileNetV2 = load_mobilenet_v2(self.weights)
-        self.weights_sha256 = self._weights_file_sha256() if self.weights is not None else None
         self.device = torch.device(device)
-        self.model.to(self.device)
+        self.set_model(load_mobilenet_v2(self.weights))
+        self.weights_sha256 = self._weights_file_sha256() if self.weights is not None else None
         self.feature_dim = MobileNetV2.feature_dim
+
+    def set_model(self, model: MobileNetV2) -> None:
+        # channels_last: oneDNN's depthwise convolutions run ~1.5x faster on CPU in NHWC (benchmarks/featurize.py)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ featurizing
 
@@ -86,6 +90,12 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+    @property
+    def forward_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1 if self.device.type == "cpu" else 64
 
     def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
         cells = self.cell_boxes()
@@ -118,14 +128,18 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         show = self.show_progress_bar
         if show is None:
             show = len(images) >= PROGRESS_BAR_MIN_IMAGES
-        starts = range(0, len(images), self.batch_size)
-        for start in tqdm(starts, desc="Featurizing images", unit="batch", disable=not show):
-            batch = images[start : start + self.batch_size]
-            pixels = torch.stack([self.to_tensor(image, image_size) for image in batch]).to(self.device)
+        step = self.forward_batch_size
+        progress = tqdm(total=len(images), desc="Featurizing images", unit="image", disable=not show)
+        for start in range(0, len(images), step):
+            batch = images[start : start + step]
+            pixels = torch.stack([self.to_tensor(image, image_size) for image in batch])
+            pixels = pixels.to(self.device, memory_format=torch.channels_last)
             # Not yielding inside inference_mode: the caller's code between batches must keep its own grad mode.
             with torch.inference_mode():
                 maps = self.model.features(pixels)
+            progress.update(len(batch))
             yield batch, maps
+        progress.close()
 
     @staticmethod
     def to_tensor(image: Image.Image, image_size: int | tuple[int, int]) -> torch.Tensor:
@@ -168,7 +182,7 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
             if not os.path.isfile(embedded):
                 raise FileNotFoundError(f"{input_path} was saved with embedded weights, but {embedded} is missing")
             featurizer = cls(**config)
-            featurizer.model = load_mobilenet_v2(embedded).to(featurizer.device)
+            featurizer.set_model(load_mobilenet_v2(embedded))
             return featurizer
         featurizer = cls(**config)
         if expected_sha256 and featurizer.weights_sha256 != expected_sha256:
