@@ -37,6 +37,24 @@ def _key(image_id: Any) -> str:
     return str(int(image_id)) if isinstance(image_id, (int, np.integer)) else image_id
 
 
+# Settings that change speed, not features: a resumed run may use other values.
+_RUNTIME_KEYS = {"batch_size"}
+
+
+def _featurizer_identity(featurizer: ImageFeaturizer) -> dict[str, Any]:
+    """``{"type", "config"}`` of the featurizer doing the work (a caching wrapper is looked through)."""
+    while isinstance(getattr(featurizer, "featurizer", None), ImageFeaturizer):
+        featurizer = featurizer.featurizer
+    return {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
+
+
+def _same_featurizer(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    if saved is None or current is None:
+        return saved == current
+    strip = lambda config: {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}  # noqa: E731
+    return saved["type"] == current["type"] and strip(saved["config"]) == strip(current["config"])
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -283,7 +301,7 @@ class FeatureStore:
             show_progress_bar: show a tqdm bar over the images.
         """
         ids = cls._default_ids(images, ids)
-        config = {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
+        config = _featurizer_identity(featurizer)
         writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=config)
         if writer.feature_dim is not None and writer.feature_dim != featurizer.feature_dim:
             raise FeatureStoreError(
@@ -362,7 +380,7 @@ class _StoreWriter:
                 raise FeatureStoreError(
                     f"The store at '{path}' was started with dtype={self.manifest['dtype']!r}, not {dtype!r}"
                 )
-            if self.manifest.get("featurizer") != featurizer_config:
+            if not _same_featurizer(self.manifest.get("featurizer"), featurizer_config):
                 raise FeatureStoreError(
                     f"The store at '{path}' was built with the featurizer {self.manifest.get('featurizer')}, not "
                     f"{featurizer_config}; resume with the same featurizer or write to a new folder"

@@ -45,8 +45,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         weights: where the weights come from (see above).
         include_global: prepend the whole-image region (50 regions instead of 49 at 224 px).
         image_size: square input size in pixels; the grid has ``image_size // 32`` cells per side.
-        batch_size: images per forward pass; ``None``: 1 on CPU (larger batches are slower per image there: the
-            activations of a batch fall out of the CPU caches; see ``benchmarks/results/featurize.md``), 64 on GPU.
+        batch_size: images per forward pass; ``None``: 4 on CPU (beyond that, time per image grows: a batch's
+            activations fall out of the CPU caches; see ``benchmarks/results/featurize.md``), 64 on GPU.
         device: ``"cpu"``, ``"cuda"``, ... (not saved: a loaded model starts on the CPU; call :meth:`to`).
         show_progress_bar: ``None`` shows one for calls with at least 256 images.
     """
@@ -95,7 +95,7 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
     def forward_batch_size(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 1 if self.device.type == "cpu" else 64
+        return 4 if self.device.type == "cpu" else 64
 
     def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
         cells = self.cell_boxes()

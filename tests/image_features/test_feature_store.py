@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mm_sbert.image_features import (
+    CachedFeaturizer,
     ColorGridFeaturizer,
     FeatureStore,
     FeatureStoreError,
@@ -124,6 +125,9 @@ def test_resuming_with_another_featurizer_is_refused(tmp_path, image_folder):
     FeatureStore.build(tmp_path / "store", image_folder[:2], grid(), show_progress_bar=False)
     with pytest.raises(FeatureStoreError, match="featurizer"):
         FeatureStore.build(tmp_path / "store", image_folder, ColorGridFeaturizer(grid_size=3), show_progress_bar=False)
+    # a caching wrapper around the same featurizer is the same featurizer
+    store = FeatureStore.build(tmp_path / "store", image_folder, CachedFeaturizer(grid()), show_progress_bar=False)
+    assert len(store) == 6 and store.featurizer_config["type"] == "ColorGridFeaturizer"
 
 
 def test_truncated_or_corrupt_files_are_detected(tmp_path, image_folder):
