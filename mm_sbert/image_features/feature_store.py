@@ -171,6 +171,12 @@ class FeatureStore:
             self._arrays[shard_number] = arrays
         return arrays
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the index, not copies of the mapped arrays: each worker maps the files itself.
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -417,7 +423,8 @@ class _StoreWriter:
         key = _key(image_id)
         self.manifest["failed"].pop(key, None)
         self.done.add(key)
-        self.buffer.append((image_id, regions))
+        # numpy integers are not JSON-serialisable; the id list goes into the shard's meta.json
+        self.buffer.append((int(image_id) if isinstance(image_id, np.integer) else image_id, regions))
         if len(self.buffer) >= self.shard_size:
             self.flush()
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
             raise ValueError(f"image_size must be a positive multiple of 32 (MobileNetV2's stride), got {image_size}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if weights is not None and str(weights) != MOBILENET_V2_PACKAGE:
+            weights = Path(weights).resolve()  # a saved model must find the file from any working directory
         self.weights = None if weights is None else str(weights)
         self.include_global = bool(include_global)
         self.image_size = int(image_size)

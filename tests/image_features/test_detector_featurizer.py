@@ -118,3 +118,16 @@ def test_real_coco_ground_truth_regions(shared_data, backbone):
     for path, region in zip(paths, regions):
         expected = min(36, len(source(int(path.stem))["boxes"])) + 1
         assert region.num_regions == expected and region.feature_dim == 1280
+
+
+def test_torchvision_detector_without_torchvision_says_what_to_install():
+    try:
+        import torchvision  # noqa: F401
+
+        pytest.skip("torchvision imports here")
+    except Exception:
+        pass
+    from mm_sbert.image_features import TorchvisionDetector
+
+    with pytest.raises(ImportError, match="needs a torchvision that matches your torch"):
+        TorchvisionDetector(torch.nn.Identity())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -186,10 +187,11 @@ def test_integer_ids_and_pil_images(tmp_path, image_folder):
         FeatureStore.build(tmp_path / "store", images, grid())
     with pytest.raises(ValueError, match="unique"):
         FeatureStore.build(tmp_path / "store", images, grid(), ids=[1, 2, "1"])
-    store = FeatureStore.build(tmp_path / "store", images, grid(), ids=[790, 30752, 37666], show_progress_bar=False)
-    assert store[790] == store["790"] == grid().featurize([images[0]])[0]
-    reopened = FeatureStore(tmp_path / "store")
-    assert reopened.ids == [790, 30752, 37666]
+    ids = np.array([790, 30752, 37666])
+    store = FeatureStore.build(tmp_path / "store", images, grid(), ids=ids, show_progress_bar=False)
+    assert store[790] == store["790"] == store[ids[0]] == grid().featurize([images[0]])[0]
+    reopened = pickle.loads(pickle.dumps(FeatureStore(tmp_path / "store")))  # as sent to DataLoader workers
+    assert reopened.ids == [790, 30752, 37666] and reopened[30752] == store[30752]
 
 
 def test_write_records_with_labels_and_empty_images(tmp_path):
