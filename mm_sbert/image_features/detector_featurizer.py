@@ -112,6 +112,8 @@ class DetectorFeaturizer(ImageFeaturizer):
                     features = torch.cat([whole[None], features])
                     boxes = torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), boxes])
                     labels = None if labels is None else ["<image>", *labels]
+                else:
+                    features = features.clone()  # a split() view would keep the whole batch's storage alive
                 results.append(RegionFeatures(features, boxes, image_size=image.size, labels=labels))
         return results
 

@@ -80,7 +80,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         self.feature_dim = MobileNetV2.feature_dim
 
     def set_model(self, model: MobileNetV2) -> None:
-        # channels_last: oneDNN's depthwise convolutions run ~1.5x faster on CPU in NHWC (benchmarks/featurize.py)
+        # channels_last: oneDNN's depthwise convolutions are faster on CPU in NHWC (CPU ms per image, NCHW vs NHWC:
+        # 22 vs 20 at batch 1, 45 vs 30 at batch 16; benchmarks/results/featurize.md)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ featurizing
@@ -110,7 +111,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
                 regions = torch.cat([maps.mean(dim=(2, 3)).unsqueeze(1), regions], dim=1)
             regions = regions.float().cpu()
             for image, features in zip(batch, regions):
-                results.append(RegionFeatures(features, cells, image_size=image.size))
+                # clone: a row view would keep (and torch.save would write) the whole batch's storage
+                results.append(RegionFeatures(features.clone(), cells, image_size=image.size))
         return results
 
     def cell_boxes(self) -> torch.Tensor:
