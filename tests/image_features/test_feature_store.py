@@ -17,6 +17,7 @@ from mm_sbert.image_features import (
     FeatureStore,
     FeatureStoreError,
     ImageFeaturizer,
+    MobileNetV2GridFeaturizer,
     RegionFeatures,
     load_image,
 )
@@ -80,25 +81,35 @@ def _round_trip_images(image_folder: list[Path]) -> list[Path]:
 
 def test_round_trip_store_reopened_in_a_new_process_encodes_like_raw_images(tmp_path, image_folder):
     images = _round_trip_images(image_folder)
-    bi_encoder, _ = build_views()
-    bi_encoder.save(str(tmp_path / "model"))
-    FeatureStore.build(tmp_path / "store", images, bi_encoder[0].featurizer, batch_size=3, shard_size=3)
+    color_grid_model, _ = build_views()
+    torch.manual_seed(0)
+    # one image per forward pass, so the store and encode() run the very same convolutions (bit-exact)
+    mobilenet = MobileNetV2GridFeaturizer(weights=None, image_size=64, batch_size=1)
+    mobilenet_model, _ = build_views(featurizer=False, region_feature_dim=1280)
+    mobilenet_model[0].featurizer = mobilenet
+    models = {"grid": color_grid_model, "mobilenet": mobilenet_model}
+    for name, model in models.items():
+        model.save(str(tmp_path / f"{name}_model"))
+        FeatureStore.build(tmp_path / f"{name}_store", images, model[0].featurizer, batch_size=3, shard_size=3)
     script = textwrap.dedent(
         f"""
         import numpy as np
         from mm_sbert import FeatureStore, MMSentenceTransformer
-        model = MMSentenceTransformer({str(tmp_path / "model")!r}, device="cpu")
-        store = FeatureStore({str(tmp_path / "store")!r}, verify=True)
-        store.check_compatible(model)
-        np.save({str(tmp_path / "from_store.npy")!r}, model.encode(store.get_many(store.ids), batch_size=2))
+        for name in {list(models)!r}:
+            model = MMSentenceTransformer({str(tmp_path)!r} + f"/{{name}}_model", device="cpu")
+            store = FeatureStore({str(tmp_path)!r} + f"/{{name}}_store", verify=True)
+            store.check_compatible(model)
+            embeddings = model.encode(store.get_many(store.ids), batch_size=2)
+            np.save({str(tmp_path)!r} + f"/{{name}}_from_store.npy", embeddings)
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)
-    from_store = np.load(tmp_path / "from_store.npy")
-    from_raw = bi_encoder.encode([str(path) for path in images], batch_size=2)
-    assert from_store.shape == from_raw.shape == (len(images), bi_encoder.get_embedding_dimension())
-    np.testing.assert_array_equal(from_store, from_raw)
-    assert not np.allclose(from_raw[0], from_raw[1])
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=180)
+    for name, model in models.items():
+        from_store = np.load(tmp_path / f"{name}_from_store.npy")
+        from_raw = model.encode([str(path) for path in images], batch_size=2)
+        assert from_store.shape == from_raw.shape == (len(images), model.get_embedding_dimension())
+        np.testing.assert_array_equal(from_store, from_raw)
+        assert not np.allclose(from_raw[0], from_raw[1])
 
 
 def test_interrupted_build_resumes_to_the_same_store(tmp_path, image_folder):
