@@ -4,11 +4,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 # A checkout sits next to shared/ (/work/main), a worktree one level deeper (/work/wt/<name>).
 SHARED_DATA_CANDIDATES = [ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """CNN tests run on one thread: on a shared, oversubscribed CPU two threads made them up to 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

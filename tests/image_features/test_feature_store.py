@@ -94,7 +94,9 @@ def test_round_trip_store_reopened_in_a_new_process_encodes_like_raw_images(tmp_
     script = textwrap.dedent(
         f"""
         import numpy as np
+        import torch
         from mm_sbert import FeatureStore, MMSentenceTransformer
+        torch.set_num_threads(1)
         for name in {list(models)!r}:
             model = MMSentenceTransformer({str(tmp_path)!r} + f"/{{name}}_model", device="cpu")
             store = FeatureStore({str(tmp_path)!r} + f"/{{name}}_store", verify=True)
