@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,17 @@ class CocoBoxes:
         info = self._images[image_id]
         entries = sorted(self._boxes[image_id], key=lambda entry: -entry[0])
         boxes = torch.tensor([box for _, box, _ in entries], dtype=torch.float32).reshape(-1, 4)
-        if isinstance(image, Image.Image) and image.size != (info["width"], info["height"]):
+        size = (info["width"], info["height"])
+        if isinstance(image, Image.Image) and image.size == size[::-1] and size[0] != size[1]:
+            # COCO boxes are in the stored pixel orientation; load_image applied an EXIF rotation, and rotating
+            # boxes back is guesswork: better no object regions than wrong ones.
+            warnings.warn(
+                f"COCO image {image_id} is {image.size[0]}x{image.size[1]} after EXIF rotation but annotated as "
+                f"{size[0]}x{size[1]}; its boxes are skipped",
+                stacklevel=2,
+            )
+            return {"boxes": torch.zeros(0, 4), "scores": None, "labels": []}
+        if isinstance(image, Image.Image) and image.size != size:
             # The file was resized since annotation: boxes scale with it.
             scale = torch.tensor([image.size[0] / info["width"], image.size[1] / info["height"]] * 2)
             boxes = boxes * scale

@@ -327,7 +327,10 @@ class FeatureStore:
                     failed[_key(image_id)] = str(exc)
                     writer.fail(image_id, str(exc))
             if loaded:
-                for image_id, regions in zip(loaded_ids, featurizer.featurize(loaded)):
+                results = featurizer.featurize(loaded)
+                if len(results) != len(loaded):
+                    raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
+                for image_id, regions in zip(loaded_ids, results):
                     writer.add(image_id, regions)
             progress.update(len(pending[start : start + batch_size]))
         progress.close()

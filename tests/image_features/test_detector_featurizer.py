@@ -89,6 +89,10 @@ def test_coco_boxes_from_instances_json(tmp_path, backbone):
     assert source(7)["boxes"].tolist() == [[0, 0, 50, 50], [10, 5, 30, 15]]
     with pytest.raises(KeyError, match="not in the COCO annotations"):
         source(8)
+    rotated = make_image(0, (50, 100))
+    rotated.info["source_path"] = str(tmp_path / "000000000007.jpg")
+    with pytest.warns(UserWarning, match="EXIF rotation"):
+        assert source(rotated)["boxes"].shape == (0, 4)
     featurizer = DetectorFeaturizer(source, backbone, image_size=64)
     regions = featurizer.featurize([image])[0]
     assert regions.labels == ["<image>", "dog", "cat"]
