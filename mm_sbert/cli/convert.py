@@ -15,8 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "`mm-sbert convert --help` lists them.",
         add_help=False,
     )
-    parser.add_argument("converter_args", nargs=argparse.REMAINDER, help="arguments of the converter")
-    parser.set_defaults(run=run)
+    # No arguments of its own: main() passes everything after `convert` on to the converter.
+    parser.set_defaults(run=run, converter_args=[])
 
 
 def run(args: argparse.Namespace) -> int:
