@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     train_regions = featurizer.featurize(train.images)
     eval_regions = featurizer.featurize(held_out.images)
 
-    print(f"[3/4] Joint fine-tuning: {steps} rounds of (bi-encoder step, cross-encoder step), {batch_size} images per batch")
+    print(
+        f"[3/4] Joint fine-tuning: {steps} rounds of (bi-encoder step, cross-encoder step), "
+        f"{batch_size} images per batch"
+    )
     train_start = time.perf_counter()
     history = fine_tune(model, train, train_regions, steps=steps, batch_size=batch_size, seed=args.seed)
     train_seconds = time.perf_counter() - train_start
@@ -184,6 +187,7 @@ def fine_tune(model, train, train_regions, steps: int, batch_size: int, seed: in
         train.families,
         steps=steps,
         batch_size=batch_size,
+        learning_rate=2e-4,
         seed=seed,
     )
 
