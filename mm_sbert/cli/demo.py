@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Held-out retrieval: {eval_images} images, {len(held_out.captions)} captions (recall in %)")
     print(table)
     print()
-    for line in verdict(metrics):
+    for line in verdict(metrics, history[-10:]):
         print(line)
 
     plot_path = os.path.join(args.output_dir, "demo_results.png")
@@ -231,7 +231,7 @@ def measure_latency(model, regions, captions, metrics: dict[str, float], top_k: 
     return latency
 
 
-def verdict(metrics: dict[str, float]) -> list[str]:
+def verdict(metrics: dict[str, float], last_losses: list[tuple[float, float]] = ()) -> list[str]:
     """Say in words whether the run shows the paper's result: Coop recall >= BE at a fraction of CE's time."""
 
     def mean_recall(mode: str) -> float:
@@ -254,6 +254,14 @@ def verdict(metrics: dict[str, float]) -> list[str]:
             + ("(Coop took more than half of CE's time) " if fraction > 0.5 else "")
             + "- too little training (--steps) or data (--train-images) for this seed; the numbers are honest."
         )
+    if last_losses:
+        bce = sum(loss for _, loss in last_losses) / len(last_losses)
+        if bce > 0.65:
+            lines.append(
+                f"The cross-encoder has not learned yet: its BCE loss is still near chance ({bce:.3f}; ln 2 = 0.693). "
+                "A text-only start (MiniLM) needs many more steps than the demo budget before its first token "
+                "attends to the image regions; try --steps 1000 or more."
+            )
     return lines
 
 
