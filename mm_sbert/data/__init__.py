@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+from mm_sbert.data.color_swatches import color_swatches
+from mm_sbert.data.image_caption_corpus import ImageCaptionCorpus
+
+__all__ = ["ImageCaptionCorpus", "color_swatches"]
