@@ -40,7 +40,9 @@ def build_views(backbone: str = "bert", **kwargs) -> tuple[MMSentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     module = build_module(backbone, **kwargs)
-    bi_encoder = MMSentenceTransformer(modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device="cpu")
+    bi_encoder = MMSentenceTransformer(
+        modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device="cpu"
+    )
     return bi_encoder, MMCrossEncoder(modules=[module], device="cpu")
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaConfig
-from transformers import XLMRobertaModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    PreTrainedTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 
 WORDS = (
     "a an the one two three four five six seven eight nine ten of and with on in at to is are left right above "
@@ -54,7 +60,9 @@ def tiny_bert(hidden_size: int = 32, layers: int = 2, seed: int = 0) -> tuple[Be
     return BertModel(config).eval(), tokenizer
 
 
-def tiny_xlmr(hidden_size: int = 32, layers: int = 2, seed: int = 0) -> tuple[XLMRobertaModel, PreTrainedTokenizerFast]:
+def tiny_xlmr(
+    hidden_size: int = 32, layers: int = 2, seed: int = 0
+) -> tuple[XLMRobertaModel, PreTrainedTokenizerFast]:
     tokenizer = tiny_xlmr_tokenizer()
     torch.manual_seed(seed)
     config = XLMRobertaConfig(

@@ -10,6 +10,7 @@ from sentence_transformers.sentence_transformer.trainer import SentenceTransform
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
 
+from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
 from mm_sbert.training.training_args import paper_training_args
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ class JointTrainer(SentenceTransformerTrainer):
     - ``cross_encoder_loss`` only: the cross-encoder regime (:class:`~mm_sbert.losses.CrossEncoderBCELoss`);
     - both: the joint model. The dataset goes into a ``DatasetDict`` once per objective step of a round
       (``{"bi_encoder": ..., "cross_encoder": ...}``, each its own ``Dataset`` object) with one loss per entry, and
-      ``MultiDatasetBatchSamplers.ROUND_ROBIN`` alternates them: step 0 bi-encoder, step 1 cross-encoder, ...
+      a round-robin sampler alternates them: step 0 bi-encoder, step 1 cross-encoder, ...
       ``steps_ratio=(2, 1)`` makes each round two bi-encoder steps and one cross-encoder step. Every step is one
       forward, backward and optimizer step on the shared weights, like the reference's ``objectives_sequence``.
+
+    Under DDP the host's ``ROUND_ROBIN`` would give each rank one objective only (batch ``i`` goes to rank
+    ``i % world_size``); :class:`AlternatingBatchSampler` emits ``world_size`` batches per objective so that all
+    ranks run the same objective at each step.
 
     All three are the host's code path (optimizer, schedule, checkpoints, ``resume_from_checkpoint``, DDP under
     ``torchrun`` / ``accelerate launch``). ``model`` is the bi-encoder view; its ``MultimodalTransformer`` holds
@@ -116,6 +121,12 @@ class JointTrainer(SentenceTransformerTrainer):
         from datasets import DatasetDict
 
         super().__init__(model=model, args=args, train_dataset=DatasetDict(datasets), loss=losses, **trainer_kwargs)
+
+    def get_multi_dataset_batch_sampler(
+        self, dataset: Any, batch_samplers: list[Any], generator: torch.Generator | None = None, seed: int | None = 0
+    ) -> AlternatingBatchSampler:
+        # Not the host's ROUND_ROBIN: under DDP it would hand each rank a single objective (see the sampler).
+        return AlternatingBatchSampler(dataset, batch_samplers=batch_samplers, generator=generator, seed=seed)
 
     def compute_loss(
         self,
