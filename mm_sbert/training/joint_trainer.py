@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Any
 
 import torch
-from sentence_transformers.base.sampler import MultiDatasetBatchSamplers
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
@@ -13,7 +11,6 @@ from torch import nn
 from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
 from mm_sbert.training.training_args import paper_training_args
 
-logger = logging.getLogger(__name__)
 
 BI_ENCODER = "bi_encoder"
 CROSS_ENCODER = "cross_encoder"
@@ -51,8 +48,9 @@ class JointTrainer(SentenceTransformerTrainer):
         cross_encoder_loss: the cross-encoder objective, or None.
         steps_ratio: bi-encoder : cross-encoder steps per round in joint training.
         args: training arguments; default :func:`~mm_sbert.training.paper_training_args` for the regime. Joint
-            training always uses the round-robin multi-dataset sampler.
-        trainer_kwargs: anything else the host trainer takes (``evaluator``, ``callbacks``, ``eval_dataset``, ...).
+            training always uses :class:`AlternatingBatchSampler` (``multi_dataset_batch_sampler`` is not used).
+        trainer_kwargs: anything else the host trainer takes (``evaluator``, ``callbacks``, ``eval_dataset``, ...);
+            a plain ``eval_dataset`` is evaluated with every objective's loss.
 
     Example:
         >>> model = MMSentenceTransformer.from_backbone("bert-base-uncased", featurizer=..., region_feature_dim=...)
@@ -115,12 +113,20 @@ class JointTrainer(SentenceTransformerTrainer):
                 datasets[name] = train_dataset.select(range(len(train_dataset)))
                 losses[name] = loss
                 self._objective_of_dataset[name] = objective
-        if args.multi_dataset_batch_sampler != MultiDatasetBatchSamplers.ROUND_ROBIN:
-            logger.info("Joint training alternates the objectives: using the ROUND_ROBIN multi-dataset sampler")
-            args.multi_dataset_batch_sampler = MultiDatasetBatchSamplers.ROUND_ROBIN
         from datasets import DatasetDict
 
-        super().__init__(model=model, args=args, train_dataset=DatasetDict(datasets), loss=losses, **trainer_kwargs)
+        eval_dataset = trainer_kwargs.pop("eval_dataset", None)
+        if eval_dataset is not None and not hasattr(eval_dataset, "keys"):
+            # The host wants one evaluation dataset per loss; evaluate each objective on the same rows.
+            eval_dataset = DatasetDict({name: eval_dataset.select(range(len(eval_dataset))) for name in datasets})
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=DatasetDict(datasets),
+            eval_dataset=eval_dataset,
+            loss=losses,
+            **trainer_kwargs,
+        )
 
     def get_multi_dataset_batch_sampler(
         self, dataset: Any, batch_samplers: list[Any], generator: torch.Generator | None = None, seed: int | None = 0

@@ -159,3 +159,19 @@ def test_rejects_missing_losses_and_dataset_dicts(tmp_path):
             bi_encoder_loss=HardNegativeTripletLoss(bi_encoder),
             args=tiny_args(tmp_path),
         )
+
+
+def test_plain_eval_dataset_is_scored_by_both_objectives(tmp_path):
+    bi_encoder, _ = build_views("bert", seed=0)
+    dataset = swatch_corpus(num_images=6).to_dataset()
+    trainer = JointTrainer(
+        bi_encoder,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        bi_encoder_loss=HardNegativeTripletLoss(bi_encoder),
+        cross_encoder_loss=CrossEncoderBCELoss(bi_encoder),
+        args=tiny_args(tmp_path, per_device_eval_batch_size=6),
+    )
+    metrics = trainer.evaluate()
+    assert metrics["eval_bi_encoder_loss"] > 0 and metrics["eval_cross_encoder_loss"] > 0
+    assert trainer.objective_history == []  # evaluation steps are not training steps
