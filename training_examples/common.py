@@ -47,6 +47,12 @@ def parse_args(regime: str, description: str) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, help="use only the first images of the training data")
     parser.add_argument("--model", help="text backbone (BERT / XLM-R / MiniLM folder) or a saved mm_sbert model")
     parser.add_argument("--featurizer", default="color-grid", choices=["color-grid", "mobilenet"])
+    parser.add_argument(
+        "--no-img-layernorm",
+        dest="img_layernorm",
+        action="store_false",
+        help="new models only: no LayerNorm after the region projection (on by default, see docs/training.md)",
+    )
     parser.add_argument("--output-dir", default=f"output/{regime}")
     parser.add_argument("--batch-size", type=int, help="pairs per step (paper: 128)")
     parser.add_argument("--lr", type=float, help=f"learning rate (paper: {paper['learning_rate']})")
@@ -118,8 +124,13 @@ def build_model(args: argparse.Namespace) -> MMSentenceTransformer:
         featurizer = MobileNetV2GridFeaturizer()
     else:
         featurizer = ColorGridFeaturizer()
+    # A text-only checkpoint has never seen regions: without the LayerNorm (VinVL / M3P have it) the freshly
+    # initialised projection makes regions ~30x smaller than token embeddings, and images all look alike at first.
     return MMSentenceTransformer.from_backbone(
-        model_path, featurizer=featurizer, region_feature_dim=featurizer.feature_dim
+        model_path,
+        featurizer=featurizer,
+        region_feature_dim=featurizer.feature_dim,
+        use_img_layernorm=args.img_layernorm,
     )
 
 
