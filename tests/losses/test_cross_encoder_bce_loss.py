@@ -3,7 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_views
-from training_helpers import swatch_corpus
+from training_helpers import (
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    swatch_corpus,
+)
 
 from mm_sbert.losses import CrossEncoderBCELoss
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from torch import nn
+from training_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from mm_sbert.losses import HardNegativeTripletLoss
 
