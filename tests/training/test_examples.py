@@ -32,7 +32,6 @@ def test_example_trains_evaluates_and_saves(tmp_path, script):
         os.environ,
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT),
-        MM_SBERT_SHARED_DATA=str(tmp_path / "no-shared-data"),  # the generated swatch demo, whatever is installed
     )
     command = [
         sys.executable, str(ROOT / "training_examples" / script), "--model", str(tmp_path / "backbone"),
