@@ -11,7 +11,6 @@ from torch import nn
 from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
 from mm_sbert.training.training_args import paper_training_args
 
-
 BI_ENCODER = "bi_encoder"
 CROSS_ENCODER = "cross_encoder"
 
