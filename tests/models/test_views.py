@@ -88,6 +88,10 @@ def test_hub_cache_layout_loads_offline(tmp_path, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable at import time; without this the loaders first wait on the network.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cache = str(tmp_path / "cache")
     loaded_bi = MMSentenceTransformer("mm-sbert/tiny-joint", cache_folder=cache, device="cpu")
     loaded_cross = MMCrossEncoder("mm-sbert/tiny-joint", cache_folder=cache, device="cpu")
