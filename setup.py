@@ -29,6 +29,8 @@ setup(
         "transformers>=5.0",
         "huggingface-hub>=1.0",
         "datasets>=3.0",
+        # The host trainer (transformers.Trainer) refuses to run without it.
+        "accelerate>=1.1",
         "numpy>=1.24",
         "pillow>=10.0",
         "tqdm>=4.66",
