@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.image_features import ColorGridFeaturizer, ImageFeaturizer, ImageLoadError, RegionFeatures
 from mm_sbert.models import MMCrossEncoder, MMSentenceTransformer
 from mm_sbert.modules import MultimodalTransformer
+from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex
 from mm_sbert.version import __version__
 
 __all__ = [
     "ColorGridFeaturizer",
+    "CooperativeRetriever",
+    "EmbeddingIndex",
     "ImageFeaturizer",
     "ImageLoadError",
+    "ImageTextRetrievalEvaluator",
     "MMCrossEncoder",
     "MMSentenceTransformer",
     "MultimodalTransformer",

@@ -22,7 +22,8 @@ WORDS = (
 
 
 def tiny_bert_tokenizer() -> BertTokenizerFast:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz.,!?"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz.,!?"]
+    vocab = list(dict.fromkeys(tokens))  # "a" is both a word and a letter: keep ids contiguous
     return BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
 
 

@@ -27,6 +27,8 @@ from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat
 FEATURIZER_FOLDER = "image_featurizer"
 
 RegionOrder = Literal["text_first", "regions_first"]
+EmbeddingMode = Literal["separate", "joint"]
+ImageOnlyText = Literal["cls_sep", "cls"]
 
 
 class MultimodalTransformer(InputModule):
@@ -56,6 +58,14 @@ class MultimodalTransformer(InputModule):
         use_img_layernorm: LayerNorm after the image projection (VinVL-era OSCAR, M3P).
         img_layer_norm_eps: its epsilon.
         region_order: ``"text_first"`` (OSCAR: ``[text ; regions]``) or ``"regions_first"`` (M3P).
+        embedding_mode: ``"separate"`` (OSCAR: the text goes through the backbone's embeddings, regions only through
+            ``img_embedding``) or ``"joint"`` (M3P: regions and text share one run of position ids, ``0..R-1`` for
+            the regions and ``R..`` for the text in ``regions_first`` order, and the backbone's embedding LayerNorm
+            runs over the whole sequence; every position gets token type 0).
+        image_only_text: text part of an image-only input: ``"cls_sep"`` (``[CLS] [SEP]``) or ``"cls"`` (``[CLS]``
+            alone, as the MMT-Retrieval code feeds OSCAR and M3P).
+        head_pooler: whether the cross-encoder head passes the first token through the backbone's pooler
+            (dense + tanh) before ``classifier``; ``False`` puts ``classifier`` on the raw first-token state.
         max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
         max_regions: regions kept per image (the first ones: extractors sort them by confidence).
         featurizer: turns PIL images and image paths into :class:`RegionFeatures`; without one, images must be
@@ -79,6 +89,9 @@ class MultimodalTransformer(InputModule):
         "use_img_layernorm",
         "img_layer_norm_eps",
         "region_order",
+        "embedding_mode",
+        "image_only_text",
+        "head_pooler",
         "max_seq_length",
         "max_regions",
         "score_head",
@@ -96,6 +109,9 @@ class MultimodalTransformer(InputModule):
         use_img_layernorm: bool = False,
         img_layer_norm_eps: float = 1e-12,
         region_order: RegionOrder = "text_first",
+        embedding_mode: EmbeddingMode = "separate",
+        image_only_text: ImageOnlyText = "cls_sep",
+        head_pooler: bool = True,
         max_seq_length: int = 70,
         max_regions: int = 50,
         featurizer: ImageFeaturizer | None = None,
@@ -129,6 +145,10 @@ class MultimodalTransformer(InputModule):
             raise ValueError(f"Unknown box_format {box_format!r}; expected one of {sorted(BOX_FORMAT_WIDTHS)}")
         if region_order not in ("text_first", "regions_first"):
             raise ValueError(f"region_order must be 'text_first' or 'regions_first', got {region_order!r}")
+        if embedding_mode not in ("separate", "joint"):
+            raise ValueError(f"embedding_mode must be 'separate' or 'joint', got {embedding_mode!r}")
+        if image_only_text not in ("cls_sep", "cls"):
+            raise ValueError(f"image_only_text must be 'cls_sep' or 'cls', got {image_only_text!r}")
         if featurizer is not None and featurizer.feature_dim != region_feature_dim:
             raise ValueError(
                 f"The featurizer {type(featurizer).__name__} yields {featurizer.feature_dim}-d region features, but "
@@ -142,6 +162,9 @@ class MultimodalTransformer(InputModule):
         self.use_img_layernorm = bool(use_img_layernorm)
         self.img_layer_norm_eps = float(img_layer_norm_eps)
         self.region_order = region_order
+        self.embedding_mode = embedding_mode
+        self.image_only_text = image_only_text
+        self.head_pooler = bool(head_pooler)
         self.max_seq_length = int(max_seq_length)
         self.max_regions = int(max_regions)
         self.score_head = bool(score_head)
@@ -208,6 +231,8 @@ class MultimodalTransformer(InputModule):
         }
         if "token_type_ids" in encoded:
             features["token_type_ids"] = encoded["token_type_ids"]
+        if self.image_only_text == "cls":
+            self._keep_only_cls_for_images(features, [text is None for text, _ in parsed])
 
         num_regions = [0 if region is None else region.num_regions for region in regions]
         width = max(num_regions)
@@ -220,6 +245,23 @@ class MultimodalTransformer(InputModule):
         features["region_features"] = region_features
         features["region_mask"] = region_mask
         return features
+
+    def _keep_only_cls_for_images(self, features: dict[str, torch.Tensor], image_only: list[bool]) -> None:
+        """Reduce the text part of image-only rows to the leading ``[CLS]`` (the tokenizer pads on the right)."""
+        if not any(image_only):
+            return
+        if self.tokenizer.padding_side != "right":
+            raise ValueError("image_only_text='cls' needs a tokenizer that pads on the right")
+        rows = torch.tensor(image_only)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        features["input_ids"][rows, 1:] = pad_id
+        features["text_mask"][rows, 1:] = 0
+        if "token_type_ids" in features:
+            features["token_type_ids"][rows, 1:] = 0
+        width = int(features["text_mask"].sum(dim=1).max())
+        for key in ("input_ids", "text_mask", "token_type_ids"):
+            if key in features:
+                features[key] = features[key][:, :width]
 
     def _parse_input(self, item: Any, index: int) -> tuple[str | None, Any | None]:
         """Split one input into its text part and its (unresolved) image part."""
@@ -308,7 +350,13 @@ class MultimodalTransformer(InputModule):
         """Run ``[text ; regions]`` through the backbone; adds ``token_embeddings``, ``attention_mask``, ``scores``."""
         input_ids = features["input_ids"]
         text_mask = features["text_mask"]
-        text_embeddings = self.backbone.embeddings(input_ids=input_ids, token_type_ids=features.get("token_type_ids"))
+        if self.embedding_mode == "joint":
+            # M3P: the embedding LayerNorm and the positions come after the concatenation, so text goes in raw.
+            text_embeddings = self.backbone.embeddings.word_embeddings(input_ids)
+        else:
+            text_embeddings = self.backbone.embeddings(
+                input_ids=input_ids, token_type_ids=features.get("token_type_ids")
+            )
         region_features = features["region_features"].to(text_embeddings.dtype)
         region_embeddings = self.img_embedding(region_features)
         if self.img_layer_norm is not None:
@@ -322,6 +370,8 @@ class MultimodalTransformer(InputModule):
         else:
             hidden = torch.cat([region_embeddings, text_embeddings], dim=1)
             mask = torch.cat([region_mask, text_mask], dim=1)
+        if self.embedding_mode == "joint":
+            hidden = self._joint_embeddings(hidden, mask)
 
         encoder_mask = create_bidirectional_mask(
             config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
@@ -334,11 +384,28 @@ class MultimodalTransformer(InputModule):
             features["scores"] = self.score(token_embeddings, mask)
         return features
 
+    def _joint_embeddings(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Positions over the valid tokens of the joint sequence, then the backbone's LayerNorm and dropout (M3P).
+
+        Positions count each row's own valid tokens, so a caption's positions follow its image's region count
+        rather than the batch's padded width. XLM-R-style embeddings reserve rows ``0..padding_idx`` (positions
+        start at ``padding_idx + 1``); BERT-style ones start at 0.
+        """
+        embeddings = self.backbone.embeddings
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        offset = padding_idx + 1 if padding_idx is not None else 0
+        valid = mask.to(torch.int64)
+        position_ids = (valid.cumsum(dim=1) - 1).clamp(min=0) * valid + offset
+        if padding_idx is not None:
+            position_ids = position_ids.masked_fill(valid == 0, padding_idx)
+        token_type_ids = torch.zeros_like(position_ids)
+        return embeddings(inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids)
+
     def score(self, token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cross-encoder logit ``[B, 1]`` from the first unmasked position (``[CLS]``, or M3P's first region)."""
         first = mask.to(torch.int64).argmax(dim=1)
         first_token = token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first]
-        pooler = getattr(self.backbone, "pooler", None)
+        pooler = getattr(self.backbone, "pooler", None) if self.head_pooler else None
         pooled = pooler.activation(pooler.dense(first_token)) if pooler is not None else first_token
         return self.classifier(self.classifier_dropout(pooled))
 

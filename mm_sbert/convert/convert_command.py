@@ -1,0 +1,80 @@
+"""``mm-sbert convert``: turn an original OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mm_sbert.convert.checkpoint_converter import CheckpointConverter, ConvertedModel
+from mm_sbert.convert.m3p_converter import M3PConverter
+from mm_sbert.convert.mmt_retrieval_converter import MMTRetrievalConverter
+from mm_sbert.convert.oscar_converter import OscarConverter
+from mm_sbert.convert.state_dict_mapping import CheckpointMismatchError
+
+CONVERTERS: dict[str, type[CheckpointConverter]] = {
+    "m3p": M3PConverter,
+    "mmt-retrieval": MMTRetrievalConverter,
+    "oscar": OscarConverter,
+}
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The ``convert`` arguments; pass a sub-parser to mount them under another CLI."""
+    parser = parser or argparse.ArgumentParser(
+        prog="mm-sbert convert",
+        description="Convert an original OSCAR / M3P / MMT-Retrieval checkpoint into a sentence-transformers folder "
+        "that loads as both MMSentenceTransformer and MMCrossEncoder.",
+    )
+    parser.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="layout of the checkpoint")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="OSCAR: checkpoint folder or pytorch_model.bin; M3P: the .pth file or its folder; "
+        "mmt-retrieval: the unzipped model folder",
+    )
+    parser.add_argument("--config", help="config json (OSCAR: BertConfig + img_feature_dim; M3P: model params)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (M3P: an XLM-R tokenizer, xlm-roberta-base)")
+    parser.add_argument("--output", required=True, help="folder to write the converted model to")
+    parser.add_argument("--region-feature-dim", type=int, help="expected region feature width (2048 for OSCAR/M3P)")
+    parser.add_argument("--max-seq-length", type=int, help="text tokens per input, [CLS]/[SEP] included")
+    parser.add_argument("--max-regions", type=int, help="image regions per input")
+    parser.add_argument("--n-heads", type=int, help="M3P only: attention heads (default: config, else hidden/64)")
+    parser.add_argument(
+        "--allow-unexpected", action="store_true", help="drop (and report) checkpoint keys no rule knows"
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read checkpoints that pickle Python objects besides tensors (unpickling can run code: trusted "
+        "sources only)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> ConvertedModel:
+    options = {
+        "region_feature_dim": args.region_feature_dim,
+        "max_seq_length": args.max_seq_length,
+        "max_regions": args.max_regions,
+        "allow_unexpected": args.allow_unexpected,
+        "trust_pickle": args.trust_pickle,
+    }
+    if args.format == "m3p":
+        options["n_heads"] = args.n_heads
+    converted = CONVERTERS[args.format](**options).convert(args.checkpoint, args.config, args.tokenizer)
+    converted.save(args.output)
+    return converted
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (0 converted, 1 refused or unreadable input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        converted = run(args)
+    except (CheckpointMismatchError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(converted.report.summary())
+    print(f"Saved to {args.output} (load with MMSentenceTransformer / MMCrossEncoder)")
+    return 0

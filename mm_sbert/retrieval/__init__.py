@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit
+from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexCorruptedError, IndexWriter, exact_search
+from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
+
+__all__ = [
+    "CooperativeRetriever",
+    "EmbeddingIndex",
+    "Hit",
+    "IndexCorruptedError",
+    "IndexWriter",
+    "combine_scores",
+    "exact_search",
+    "min_max_normalize",
+]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+
+import torch
+from original_models import oscar_config, random_oscar_state_dict
+from tiny_models import tiny_bert_tokenizer
+
+from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+from mm_sbert.convert import main
+
+
+def write_oscar(folder, state_dict=None) -> str:
+    config = oscar_config(len(tiny_bert_tokenizer()))
+    folder.mkdir()
+    torch.save(state_dict or random_oscar_state_dict(config), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(config))
+    tiny_bert_tokenizer().save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_main_converts_an_oscar_checkpoint_into_a_folder_both_views_load(tmp_path, capsys):
+    checkpoint = write_oscar(tmp_path / "checkpoint")
+    output = str(tmp_path / "converted")
+    argv = ["--format", "oscar", "--checkpoint", checkpoint, "--output", output, "--region-feature-dim", "16"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ignored by design (7): cls.predictions.bias" in printed and "w1 - w0" in printed
+    report = json.loads((tmp_path / "converted" / "conversion_report.json").read_text())
+    assert report["source_format"] == "oscar" and "cls.seq_relationship.weight" in report["ignored"]
+    bi_encoder, cross_encoder = MMSentenceTransformer(output, device="cpu"), MMCrossEncoder(output, device="cpu")
+    assert torch.equal(bi_encoder[0].classifier.weight, cross_encoder[0].classifier.weight)
+    assert bi_encoder[0].max_seq_length == 70 and bi_encoder[0].region_feature_dim == 16
+
+
+def test_main_reports_a_refused_checkpoint_and_writes_nothing(tmp_path, capsys):
+    state_dict = random_oscar_state_dict(oscar_config(len(tiny_bert_tokenizer())))
+    state_dict["bert.pooler.dense.weight"] = torch.zeros(32, 16)
+    checkpoint = write_oscar(tmp_path / "checkpoint", state_dict)
+    output = tmp_path / "converted"
+    assert main(["--format", "oscar", "--checkpoint", checkpoint, "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "bert.pooler.dense.weight -> backbone.pooler.dense.weight: checkpoint (32, 16), model (32, 32)" in error
+    assert not output.exists()
