@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-lr", type=float, default=1e-3, help="learning rate of the new image projection + head")
     parser.add_argument("--be-loss", choices=["triplet", "infonce"], default="triplet")
     parser.add_argument("--margin", type=float, default=0.1)
+    parser.add_argument("--no-img-layernorm", dest="img_layernorm", action="store_false")
     parser.add_argument("--dev-images", type=int, default=1000, help="dev images in the search space (1k protocol)")
     parser.add_argument("--query-images", type=int, default=16, help="query images (x5 captions) for Coop modes")
     parser.add_argument("--ce-pool", type=int, default=16, help="images (x5 captions) fully cross-encoded")
@@ -136,7 +137,7 @@ def training_dataset(rows: list[dict[str, Any]], rng: random.Random):
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def build_model(backbone: str, store, seed: int):
+def build_model(backbone: str, store, seed: int, img_layernorm: bool = True):
     from mm_sbert import MMSentenceTransformer
     from mm_sbert.image_features import CachedFeaturizer, MobileNetV2GridFeaturizer
 
@@ -149,6 +150,8 @@ def build_model(backbone: str, store, seed: int):
         region_feature_dim=featurizer.feature_dim,
         max_regions=49,
         max_seq_length=40,
+        # VinVL-style LayerNorm after the projection: region tokens start at the scale of the text embeddings.
+        use_img_layernorm=img_layernorm,
         device="cpu",
     )
 
@@ -384,7 +387,7 @@ def run_english(args: argparse.Namespace) -> dict[str, Any]:
     models, training = {}, {}
     for name, regime in (("BE", "bi_encoder"), ("CE", "cross_encoder"), ("Joint", "joint")):
         print(f"training {name} ({regime})", flush=True)
-        models[name] = build_model(backbone, store, args.seed)
+        models[name] = build_model(backbone, store, args.seed, args.img_layernorm)
         training[name] = train(models[name], dataset, regime, args)
 
     # The collection: dev images + captions, then distractor images + captions (owner -1).
@@ -530,7 +533,7 @@ def run_multilingual(args: argparse.Namespace) -> dict[str, Any]:
     store, featurize_seconds, featurized = featurize(args, dev_rows + train_subset)
     dataset = training_dataset(train_subset, rng)
     print("training Joint (multilingual-e5-small)", flush=True)
-    model = build_model(multilingual_e5_small_path(), store, args.seed)
+    model = build_model(multilingual_e5_small_path(), store, args.seed, args.img_layernorm)
     training = {"Joint": train(model, dataset, "joint", args)}
 
     image_keys = [row["id"] for row in dev_rows]
