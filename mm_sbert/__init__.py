@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
-from mm_sbert.image_features import ColorGridFeaturizer, ImageFeaturizer, ImageLoadError, RegionFeatures
+from mm_sbert.image_features import (
+    CachedFeaturizer,
+    ColorGridFeaturizer,
+    DetectorFeaturizer,
+    FeatureStore,
+    ImageFeaturizer,
+    ImageLoadError,
+    MobileNetV2GridFeaturizer,
+    RegionFeatures,
+)
 from mm_sbert.models import MMCrossEncoder, MMSentenceTransformer
 from mm_sbert.modules import MultimodalTransformer
 from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex
 from mm_sbert.version import __version__
 
 __all__ = [
+    "CachedFeaturizer",
     "ColorGridFeaturizer",
     "CooperativeRetriever",
+    "DetectorFeaturizer",
     "EmbeddingIndex",
+    "FeatureStore",
     "ImageFeaturizer",
     "ImageLoadError",
     "ImageTextRetrievalEvaluator",
     "MMCrossEncoder",
     "MMSentenceTransformer",
+    "MobileNetV2GridFeaturizer",
     "MultimodalTransformer",
     "RegionFeatures",
     "__version__",

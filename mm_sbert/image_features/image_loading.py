@@ -22,7 +22,8 @@ def looks_like_image_path(value: str) -> bool:
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
     """Return an RGB PIL image from a path, PIL image or ``(H, W, C)`` / ``(C, H, W)`` array.
 
-    EXIF orientation is applied, so a photo is featurized the way a viewer shows it.
+    EXIF orientation is applied, so a photo is featurized the way a viewer shows it. An image read from a file
+    carries its path in ``image.info["source_path"]`` (box sources and caches key on it).
 
     Raises:
         ImageLoadError: the path does not exist or the file is not a readable image.
@@ -38,9 +39,11 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
         try:
             with Image.open(path) as opened:
                 opened.load()
-                return ImageOps.exif_transpose(opened).convert("RGB")
+                image = ImageOps.exif_transpose(opened).convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ImageLoadError(f"Could not read image file '{path}' (corrupt or not an image): {exc}") from exc
+        image.info["source_path"] = str(path)
+        return image
     raise TypeError(f"Expected an image path, PIL image or array, got {type(image).__name__}")
 
 

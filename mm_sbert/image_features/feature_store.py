@@ -1,0 +1,477 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mm_sbert.image_features.image_featurizer import ImageFeaturizer
+from mm_sbert.image_features.image_loading import ImageLoadError, load_image
+from mm_sbert.image_features.region_features import RegionFeatures
+
+MANIFEST_NAME = "manifest.json"
+STORE_FORMAT = "mm_sbert-feature-store"
+STORE_VERSION = 1
+# One shard = these files; the manifest records each one's size and sha256.
+SHARD_FILES = ("features.npy", "boxes.npy", "offsets.npy", "sizes.npy", "meta.json")
+
+ImageId = int | str
+StoreDtype = Literal["float32", "float16"]
+
+
+class FeatureStoreError(ValueError):
+    """A feature store on disk is missing, truncated, corrupt or does not fit the request. The message says which."""
+
+
+def _key(image_id: Any) -> str:
+    if isinstance(image_id, (bool, float)) or not isinstance(image_id, (int, np.integer, str)):
+        raise TypeError(f"Image ids must be int or str, got {type(image_id).__name__}: {image_id!r}")
+    return str(int(image_id)) if isinstance(image_id, (int, np.integer)) else image_id
+
+
+# Settings that change speed, not features: a resumed run may use other values.
+_RUNTIME_KEYS = {"batch_size"}
+
+
+def _featurizer_identity(featurizer: ImageFeaturizer) -> dict[str, Any]:
+    """``{"type", "config"}`` of the featurizer doing the work (a caching wrapper is looked through)."""
+    while isinstance(getattr(featurizer, "featurizer", None), ImageFeaturizer):
+        featurizer = featurizer.featurizer
+    return {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
+
+
+def _same_featurizer(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    if saved is None or current is None:
+        return saved == current
+    strip = lambda config: {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}  # noqa: E731
+    return saved["type"] == current["type"] and strip(saved["config"]) == strip(current["config"])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename, so a crash never leaves a half-written file under the final name."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class FeatureStore:
+    """Region features of an image collection on disk, read lazily by image id.
+
+    A store is a folder of shards (``shard-00000.features.npy`` ``[regions, D]`` float32 or float16,
+    ``.boxes.npy`` ``[regions, 4]``, ``.offsets.npy`` per-image region offsets, ``.sizes.npy`` image sizes,
+    ``.meta.json`` ids and labels) plus ``manifest.json`` with every file's size and sha256. Arrays are opened
+    memory-mapped, so a 100k-image collection costs RAM only for its id index and the regions actually read.
+
+    Build one with :meth:`build` (featurize images; resumable) or :meth:`write` (any ``(id, RegionFeatures)``
+    records, e.g. from the readers in :mod:`mm_sbert.image_features.precomputed`). Read it with ``store[image_id]``
+    (a :class:`RegionFeatures`) or :meth:`get_many`, and pass those straight to ``model.encode`` /
+    ``cross_encoder.predict``: the model passes :class:`RegionFeatures` through untouched.
+
+    Args:
+        path: the store's folder.
+        verify: also recompute every file's sha256 (slow on big stores; sizes are always checked).
+
+    Example:
+        >>> store = FeatureStore.build("coco_features", image_paths, featurizer=MobileNetV2GridFeaturizer())
+        >>> store = FeatureStore("coco_features")           # later, in another process
+        >>> embeddings = model.encode(store.get_many(["000000000790", "000000030752"]))
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise FeatureStoreError(f"No feature store at '{self.path}': {MANIFEST_NAME} is missing")
+        try:
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise FeatureStoreError(f"'{manifest_path}' is not valid JSON ({exc}); the store is corrupt") from exc
+        if self.manifest.get("format") != STORE_FORMAT:
+            raise FeatureStoreError(f"'{manifest_path}' is not an mm_sbert feature store manifest")
+        self.feature_dim: int = self.manifest["feature_dim"]
+        self.dtype: str = self.manifest["dtype"]
+        self.failed: dict[str, str] = dict(self.manifest.get("failed", {}))
+        self.complete: bool = bool(self.manifest.get("complete"))
+        self._check_files(verify)
+        self._ids: list[ImageId] = []
+        self._index: dict[str, tuple[int, int]] = {}
+        self._labels: list[list[list[str] | None]] = []
+        for shard_number, shard in enumerate(self.manifest["shards"]):
+            meta = json.loads((self.path / f"{shard['name']}.meta.json").read_text(encoding="utf-8"))
+            for local, image_id in enumerate(meta["ids"]):
+                self._index[_key(image_id)] = (shard_number, local)
+                self._ids.append(image_id)
+            self._labels.append(meta["labels"])
+        self._arrays: dict[int, dict[str, np.ndarray]] = {}
+        if not self.complete:
+            warnings.warn(
+                f"The feature store '{self.path}' is incomplete (its featurization was interrupted); it serves the "
+                f"{len(self._ids)} images written so far. Run FeatureStore.build again to finish it.",
+                stacklevel=2,
+            )
+
+    def _check_files(self, verify: bool) -> None:
+        for shard in self.manifest["shards"]:
+            for suffix, expected in shard["files"].items():
+                file_path = self.path / f"{shard['name']}.{suffix}"
+                if not file_path.is_file():
+                    raise FeatureStoreError(f"Feature store '{self.path}' is missing {file_path.name}")
+                size = file_path.stat().st_size
+                if size != expected["bytes"]:
+                    raise FeatureStoreError(
+                        f"Feature store file '{file_path}' has {size} bytes but the manifest expects "
+                        f"{expected['bytes']}: it is truncated or was modified. Delete the store and rebuild it."
+                    )
+                if verify and _file_sha256(file_path) != expected["sha256"]:
+                    raise FeatureStoreError(
+                        f"Feature store file '{file_path}' does not match its sha256 in the manifest: it is corrupt"
+                    )
+
+    # ------------------------------------------------------------------ reading
+
+    def _shard_arrays(self, shard_number: int) -> dict[str, np.ndarray]:
+        arrays = self._arrays.get(shard_number)
+        if arrays is None:
+            name = self.manifest["shards"][shard_number]["name"]
+            arrays = {
+                part: np.load(self.path / f"{name}.{part}.npy", mmap_mode="r", allow_pickle=False)
+                for part in ("features", "boxes", "offsets", "sizes")
+            }
+            self._arrays[shard_number] = arrays
+        return arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the index, not copies of the mapped arrays: each worker maps the files itself.
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        try:
+            return _key(image_id) in self._index
+        except TypeError:
+            return False
+
+    def __iter__(self) -> Iterator[ImageId]:
+        return iter(self._ids)
+
+    @property
+    def ids(self) -> list[ImageId]:
+        """Image ids in storage order."""
+        return list(self._ids)
+
+    def __getitem__(self, image_id: ImageId) -> RegionFeatures:
+        key = _key(image_id)
+        location = self._index.get(key)
+        if location is None:
+            if key in self.failed:
+                raise KeyError(
+                    f"Image id {image_id!r} is not in the feature store '{self.path}': featurizing it failed "
+                    f"({self.failed[key]})"
+                )
+            examples = ", ".join(repr(i) for i in self._ids[:3])
+            raise KeyError(
+                f"Unknown image id {image_id!r} for the feature store '{self.path}' ({len(self)} images, ids like "
+                f"{examples}); ids are matched as strings, e.g. 42 and '42' are the same but '0042' is not"
+            )
+        shard_number, local = location
+        arrays = self._shard_arrays(shard_number)
+        start, end = int(arrays["offsets"][local]), int(arrays["offsets"][local + 1])
+        width, height = (int(v) for v in arrays["sizes"][local])
+        return RegionFeatures(
+            torch.from_numpy(np.array(arrays["features"][start:end])),
+            torch.from_numpy(np.array(arrays["boxes"][start:end])),
+            image_size=(width, height) if width > 0 else None,
+            labels=self._labels[shard_number][local],
+        )
+
+    def get_many(self, image_ids: Iterable[ImageId]) -> list[RegionFeatures]:
+        """``[store[i] for i in image_ids]``: a list ready for ``model.encode``."""
+        return [self[image_id] for image_id in image_ids]
+
+    def check_compatible(self, model: Any) -> None:
+        """Raise a clear error when ``model`` (a MultimodalTransformer, or a model whose first module is one)
+        expects region features of another width than this store holds."""
+        module = model
+        if not hasattr(module, "region_feature_dim"):
+            try:
+                module = model[0]
+            except (TypeError, IndexError, KeyError):
+                module = None
+        expected = getattr(module, "region_feature_dim", None)
+        if expected is None:
+            raise TypeError(f"{type(model).__name__} is not a MultimodalTransformer (nor a model built on one)")
+        if expected != self.feature_dim:
+            raise FeatureStoreError(
+                f"The feature store '{self.path}' holds {self.feature_dim}-d region features, but the model expects "
+                f"region_feature_dim={expected}. Featurize the images with the model's featurizer "
+                f"({getattr(module, 'featurizer', None)!r}) into a new store, or use a model built for "
+                f"{self.feature_dim}-d features."
+            )
+
+    @property
+    def featurizer_config(self) -> dict[str, Any] | None:
+        """The ``{"type", "config"}`` of the featurizer that built the store (None for imported features)."""
+        return self.manifest.get("featurizer")
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureStore('{self.path}', images={len(self)}, feature_dim={self.feature_dim}, dtype={self.dtype}, "
+            f"failed={len(self.failed)}, complete={self.complete})"
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike,
+        records: Iterable[tuple[ImageId, RegionFeatures]],
+        dtype: StoreDtype = "float32",
+        shard_size: int = 1024,
+        show_progress_bar: bool = True,
+    ) -> FeatureStore:
+        """Write ``(image_id, RegionFeatures)`` records (e.g. imported precomputed features) into a store.
+
+        Resumable like :meth:`build`: ids already in an unfinished store at ``path`` are skipped.
+        """
+        writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=None)
+        for image_id, regions in tqdm(records, desc="Writing features", unit="image", disable=not show_progress_bar):
+            if _key(image_id) not in writer.done:
+                writer.add(image_id, regions)
+        writer.close()
+        return cls(path)
+
+    @classmethod
+    def build(
+        cls,
+        path: str | os.PathLike,
+        images: Sequence[str | os.PathLike | Image.Image],
+        featurizer: ImageFeaturizer,
+        ids: Sequence[ImageId] | None = None,
+        batch_size: int = 32,
+        shard_size: int = 1024,
+        dtype: StoreDtype = "float32",
+        show_progress_bar: bool = True,
+    ) -> FeatureStore:
+        """Featurize a collection once into a store at ``path`` and open it.
+
+        Every ``shard_size`` images are written as one shard followed by the manifest (both atomically), so an
+        interrupted run loses at most the shard in progress: calling ``build`` again with the same arguments skips
+        the images already stored and continues. Images that cannot be read (missing or corrupt files) are skipped,
+        reported in a warning and listed in ``store.failed`` (id -> reason); a later ``build`` retries them. Errors
+        of the featurizer itself stop the run (the shards written so far are kept).
+
+        Args:
+            path: the store's folder (created).
+            images: image paths or PIL images.
+            featurizer: the featurizer; a resumed run must use one with the same settings.
+            ids: one id per image (int or str); default: the file name without extension (paths only).
+            batch_size: images per featurizer call.
+            shard_size: images per shard (the unit of resumption).
+            dtype: ``"float16"`` halves the disk / page-cache footprint (features only; boxes stay float32).
+            show_progress_bar: show a tqdm bar over the images.
+        """
+        ids = cls._default_ids(images, ids)
+        config = _featurizer_identity(featurizer)
+        writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=config)
+        if writer.feature_dim is not None and writer.feature_dim != featurizer.feature_dim:
+            raise FeatureStoreError(
+                f"The store at '{path}' holds {writer.feature_dim}-d features; {featurizer!r} yields "
+                f"{featurizer.feature_dim}-d"
+            )
+        pending = [(image_id, image) for image_id, image in zip(ids, images) if _key(image_id) not in writer.done]
+        failed: dict[str, str] = {}
+        progress = tqdm(total=len(pending), desc="Featurizing images", unit="image", disable=not show_progress_bar)
+        for start in range(0, len(pending), batch_size):
+            loaded_ids, loaded = [], []
+            for image_id, image in pending[start : start + batch_size]:
+                try:
+                    loaded.append(load_image(image))
+                    loaded_ids.append(image_id)
+                except ImageLoadError as exc:
+                    failed[_key(image_id)] = str(exc)
+                    writer.fail(image_id, str(exc))
+            if loaded:
+                results = featurizer.featurize(loaded)
+                if len(results) != len(loaded):
+                    raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
+                for image_id, regions in zip(loaded_ids, results):
+                    writer.add(image_id, regions)
+            progress.update(len(pending[start : start + batch_size]))
+        progress.close()
+        writer.close()
+        if failed:
+            listed = "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:5])
+            warnings.warn(
+                f"{len(failed)} of {len(images)} images could not be read and are not in the store '{path}' "
+                f"(see store.failed): {listed}{' ...' if len(failed) > 5 else ''}",
+                stacklevel=2,
+            )
+        return cls(path)
+
+    @staticmethod
+    def _default_ids(images: Sequence[Any], ids: Sequence[ImageId] | None) -> list[ImageId]:
+        if ids is None:
+            if not all(isinstance(image, (str, os.PathLike)) for image in images):
+                raise ValueError("FeatureStore.build needs ids=... when the images are not all file paths")
+            ids = [Path(image).stem for image in images]
+        ids = list(ids)
+        if len(ids) != len(images):
+            raise ValueError(f"FeatureStore.build got {len(images)} images but {len(ids)} ids")
+        keys = [_key(image_id) for image_id in ids]
+        if len(set(keys)) != len(keys):
+            seen, duplicates = set(), []
+            for key in keys:
+                if key in seen:
+                    duplicates.append(key)
+                seen.add(key)
+            raise ValueError(f"Image ids must be unique; duplicated: {duplicates[:5]}")
+        return ids
+
+
+class _StoreWriter:
+    """Appends shards to a (possibly partly written) store and rewrites the manifest after each one."""
+
+    def __init__(
+        self, path: Path, dtype: StoreDtype, shard_size: int, featurizer_config: dict[str, Any] | None
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.path = path
+        self.shard_size = shard_size
+        self.buffer: list[tuple[ImageId, RegionFeatures]] = []
+        path.mkdir(parents=True, exist_ok=True)
+        manifest_path = path / MANIFEST_NAME
+        if manifest_path.is_file():
+            # Opening validates every file's size: never append to a damaged store.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "incomplete store" is expected here: that is what we resume
+                existing = FeatureStore(path)
+            self.manifest = existing.manifest
+            if self.manifest["dtype"] != dtype:
+                raise FeatureStoreError(
+                    f"The store at '{path}' was started with dtype={self.manifest['dtype']!r}, not {dtype!r}"
+                )
+            if not _same_featurizer(self.manifest.get("featurizer"), featurizer_config):
+                raise FeatureStoreError(
+                    f"The store at '{path}' was built with the featurizer {self.manifest.get('featurizer')}, not "
+                    f"{featurizer_config}; resume with the same featurizer or write to a new folder"
+                )
+            self.done = {_key(image_id) for image_id in existing.ids}
+        else:
+            self.manifest = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "feature_dim": None,
+                "dtype": dtype,
+                "featurizer": featurizer_config,
+                "shards": [],
+                "failed": {},
+                "complete": False,
+            }
+            self.done = set()
+        self.manifest["complete"] = False
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self.manifest["feature_dim"]
+
+    def add(self, image_id: ImageId, regions: RegionFeatures) -> None:
+        if not isinstance(regions, RegionFeatures):
+            raise TypeError(f"Image {image_id!r}: expected RegionFeatures, got {type(regions).__name__}")
+        if self.manifest["feature_dim"] is None:
+            self.manifest["feature_dim"] = regions.feature_dim
+        elif regions.feature_dim != self.manifest["feature_dim"]:
+            raise FeatureStoreError(
+                f"Image {image_id!r} has {regions.feature_dim}-d features but the store at '{self.path}' holds "
+                f"{self.manifest['feature_dim']}-d ones"
+            )
+        key = _key(image_id)
+        self.manifest["failed"].pop(key, None)
+        self.done.add(key)
+        # numpy integers are not JSON-serialisable; the id list goes into the shard's meta.json
+        self.buffer.append((int(image_id) if isinstance(image_id, np.integer) else image_id, regions))
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def fail(self, image_id: ImageId, reason: str) -> None:
+        self.manifest["failed"][_key(image_id)] = reason
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        dtype = np.float16 if self.manifest["dtype"] == "float16" else np.float32
+        counts = [regions.num_regions for _, regions in self.buffer]
+        feature_dim = self.manifest["feature_dim"]
+        arrays = {
+            "features": np.concatenate(
+                [np.zeros((0, feature_dim), dtype)]
+                + [r.features.float().numpy().astype(dtype) for _, r in self.buffer]
+            ),
+            "boxes": np.concatenate(
+                [np.zeros((0, 4), np.float32)] + [r.boxes.numpy().astype(np.float32) for _, r in self.buffer]
+            ),
+            "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            "sizes": np.array([r.image_size or (-1, -1) for _, r in self.buffer], dtype=np.int32).reshape(-1, 2),
+        }
+        meta = {"ids": [image_id for image_id, _ in self.buffer], "labels": [r.labels for _, r in self.buffer]}
+        contents = {f"{part}.npy": _npy_bytes(array) for part, array in arrays.items()}
+        contents["meta.json"] = json.dumps(meta).encode("utf-8")
+        name = f"shard-{len(self.manifest['shards']):05d}"
+        for suffix, data in contents.items():
+            _atomic_write(self.path / f"{name}.{suffix}", data)
+        self.manifest["shards"].append(
+            {
+                "name": name,
+                "num_images": len(self.buffer),
+                "num_regions": int(sum(counts)),
+                "files": {suffix: {"bytes": len(data), "sha256": _sha256(data)} for suffix, data in contents.items()},
+            }
+        )
+        self.buffer = []
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        _atomic_write(self.path / MANIFEST_NAME, json.dumps(self.manifest, indent=1).encode("utf-8"))
+
+    def close(self) -> None:
+        self.flush()
+        self.manifest["complete"] = True
+        self._write_manifest()

