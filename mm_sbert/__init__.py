@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mm_sbert.data import ImageCaptionCorpus, SyntheticScenes
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.image_features import (
     CachedFeaturizer,
@@ -13,25 +14,32 @@ from mm_sbert.image_features import (
     MobileNetV2GridFeaturizer,
     RegionFeatures,
 )
+from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
 from mm_sbert.models import MMCrossEncoder, MMSentenceTransformer
 from mm_sbert.modules import MultimodalTransformer
 from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex
+from mm_sbert.training import JointTrainer
 from mm_sbert.version import __version__
 
 __all__ = [
     "CachedFeaturizer",
     "ColorGridFeaturizer",
     "CooperativeRetriever",
+    "CrossEncoderBCELoss",
     "DetectorFeaturizer",
     "EmbeddingIndex",
     "FeatureStore",
+    "HardNegativeTripletLoss",
+    "ImageCaptionCorpus",
     "ImageFeaturizer",
     "ImageLoadError",
     "ImageTextRetrievalEvaluator",
+    "JointTrainer",
     "MMCrossEncoder",
     "MMSentenceTransformer",
     "MobileNetV2GridFeaturizer",
     "MultimodalTransformer",
     "RegionFeatures",
+    "SyntheticScenes",
     "__version__",
 ]

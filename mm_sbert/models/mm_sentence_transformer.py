@@ -33,6 +33,8 @@ class MMSentenceTransformer(SentenceTransformer):
     """
 
     model_card_data_class = MMSentenceTransformerModelCardData
+    # The id our card snippets use until a model has a Hub id; the host swaps it when a reloaded model is pushed.
+    _model_card_model_id_placeholder = "mm_sbert_model_id"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -64,6 +64,9 @@ class MultimodalTransformer(InputModule):
             runs over the whole sequence; every position gets token type 0).
         image_only_text: text part of an image-only input: ``"cls_sep"`` (``[CLS] [SEP]``) or ``"cls"`` (``[CLS]``
             alone, as the MMT-Retrieval code feeds OSCAR and M3P).
+        head_input: what the cross-encoder head reads: ``"first_token"`` (``[CLS]``, as OSCAR / M3P and the paper) or
+            ``"mean"`` (the masked mean of all token states; for starting from a sentence-embedding checkpoint such
+            as all-MiniLM-L6-v2, whose ``[CLS]`` state was never trained and barely depends on the input).
         head_pooler: whether the cross-encoder head passes the first token through the backbone's pooler
             (dense + tanh) before ``classifier``; ``False`` puts ``classifier`` on the raw first-token state.
         max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
@@ -91,6 +94,7 @@ class MultimodalTransformer(InputModule):
         "region_order",
         "embedding_mode",
         "image_only_text",
+        "head_input",
         "head_pooler",
         "max_seq_length",
         "max_regions",
@@ -111,6 +115,7 @@ class MultimodalTransformer(InputModule):
         region_order: RegionOrder = "text_first",
         embedding_mode: EmbeddingMode = "separate",
         image_only_text: ImageOnlyText = "cls_sep",
+        head_input: Literal["first_token", "mean"] = "first_token",
         head_pooler: bool = True,
         max_seq_length: int = 70,
         max_regions: int = 50,
@@ -164,6 +169,9 @@ class MultimodalTransformer(InputModule):
         self.region_order = region_order
         self.embedding_mode = embedding_mode
         self.image_only_text = image_only_text
+        if head_input not in ("first_token", "mean"):
+            raise ValueError(f"head_input must be 'first_token' or 'mean', got {head_input!r}")
+        self.head_input = head_input
         self.head_pooler = bool(head_pooler)
         self.max_seq_length = int(max_seq_length)
         self.max_regions = int(max_regions)
@@ -402,11 +410,16 @@ class MultimodalTransformer(InputModule):
         return embeddings(inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids)
 
     def score(self, token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cross-encoder logit ``[B, 1]`` from the first unmasked position (``[CLS]``, or M3P's first region)."""
-        first = mask.to(torch.int64).argmax(dim=1)
-        first_token = token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first]
+        """Cross-encoder logit ``[B, 1]`` from the first unmasked position (``[CLS]``, or M3P's first region), or from
+        the masked mean of all positions when ``head_input="mean"``."""
+        if self.head_input == "mean":
+            weights = mask.unsqueeze(-1).to(token_embeddings.dtype)
+            summary = (token_embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        else:
+            first = mask.to(torch.int64).argmax(dim=1)
+            summary = token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first]
         pooler = getattr(self.backbone, "pooler", None) if self.head_pooler else None
-        pooled = pooler.activation(pooler.dense(first_token)) if pooler is not None else first_token
+        pooled = pooler.activation(pooler.dense(summary)) if pooler is not None else summary
         return self.classifier(self.classifier_dropout(pooled))
 
     # ------------------------------------------------------------------ persistence

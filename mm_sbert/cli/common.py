@@ -1,0 +1,142 @@
+"""What the subcommands share: user-facing errors, model loading, reading image folders and caption files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Exit codes a shell script can branch on.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_MISSING_COMPONENT = 3
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """A problem the user can fix (bad argument, missing file...): printed as one line, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def require_component(module: str, names: list[str], what: str) -> list[Any]:
+    """Import ``names`` from ``module`` or fail with exit code 3 and a message saying what is missing."""
+    import importlib
+
+    try:
+        imported = importlib.import_module(module)
+        return [getattr(imported, name) for name in names]
+    except (ImportError, AttributeError) as exc:
+        raise CLIError(
+            f"{what} needs {module}.{', '.join(names)}, which this installation of mm_sbert does not provide "
+            f"({exc}); upgrade mm_sbert",
+            EXIT_MISSING_COMPONENT,
+        ) from exc
+
+
+def existing_path(path: str, what: str, kind: str = "any") -> Path:
+    """``path`` as a Path, or a CLIError naming the argument when it does not exist (or has the wrong kind)."""
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise CLIError(f"{what} '{path}' does not exist")
+    if kind == "dir" and not resolved.is_dir():
+        raise CLIError(f"{what} '{path}' is not a folder")
+    if kind == "file" and not resolved.is_file():
+        raise CLIError(f"{what} '{path}' is not a file")
+    return resolved
+
+
+def load_model(path: str, device: str | None = None):
+    """Load a saved mm_sbert model folder as its bi-encoder view (the cross-encoder is ``.to_cross_encoder()``)."""
+    from mm_sbert.models import MMSentenceTransformer
+
+    folder = existing_path(path, "Model folder", "dir")
+    if not (folder / "modules.json").is_file():
+        raise CLIError(
+            f"'{path}' is not a saved mm_sbert model (no modules.json); train one with `mm-sbert train` or "
+            "`mm-sbert demo`, or convert a checkpoint with `mm-sbert convert`"
+        )
+    return MMSentenceTransformer(str(folder), device=device or "cpu")
+
+
+def list_images(paths: list[str]) -> list[Path]:
+    """Image files from files and folders (folders: their image files, recursively, sorted)."""
+    images: list[Path] = []
+    for raw in paths:
+        path = existing_path(raw, "Image path")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise CLIError(f"The folder '{raw}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            images.extend(found)
+        else:
+            images.append(path)
+    return images
+
+
+def read_caption_file(path: str) -> tuple[list[str], list[str], list[int]]:
+    """Read ``caption`` / ``image`` pairs from a CSV, TSV or JSON-lines file.
+
+    Image paths are taken relative to the file's folder. Returns the distinct images (in first-seen order), the
+    captions, and for each caption the position of its image.
+    """
+    file = existing_path(path, "Caption file", "file")
+    rows: list[dict[str, Any]]
+    with open(file, encoding="utf-8", newline="") as f:
+        if file.suffix.lower() in (".jsonl", ".json"):
+            try:
+                rows = [json.loads(line) for line in f if line.strip()]
+            except json.JSONDecodeError as exc:
+                raise CLIError(f"'{path}' is not valid JSON lines: {exc}") from exc
+        else:
+            rows = list(csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","))
+    if not rows:
+        raise CLIError(f"'{path}' holds no rows; expected columns 'caption' and 'image'")
+    missing = {"caption", "image"} - set(rows[0])
+    if missing:
+        raise CLIError(f"'{path}' lacks the column(s) {sorted(missing)}; found {sorted(rows[0])}")
+    images: list[str] = []
+    position: dict[str, int] = {}
+    captions, caption_image_ids = [], []
+    for row in rows:
+        image = str(row["image"])
+        if not os.path.isabs(image):
+            image = str(file.parent / image)
+        if image not in position:
+            position[image] = len(images)
+            images.append(image)
+        captions.append(str(row["caption"]))
+        caption_image_ids.append(position[image])
+    absent = [image for image in images if not os.path.isfile(image)]
+    if absent:
+        raise CLIError(f"{len(absent)} image(s) listed in '{path}' do not exist, e.g. '{absent[0]}'")
+    return images, captions, caption_image_ids
+
+
+def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, seed: int) -> str:
+    """Write a :class:`~mm_sbert.data.SyntheticScenes` set as PNGs + ``captions.csv``; returns the CSV path."""
+    from mm_sbert.data import SyntheticScenes
+
+    scenes = SyntheticScenes(num_images, captions_per_image=captions_per_image, seed=seed)
+    paths = scenes.save_images(os.path.join(folder, "images"))
+    csv_path = os.path.join(folder, "captions.csv")
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["caption", "image", "label"])
+        for caption, image_id in zip(scenes.captions, scenes.caption_image_ids):
+            writer.writerow([caption, os.path.relpath(paths[image_id], folder), image_id])
+    return csv_path
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

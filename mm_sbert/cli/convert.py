@@ -1,0 +1,27 @@
+"""``mm-sbert convert``: turn an original OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from mm_sbert.cli.common import require_component
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder",
+        description="Convert an original checkpoint. All arguments go to the converter; "
+        "`mm-sbert convert --help` lists them.",
+        add_help=False,
+    )
+    # No arguments of its own: main() passes everything after `convert` on to the converter.
+    parser.set_defaults(run=run, converter_args=[])
+
+
+def run(args: argparse.Namespace) -> int:
+    (convert_main,) = require_component("mm_sbert.convert", ["main"], "mm-sbert convert")
+    try:
+        return convert_main(list(args.converter_args))
+    except SystemExit as exc:  # argparse inside the converter exits for --help and bad arguments
+        return exc.code if isinstance(exc.code, int) else 2

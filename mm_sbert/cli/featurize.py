@@ -1,0 +1,67 @@
+"""``mm-sbert featurize``: featurize an image collection once into an on-disk feature store."""
+
+from __future__ import annotations
+
+import argparse
+
+from mm_sbert.cli.common import CLIError, list_images, load_model, require_component
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "featurize",
+        help="featurize images once into a feature store (region features on disk)",
+        description="Run an image featurizer over image files / folders and store the region features "
+        "(memory-mapped shards; an interrupted run resumes). Image ids are the file names without extension.",
+    )
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--output", "-o", required=True, help="feature store folder to write")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="use this saved model's own featurizer (so the features fit the model)")
+    source.add_argument(
+        "--featurizer",
+        choices=["color-grid", "mobilenet-grid"],
+        default=None,
+        help="a built-in featurizer (default: color-grid)",
+    )
+    parser.add_argument("--grid-size", type=int, default=3, help="cells per side for color-grid (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per featurizer call")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
+    parser.set_defaults(run=run)
+
+
+def build_featurizer(args: argparse.Namespace):
+    if args.model:
+        featurizer = load_model(args.model)[0].featurizer
+        if featurizer is None:
+            raise CLIError(f"The model '{args.model}' has no image featurizer; choose one with --featurizer")
+        return featurizer
+    if args.featurizer == "mobilenet-grid":
+        (featurizer_class,) = require_component(
+            "mm_sbert.image_features", ["MobileNetV2GridFeaturizer"], "--featurizer mobilenet-grid"
+        )
+        return featurizer_class()
+    from mm_sbert.image_features import ColorGridFeaturizer
+
+    if args.grid_size < 1:
+        raise CLIError(f"--grid-size must be >= 1, got {args.grid_size}")
+    return ColorGridFeaturizer(grid_size=args.grid_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    (feature_store,) = require_component("mm_sbert.image_features", ["FeatureStore"], "mm-sbert featurize")
+    images = list_images(args.images)
+    stems = [path.stem for path in images]
+    if len(set(stems)) != len(stems):
+        duplicate = next(stem for stem in stems if stems.count(stem) > 1)
+        raise CLIError(f"Two images share the file name '{duplicate}' (ids are file names without extension)")
+    featurizer = build_featurizer(args)
+    store = feature_store.build(
+        args.output, [str(path) for path in images], featurizer, batch_size=args.batch_size, dtype=args.dtype
+    )
+    failed = getattr(store, "failed", {}) or {}
+    print(f"Stored region features of {len(store)} images in {args.output} ({featurizer!r})")
+    if failed:
+        print(f"{len(failed)} image(s) could not be read and were skipped")
+        return 1
+    return 0

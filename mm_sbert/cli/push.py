@@ -1,0 +1,43 @@
+"""``mm-sbert push``: upload a saved model folder to the Hugging Face Hub (both views load from the repo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mm_sbert.cli.common import CLIError, load_model
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a saved model folder to the Hugging Face Hub",
+        description="Upload a saved mm_sbert model (bi-encoder, cross-encoder or joint folder) with its model card. "
+        "The token comes from --token, HF_TOKEN or `huggingface-cli login`.",
+    )
+    parser.add_argument("model", help="saved model folder")
+    parser.add_argument("repo_id", help="Hub repository, e.g. your-name/mm-sbert-coco")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in user's)")
+    parser.add_argument("--commit-message", default="Add mm_sbert model", help="commit message")
+    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    parser.add_argument("--exist-ok", action="store_true", help="do not fail when the repository exists")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if "/" not in args.repo_id or args.repo_id.count("/") > 1:
+        raise CLIError(f"repo_id must look like 'user-or-org/name', got '{args.repo_id}'")
+    model = load_model(args.model)
+    url = model.push_to_hub(
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        commit_message=args.commit_message,
+        revision=args.revision,
+        exist_ok=args.exist_ok,
+        # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
+        replace_model_card=True,
+    )
+    print(f"Pushed {args.model} to {url}")
+    print(f'Load it with MMSentenceTransformer("{args.repo_id}") or MMCrossEncoder("{args.repo_id}")')
+    return 0

@@ -1,0 +1,55 @@
+"""Render the CLI reference page (docs/cli.md) from the argparse definitions, so the docs cannot drift."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISSING_COMPONENT, EXIT_OK, EXIT_USAGE
+
+HEADER = f"""# Command line: `mm-sbert`
+
+`mm-sbert` (also `python -m mm_sbert`) wraps the library for shell use. Every command has `--help`; long work
+shows progress bars. Add `--debug` before the command for full tracebacks, `--verbose` for log messages.
+
+| exit code | meaning |
+|---|---|
+| {EXIT_OK} | success |
+| {EXIT_FAILURE} | unexpected failure (one line; `--debug` shows the traceback) |
+| {EXIT_USAGE} | bad arguments, or a missing / invalid input file or folder (the message names it) |
+| {EXIT_MISSING_COMPONENT} | this installation lacks a component the command needs |
+| {EXIT_INTERRUPTED} | interrupted (Ctrl-C) |
+
+This page is generated from the command definitions (`python -m mm_sbert.cli.reference > docs/cli.md`).
+"""
+
+
+def render_markdown() -> str:
+    """The reference page: the top-level help and each subcommand's help, in order."""
+    from mm_sbert.cli.main import build_parser
+
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width; fix it so the page is reproducible
+    try:
+        parser = build_parser()
+        sections = [HEADER, "## Overview\n", "```text\n" + parser.format_help().rstrip() + "\n```\n"]
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, subparser in subparsers.choices.items():
+            sections.append(f"## `mm-sbert {name}`\n")
+            if name == "convert":
+                sections.append(
+                    "All arguments go to the checkpoint converter (`mm_sbert.convert`); "
+                    "`mm-sbert convert --help` lists them. See [Reproducing the paper](reproduce_paper.md).\n"
+                )
+                continue
+            sections.append("```text\n" + subparser.format_help().rstrip() + "\n```\n")
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
+    return "\n".join(sections)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,0 +1,290 @@
+"""Image-caption corpora (COCO, Karpathy splits, Flickr8k, any ``datasets.Dataset``) for training and evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mm_sbert.image_features.region_features import RegionFeatures
+
+
+@dataclass
+class ImageCaptionCorpus:
+    """Images with several captions each, the shape every retrieval corpus here is read into.
+
+    ``images[k]`` has the id ``image_ids[k]``; caption ``j`` describes the image with id ``caption_image_ids[j]``.
+    The training rows built from it (:meth:`to_dataset`) carry that id as ``label``, so the in-batch losses never
+    treat another caption of the same image, or a second copy of it, as a negative.
+
+    Build one with a reader (:meth:`from_coco_json`, :meth:`from_karpathy_json`, :meth:`from_flickr8k_jsonl`,
+    :meth:`from_dataset`) or directly from lists.
+
+    Args:
+        images: one entry per image: an image path, a PIL image or a :class:`RegionFeatures`.
+        image_ids: one distinct int id per image.
+        captions: all captions.
+        caption_image_ids: for each caption, the id of its image.
+
+    Example:
+        >>> corpus = ImageCaptionCorpus.from_coco_json("coco/captions_train2017.json", image_dir="coco/train2017")
+        >>> train_dataset = corpus.to_dataset()  # columns caption, image, label; one row per caption
+        >>> images, captions, caption_image_ids = corpus.evaluation_data()
+    """
+
+    images: list[Any]
+    image_ids: list[int]
+    captions: list[str]
+    caption_image_ids: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.image_ids):
+            raise ValueError(f"Got {len(self.images)} images but {len(self.image_ids)} image ids")
+        if len(self.captions) != len(self.caption_image_ids):
+            raise ValueError(f"Got {len(self.captions)} captions but {len(self.caption_image_ids)} caption image ids")
+        if len(set(self.image_ids)) != len(self.image_ids):
+            raise ValueError("image_ids must be distinct: one id per image")
+        unknown = set(self.caption_image_ids) - set(self.image_ids)
+        if unknown:
+            raise ValueError(f"Captions refer to image ids that are not in the corpus: {sorted(unknown)[:10]}")
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return f"ImageCaptionCorpus({self.num_images} images, {len(self.captions)} captions)"
+
+    # ------------------------------------------------------------------ views
+
+    def to_dataset(self) -> Any:
+        """A ``datasets.Dataset`` with one row per caption: ``caption`` (str), ``image``, ``label`` (the image id).
+
+        The ``image`` column holds the image path where the corpus has paths (light and picklable; the model's
+        featurizer loads it in the collator), else PIL images (stored by ``datasets`` as encoded bytes).
+        """
+        from datasets import Dataset, Features, Value
+        from datasets import Image as ImageFeature
+
+        position = {image_id: index for index, image_id in enumerate(self.image_ids)}
+        rows = [self.images[position[image_id]] for image_id in self.caption_image_ids]
+        if all(isinstance(image, str) for image in self.images):
+            image_feature: Any = Value("string")
+        elif any(isinstance(image, RegionFeatures) for image in self.images):
+            raise ValueError(
+                "A training Dataset cannot hold RegionFeatures; use image paths (with a featurizer or a feature store)"
+            )
+        else:
+            image_feature = ImageFeature()
+        features = Features({"caption": Value("string"), "image": image_feature, "label": Value("int64")})
+        return Dataset.from_dict(
+            {"caption": list(self.captions), "image": rows, "label": list(self.caption_image_ids)}, features=features
+        )
+
+    def evaluation_data(self) -> tuple[list[Any], list[str], list[int]]:
+        """``(images, captions, caption_image_ids)`` for :class:`~mm_sbert.evaluation.ImageTextRetrievalEvaluator`.
+
+        ``caption_image_ids[j]`` is the *position* in ``images`` of caption ``j``'s image (image ids may be COCO
+        ids; the evaluator indexes images by position).
+        """
+        position = {image_id: index for index, image_id in enumerate(self.image_ids)}
+        return list(self.images), list(self.captions), [position[image_id] for image_id in self.caption_image_ids]
+
+    def select_images(self, indices: Iterable[int]) -> ImageCaptionCorpus:
+        """The sub-corpus of the images at these positions, with all their captions (e.g. a 1k test split)."""
+        indices = list(indices)
+        keep = {self.image_ids[index] for index in indices}
+        pairs = [(c, i) for c, i in zip(self.captions, self.caption_image_ids) if i in keep]
+        return ImageCaptionCorpus(
+            images=[self.images[index] for index in indices],
+            image_ids=[self.image_ids[index] for index in indices],
+            captions=[caption for caption, _ in pairs],
+            caption_image_ids=[image_id for _, image_id in pairs],
+        )
+
+    # ------------------------------------------------------------------ readers
+
+    @classmethod
+    def from_pairs(cls, images: Sequence[Any], captions: Sequence[Sequence[str] | str]) -> ImageCaptionCorpus:
+        """From parallel lists: ``images[k]`` and its caption(s) ``captions[k]`` (one string or a list); ids 0..N-1."""
+        if len(images) != len(captions):
+            raise ValueError(f"Got {len(images)} images but {len(captions)} caption entries")
+        all_captions, caption_image_ids = [], []
+        for image_id, entry in enumerate(captions):
+            entry = [entry] if isinstance(entry, str) else list(entry)
+            all_captions.extend(entry)
+            caption_image_ids.extend([image_id] * len(entry))
+        return cls(list(images), list(range(len(images))), all_captions, caption_image_ids)
+
+    @classmethod
+    def from_coco_json(
+        cls, path: str, image_dir: str | None = None, max_images: int | None = None
+    ) -> ImageCaptionCorpus:
+        """Read a COCO captions file (``images[].id/file_name``, ``annotations[].image_id/caption``).
+
+        Args:
+            path: e.g. ``annotations/captions_train2017.json``.
+            image_dir: folder of the image files; default: ``images/`` beside the JSON if it exists, else the JSON's
+                folder.
+            max_images: keep only the first images (in the file's order), e.g. for a quick run.
+        """
+        data = _read_json(path, required=("images", "annotations"), layout="COCO captions")
+        image_dir = image_dir or _default_image_dir(path)
+        entries = data["images"][:max_images] if max_images else data["images"]
+        images = [os.path.join(image_dir, entry["file_name"]) for entry in entries]
+        image_ids = [int(entry["id"]) for entry in entries]
+        position = {image_id: index for index, image_id in enumerate(image_ids)}
+        # Captions in image order, so caption j of evaluation_data() lines up with the images.
+        annotations = sorted(
+            (a for a in data["annotations"] if a["image_id"] in position),
+            key=lambda a: (position[a["image_id"]], a.get("id", 0)),
+        )
+        captions = [a["caption"].strip() for a in annotations]
+        return cls(images, image_ids, captions, [int(a["image_id"]) for a in annotations])
+
+    @classmethod
+    def from_karpathy_json(
+        cls,
+        path: str,
+        image_root: str | None = None,
+        split: str | Sequence[str] = "train",
+        max_images: int | None = None,
+    ) -> ImageCaptionCorpus:
+        """Read a Karpathy split file (``dataset_coco.json`` / ``dataset_flickr30k.json``).
+
+        Args:
+            path: the JSON (``images[].filename``, optional ``filepath``, ``split``, ``sentences[].raw``).
+            image_root: folder the ``filepath/filename`` paths are relative to; default: the JSON's folder.
+            split: one split name or several, e.g. ``("train", "restval")`` for the usual COCO training set;
+                ``"test"`` gives the 5k (COCO) / 1k (Flickr30k) test images.
+            max_images: keep only the first images of the split.
+        """
+        data = _read_json(path, required=("images",), layout="Karpathy split")
+        splits = {split} if isinstance(split, str) else set(split)
+        image_root = image_root or os.path.dirname(os.path.abspath(path))
+        entries = [entry for entry in data["images"] if entry.get("split") in splits]
+        if not entries:
+            found = sorted({str(entry.get("split")) for entry in data["images"]})
+            raise ValueError(f"{path} has no images in split {sorted(splits)}; its splits are {found}")
+        if max_images:
+            entries = entries[:max_images]
+        images, image_ids, captions, caption_image_ids = [], [], [], []
+        for index, entry in enumerate(entries):
+            image_id = int(entry.get("cocoid", entry.get("imgid", index)))
+            images.append(os.path.join(image_root, entry.get("filepath", ""), entry["filename"]))
+            image_ids.append(image_id)
+            for sentence in entry["sentences"]:
+                captions.append(sentence["raw"].strip())
+                caption_image_ids.append(image_id)
+        return cls(images, image_ids, captions, caption_image_ids)
+
+    @classmethod
+    def from_flickr8k_jsonl(cls, path: str, language: str = "en", max_images: int | None = None) -> ImageCaptionCorpus:
+        """Read the ``captions.jsonl`` layout (one image a line: ``{"image": "images/x.jpg", "en": [...], ...}``).
+
+        Args:
+            path: the ``captions.jsonl`` file or the folder holding it.
+            language: the caption key (``"en"``, ``"de"``, ``"fr"``, ``"cs"``, ``"de_independent"``); images without
+                captions in that language are left out.
+            max_images: keep only the first images.
+        """
+        if os.path.isdir(path):
+            path = os.path.join(path, "captions.jsonl")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No captions file at {path} (expected a captions.jsonl, one image per line)")
+        root = os.path.dirname(os.path.abspath(path))
+        images, image_ids, captions, caption_image_ids = [], [], [], []
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                if "image" not in entry:
+                    raise ValueError(f"{path}:{line_number} has no 'image' key; keys: {sorted(entry)}")
+                texts = entry.get(language) or []
+                if not texts:
+                    continue
+                image_id = len(images)
+                images.append(os.path.join(root, entry["image"]))
+                image_ids.append(image_id)
+                captions.extend(text.strip() for text in texts)
+                caption_image_ids.extend([image_id] * len(texts))
+                if max_images and len(images) >= max_images:
+                    break
+        if not images:
+            raise ValueError(f"{path} has no image with captions in language {language!r}")
+        return cls(images, image_ids, captions, caption_image_ids)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        image_id_column: str | None = None,
+    ) -> ImageCaptionCorpus:
+        """Read a ``datasets.Dataset`` whose rows hold an image and either a list of captions or one caption.
+
+        With one caption per row, rows of the same image are grouped by ``image_id_column`` when given, else by
+        the image value itself (path strings, or identical image bytes), so repeated images get one id.
+        """
+        for column in (image_column, caption_column, image_id_column):
+            if column is not None and column not in dataset.column_names:
+                raise ValueError(f"The dataset has no column {column!r}; its columns are {dataset.column_names}")
+        images, image_ids, captions, caption_image_ids = [], [], [], []
+        key_to_id: dict[Any, int] = {}
+        from datasets import Image as ImageFeature
+
+        # Read images undecoded: grouping rows by image bytes is cheap, decoding every row is not.
+        if isinstance(dataset.features.get(image_column), ImageFeature):
+            dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+        for row in dataset:
+            image = row[image_column]
+            key = row[image_id_column] if image_id_column else _image_key(image)
+            if key not in key_to_id:
+                key_to_id[key] = len(images)
+                images.append(_decode_image(image))
+                image_ids.append(key_to_id[key])
+            entry = row[caption_column]
+            entry = [entry] if isinstance(entry, str) else list(entry)
+            captions.extend(entry)
+            caption_image_ids.extend([key_to_id[key]] * len(entry))
+        return cls(images, image_ids, captions, caption_image_ids)
+
+
+def _read_json(path: str, required: tuple[str, ...], layout: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {layout} JSON at {path}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    missing = [key for key in required if key not in data]
+    if not isinstance(data, dict) or missing:
+        raise ValueError(f"{path} is not in the {layout} layout: missing top-level keys {missing}")
+    return data
+
+
+def _default_image_dir(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    candidate = os.path.join(folder, "images")
+    return candidate if os.path.isdir(candidate) else folder
+
+
+def _image_key(image: Any) -> Any:
+    if isinstance(image, str):
+        return image
+    if isinstance(image, dict):  # datasets' undecoded Image: {"bytes": ..., "path": ...}
+        return image.get("path") or image.get("bytes")
+    return id(image)
+
+
+def _decode_image(image: Any) -> Any:
+    if isinstance(image, dict):
+        from datasets import Image as ImageFeature
+
+        return ImageFeature().decode_example(image)
+    return image

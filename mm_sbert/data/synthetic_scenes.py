@@ -1,0 +1,343 @@
+"""A download-free image-caption set: rendered scenes of coloured shapes whose captions differ only in details."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+# RGB values far apart in hue, so any colour featurizer (and a pixel test) can tell them apart.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 220),
+    "yellow": (235, 215, 20),
+    "purple": (140, 40, 180),
+    "orange": (245, 130, 20),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+SIZES: tuple[str, ...] = ("small", "large")
+# Slot centres as fractions of the image side: the edge cells of a 3x3 grid, so slots never overlap and a grid
+# featurizer with 3 cells per side sees each object in exactly one cell.
+SLOTS: dict[str, tuple[float, float]] = {
+    "left": (1 / 6, 0.5),
+    "right": (5 / 6, 0.5),
+    "top": (0.5, 1 / 6),
+    "bottom": (0.5, 5 / 6),
+}
+# Half-side of an object's bounding box as a fraction of the image side (a large object fills most of its cell).
+SIZE_RADIUS: dict[str, float] = {"small": 0.075, "large": 0.15}
+BACKGROUND = (245, 245, 240)
+_SLOT_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a scene: what it is and where it sits."""
+
+    shape: str
+    color: str
+    size: str
+    slot: str
+
+    def phrase(self, with_size: bool = True) -> str:
+        size = f"{self.size} " if with_size else ""
+        return f"{size}{self.color} {self.shape}"
+
+
+@dataclass
+class Scene:
+    """A scene: 1-4 objects in distinct slots, and the family of near-identical scenes it belongs to."""
+
+    objects: tuple[SceneObject, ...]
+    family: int
+    captions: list[str] = field(default_factory=list)
+
+    @property
+    def signature(self) -> tuple[SceneObject, ...]:
+        return tuple(sorted(self.objects, key=lambda obj: obj.slot))
+
+    @property
+    def gist(self) -> frozenset[str]:
+        """The shapes in the scene: what a caption says once colours, sizes, sides and counts are ignored."""
+        return frozenset(obj.shape for obj in self.objects)
+
+
+class SyntheticScenes:
+    """A deterministic-by-seed image-caption set of rendered scenes with hard negatives.
+
+    Each image shows 2-3 coloured shapes (circle, square, triangle, star; six colours; small or large) in distinct
+    slots (left, right, top, bottom) on a plain background. Images come in *families*: a base scene and variants
+    that change exactly one detail (one object's colour or size, two objects swapping sides, one object moving to
+    an empty slot, or one object more or less). A family shares its global gist, so only the details tell its
+    images apart: the case where the paper finds the cross-encoder stronger than the bi-encoder. Every caption of
+    an image describes all its objects (so each caption identifies its image); captions of one image differ in
+    wording and order.
+
+    Args:
+        num_images: how many images (scenes) to generate. All scenes are distinct.
+        captions_per_image: captions per image (COCO and Flickr30k have 5).
+        seed: the whole set (scenes, captions, pixels) is a function of the arguments; same seed, same set.
+        image_size: side of the square images in pixels.
+        family_size: images per family (the base scene and ``family_size - 1`` one-detail variants).
+        exclude: scenes that must not occur, e.g. ``train.signatures`` for a held-out set that shares no scene with
+            the training set.
+
+    Example:
+        >>> scenes = SyntheticScenes(200, captions_per_image=3, seed=0)
+        >>> scenes.images[0].size, scenes.captions[0], scenes.caption_image_ids[0]
+        ((64, 64), 'there is a large triangle in purple at the bottom and a large star in blue on the left', 0)
+        >>> train_dataset = scenes.to_dataset()  # columns: caption, image, label
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        captions_per_image: int = 5,
+        seed: int = 0,
+        image_size: int = 64,
+        family_size: int = 4,
+        exclude: Iterable[tuple[SceneObject, ...]] = (),
+    ) -> None:
+        if num_images < 1:
+            raise ValueError(f"SyntheticScenes needs num_images >= 1, got {num_images}")
+        if captions_per_image < 1:
+            raise ValueError(f"SyntheticScenes needs captions_per_image >= 1, got {captions_per_image}")
+        if image_size < 16:
+            raise ValueError(f"SyntheticScenes needs image_size >= 16 pixels, got {image_size}")
+        if family_size < 1:
+            raise ValueError(f"SyntheticScenes needs family_size >= 1, got {family_size}")
+        self.num_images = num_images
+        self.captions_per_image = captions_per_image
+        self.seed = seed
+        self.image_size = image_size
+        self.family_size = family_size
+
+        rng = random.Random(seed)
+        self.scenes = self._generate_scenes(rng, set(exclude))
+        for scene in self.scenes:
+            scene.captions = [self._caption(scene, template, rng) for template in self._templates(rng)]
+        self._images: list[Image.Image] | None = None
+
+    # ------------------------------------------------------------------ public views
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The rendered scenes as RGB PIL images (rendered on first access)."""
+        if self._images is None:
+            self._images = [self.render(scene) for scene in self.scenes]
+        return self._images
+
+    @property
+    def captions(self) -> list[str]:
+        """All captions, image by image: ``captions_per_image`` consecutive captions per image."""
+        return [caption for scene in self.scenes for caption in scene.captions]
+
+    @property
+    def caption_image_ids(self) -> list[int]:
+        """For each caption, the index of its image in :attr:`images`."""
+        return [image_id for image_id, scene in enumerate(self.scenes) for _ in scene.captions]
+
+    @property
+    def signatures(self) -> list[tuple[SceneObject, ...]]:
+        """A hashable description of each scene (pass to ``exclude`` of another set to keep them disjoint)."""
+        return [scene.signature for scene in self.scenes]
+
+    @property
+    def families(self) -> list[int]:
+        """For each image, the id of its family (images of one family differ in one detail)."""
+        return [scene.family for scene in self.scenes]
+
+    def save_images(self, folder: str, prefix: str = "scene") -> list[str]:
+        """Write the images as PNG files into ``folder`` and return their paths, in image order."""
+        os.makedirs(folder, exist_ok=True)
+        paths = []
+        for image_id, image in enumerate(self.images):
+            path = os.path.join(folder, f"{prefix}_{image_id:05d}.png")
+            image.save(path)
+            paths.append(path)
+        return paths
+
+    def to_dataset(self, image_paths: Sequence[str] | None = None) -> Any:
+        """A ``datasets.Dataset`` with one row per (caption, image): columns ``caption``, ``image``, ``label``.
+
+        Args:
+            image_paths: paths of the images as saved by :meth:`save_images`; the ``image`` column then holds path
+                strings (light, picklable). Without it the column holds PIL images.
+        """
+        from datasets import Dataset, Features, Value
+        from datasets import Image as ImageFeature
+
+        ids = self.caption_image_ids
+        if image_paths is not None:
+            if len(image_paths) != len(self.scenes):
+                raise ValueError(f"Got {len(image_paths)} image paths for {len(self.scenes)} images")
+            images: list[Any] = [image_paths[i] for i in ids]
+            image_feature: Any = Value("string")
+        else:
+            images = [self.images[i] for i in ids]
+            image_feature = ImageFeature()
+        features = Features({"caption": Value("string"), "image": image_feature, "label": Value("int64")})
+        return Dataset.from_dict({"caption": self.captions, "image": images, "label": ids}, features=features)
+
+    def slot_center(self, slot: str) -> tuple[int, int]:
+        """Pixel coordinates of a slot's centre, where an object in that slot is always painted."""
+        fx, fy = SLOTS[slot]
+        return round(fx * (self.image_size - 1)), round(fy * (self.image_size - 1))
+
+    def render(self, scene: Scene) -> Image.Image:
+        """Draw a scene as an RGB image."""
+        side = self.image_size
+        image = Image.new("RGB", (side, side), BACKGROUND)
+        draw = ImageDraw.Draw(image)
+        for obj in scene.objects:
+            cx, cy = self.slot_center(obj.slot)
+            r = SIZE_RADIUS[obj.size] * side
+            color = COLORS[obj.color]
+            if obj.shape == "circle":
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
+            elif obj.shape == "square":
+                s = r * 0.85
+                draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=color)
+            elif obj.shape == "triangle":
+                draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=color)
+            else:
+                draw.polygon(_star_points(cx, cy, r), fill=color)
+        return image
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticScenes(num_images={self.num_images}, captions_per_image={self.captions_per_image}, "
+            f"seed={self.seed}, image_size={self.image_size}, family_size={self.family_size})"
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    def _generate_scenes(self, rng: random.Random, seen: set[tuple[SceneObject, ...]]) -> list[Scene]:
+        scenes: list[Scene] = []
+        family = 0
+        while len(scenes) < self.num_images:
+            base = Scene(self._random_objects(rng), family)
+            if base.signature in seen:
+                continue
+            members = [base]
+            seen.add(base.signature)
+            attempts = 0
+            while len(members) < self.family_size and attempts < 50 * self.family_size:
+                attempts += 1
+                variant = Scene(self._mutate(base.objects, rng), family)
+                if variant.signature not in seen:
+                    seen.add(variant.signature)
+                    members.append(variant)
+            scenes.extend(members[: self.num_images - len(scenes)])
+            family += 1
+        return scenes
+
+    @staticmethod
+    def _random_objects(rng: random.Random) -> tuple[SceneObject, ...]:
+        count = rng.choice((2, 2, 3))
+        slots = rng.sample(list(SLOTS), count)
+        return tuple(
+            SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), slot) for slot in slots
+        )
+
+    @staticmethod
+    def _mutate(objects: tuple[SceneObject, ...], rng: random.Random) -> tuple[SceneObject, ...]:
+        """Change one detail: a colour, a size, two objects swapping slots, a move, or one object more/less."""
+        objs = list(objects)
+        free_slots = [slot for slot in SLOTS if slot not in {obj.slot for obj in objs}]
+        kinds = ["color", "size", "swap"]
+        if free_slots:
+            kinds += ["move", "add"]
+        shapes = [o.shape for o in objs]
+        duplicates = [k for k, o in enumerate(objs) if shapes.count(o.shape) > 1]
+        if len(objs) > 2 and duplicates:
+            kinds.append("remove")
+        kind = rng.choice(kinds)
+        i = rng.randrange(len(objs))
+        obj = objs[i]
+        if kind == "color":
+            objs[i] = SceneObject(obj.shape, rng.choice([c for c in COLORS if c != obj.color]), obj.size, obj.slot)
+        elif kind == "size":
+            objs[i] = SceneObject(obj.shape, obj.color, "small" if obj.size == "large" else "large", obj.slot)
+        elif kind == "swap":
+            j = rng.choice([j for j in range(len(objs)) if j != i])
+            other = objs[j]
+            objs[i] = SceneObject(obj.shape, obj.color, obj.size, other.slot)
+            objs[j] = SceneObject(other.shape, other.color, other.size, obj.slot)
+        elif kind == "move":
+            objs[i] = SceneObject(obj.shape, obj.color, obj.size, rng.choice(free_slots))
+        elif kind == "add":
+            # The same shape again in another colour: the gist (which shapes) stays, the count changes.
+            objs.append(SceneObject(obj.shape, rng.choice(list(COLORS)), rng.choice(SIZES), rng.choice(free_slots)))
+        else:
+            # Drop an object whose shape also appears elsewhere, so the gist stays the same.
+            objs.pop(rng.choice(duplicates))
+        return tuple(objs)
+
+    # ------------------------------------------------------------------ captions
+
+    def _templates(self, rng: random.Random) -> list[int]:
+        order = list(range(len(_TEMPLATES)))
+        rng.shuffle(order)
+        return [order[k % len(order)] for k in range(self.captions_per_image)]
+
+    @staticmethod
+    def _caption(scene: Scene, template: int, rng: random.Random) -> str:
+        objs = list(scene.objects)
+        rng.shuffle(objs)
+        return _TEMPLATES[template](objs)
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _by_slot(objs: list[SceneObject]) -> str:
+    return _join([f"a {obj.phrase()} {_SLOT_PHRASES[obj.slot]}" for obj in objs])
+
+
+def _slot_first(objs: list[SceneObject]) -> str:
+    return "; ".join(f"{_SLOT_PHRASES[obj.slot]} a {obj.phrase()}" for obj in objs)
+
+
+def _counted(objs: list[SceneObject]) -> str:
+    return f"{_NUMBER_WORDS[len(objs)]} shapes: " + _join(
+        [f"a {obj.phrase()} {_SLOT_PHRASES[obj.slot]}" for obj in objs]
+    )
+
+
+def _colour_counts(objs: list[SceneObject]) -> str:
+    counts: dict[str, int] = {}
+    for obj in objs:
+        counts[obj.color] = counts.get(obj.color, 0) + 1
+    summary = _join([f"{_NUMBER_WORDS[n]} {color}" for color, n in counts.items()])
+    return f"{summary} on a white background: " + _join(
+        [f"the {obj.phrase()} {_SLOT_PHRASES[obj.slot]}" for obj in objs]
+    )
+
+
+def _there_is(objs: list[SceneObject]) -> str:
+    return "there is " + _join([f"a {obj.size} {obj.shape} in {obj.color} {_SLOT_PHRASES[obj.slot]}" for obj in objs])
+
+
+_TEMPLATES = (_by_slot, _slot_first, _counted, _colour_counts, _there_is)
+
+
+def _star_points(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    import math
+
+    points = []
+    for k in range(10):
+        radius = r if k % 2 == 0 else r * 0.45
+        angle = -math.pi / 2 + k * math.pi / 5
+        points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+    return points

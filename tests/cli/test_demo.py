@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+import re
+
+from cli_helpers import run_cli
+
+from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+
+ROW = re.compile(r"^(BE|CE|Coop \(k=20\))\s+" + r"\s+".join([r"(\d+\.\d)"] * 6) + r"\s+(\d+\.\d\d)\s+(\d+)$")
+
+
+def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "demo", "--quick", "--output-dir", tmp_path, "--threads", "1")
+    assert code == 0, err
+
+    rows = {m.group(1): m.groups()[1:] for line in out.splitlines() if (m := ROW.match(line.strip()))}
+    assert set(rows) == {"BE", "CE", "Coop (k=20)"}
+    for values in rows.values():
+        recalls = [float(v) for v in values[:6]]
+        assert all(0.0 <= r <= 100.0 for r in recalls)
+        # R@1 <= R@5 <= R@10 in each direction
+        assert recalls[0] <= recalls[1] <= recalls[2] and recalls[3] <= recalls[4] <= recalls[5]
+        assert float(values[6]) > 0.0
+    # 12 held-out images with one caption each: CE scores every pair; k=20 >= 12, so Coop reranks everything too.
+    assert int(rows["CE"][7]) == 144 and int(rows["BE"][7]) == 0
+    assert rows["Coop (k=20)"][:6] == rows["CE"][:6]
+    assert "Mean recall" in out and ("As in the paper" in out or "does NOT show" in out)
+
+    results = json.loads((tmp_path / "demo_results.json").read_text())
+    assert results["settings"]["eval_images"] == 12
+    assert abs(results["metrics"]["ce_t2i_r@1"] - float(rows["CE"][0])) < 0.051
+    assert (tmp_path / "demo_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((tmp_path / "held_out_images").glob("*.png"))) == 12
+
+    # The saved model is a joint folder: both views load from it.
+    bi_encoder = MMSentenceTransformer(str(tmp_path / "model"))
+    cross_encoder = MMCrossEncoder(str(tmp_path / "model"))
+    assert bi_encoder[0].backbone.config.num_hidden_layers == 1
+    assert cross_encoder.predict(
+        [("a red circle on the left", str(tmp_path / "held_out_images" / "scene_00000.png"))]
+    ).shape == (1,)
+
+
+def test_demo_rejects_bad_settings(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "demo", "--quick", "--steps", "0", "--output-dir", tmp_path)
+    assert code == 2 and "--steps must be >= 1" in err

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from cli_helpers import run_cli, scene_folder, tiny_model_dir
+
+from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
+from mm_sbert.image_features import load_image
+
+FeatureStore = pytest.importorskip("mm_sbert.image_features").__dict__.get("FeatureStore")
+if FeatureStore is None:
+    pytest.skip("mm_sbert.image_features.FeatureStore is not on this branch yet", allow_module_level=True)
+
+
+def test_featurize_folder_with_color_grid_matches_the_featurizer(capsys, tmp_path):
+    store_path = tmp_path / "store"
+    code, out, err = run_cli(
+        capsys, "featurize", f"{scene_folder()}/images", "--output", store_path, "--grid-size", "2"
+    )
+    assert code == 0, err
+    assert "Stored region features of 8 images" in out
+    store = FeatureStore(store_path)
+    assert sorted(store.ids) == [f"scene_{i:05d}" for i in range(8)]
+    expected = ColorGridFeaturizer(grid_size=2).featurize([load_image(f"{scene_folder()}/images/scene_00003.png")])[0]
+    assert torch.allclose(store["scene_00003"].features, expected.features)
+    assert torch.allclose(store["scene_00003"].boxes, expected.boxes)
+
+
+def test_featurize_with_the_models_featurizer_gives_features_the_model_accepts(capsys, tmp_path):
+    store_path = tmp_path / "store"
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", store_path, "--model", tiny_model_dir())
+    assert code == 0, err
+    model = MMSentenceTransformer(tiny_model_dir())
+    from_store = model.encode([FeatureStore(store_path)["scene_00000"]])
+    from_image = model.encode([image])
+    assert from_store == pytest.approx(from_image, abs=1e-5)
+
+
+def test_featurize_missing_input_exits_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "featurize", tmp_path / "nothing.png", "--output", tmp_path / "s")
+    assert code == 2 and "Image path" in err and "does not exist" in err
+    assert not os.path.exists(tmp_path / "s")

@@ -1,0 +1,17 @@
+"""Train the bi-encoder (BE) with the in-batch hardest-negative triplet loss.
+
+Small offline demo (a couple of minutes on a CPU):
+    python training_examples/train_bi_encoder.py
+Real run with the paper's hyperparameters, e.g. on the Karpathy COCO split:
+    python training_examples/train_bi_encoder.py --data dataset_coco.json \
+        --image-root /data/coco --split train,restval --featurizer mobilenet
+Any paper default can be overridden (--batch-size, --lr, --max-steps, ...); --resume continues a crashed run.
+Multi-GPU: torchrun --nproc_per_node=4 training_examples/train_bi_encoder.py --data ...
+"""
+
+from __future__ import annotations
+
+from common import run
+
+if __name__ == "__main__":
+    run("bi_encoder", __doc__.splitlines()[0])
