@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--be-loss", choices=["triplet", "infonce"], default="infonce")
     parser.add_argument("--margin", type=float, default=0.1)
     parser.add_argument("--no-img-layernorm", dest="img_layernorm", action="store_false")
+    parser.add_argument("--head-input", choices=["mean", "first_token"], default="mean", help="what the CE head reads")
     parser.add_argument("--dev-images", type=int, default=1000, help="dev images in the search space (1k protocol)")
     parser.add_argument("--query-images", type=int, default=16, help="query images (x5 captions) for Coop modes")
     parser.add_argument("--ce-pool", type=int, default=16, help="images (x5 captions) fully cross-encoded")
@@ -139,7 +140,7 @@ def training_dataset(rows: list[dict[str, Any]], rng: random.Random):
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def build_model(backbone: str, store, seed: int, img_layernorm: bool = True):
+def build_model(backbone: str, store, seed: int, img_layernorm: bool = True, head_input: str = "mean"):
     from mm_sbert import MMSentenceTransformer
     from mm_sbert.image_features import CachedFeaturizer, MobileNetV2GridFeaturizer
 
@@ -154,6 +155,9 @@ def build_model(backbone: str, store, seed: int, img_layernorm: bool = True):
         max_seq_length=40,
         # VinVL-style LayerNorm after the projection: region tokens start at the scale of the text embeddings.
         use_img_layernorm=img_layernorm,
+        # The CE head reads the mean of all token states: a sentence-embedding checkpoint's [CLS] state barely
+        # depends on the input, so a [CLS] head starts blind (its BCE stayed at chance for 96 steps here).
+        head_input=head_input,
         device="cpu",
     )
 
@@ -177,9 +181,10 @@ def optimizer_for(model, args: argparse.Namespace) -> tuple[torch.optim.Optimize
 
 
 def train(model, dataset, regime: str, args: argparse.Namespace) -> dict[str, Any]:
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
+
     from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
     from mm_sbert.training import JointTrainer, paper_training_args
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
 
     be_loss = ce_loss = None
     if regime in ("bi_encoder", "joint"):
@@ -389,7 +394,7 @@ def run_english(args: argparse.Namespace) -> dict[str, Any]:
     models, training = {}, {}
     for name, regime in (("BE", "bi_encoder"), ("CE", "cross_encoder"), ("Joint", "joint")):
         print(f"training {name} ({regime})", flush=True)
-        models[name] = build_model(backbone, store, args.seed, args.img_layernorm)
+        models[name] = build_model(backbone, store, args.seed, args.img_layernorm, args.head_input)
         training[name] = train(models[name], dataset, regime, args)
 
     # The collection: dev images + captions, then distractor images + captions (owner -1).
@@ -536,7 +541,7 @@ def run_multilingual(args: argparse.Namespace) -> dict[str, Any]:
     store, featurize_seconds, featurized = featurize(args, dev_rows + train_subset)
     dataset = training_dataset(train_subset, rng)
     print("training Joint (multilingual-e5-small)", flush=True)
-    model = build_model(multilingual_e5_small_path(), store, args.seed, args.img_layernorm)
+    model = build_model(multilingual_e5_small_path(), store, args.seed, args.img_layernorm, args.head_input)
     training = {"Joint": train(model, dataset, "joint", args)}
 
     image_keys = [row["id"] for row in dev_rows]
