@@ -13,7 +13,10 @@ from tiny_models import tiny_bert, tiny_xlmr  # noqa: E402
 
 from mm_sbert import ColorGridFeaturizer, MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data next to the repository; a worktree elsewhere points at it with MM_SBERT_SHARED_DATA.
+SHARED_DATA = Path(
+    os.environ.get("MM_SBERT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
