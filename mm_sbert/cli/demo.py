@@ -75,7 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"bi-encoder-only steps before the joint rounds ({DEFAULTS['warmup_steps']})",
     )
     parser.add_argument("--steps", type=int, default=None, help=f"joint training rounds ({DEFAULTS['steps']})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"images per batch ({DEFAULTS['batch_size']})")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help=f"(caption, image) pairs per batch ({DEFAULTS['batch_size']})"
+    )
     parser.add_argument(
         "--layers", type=int, default=None, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)"
     )
@@ -137,7 +139,16 @@ def run(args: argparse.Namespace) -> int:
         f"step, cross-encoder step), {batch_size} captions per batch"
     )
     train_start = time.perf_counter()
-    history = fine_tune(model, train, args.output_dir, steps=steps, batch_size=batch_size, seed=args.seed, **TRAINING)
+    history = fine_tune(
+        model,
+        train,
+        args.output_dir,
+        steps=steps,
+        batch_size=batch_size,
+        seed=args.seed,
+        warmup_steps=warmup_steps,
+        **TRAINING,
+    )
     train_seconds = time.perf_counter() - train_start
 
     print(f"[4/4] Evaluating BE, CE and Coop (k={args.top_k}) on {eval_images} held-out scenes")
@@ -176,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "latency_per_query_seconds": latency,
         "train_seconds": train_seconds,
+        "objective_steps": {
+            objective: sum(1 for _, name, _ in history if name == objective)
+            for objective in ("bi_encoder", "cross_encoder")
+        },
         "final_cross_encoder_bce": sum(ce_losses[-10:]) / max(len(ce_losses[-10:]), 1),
         "total_seconds": time.perf_counter() - started,
     }
