@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.cli.demo_evaluation import format_table, run_evaluation
+    from mm_sbert.cli.results_table import evaluate_modes, format_table
 
     set_threads(args.threads)
     modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             from mm_sbert.image_features import load_image
 
             images = featurizer.featurize([load_image(path) for path in images])
-        metrics = run_evaluation(
+        metrics = evaluate_modes(
             model, images, captions, caption_image_ids, top_k=args.top_k, modes=modes, batch_size=args.batch_size
         )
     print(f"{len(set(caption_image_ids))} images, {len(captions)} captions (recall in %)")

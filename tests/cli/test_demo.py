@@ -26,10 +26,15 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     assert int(rows["CE"][7]) == 144 and int(rows["BE"][7]) == 0
     assert rows["Coop (k=20)"][:6] == rows["CE"][:6]
     assert "Mean recall" in out and ("As in the paper" in out or "does NOT show" in out)
+    assert "How this demo differs from the paper's recipe" in out and "warm-up" in out
 
     results = json.loads((tmp_path / "demo_results.json").read_text())
     assert results["settings"]["eval_images"] == 12
     assert abs(results["metrics"]["ce_t2i_r@1"] - float(rows["CE"][0])) < 0.051
+    # The BCE of the cross-encoder steps (JointTrainer's objective history): a real loss near ln 2 this early.
+    assert 0.3 < results["final_cross_encoder_bce"] < 1.5
+    # --quick: 1 bi-encoder warm-up step, then 2 joint rounds of (bi-encoder step, cross-encoder step).
+    assert results["objective_steps"] == {"bi_encoder": 3, "cross_encoder": 2}
     assert (tmp_path / "demo_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "held_out_images").glob("*.png"))) == 12
 
@@ -45,3 +50,5 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
 def test_demo_rejects_bad_settings(capsys, tmp_path):
     code, _, err = run_cli(capsys, "demo", "--quick", "--steps", "0", "--output-dir", tmp_path)
     assert code == 2 and "--steps must be >= 1" in err
+    code, _, err = run_cli(capsys, "demo", "--quick", "--warmup-steps", "-1", "--output-dir", tmp_path)
+    assert code == 2 and "--warmup-steps must be >= 0" in err
