@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from sentence_transformers.util import load_file_path
@@ -42,6 +41,26 @@ def hub_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs}
 
 
-def ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
+class MultimodalLoadingMixin:
+    """What both views add to the host's loading and saving; put it before the host class in the bases.
+
+    - This package's own module classes load without ``trust_remote_code`` (anything else still needs it).
+    - The saved config carries ``requirements``, so a user without mm_sbert gets an install hint.
+    - Every folder of ours (bi-encoder, cross-encoder, joint) holds the same module, so it loads as either view
+      without the host's "converting model type" path.
+    """
+
+    model_type: str
+
+    def _get_model_config(self) -> dict[str, Any]:
+        return super()._get_model_config() | {"requirements": REQUIREMENTS}
+
+    def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
+        if class_ref in MM_SBERT_MODULE_CLASSES:
+            return MM_SBERT_MODULE_CLASSES[class_ref]
+        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
+
+    def _get_model_type(self, model_name_or_path: str, **kwargs: Any) -> str:
+        if is_multimodal_folder(model_name_or_path, **hub_kwargs_from(kwargs)):
+            return self.model_type
+        return super()._get_model_type(model_name_or_path, **kwargs)

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from sentence_transformers import CrossEncoder
 
-from mm_sbert.models.loading import MM_SBERT_MODULE_CLASSES, REQUIREMENTS, hub_kwargs_from, is_multimodal_folder
+from mm_sbert.models.loading import MultimodalLoadingMixin
 from mm_sbert.models.model_card import MMCrossEncoderModelCardData
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
 
 
-class MMCrossEncoder(CrossEncoder):
+class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
     """The cross-encoder view: ``MultimodalTransformer`` alone; its head writes ``features["scores"]``.
 
     ``predict([(caption, image), ...])`` returns one relevance probability per pair (sigmoid of the logit);
@@ -58,20 +58,6 @@ class MMCrossEncoder(CrossEncoder):
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
         return super().predict(inputs, *args, **kwargs)
-
-    def _get_model_config(self) -> dict[str, Any]:
-        return super()._get_model_config() | {"requirements": REQUIREMENTS}
-
-    def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
-        if class_ref in MM_SBERT_MODULE_CLASSES:
-            return MM_SBERT_MODULE_CLASSES[class_ref]
-        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
-
-    def _get_model_type(self, model_name_or_path: str, **kwargs: Any) -> str:
-        # Every folder of ours (bi-encoder, cross-encoder, joint) holds the same module and loads as this view.
-        if is_multimodal_folder(model_name_or_path, **hub_kwargs_from(kwargs)):
-            return self.model_type
-        return super()._get_model_type(model_name_or_path, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):
         modules, module_kwargs = super()._load_config_modules(model_name_or_path, **kwargs)

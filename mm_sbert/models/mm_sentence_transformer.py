@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from mm_sbert.models.loading import MM_SBERT_MODULE_CLASSES, REQUIREMENTS, hub_kwargs_from, is_multimodal_folder
+from mm_sbert.models.loading import MultimodalLoadingMixin
 from mm_sbert.models.model_card import MMSentenceTransformerModelCardData
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
 
 
-class MMSentenceTransformer(SentenceTransformer):
+class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
     """The bi-encoder view: ``MultimodalTransformer`` + mean pooling, one vector per caption or image.
 
     A :class:`~sentence_transformers.SentenceTransformer` in every respect (``encode``, ``similarity``,
@@ -59,20 +59,6 @@ class MMSentenceTransformer(SentenceTransformer):
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("encode() got an empty list of inputs; pass at least one caption or image")
         return super().encode(inputs, *args, **kwargs)
-
-    def _get_model_config(self) -> dict[str, Any]:
-        return super()._get_model_config() | {"requirements": REQUIREMENTS}
-
-    def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
-        if class_ref in MM_SBERT_MODULE_CLASSES:
-            return MM_SBERT_MODULE_CLASSES[class_ref]
-        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
-
-    def _get_model_type(self, model_name_or_path: str, **kwargs: Any) -> str:
-        # Every folder of ours (bi-encoder, cross-encoder, joint) holds the same module and loads as this view.
-        if is_multimodal_folder(model_name_or_path, **hub_kwargs_from(kwargs)):
-            return self.model_type
-        return super()._get_model_type(model_name_or_path, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):
         modules, module_kwargs = super()._load_config_modules(model_name_or_path, **kwargs)
