@@ -20,7 +20,7 @@ DEFAULTS = {
     "train_images": 200,
     "eval_images": 100,
     "warmup_steps": 60,
-    "steps": 120,
+    "steps": 360,
     "batch_size": 16,
     "layers": 1,
     "eval_captions": 1,
