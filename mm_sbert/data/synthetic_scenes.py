@@ -10,14 +10,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-# RGB values far apart in hue, so any colour featurizer (and a pixel test) can tell them apart.
+from mm_sbert.data.color_swatches import SWATCH_COLORS
+
+# The swatches' RGB values, limited to hues far apart, so any colour featurizer (and a pixel test) tells them apart.
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 215, 20),
-    "purple": (140, 40, 180),
-    "orange": (245, 130, 20),
+    name: SWATCH_COLORS[name] for name in ("red", "green", "blue", "yellow", "purple", "orange")
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 SIZES: tuple[str, ...] = ("small", "large")
