@@ -135,6 +135,17 @@ def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, s
     return csv_path
 
 
+def read_caption_data(
+    data: str | None, synthetic: int | None, scratch: str, captions_per_image: int, seed: int
+) -> tuple[list[str], list[str], list[int]]:
+    """The ``--data`` caption file, or a ``--synthetic N`` set written into ``scratch`` first."""
+    if synthetic is not None:
+        if synthetic < 2:
+            raise CLIError(f"--synthetic needs at least 2 images, got {synthetic}")
+        data = write_synthetic_set(scratch, synthetic, captions_per_image=captions_per_image, seed=seed)
+    return read_caption_file(data)
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch

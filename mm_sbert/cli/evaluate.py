@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, load_model, read_caption_file, set_threads, write_synthetic_set
+from mm_sbert.cli.common import CLIError, load_model, read_caption_data, set_threads
 
 MODES = ("be", "ce", "coop")
 
@@ -45,13 +45,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:
-        if args.synthetic is not None:
-            if args.synthetic < 2:
-                raise CLIError(f"--synthetic needs at least 2 images, got {args.synthetic}")
-            data_file = write_synthetic_set(scratch, args.synthetic, captions_per_image=1, seed=args.seed)
-        else:
-            data_file = args.data
-        images, captions, caption_image_ids = read_caption_file(data_file)
+        images, captions, caption_image_ids = read_caption_data(
+            args.data, args.synthetic, scratch, captions_per_image=1, seed=args.seed
+        )
         featurizer = model[0].featurizer
         if featurizer is not None:
             # Featurize each image once; CE pairs would otherwise featurize it again for every caption.

@@ -6,7 +6,7 @@ import argparse
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, existing_path, read_caption_file, require_component, set_threads
+from mm_sbert.cli.common import CLIError, existing_path, read_caption_data, require_component, set_threads
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
@@ -81,15 +81,9 @@ def run(args: argparse.Namespace) -> int:
     from datasets import Dataset
 
     with tempfile.TemporaryDirectory() as scratch:
-        if args.synthetic is not None:
-            if args.synthetic < 2:
-                raise CLIError(f"--synthetic needs at least 2 images, got {args.synthetic}")
-            from mm_sbert.cli.common import write_synthetic_set
-
-            data_file = write_synthetic_set(scratch, args.synthetic, captions_per_image=3, seed=args.seed)
-        else:
-            data_file = args.data
-        images, captions, caption_image_ids = read_caption_file(data_file)
+        images, captions, caption_image_ids = read_caption_data(
+            args.data, args.synthetic, scratch, captions_per_image=3, seed=args.seed
+        )
         dataset = Dataset.from_dict(
             {"caption": captions, "image": [images[i] for i in caption_image_ids], "label": caption_image_ids}
         )
