@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,6 +49,10 @@ class JointTrainer(SentenceTransformerTrainer):
         steps_ratio: bi-encoder : cross-encoder steps per round in joint training.
         args: training arguments; default :func:`~mm_sbert.training.paper_training_args` for the regime. Joint
             training always uses :class:`AlternatingBatchSampler` (``multi_dataset_batch_sampler`` is not used).
+        batch_samplers: a batch sampler per objective (``"bi_encoder"`` / ``"cross_encoder"``), as a callable taking
+            the host's batch sampler arguments (e.g. ``{"cross_encoder": functools.partial(GroupedBatchSampler,
+            groups=...)}`` for cross-encoder batches of look-alike images); other objectives use
+            ``args.batch_sampler``.
         trainer_kwargs: anything else the host trainer takes (``evaluator``, ``callbacks``, ``eval_dataset``, ...);
             a plain ``eval_dataset`` is evaluated with every objective's loss.
 
@@ -71,6 +76,7 @@ class JointTrainer(SentenceTransformerTrainer):
         cross_encoder_loss: nn.Module | None = None,
         steps_ratio: tuple[int, int] = (1, 1),
         args: SentenceTransformerTrainingArguments | None = None,
+        batch_samplers: dict[str, Callable[..., Any]] | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         objectives = {BI_ENCODER: bi_encoder_loss, CROSS_ENCODER: cross_encoder_loss}
@@ -90,7 +96,13 @@ class JointTrainer(SentenceTransformerTrainer):
         if args is None:
             args = paper_training_args("mm_sbert_output", regime)
 
+        unknown = set(batch_samplers or {}) - set(objectives)
+        if unknown:
+            raise ValueError(
+                f"batch_samplers has entries {sorted(unknown)} for objectives this trainer does not train"
+            )
         self.regime = regime
+        self.objective_batch_samplers = dict(batch_samplers or {})
         self.objective_history: list[tuple[int, str, float]] = []
         self._pending_losses: dict[str, list[torch.Tensor]] = defaultdict(list)
 
@@ -126,6 +138,21 @@ class JointTrainer(SentenceTransformerTrainer):
             loss=losses,
             **trainer_kwargs,
         )
+
+    def get_batch_sampler(self, dataset: Any, **kwargs: Any) -> Any:
+        factory = self.objective_batch_samplers.get(self._objective_of(dataset))
+        if factory is not None:
+            return factory(dataset, **kwargs)
+        return super().get_batch_sampler(dataset, **kwargs)
+
+    def _objective_of(self, dataset: Any) -> str | None:
+        """The objective whose training rows ``dataset`` is (the host passes the per-objective datasets)."""
+        if None in self._objective_of_dataset:
+            return self._objective_of_dataset[None]
+        for name, candidate in getattr(self.train_dataset, "items", dict)():
+            if candidate is dataset:
+                return self._objective_of_dataset.get(name)
+        return None
 
     def get_multi_dataset_batch_sampler(
         self, dataset: Any, batch_samplers: list[Any], generator: torch.Generator | None = None, seed: int | None = 0

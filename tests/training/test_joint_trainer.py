@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer
 from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
-from mm_sbert.training import JointTrainer
+from mm_sbert.training import GroupedBatchSampler, JointTrainer
 
 BE, CE = "bi_encoder", "cross_encoder"
 
@@ -175,3 +175,63 @@ def test_plain_eval_dataset_is_scored_by_both_objectives(tmp_path):
     metrics = trainer.evaluate()
     assert metrics["eval_bi_encoder_loss"] > 0 and metrics["eval_cross_encoder_loss"] > 0
     assert trainer.objective_history == []  # evaluation steps are not training steps
+
+
+class LabelSpy(torch.nn.Module):
+    """Wraps a loss and records the image ids (labels) of every batch it sees."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+        self.batches = []
+
+    def forward(self, features, labels):
+        self.batches.append(labels.tolist())
+        return self.loss(features, labels)
+
+
+@pytest.mark.parametrize("grouped_objective", [BE, CE])
+def test_batch_samplers_apply_to_their_objective_only(tmp_path, grouped_objective):
+    import functools
+
+    bi_encoder, _ = build_views("bert", seed=0)
+    dataset = swatch_corpus(num_images=12, captions_per_image=3).to_dataset()
+    group_of_image = [image // 3 for image in range(12)]  # 4 groups of 3 images
+    spies = {
+        BE: LabelSpy(HardNegativeTripletLoss(bi_encoder, margin=0.2)),
+        CE: LabelSpy(CrossEncoderBCELoss(bi_encoder)),
+    }
+    trainer = JointTrainer(
+        bi_encoder,
+        train_dataset=dataset,
+        bi_encoder_loss=spies[BE],
+        cross_encoder_loss=spies[CE],
+        batch_samplers={
+            grouped_objective: functools.partial(
+                GroupedBatchSampler, groups=[group_of_image[label] for label in dataset["label"]]
+            )
+        },
+        args=tiny_args(tmp_path, max_steps=12, per_device_train_batch_size=6),
+    )
+    trainer.train()
+
+    def whole_groups(batch):
+        groups = {group_of_image[label] for label in batch}
+        return sorted(batch) == sorted(image for image in range(12) if group_of_image[image] in groups)
+
+    assert len(spies[BE].batches) == len(spies[CE].batches) == 6
+    assert all(whole_groups(batch) for batch in spies[grouped_objective].batches)
+    other = CE if grouped_objective == BE else BE
+    assert not all(whole_groups(batch) for batch in spies[other].batches)
+
+
+def test_batch_samplers_reject_objectives_not_trained(tmp_path):
+    bi_encoder, _ = build_views("bert")
+    with pytest.raises(ValueError, match="cross_encoder"):
+        JointTrainer(
+            bi_encoder,
+            train_dataset=swatch_corpus(num_images=3).to_dataset(),
+            bi_encoder_loss=HardNegativeTripletLoss(bi_encoder),
+            batch_samplers={"cross_encoder": GroupedBatchSampler},
+            args=tiny_args(tmp_path),
+        )
