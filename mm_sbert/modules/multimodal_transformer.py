@@ -29,6 +29,8 @@ FEATURIZER_FOLDER = "image_featurizer"
 RegionOrder = Literal["text_first", "regions_first"]
 EmbeddingMode = Literal["separate", "joint"]
 ImageOnlyText = Literal["cls_sep", "cls"]
+HeadInput = Literal["first_token", "mean", "text_image_match"]
+HEAD_INPUTS: tuple[str, ...] = ("first_token", "mean", "text_image_match")
 
 
 class MultimodalTransformer(InputModule):
@@ -66,9 +68,13 @@ class MultimodalTransformer(InputModule):
             alone, as the MMT-Retrieval code feeds OSCAR and M3P).
         head_input: what the cross-encoder head reads: ``"first_token"`` (``[CLS]``, as OSCAR / M3P and the paper) or
             ``"mean"`` (the masked mean of all token states; for starting from a sentence-embedding checkpoint such
-            as all-MiniLM-L6-v2, whose ``[CLS]`` state was never trained and barely depends on the input).
-        head_pooler: whether the cross-encoder head passes the first token through the backbone's pooler
-            (dense + tanh) before ``classifier``; ``False`` puts ``classifier`` on the raw first-token state.
+            as all-MiniLM-L6-v2, whose ``[CLS]`` state was never trained and barely depends on the input), or
+            ``"text_image_match"``: the masked means ``t`` of the text states and ``r`` of the region states, read
+            as ``[t ; r ; t * r ; |t - r|]`` (a matching head as in InferSent / ESIM; ``classifier`` is then
+            ``Linear(4 * hidden, 1)``), so a weighted similarity of the two halves is one linear map away and
+            training from a text-only checkpoint does not have to discover it through attention first.
+        head_pooler: whether the cross-encoder head passes its input (the first token, the mean, or ``t`` and ``r``
+            each) through the backbone's pooler (dense + tanh) before ``classifier``; ``False`` reads it raw.
         max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
         max_regions: regions kept per image (the first ones: extractors sort them by confidence).
         featurizer: turns PIL images and image paths into :class:`RegionFeatures`; without one, images must be
@@ -115,7 +121,7 @@ class MultimodalTransformer(InputModule):
         region_order: RegionOrder = "text_first",
         embedding_mode: EmbeddingMode = "separate",
         image_only_text: ImageOnlyText = "cls_sep",
-        head_input: Literal["first_token", "mean"] = "first_token",
+        head_input: HeadInput = "first_token",
         head_pooler: bool = True,
         max_seq_length: int = 70,
         max_regions: int = 50,
@@ -169,8 +175,8 @@ class MultimodalTransformer(InputModule):
         self.region_order = region_order
         self.embedding_mode = embedding_mode
         self.image_only_text = image_only_text
-        if head_input not in ("first_token", "mean"):
-            raise ValueError(f"head_input must be 'first_token' or 'mean', got {head_input!r}")
+        if head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}")
         self.head_input = head_input
         self.head_pooler = bool(head_pooler)
         self.max_seq_length = int(max_seq_length)
@@ -184,7 +190,8 @@ class MultimodalTransformer(InputModule):
         self.img_embedding = nn.Linear(self.region_feature_dim + BOX_FORMAT_WIDTHS[box_format], hidden_size)
         self.img_layer_norm = nn.LayerNorm(hidden_size, eps=self.img_layer_norm_eps) if use_img_layernorm else None
         self.img_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(hidden_size, 1) if score_head else None
+        head_width = 4 * hidden_size if head_input == "text_image_match" else hidden_size
+        self.classifier = nn.Linear(head_width, 1) if score_head else None
         self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
         self._init_new_weights(config.initializer_range)
 
@@ -389,7 +396,13 @@ class MultimodalTransformer(InputModule):
         features["token_embeddings"] = token_embeddings
         features["attention_mask"] = mask
         if self.classifier is not None:
-            features["scores"] = self.score(token_embeddings, mask)
+            is_text = torch.cat(
+                [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
+                if self.region_order == "text_first"
+                else [torch.zeros_like(region_mask), torch.ones_like(text_mask)],
+                dim=1,
+            )
+            features["scores"] = self.score(token_embeddings, mask, is_text)
         return features
 
     def _joint_embeddings(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -409,17 +422,27 @@ class MultimodalTransformer(InputModule):
         token_type_ids = torch.zeros_like(position_ids)
         return embeddings(inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids)
 
-    def score(self, token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cross-encoder logit ``[B, 1]`` from the first unmasked position (``[CLS]``, or M3P's first region), or from
-        the masked mean of all positions when ``head_input="mean"``."""
-        if self.head_input == "mean":
-            weights = mask.unsqueeze(-1).to(token_embeddings.dtype)
-            summary = (token_embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    def score(
+        self, token_embeddings: torch.Tensor, mask: torch.Tensor, is_text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cross-encoder logit ``[B, 1]`` from what ``head_input`` names: the first unmasked position (``[CLS]``, or
+        M3P's first region), the masked mean of all positions, or the text / region means matched (``is_text``
+        marks the text positions)."""
+        pooler = getattr(self.backbone, "pooler", None) if self.head_pooler else None
+
+        def pool(summary: torch.Tensor) -> torch.Tensor:
+            return pooler.activation(pooler.dense(summary)) if pooler is not None else summary
+
+        if self.head_input == "text_image_match":
+            if is_text is None:
+                raise ValueError("head_input='text_image_match' needs is_text, the mask of the text positions")
+            text, regions = (pool(_masked_mean(token_embeddings, mask * part)) for part in (is_text, 1 - is_text))
+            pooled = torch.cat([text, regions, text * regions, (text - regions).abs()], dim=-1)
+        elif self.head_input == "mean":
+            pooled = pool(_masked_mean(token_embeddings, mask))
         else:
             first = mask.to(torch.int64).argmax(dim=1)
-            summary = token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first]
-        pooler = getattr(self.backbone, "pooler", None) if self.head_pooler else None
-        pooled = pooler.activation(pooler.dense(summary)) if pooler is not None else summary
+            pooled = pool(token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first])
         return self.classifier(self.classifier_dropout(pooled))
 
     # ------------------------------------------------------------------ persistence
@@ -503,3 +526,8 @@ class MultimodalTransformer(InputModule):
         config["backbone"] = type(self.backbone).__name__
         config["featurizer"] = repr(self.featurizer)
         return f"MultimodalTransformer({config})"
+
+
+def _masked_mean(token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(token_embeddings.dtype)
+    return (token_embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)

@@ -194,3 +194,14 @@ def test_model_card_usage_snippet_runs(view, tmp_path):
     exec(snippet.replace("mm_sbert_model_id", str(tmp_path)), namespace)  # noqa: S102
     result = namespace["hits"] if view == "bi_encoder" else namespace["scores"]
     assert len(result) == (2 if view == "bi_encoder" else 4)
+
+
+@pytest.mark.parametrize("head_input", ["mean", "text_image_match"])
+def test_round_trip_keeps_the_head_input(head_input, tmp_path):
+    bi_encoder, cross_encoder = build_views("bert", head_input=head_input)
+    perturb(bi_encoder)
+    scores = cross_encoder.predict(pairs())
+    cross_encoder.save(str(tmp_path))
+    reloaded = MMCrossEncoder(str(tmp_path), device="cpu")
+    assert reloaded[0].head_input == head_input
+    np.testing.assert_array_equal(reloaded.predict(pairs()), scores)

@@ -145,3 +145,49 @@ def test_featurizer_width_must_match_the_projection():
         MultimodalTransformer(
             backbone=backbone, tokenizer=tokenizer, featurizer=ColorGridFeaturizer(), region_feature_dim=2048
         )
+
+
+def reference_score(module, features):
+    """The head written out from the module's token states and weights, one input at a time."""
+    states, mask = features["token_embeddings"], features["attention_mask"].bool()
+    text_width = features["text_mask"].shape[1]
+    pooler = module.backbone.pooler
+
+    def pool(vector):
+        return torch.tanh(pooler.dense(vector)) if module.head_pooler else vector
+
+    logits = []
+    for row in range(states.shape[0]):
+        if module.head_input == "first_token":
+            head_in = pool(states[row, 0])
+        elif module.head_input == "mean":
+            head_in = pool(states[row][mask[row]].mean(0))
+        else:
+            text = pool(states[row, :text_width][mask[row, :text_width]].mean(0))
+            image = pool(states[row, text_width:][mask[row, text_width:]].mean(0))
+            head_in = torch.cat([text, image, text * image, (text - image).abs()])
+        logits.append(module.classifier(head_in))
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("head_input", ["first_token", "mean", "text_image_match"])
+@pytest.mark.parametrize("head_pooler", [True, False])
+def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler):
+    module = build_module("bert", featurizer=False, head_input=head_input, head_pooler=head_pooler)
+    torch.nn.init.normal_(module.classifier.weight, std=0.5)
+    inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
+    features = run(module, inputs)
+    hidden = module.backbone.config.hidden_size
+    assert module.classifier.in_features == (4 * hidden if head_input == "text_image_match" else hidden)
+    with torch.no_grad():
+        expected = reference_score(module, features)
+    torch.testing.assert_close(features["scores"], expected, atol=1e-5, rtol=1e-5)
+    # The score depends on the regions and, for the matching head, on both halves.
+    other = run(module, [("a", regions(1, seed=7)), inputs[1]])
+    assert not torch.allclose(other["scores"][0], features["scores"][0])
+    torch.testing.assert_close(other["scores"][1], features["scores"][1], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_head_input_is_refused():
+    with pytest.raises(ValueError, match="head_input must be one of"):
+        build_module("bert", featurizer=False, head_input="cls")
