@@ -50,10 +50,21 @@ class CrossEncoderBCELoss(nn.Module):
         self.bce = nn.BCEWithLogitsLoss()
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        captions, images, labels = self.columns(sentence_features, labels)
+        similarities = self.mine_similarities(captions, images) if self.hard_negatives else None
+        caption_index, image_index, targets = self.sample_pairs(labels, similarities)
+        pairs = self.pair_features(captions, images, caption_index, image_index)
+        logits = self.model(pairs)["scores"].view(-1)
+        return self.bce(logits, targets.to(logits.dtype))
+
+    def columns(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """The caption and image columns' features, checked, and the image id of every row."""
         sentence_features = list(sentence_features)
         if len(sentence_features) != 2:
             raise ValueError(
-                f"CrossEncoderBCELoss takes two input columns (caption, image) plus a label column, got "
+                f"{type(self).__name__} takes two input columns (caption, image) plus a label column, got "
                 f"{len(sentence_features)} input columns"
             )
         captions, images = sentence_features
@@ -61,20 +72,32 @@ class CrossEncoderBCELoss(nn.Module):
             missing = [key for key in keys if key != "token_type_ids" and key not in features]
             if missing:
                 raise ValueError(
-                    f"The {name} column's features lack {missing}; CrossEncoderBCELoss needs a model whose first "
+                    f"The {name} column's features lack {missing}; {type(self).__name__} needs a model whose first "
                     "module is mm_sbert's MultimodalTransformer"
                 )
         batch_size = captions["input_ids"].size(0)
         device = captions["input_ids"].device
         if labels is None:
             labels = torch.arange(batch_size, device=device)
-        labels = labels.to(device).view(-1)
+        return captions, images, labels.to(device).view(-1)
 
-        similarities = self.mine_similarities(captions, images) if self.hard_negatives else None
-        caption_index, image_index, targets = self.sample_pairs(labels, similarities)
-        pairs = self.pair_features(captions, images, caption_index, image_index)
-        logits = self.model(pairs)["scores"].view(-1)
-        return self.bce(logits, targets.to(logits.dtype))
+    @staticmethod
+    def ranked_candidates(valid: Tensor, similarities: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per row, the other rows in the order negatives are taken: for replacing the image, for the caption.
+
+        A fresh random order per row, or with ``similarities`` the most similar wrong image / caption first;
+        ``valid[i, j]`` (row ``j`` shows another image) is checked by the caller.
+        """
+        batch_size = valid.size(0)
+        if similarities is None:
+            ranked = torch.rand(batch_size, batch_size).argsort(dim=1)
+            return ranked, ranked
+        similarities = similarities.detach().float().cpu()
+        fill = torch.finfo(similarities.dtype).min
+        # Caption i's most similar wrong images; image i's most similar wrong captions.
+        ranked_images = similarities.masked_fill(~valid, fill).argsort(dim=1, descending=True)
+        ranked_captions = similarities.t().masked_fill(~valid, fill).argsort(dim=1, descending=True)
+        return ranked_images, ranked_captions
 
     @torch.no_grad()
     def mine_similarities(self, captions: dict[str, Tensor], images: dict[str, Tensor]) -> Tensor:
@@ -98,15 +121,7 @@ class CrossEncoderBCELoss(nn.Module):
         num_negatives = self.negatives_per_positive
         if num_negatives and valid.any():
             replace_image = (torch.rand(batch_size, num_negatives) < 0.5).tolist()
-            if similarities is None:
-                # A fresh random order per row; the first valid rows in it are that row's negatives.
-                ranked_images = ranked_captions = torch.rand(batch_size, batch_size).argsort(dim=1)
-            else:
-                similarities = similarities.detach().float().cpu()
-                fill = torch.finfo(similarities.dtype).min
-                # Caption i's most similar wrong images; image i's most similar wrong captions.
-                ranked_images = similarities.masked_fill(~valid, fill).argsort(dim=1, descending=True)
-                ranked_captions = similarities.t().masked_fill(~valid, fill).argsort(dim=1, descending=True)
+            ranked_images, ranked_captions = self.ranked_candidates(valid, similarities)
             valid_rows = valid.tolist()
             for i in range(batch_size):
                 pools = {

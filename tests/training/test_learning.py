@@ -7,7 +7,7 @@ import torch
 from conftest import build_views
 from training_helpers import one_torch_thread, swatch_corpus, text_to_image_r1, tiny_args  # noqa: F401 (autouse fixture)
 
-from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
+from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss, HardNegativeTripletLoss
 from mm_sbert.training import JointTrainer
 
 NUM_IMAGES = 8  # chance R@1 = 1/8
@@ -38,6 +38,7 @@ def learnable_tiny_model():
     [
         ("bi_encoder", 150, {"be": 0.4}),
         ("cross_encoder", 150, {"ce": 0.5}),
+        ("cross_encoder_listwise", 150, {"ce": 0.5}),
         ("joint", 300, {"be": 0.5, "ce": 0.5}),
     ],
 )
@@ -50,6 +51,8 @@ def test_short_training_raises_recall_far_above_chance(tmp_path, regime, max_ste
         losses["bi_encoder_loss"] = HardNegativeTripletLoss(bi_encoder, margin=0.2)
     if regime in ("cross_encoder", "joint"):
         losses["cross_encoder_loss"] = CrossEncoderBCELoss(bi_encoder, negatives_per_positive=1)
+    if regime == "cross_encoder_listwise":
+        losses["cross_encoder_loss"] = CrossEncoderListwiseLoss(bi_encoder, negatives=3)
     trainer = JointTrainer(
         bi_encoder,
         train_dataset=corpus.to_dataset(),
