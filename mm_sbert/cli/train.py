@@ -38,6 +38,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the regime)")
     parser.add_argument("--margin", type=float, default=0.1, help="triplet-loss margin (be, joint)")
+    parser.add_argument(
+        "--ce-loss",
+        choices=("bce", "listwise"),
+        default="bce",
+        help="cross-encoder loss (ce, joint): the paper's BCE, or softmax over the positive and in-batch negatives "
+        "(CrossEncoderListwiseLoss)",
+    )
+    parser.add_argument(
+        "--ce-negatives", type=int, default=None, help="cross-encoder negatives per positive (bce: 1, listwise: 3)"
+    )
+    parser.add_argument(
+        "--head-input",
+        choices=("first_token", "mean", "text_image_match"),
+        default="first_token",
+        help="what the cross-encoder head of a NEW model reads (default: [CLS], as the paper)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
@@ -51,7 +67,7 @@ def resolve_backbone(name: str) -> str:
     return str(existing_path(name, "Model", "dir"))
 
 
-def build_model(name: str, grid_size: int):
+def build_model(name: str, grid_size: int, head_input: str = "first_token"):
     """A saved mm_sbert folder as is, or a new joint model on a text checkpoint with a color-grid featurizer."""
     from mm_sbert.image_features import ColorGridFeaturizer
     from mm_sbert.models import MMSentenceTransformer
@@ -64,8 +80,16 @@ def build_model(name: str, grid_size: int):
         raise CLIError(f"'{name}' is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)")
     featurizer = ColorGridFeaturizer(grid_size=grid_size)
     return MMSentenceTransformer.from_backbone(
-        path, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, device="cpu"
+        path, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, head_input=head_input, device="cpu"
     )
+
+
+def cross_encoder_loss(args: argparse.Namespace, model, bce_loss, listwise_loss):
+    if args.regime not in ("ce", "joint"):
+        return None
+    if args.ce_loss == "listwise":
+        return listwise_loss(model, negatives=args.ce_negatives or 3)
+    return bce_loss(model, negatives_per_positive=args.ce_negatives or 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     joint_trainer, paper_training_args = require_component(
         "mm_sbert.training", ["JointTrainer", "paper_training_args"], "mm-sbert train"
     )
-    triplet_loss, bce_loss = require_component(
-        "mm_sbert.losses", ["HardNegativeTripletLoss", "CrossEncoderBCELoss"], "mm-sbert train"
+    if args.ce_negatives is not None and args.ce_negatives < 1:
+        raise CLIError(f"--ce-negatives must be >= 1, got {args.ce_negatives}")
+    triplet_loss, bce_loss, listwise_loss = require_component(
+        "mm_sbert.losses",
+        ["HardNegativeTripletLoss", "CrossEncoderBCELoss", "CrossEncoderListwiseLoss"],
+        "mm-sbert train",
     )
     from datasets import Dataset
 
@@ -87,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = Dataset.from_dict(
             {"caption": captions, "image": [images[i] for i in caption_image_ids], "label": caption_image_ids}
         )
-        model = build_model(args.model, args.grid_size)
+        model = build_model(args.model, args.grid_size, args.head_input)
         overrides = {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "seed": args.seed}
         if args.lr is not None:
             overrides["learning_rate"] = args.lr
@@ -97,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             dataset,
             bi_encoder_loss=triplet_loss(model, margin=args.margin) if args.regime in ("be", "joint") else None,
-            cross_encoder_loss=bce_loss(model) if args.regime in ("ce", "joint") else None,
+            cross_encoder_loss=cross_encoder_loss(args, model, bce_loss, listwise_loss),
             args=training_args,
         )
         trainer.train()

@@ -31,3 +31,28 @@ def test_train_rejects_bad_arguments(capsys, tmp_path):
     assert code == 2 and "--steps must be >= 1" in err
     code, _, err = run_cli(capsys, "train", "be", "--data", tmp_path / "none.csv", "--output-dir", tmp_path)
     assert code in (2, 3)
+
+
+def test_train_ce_with_the_listwise_loss_and_a_matching_head(capsys, tmp_path):
+    output = tmp_path / "run"
+    argv = ["train", "ce", "--model", tiny_model_dir(), "--synthetic", "8", "--steps", "2", "--batch-size", "4"]
+    code, out, err = run_cli(capsys, *argv, "--ce-loss", "listwise", "--ce-negatives", "2", "--output-dir", output)
+    assert code == 0, err
+    before = MMSentenceTransformer(tiny_model_dir())[0]
+    trained = MMCrossEncoder(str(output / "final"))[0]
+    assert not torch.equal(before.classifier.weight, trained.classifier.weight)
+    # --head-input only shapes a NEW model; a saved folder keeps its own head.
+    assert trained.head_input == before.head_input
+    code, _, err = run_cli(capsys, *argv, "--ce-negatives", "0", "--output-dir", output)
+    assert code == 2 and "--ce-negatives must be >= 1" in err
+
+
+def test_new_model_gets_the_requested_head_input(tmp_path):
+    from mm_sbert.cli.train import build_model
+
+    backbone = tmp_path / "backbone"
+    MMSentenceTransformer(tiny_model_dir())[0].backbone.save_pretrained(str(backbone))
+    MMSentenceTransformer(tiny_model_dir())[0].tokenizer.save_pretrained(str(backbone))
+    model = build_model(str(backbone), grid_size=2, head_input="text_image_match")
+    assert model[0].head_input == "text_image_match"
+    assert model[0].classifier.in_features == 4 * model[0].backbone.config.hidden_size
