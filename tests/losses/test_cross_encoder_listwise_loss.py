@@ -98,3 +98,29 @@ def test_rejects_bad_arguments_and_columns():
         CrossEncoderListwiseLoss(model=None, negatives=0)
     with pytest.raises(ValueError, match="CrossEncoderListwiseLoss needs a model whose first module"):
         CrossEncoderListwiseLoss(model=None)([{"input_ids": torch.zeros(2, 3)}, {"input_ids": torch.zeros(2, 3)}])
+
+
+def test_one_mined_negative_leads_the_list_and_random_ones_follow():
+    loss = CrossEncoderListwiseLoss(model=None, negatives=3, hard_negatives=1)
+    labels = torch.arange(6)
+    generator = torch.Generator().manual_seed(0)
+    similarities = torch.rand(6, 6, generator=generator)
+    seen_random = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        caption_lists, image_lists = lists(loss, labels, similarities)
+        for row in range(6):
+            image_list = caption_lists[row].tolist() == [row] * 4
+            negatives = (image_lists if image_list else caption_lists)[row, 1:].tolist()
+            scores = (similarities[row] if image_list else similarities[:, row]).clone()
+            scores[row] = -1
+            assert negatives[0] == scores.argmax().item()
+            assert row not in negatives and len(set(negatives)) == 3
+            seen_random.add(tuple(negatives[1:]))
+    assert len(seen_random) > 10  # the rest of the list is drawn, not fixed
+
+
+def test_hard_negatives_must_fit_the_list():
+    with pytest.raises(ValueError, match="between 0 and negatives=2"):
+        CrossEncoderListwiseLoss(model=None, negatives=2, hard_negatives=3)
+    assert CrossEncoderListwiseLoss(model=None, negatives=2, hard_negatives=True).num_hard_negatives == 2

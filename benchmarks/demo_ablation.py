@@ -1,0 +1,151 @@
+"""What makes the demo's cross-encoder catch up with its bi-encoder: one training recipe per row, same data.
+
+Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid on 200 generated training
+scenes (seed 0) with :func:`mm_sbert.cli.demo.fine_tune` (60 bi-encoder warm-up steps, then joint rounds) and
+evaluates BE, CE and Coop (k=20) on the demo's 100 held-out scenes. The baseline is the first row, measured in the
+same run. Mean recall = mean of R@1/5/10 over both directions, in %.
+
+    python benchmarks/demo_ablation.py                     # every row: about an hour on 2 CPU cores
+    python benchmarks/demo_ablation.py --only default mean_head_bce
+    python benchmarks/demo_ablation.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mm_sbert.cli import demo  # noqa: E402
+from mm_sbert.cli.results_table import evaluate_modes  # noqa: E402
+from mm_sbert.data import SyntheticScenes  # noqa: E402
+
+# The recipe the demo had before this ablation: 1 layer, mean head, BCE with random negatives in random batches.
+BASELINE = {
+    "layers": 1,
+    "steps": 360,
+    "module": {"head_input": "mean"},
+    "training": {"learning_rate": 1e-3, "new_layer_learning_rate": 1e-2},
+}
+TWO_LAYERS = {"layers": 2, "training": {"learning_rate": 3e-4, "new_layer_learning_rate": 3e-3}}
+ROWS: dict[str, dict] = {
+    "baseline_1_layer_mean_head_bce": BASELINE,
+    "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
+    "+_family_batches_120": {
+        **TWO_LAYERS,
+        "steps": 120,
+        "module": {"head_input": "mean"},
+        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+    },
+    "mean_head_bce": {
+        **TWO_LAYERS,
+        "steps": 360,
+        "module": {"head_input": "mean"},
+        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+    },
+    "match_head_bce": {
+        **TWO_LAYERS,
+        "steps": 360,
+        "module": {"head_input": "text_image_match"},
+        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+    },
+    "match_head_bce_mined_negatives_240": {
+        **TWO_LAYERS,
+        "steps": 240,
+        "module": {"head_input": "text_image_match"},
+        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",), "hard_negatives": True},
+    },
+    "match_head_listwise_mined_negatives_240": {
+        **TWO_LAYERS,
+        "steps": 240,
+        "module": {"head_input": "text_image_match"},
+        "training": {
+            **TWO_LAYERS["training"],
+            "family_batches": ("cross_encoder",),
+            "listwise": True,
+            "negatives_per_positive": 3,
+            "hard_negatives": True,
+        },
+    },
+    # The demo's defaults.
+    "default": {"layers": None, "steps": None, "module": demo.MODULE_KWARGS, "training": demo.TRAINING},
+}
+
+
+def mean_recall(metrics: dict[str, float], mode: str) -> float:
+    return sum(metrics[f"{mode}_{d}_r@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)) / 6
+
+
+def run_row(name: str, row: dict, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)
+    train = SyntheticScenes(demo.DEFAULTS["train_images"], captions_per_image=5, seed=seed)
+    held_out = SyntheticScenes(
+        demo.DEFAULTS["eval_images"], captions_per_image=1, seed=seed + 1, exclude=train.signatures
+    )
+    layers = row["layers"] or demo.DEFAULTS["layers"]
+    model = demo.build_demo_model(train.image_size, layers, **{"head_pooler": True, **row["module"]})
+    regions = model[0].featurizer.featurize(held_out.images)
+    training = {"cross_encoder_steps_per_round": 1, **row["training"]}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as output_dir:
+        demo.fine_tune(
+            model,
+            train,
+            output_dir,
+            steps=row["steps"] or demo.DEFAULTS["steps"],
+            batch_size=demo.DEFAULTS["batch_size"],
+            seed=seed,
+            warmup_steps=demo.DEFAULTS["warmup_steps"],
+            show_progress_bar=False,
+            **training,
+        )
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate_modes(model, regions, held_out.captions, held_out.caption_image_ids, top_k=20)
+    result = {mode: mean_recall(metrics, mode) for mode in ("be", "ce", "coop")}
+    result.update({f"{mode}_t2i_r@1": metrics[f"{mode}_t2i_r@1"] for mode in ("be", "ce")})
+    result["train_seconds"] = train_seconds
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(ROWS), help="run these rows (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--list", action="store_true", help="print the rows' settings and exit")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.list:
+        for name, row in ROWS.items():
+            print(name, json.dumps(row, default=list))
+        return
+    torch.set_num_threads(args.threads)
+    names = list(ROWS) if not args.only else [name for name in ROWS if name in args.only]
+    print(f"# demo ablation: seed {args.seed}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    header = f"{'recipe':<42}{'BE':>7}{'CE':>7}{'Coop':>7}{'CE-BE':>7}{'BE R@1':>8}{'CE R@1':>8}{'train s':>9}"
+    print(header)
+    print("-" * len(header))
+    results = {}
+    for name in names:
+        result = run_row(name, ROWS[name], args.seed)
+        results[name] = result
+        print(
+            f"{name:<42}{result['be']:>7.1f}{result['ce']:>7.1f}{result['coop']:>7.1f}"
+            f"{result['ce'] - result['be']:>+7.1f}{result['be_t2i_r@1']:>8.0f}{result['ce_t2i_r@1']:>8.0f}"
+            f"{result['train_seconds']:>9.0f}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
