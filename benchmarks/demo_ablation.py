@@ -75,6 +75,12 @@ ROWS: dict[str, dict] = {
             "hard_negatives": True,
         },
     },
+    "default_with_one_mined_negative_240": {
+        "layers": None,
+        "steps": 240,
+        "module": demo.MODULE_KWARGS,
+        "training": {**demo.TRAINING, "hard_negatives": 1},
+    },
     # The demo's defaults.
     "default": {"layers": None, "steps": None, "module": demo.MODULE_KWARGS, "training": demo.TRAINING},
 }

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
+import pytest
 from cli_helpers import run_cli
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+from mm_sbert.cli.demo import verdict
 
 ROW = re.compile(r"^(BE|CE|Coop \(k=20\))\s+" + r"\s+".join([r"(\d+\.\d)"] * 6) + r"\s+(\d+\.\d\d)\s+(\d+)$")
 
@@ -31,8 +34,10 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     results = json.loads((tmp_path / "demo_results.json").read_text())
     assert results["settings"]["eval_images"] == 12
     assert abs(results["metrics"]["ce_t2i_r@1"] - float(rows["CE"][0])) < 0.051
-    # The BCE of the cross-encoder steps (JointTrainer's objective history): a real loss near ln 2 this early.
-    assert 0.3 < results["final_cross_encoder_bce"] < 1.5
+    # The loss of the cross-encoder steps (JointTrainer's objective history): a real loss near chance this early
+    # (listwise over the positive and 3 negatives: ln 4).
+    assert results["cross_encoder_chance_loss"] == pytest.approx(math.log(4))
+    assert 0.5 * math.log(4) < results["final_cross_encoder_loss"] < 1.5 * math.log(4)
     # --quick: 1 bi-encoder warm-up step, then 2 joint rounds of (bi-encoder step, cross-encoder step).
     assert results["objective_steps"] == {"bi_encoder": 3, "cross_encoder": 2}
     assert (tmp_path / "demo_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -52,3 +57,25 @@ def test_demo_rejects_bad_settings(capsys, tmp_path):
     assert code == 2 and "--steps must be >= 1" in err
     code, _, err = run_cli(capsys, "demo", "--quick", "--warmup-steps", "-1", "--output-dir", tmp_path)
     assert code == 2 and "--warmup-steps must be >= 0" in err
+
+
+def metrics_for(be: float, coop: float, ce: float, coop_seconds: float = 1.0, ce_seconds: float = 10.0):
+    metrics = {"coop_seconds": coop_seconds, "ce_seconds": ce_seconds}
+    for mode, value in (("be", be), ("coop", coop), ("ce", ce)):
+        metrics.update({f"{mode}_{d}_r@{k}": value for d in ("t2i", "i2t") for k in (1, 5, 10)})
+    return metrics
+
+
+def test_verdict_says_whether_the_run_shows_the_paper_result():
+    shown = verdict(metrics_for(be=80.0, coop=81.0, ce=82.0), [0.4] * 10, math.log(4))
+    assert "As in the paper" in shown[2] and "differ by +1.0 points, within the noise" in shown[3]
+    assert "it learned" in shown[4]
+    below = verdict(metrics_for(be=80.0, coop=70.0, ce=60.0), [1.38] * 10, math.log(4))
+    assert "does NOT show" in below[2] and "cross-encoder is still weaker" in below[2]
+    assert "has not learned yet" in below[3] and not any("within the noise" in line for line in below)
+    slow = verdict(metrics_for(be=80.0, coop=81.0, ce=82.0, coop_seconds=6.0, ce_seconds=10.0))
+    assert "does NOT show" in slow[2] and "more than half of CE's time" in slow[2]
+    latency = {"be": {100: 0.01, 10_000: 0.02}, "coop": {100: 0.05, 10_000: 0.06}, "ce": {100: 0.2, 10_000: 20.0}}
+    with_latency = verdict(metrics_for(be=80.0, coop=81.0, ce=82.0), latency=latency)
+    assert "over 10,000 images: Coop 0.06 s, full CE 20 s" in with_latency[2]
+    assert "As in the paper" in with_latency[3]
