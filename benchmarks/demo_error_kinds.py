@@ -1,0 +1,106 @@
+"""Which details a trained demo model confuses: its wrong top-1 images, by how they differ from the right one.
+
+Loads a model saved by ``mm-sbert demo`` (``<output-dir>/model``), rebuilds the demo's held-out scenes for the same
+seed, and for BE and CE counts the image-retrieval queries whose top-1 image is wrong by the kind of difference
+between the wrong and the right scene (``elsewhere``: another family; within the family: colour, size, side swap,
+move to an empty slot, one object more / less). A second table compares every right image with each of its family
+members (pairwise: how often the wrong one scores at least as high).
+
+    mm-sbert demo --output-dir demo_run
+    python benchmarks/demo_error_kinds.py demo_run/model --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mm_sbert.cli.demo import DEFAULTS  # noqa: E402
+from mm_sbert.data import SyntheticScenes  # noqa: E402
+from mm_sbert.data.synthetic_scenes import Scene  # noqa: E402
+
+KINDS = ("colour", "size", "swap", "move", "count", "other")
+
+
+def variant_kind(right: Scene, wrong: Scene) -> str:
+    """How ``wrong`` differs from ``right``: one of :data:`KINDS`."""
+    if len(right.objects) != len(wrong.objects):
+        return "count"
+    by_slot = {obj.slot: obj for obj in right.objects}
+    other = {obj.slot: obj for obj in wrong.objects}
+    if set(by_slot) != set(other):
+        return "move"
+    changed = [slot for slot in by_slot if by_slot[slot] != other[slot]]
+    if len(changed) == 1:
+        a, b = by_slot[changed[0]], other[changed[0]]
+        if (a.shape, a.size) == (b.shape, b.size):
+            return "colour"
+        if (a.shape, a.color) == (b.shape, b.color):
+            return "size"
+    if len(changed) == 2:
+
+        def looks(objs):
+            return sorted((obj.shape, obj.color, obj.size) for obj in objs)
+
+        if looks(by_slot[s] for s in changed) == looks(other[s] for s in changed):
+            return "swap"
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a folder saved by mm-sbert demo")
+    parser.add_argument("--seed", type=int, default=0, help="the demo's --seed")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from mm_sbert import MMSentenceTransformer
+
+    model = MMSentenceTransformer(args.model, device="cpu")
+    cross_encoder = model.to_cross_encoder()
+    train = SyntheticScenes(DEFAULTS["train_images"], captions_per_image=5, seed=args.seed)
+    held_out = SyntheticScenes(
+        DEFAULTS["eval_images"], captions_per_image=1, seed=args.seed + 1, exclude=train.signatures
+    )
+    regions = model[0].featurizer.featurize(held_out.images)
+    captions = model.encode(held_out.captions, convert_to_tensor=True, normalize_embeddings=True)
+    images = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True)
+    n = len(held_out.images)
+    scores = {"BE": (captions @ images.T).cpu()}
+    pairs = [(caption, regions[j]) for caption in held_out.captions for j in range(n)]
+    logits = cross_encoder.predict(pairs, batch_size=256, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
+    scores["CE"] = logits.view(n, n).cpu()
+
+    families, scenes = held_out.families, held_out.scenes
+    print(f"# wrong top-1 images of {n} image-retrieval queries, by kind of difference")
+    print(f"{'mode':<6}{'wrong':>7}{'elsewhere':>11}" + "".join(f"{kind:>8}" for kind in KINDS))
+    for mode, matrix in scores.items():
+        kinds = Counter()
+        for query in range(n):
+            top = int(matrix[query].argmax())
+            if top != query:
+                same_family = families[top] == families[query]
+                kinds[variant_kind(scenes[query], scenes[top]) if same_family else "elsewhere"] += 1
+        print(f"{mode:<6}{sum(kinds.values()):>7}{kinds['elsewhere']:>11}" + "".join(f"{kinds[k]:>8}" for k in KINDS))
+    print("\n# pairwise within families: the right image vs each family member (wrong / compared)")
+    print(f"{'mode':<6}" + "".join(f"{kind:>10}" for kind in KINDS))
+    for mode, matrix in scores.items():
+        wrong, total = Counter(), Counter()
+        for query in range(n):
+            for other in range(n):
+                if other != query and families[other] == families[query]:
+                    kind = variant_kind(scenes[query], scenes[other])
+                    total[kind] += 1
+                    wrong[kind] += int(matrix[query, other] >= matrix[query, query])
+        print(f"{mode:<6}" + "".join(f"{f'{wrong[k]}/{total[k]}':>10}" for k in KINDS))
+
+
+if __name__ == "__main__":
+    main()
