@@ -279,8 +279,9 @@ def fine_tune(
     bi-encoder-only steps. The cross-encoder loss is :class:`~mm_sbert.losses.CrossEncoderBCELoss` with
     ``negatives_per_positive`` negatives per positive, or with ``listwise``
     :class:`~mm_sbert.losses.CrossEncoderListwiseLoss` with that many negatives per list; negatives are random or,
-    with ``hard_negatives``, mined by the bi-encoder. The objectives named in ``family_batches`` get batches of
-    whole scene families (:class:`~mm_sbert.training.GroupedBatchSampler`), the others random batches. The layers
+    with ``hard_negatives``, mined by the bi-encoder. In the joint rounds the objectives named in ``family_batches``
+    get batches of whole scene families (:class:`~mm_sbert.training.GroupedBatchSampler`), the others random
+    batches; the warm-up always draws random batches (look-alikes from a cold start stall the bi-encoder). The layers
     that are new on top of MiniLM (region projection, its LayerNorm, score head) learn at
     ``new_layer_learning_rate``.
     """
@@ -344,7 +345,7 @@ def fine_tune(
             batch_samplers={
                 objective: grouped
                 for objective in family_batches
-                if objective == "bi_encoder" or (joint and objective == "cross_encoder")
+                if joint
             },
         )
         trainer.train()
