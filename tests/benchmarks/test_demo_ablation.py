@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_ablation.py"
+from benchmark_helpers import load_benchmark
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("demo_ablation_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("demo_ablation")
     monkeypatch.setattr(module.demo, "DEFAULTS", dict(module.demo.QUICK))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from benchmark_helpers import load_benchmark
 
 from mm_sbert.data.synthetic_scenes import Scene, SceneObject
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_error_kinds.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("demo_error_kinds_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_error_kinds")
 
 
 def scene(*objects):
