@@ -146,9 +146,10 @@ class JointTrainer(SentenceTransformerTrainer):
         return super().get_batch_sampler(dataset, **kwargs)
 
     def _objective_of(self, dataset: Any) -> str | None:
-        """The objective whose training rows ``dataset`` is (the host passes the per-objective datasets)."""
+        """The objective whose training rows ``dataset`` is (the host passes the per-objective datasets); None for
+        evaluation datasets, which keep the host's sampler."""
         if None in self._objective_of_dataset:
-            return self._objective_of_dataset[None]
+            return self._objective_of_dataset[None] if dataset is self.train_dataset else None
         for name, candidate in getattr(self.train_dataset, "items", dict)():
             if candidate is dataset:
                 return self._objective_of_dataset.get(name)

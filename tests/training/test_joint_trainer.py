@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import build_views
@@ -192,7 +194,6 @@ class LabelSpy(torch.nn.Module):
 
 @pytest.mark.parametrize("grouped_objective", [BE, CE])
 def test_batch_samplers_apply_to_their_objective_only(tmp_path, grouped_objective):
-    import functools
 
     bi_encoder, _ = build_views("bert", seed=0)
     dataset = swatch_corpus(num_images=12, captions_per_image=3).to_dataset()
@@ -235,3 +236,20 @@ def test_batch_samplers_reject_objectives_not_trained(tmp_path):
             batch_samplers={"cross_encoder": GroupedBatchSampler},
             args=tiny_args(tmp_path),
         )
+
+
+def test_single_objective_batch_sampler_leaves_evaluation_batches_alone(tmp_path):
+    bi_encoder, _ = build_views("bert", seed=0)
+    dataset = swatch_corpus(num_images=12, captions_per_image=3).to_dataset()
+    grouped = functools.partial(GroupedBatchSampler, groups=[label // 3 for label in dataset["label"]])
+    trainer = JointTrainer(
+        bi_encoder,
+        train_dataset=dataset,
+        eval_dataset=dataset.select(range(6)),  # 6 rows: the training rows' groups would not fit it
+        bi_encoder_loss=HardNegativeTripletLoss(bi_encoder, margin=0.2),
+        batch_samplers={BE: grouped},
+        args=tiny_args(tmp_path, max_steps=2, per_device_train_batch_size=6, per_device_eval_batch_size=6),
+    )
+    assert isinstance(trainer.get_train_dataloader().batch_sampler, GroupedBatchSampler)
+    assert not isinstance(trainer.get_eval_dataloader().batch_sampler, GroupedBatchSampler)
+    assert trainer.evaluate()["eval_loss"] > 0
