@@ -298,6 +298,7 @@ def fine_tune(
     no_decay = [p for name, p in model.named_parameters() if id(p) not in new and _no_decay(name)]
     dataset = train.to_dataset()
     history: list[tuple[int, str, float]] = []
+    cross_encoder_loss = CrossEncoderListwiseLoss if listwise else CrossEncoderBCELoss
     families = train.families
     grouped = functools.partial(GroupedBatchSampler, groups=[families[i] for i in train.caption_image_ids])
     phases = [("bi-encoder warm-up", warmup_steps, False), ("joint", steps, True)]
@@ -331,22 +332,12 @@ def fine_tune(
             dataset,
             bi_encoder_loss=MultipleNegativesRankingLoss(model),
             cross_encoder_loss=(
-                (
-                    CrossEncoderListwiseLoss(model, negatives_per_positive, hard_negatives=hard_negatives)
-                    if listwise
-                    else CrossEncoderBCELoss(model, negatives_per_positive, hard_negatives=hard_negatives)
-                )
-                if joint
-                else None
+                cross_encoder_loss(model, negatives_per_positive, hard_negatives=hard_negatives) if joint else None
             ),
             args=args,
             steps_ratio=(1, cross_encoder_steps_per_round),
             optimizers=(optimizer, None),
-            batch_samplers={
-                objective: grouped
-                for objective in family_batches
-                if joint
-            },
+            batch_samplers=dict.fromkeys(family_batches, grouped) if joint else None,
         )
         trainer.train()
         offset = history[-1][0] + 1 if history else 0

@@ -396,12 +396,11 @@ class MultimodalTransformer(InputModule):
         features["token_embeddings"] = token_embeddings
         features["attention_mask"] = mask
         if self.classifier is not None:
-            is_text = torch.cat(
-                [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
-                if self.region_order == "text_first"
-                else [torch.zeros_like(region_mask), torch.ones_like(text_mask)],
-                dim=1,
-            )
+            # Only the matching head needs to know which positions are text; the others skip building the mask.
+            is_text = None
+            if self.head_input == "text_image_match":
+                parts = [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
+                is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
             features["scores"] = self.score(token_embeddings, mask, is_text)
         return features
 
