@@ -54,6 +54,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="first_token",
         help="what the cross-encoder head of a NEW model reads (default: [CLS], as the paper)",
     )
+    parser.add_argument(
+        "--fusion-layer",
+        type=int,
+        default=0,
+        help="for a NEW model: how many first layers read text and regions apart before the rest attend across "
+        "both (default: 0, single-stream as the paper)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
@@ -67,7 +74,7 @@ def resolve_backbone(name: str) -> str:
     return str(existing_path(name, "Model", "dir"))
 
 
-def build_model(name: str, grid_size: int, head_input: str = "first_token"):
+def build_model(name: str, grid_size: int, head_input: str = "first_token", fusion_layer: int = 0):
     """A saved mm_sbert folder as is, or a new joint model on a text checkpoint with a color-grid featurizer."""
     from mm_sbert.image_features import ColorGridFeaturizer
     from mm_sbert.models import MMSentenceTransformer
@@ -79,9 +86,17 @@ def build_model(name: str, grid_size: int, head_input: str = "first_token"):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CLIError(f"'{name}' is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)")
     featurizer = ColorGridFeaturizer(grid_size=grid_size)
-    return MMSentenceTransformer.from_backbone(
-        path, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, head_input=head_input, device="cpu"
-    )
+    try:
+        return MMSentenceTransformer.from_backbone(
+            path,
+            featurizer=featurizer,
+            region_feature_dim=featurizer.feature_dim,
+            head_input=head_input,
+            fusion_layer=fusion_layer,
+            device="cpu",
+        )
+    except ValueError as error:
+        raise CLIError(str(error)) from error
 
 
 def cross_encoder_loss(args: argparse.Namespace, model, bce_loss, listwise_loss):
@@ -115,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = Dataset.from_dict(
             {"caption": captions, "image": [images[i] for i in caption_image_ids], "label": caption_image_ids}
         )
-        model = build_model(args.model, args.grid_size, args.head_input)
+        model = build_model(args.model, args.grid_size, args.head_input, args.fusion_layer)
         overrides = {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "seed": args.seed}
         if args.lr is not None:
             overrides["learning_rate"] = args.lr

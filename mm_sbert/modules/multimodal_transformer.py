@@ -73,6 +73,12 @@ class MultimodalTransformer(InputModule):
             as ``[t ; r ; t * r ; |t - r|]`` (a matching head as in InferSent / ESIM; ``classifier`` is then
             ``Linear(4 * hidden, 1)``), so a weighted similarity of the two halves is one linear map away and
             training from a text-only checkpoint does not have to discover it through attention first.
+        fusion_layer: how many of the backbone's first layers run each modality on its own before the rest attend
+            across both: ``0`` (the default) is single-stream from the first layer, as OSCAR / M3P and the paper;
+            ``k > 0`` masks attention between text and region positions in layers ``0..k-1`` (late fusion, as in
+            ALBEF's text encoder under its fusion layers), so those layers read a caption exactly as a text-only
+            input and keep what a sentence-embedding checkpoint learned about phrases; only the layers from ``k`` on
+            compare the caption with the regions. Captions alone are unaffected.
         head_pooler: whether the cross-encoder head passes its input (the first token, the mean, or ``t`` and ``r``
             each) through the backbone's pooler (dense + tanh) before ``classifier``; ``False`` reads it raw.
         max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
@@ -102,6 +108,7 @@ class MultimodalTransformer(InputModule):
         "image_only_text",
         "head_input",
         "head_pooler",
+        "fusion_layer",
         "max_seq_length",
         "max_regions",
         "score_head",
@@ -123,6 +130,7 @@ class MultimodalTransformer(InputModule):
         image_only_text: ImageOnlyText = "cls_sep",
         head_input: HeadInput = "first_token",
         head_pooler: bool = True,
+        fusion_layer: int = 0,
         max_seq_length: int = 70,
         max_regions: int = 50,
         featurizer: ImageFeaturizer | None = None,
@@ -179,6 +187,13 @@ class MultimodalTransformer(InputModule):
             raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}")
         self.head_input = head_input
         self.head_pooler = bool(head_pooler)
+        num_layers = len(backbone.encoder.layer)
+        if not 0 <= int(fusion_layer) < max(num_layers, 1):
+            raise ValueError(
+                f"fusion_layer must be between 0 and {num_layers - 1} (the backbone has {num_layers} layers, and at "
+                f"least one must attend across text and regions), got {fusion_layer}"
+            )
+        self.fusion_layer = int(fusion_layer)
         self.max_seq_length = int(max_seq_length)
         self.max_regions = int(max_regions)
         self.score_head = bool(score_head)
@@ -391,18 +406,38 @@ class MultimodalTransformer(InputModule):
         encoder_mask = create_bidirectional_mask(
             config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
         )
-        token_embeddings = self.backbone.encoder(hidden, attention_mask=encoder_mask).last_hidden_state
+        # The text-position mask is needed only by late fusion and by the matching head.
+        is_text = None
+        if self.fusion_layer > 0 or (self.classifier is not None and self.head_input == "text_image_match"):
+            parts = [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
+            is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
+        if self.fusion_layer > 0:
+            token_embeddings = self._late_fusion_encoder(hidden, mask, encoder_mask, is_text)
+        else:
+            token_embeddings = self.backbone.encoder(hidden, attention_mask=encoder_mask).last_hidden_state
 
         features["token_embeddings"] = token_embeddings
         features["attention_mask"] = mask
         if self.classifier is not None:
-            # Only the matching head needs to know which positions are text; the others skip building the mask.
-            is_text = None
-            if self.head_input == "text_image_match":
-                parts = [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
-                is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
             features["scores"] = self.score(token_embeddings, mask, is_text)
         return features
+
+    def _late_fusion_encoder(
+        self, hidden: torch.Tensor, mask: torch.Tensor, encoder_mask: Any, is_text: torch.Tensor
+    ) -> torch.Tensor:
+        """The backbone's layers one by one; the first :attr:`fusion_layer` ones attend within each modality."""
+        same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
+        if encoder_mask is None:
+            # create_bidirectional_mask returns None when no position is padded.
+            encoder_mask = mask.bool()[:, None, None, :].expand(-1, 1, mask.size(1), -1)
+        if encoder_mask.dtype == torch.bool:
+            within = encoder_mask & same_modality
+        else:
+            # Additive masks (eager attention): 0 where allowed, the dtype's minimum where not.
+            within = encoder_mask.masked_fill(~same_modality, torch.finfo(encoder_mask.dtype).min)
+        for index, layer in enumerate(self.backbone.encoder.layer):
+            hidden = layer(hidden, within if index < self.fusion_layer else encoder_mask)
+        return hidden
 
     def _joint_embeddings(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Positions over the valid tokens of the joint sequence, then the backbone's LayerNorm and dropout (M3P).

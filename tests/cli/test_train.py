@@ -53,6 +53,19 @@ def test_new_model_gets_the_requested_head_input(tmp_path):
     backbone = tmp_path / "backbone"
     MMSentenceTransformer(tiny_model_dir())[0].backbone.save_pretrained(str(backbone))
     MMSentenceTransformer(tiny_model_dir())[0].tokenizer.save_pretrained(str(backbone))
-    model = build_model(str(backbone), grid_size=2, head_input="text_image_match")
+    model = build_model(str(backbone), grid_size=2, head_input="text_image_match", fusion_layer=1)
     assert model[0].head_input == "text_image_match"
     assert model[0].classifier.in_features == 4 * model[0].backbone.config.hidden_size
+    assert model[0].fusion_layer == 1
+
+
+def test_fusion_layer_beyond_the_backbone_is_a_cli_error(tmp_path):
+    from mm_sbert.cli.common import CLIError
+    from mm_sbert.cli.train import build_model
+
+    backbone = tmp_path / "backbone"
+    MMSentenceTransformer(tiny_model_dir())[0].backbone.save_pretrained(str(backbone))
+    MMSentenceTransformer(tiny_model_dir())[0].tokenizer.save_pretrained(str(backbone))
+    layers = MMSentenceTransformer(tiny_model_dir())[0].backbone.config.num_hidden_layers
+    with pytest.raises(CLIError, match=f"fusion_layer must be between 0 and {layers - 1}"):
+        build_model(str(backbone), grid_size=2, fusion_layer=layers)

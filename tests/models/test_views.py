@@ -205,3 +205,16 @@ def test_round_trip_keeps_the_head_input(head_input, tmp_path):
     reloaded = MMCrossEncoder(str(tmp_path), device="cpu")
     assert reloaded[0].head_input == head_input
     np.testing.assert_array_equal(reloaded.predict(pairs()), scores)
+
+
+def test_round_trip_keeps_late_fusion(tmp_path):
+    bi_encoder, cross_encoder = build_views("bert", fusion_layer=1)
+    perturb(bi_encoder)
+    scores = cross_encoder.predict(pairs())
+    cross_encoder.save(str(tmp_path))
+    reloaded = MMCrossEncoder(str(tmp_path), device="cpu")
+    assert reloaded[0].fusion_layer == 1
+    np.testing.assert_array_equal(reloaded.predict(pairs()), scores)
+    # Without late fusion the same weights score the pairs differently: the setting is really read back.
+    reloaded[0].fusion_layer = 0
+    assert not np.allclose(reloaded.predict(pairs()), scores)

@@ -191,3 +191,59 @@ def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler)
 def test_unknown_head_input_is_refused():
     with pytest.raises(ValueError, match="head_input must be one of"):
         build_module("bert", featurizer=False, head_input="cls")
+
+
+def reference_late_fusion(module, inputs):
+    """Token states of ``inputs`` with the first layer run on each modality alone, then the rest on the whole."""
+    captured = {}
+
+    def capture(layer, args):
+        captured["hidden"] = args[0]  # returns None: a pre-hook that returns a value replaces the layer's inputs
+
+    handle = module.backbone.encoder.layer[0].register_forward_pre_hook(capture)
+    features = run(module, inputs)
+    handle.remove()
+    hidden, mask = captured["hidden"], features["attention_mask"].bool()
+    text_width = features["text_mask"].shape[1]
+    text_first = module.region_order == "text_first"
+    text_part = slice(0, text_width) if text_first else slice(hidden.shape[1] - text_width, None)
+    region_part = slice(text_width, None) if text_first else slice(0, hidden.shape[1] - text_width)
+    layers = module.backbone.encoder.layer
+    rows = []
+    with torch.no_grad():
+        for row in range(hidden.shape[0]):
+            parts = []
+            for part in (text_part, region_part) if text_first else (region_part, text_part):
+                states, keep = hidden[row : row + 1, part], mask[row, part]
+                out = torch.zeros_like(states)
+                if keep.any():
+                    out[:, keep] = layers[0](states[:, keep], None)
+                parts.append(out)
+            states, keep = torch.cat(parts, dim=1), mask[row]
+            out = torch.zeros_like(states)
+            out[:, keep] = layers[1](states[:, keep], None)
+            rows.append(out[0])
+    return features, torch.stack(rows), mask
+
+
+@pytest.mark.parametrize("backbone", ["bert", "xlmr"])
+def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone):
+    module = build_module(backbone, featurizer=False, fusion_layer=1)
+    inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
+    features, expected, mask = reference_late_fusion(module, inputs)
+    torch.testing.assert_close(features["token_embeddings"][mask], expected[mask], atol=1e-5, rtol=1e-5)
+    # Single-stream (fusion_layer=0) on the same weights is a different computation for pairs ...
+    module.fusion_layer = 0
+    assert not torch.allclose(run(module, inputs)["token_embeddings"][mask], expected[mask], atol=1e-4)
+    # ... and the same one for captions alone.
+    captions = ["a red circle", "one star left of two blue squares"]
+    single = run(module, captions)["token_embeddings"]
+    module.fusion_layer = 1
+    torch.testing.assert_close(run(module, captions)["token_embeddings"], single)
+
+
+def test_late_fusion_needs_a_layer_that_fuses():
+    with pytest.raises(ValueError, match="fusion_layer must be between 0 and 1"):
+        build_module("bert", featurizer=False, fusion_layer=2)
+    with pytest.raises(ValueError, match="fusion_layer must be between 0 and 1"):
+        build_module("bert", featurizer=False, fusion_layer=-1)
