@@ -13,6 +13,7 @@ members (pairwise: how often the wrong one scores at least as high).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -56,19 +57,26 @@ def variant_kind(right: Scene, wrong: Scene) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a folder saved by mm-sbert demo")
-    parser.add_argument("--seed", type=int, default=0, help="the demo's --seed")
+    parser.add_argument("--seed", type=int, default=None, help="the demo's --seed (default: as the run recorded it)")
+    parser.add_argument("--train-images", type=int, default=None, help="the demo's --train-images (idem)")
+    parser.add_argument("--eval-images", type=int, default=None, help="the demo's --eval-images (idem)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # The held-out scenes depend on the run's seed and scene counts: read them from the demo's results next to the
+    # model, so a model trained with other settings (or an older default) is scored on its own held-out scenes.
+    recorded = Path(args.model).resolve().parent / "demo_results.json"
+    settings = json.loads(recorded.read_text())["settings"] if recorded.is_file() else {}
+    seed = args.seed if args.seed is not None else settings.get("seed", 0)
+    train_images = args.train_images or settings.get("train_images", DEFAULTS["train_images"])
+    eval_images = args.eval_images or settings.get("eval_images", DEFAULTS["eval_images"])
 
     from mm_sbert import MMSentenceTransformer
 
     model = MMSentenceTransformer(args.model, device="cpu")
     cross_encoder = model.to_cross_encoder()
-    train = SyntheticScenes(DEFAULTS["train_images"], captions_per_image=5, seed=args.seed)
-    held_out = SyntheticScenes(
-        DEFAULTS["eval_images"], captions_per_image=1, seed=args.seed + 1, exclude=train.signatures
-    )
+    train = SyntheticScenes(train_images, captions_per_image=5, seed=seed)
+    held_out = SyntheticScenes(eval_images, captions_per_image=1, seed=seed + 1, exclude=train.signatures)
     regions = model[0].featurizer.featurize(held_out.images)
     captions = model.encode(held_out.captions, convert_to_tensor=True, normalize_embeddings=True)
     images = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True)

@@ -28,6 +28,20 @@ def test_rows_train_and_report_recall_of_all_three_modes(bench, row):
     assert result["train_seconds"] > 0
 
 
+def test_skipping_full_cross_encoding_scores_be_and_coop_on_more_captions(bench):
+    settings = {**bench.ROWS["default"], "steps": 1}
+    result = bench.run_row("default", settings, seed=0, held_out_images=6, eval_captions=2, full_cross_encoder=False)
+    assert set(result) == {"be", "coop", "be_t2i_r@1", "coop_t2i_r@1", "train_seconds"}
+    # A smoke test of the options: no CE column, recall of both modes in range.
+    assert 0.0 <= result["coop"] <= 100.0 and 0.0 <= result["be"] <= 100.0
+
+
+def test_recipe_rows_keep_the_scene_count_they_were_measured_with(bench):
+    assert bench.ROWS["match_head_bce"]["train_images"] == 200
+    assert bench.ROWS["previous_default_200_scenes"]["module"]["fusion_layer"] == 0
+    assert "train_images" not in bench.ROWS["default"]  # the demo's own count
+
+
 def test_default_row_is_the_demo_recipe(bench):
     assert bench.ROWS["default"]["training"] is bench.demo.TRAINING
     assert bench.ROWS["default"]["module"] is bench.demo.MODULE_KWARGS
