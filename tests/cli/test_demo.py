@@ -79,3 +79,12 @@ def test_verdict_says_whether_the_run_shows_the_paper_result():
     with_latency = verdict(metrics_for(be=80.0, coop=81.0, ce=82.0), latency=latency)
     assert "over 10,000 images: Coop 0.06 s, full CE 20 s" in with_latency[2]
     assert "As in the paper" in with_latency[3]
+
+
+def test_demo_model_fuses_late_when_it_has_a_layer_to_fuse_in():
+    from mm_sbert.cli.demo import MODULE_KWARGS, build_demo_model
+
+    two_layers = build_demo_model(96, 2, **MODULE_KWARGS)[0]
+    assert len(two_layers.backbone.encoder.layer) == 2 and two_layers.fusion_layer == MODULE_KWARGS["fusion_layer"]
+    # --layers 1 (and --quick) keeps one layer, which must attend across text and regions.
+    assert build_demo_model(96, 1, **MODULE_KWARGS)[0].fusion_layer == 0
