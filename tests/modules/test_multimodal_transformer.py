@@ -226,9 +226,12 @@ def reference_late_fusion(module, inputs):
     return features, torch.stack(rows), mask
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("backbone", ["bert", "xlmr"])
-def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone):
+def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone, attention):
     module = build_module(backbone, featurizer=False, fusion_layer=1)
+    # sdpa takes a boolean mask, eager an additive one: both must keep the modalities apart.
+    module.backbone.set_attn_implementation(attention)
     inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
     features, expected, mask = reference_late_fusion(module, inputs)
     torch.testing.assert_close(features["token_embeddings"][mask], expected[mask], atol=1e-5, rtol=1e-5)
