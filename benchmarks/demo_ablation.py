@@ -43,6 +43,8 @@ BASELINE = {
     "training": {"learning_rate": 1e-3, "new_layer_learning_rate": 1e-2},
 }
 TWO_LAYERS = {"train_images": 200, "layers": 2, "training": {"learning_rate": 3e-4, "new_layer_learning_rate": 3e-3}}
+# The cross-encoder on batches of whole scene families, the step every later row builds on.
+FAMILY_BATCHES = {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)}
 ROWS: dict[str, dict] = {
     "baseline_1_layer_mean_head_bce": BASELINE,
     "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
@@ -50,37 +52,31 @@ ROWS: dict[str, dict] = {
         **TWO_LAYERS,
         "steps": 120,
         "module": {"head_input": "mean"},
-        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+        "training": FAMILY_BATCHES,
     },
     "mean_head_bce": {
         **TWO_LAYERS,
         "steps": 360,
         "module": {"head_input": "mean"},
-        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+        "training": FAMILY_BATCHES,
     },
     "match_head_bce": {
         **TWO_LAYERS,
         "steps": 360,
         "module": {"head_input": "text_image_match"},
-        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)},
+        "training": FAMILY_BATCHES,
     },
     "match_head_bce_mined_negatives_240": {
         **TWO_LAYERS,
         "steps": 240,
         "module": {"head_input": "text_image_match"},
-        "training": {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",), "hard_negatives": True},
+        "training": {**FAMILY_BATCHES, "hard_negatives": True},
     },
     "match_head_listwise_mined_negatives_240": {
         **TWO_LAYERS,
         "steps": 240,
         "module": {"head_input": "text_image_match"},
-        "training": {
-            **TWO_LAYERS["training"],
-            "family_batches": ("cross_encoder",),
-            "listwise": True,
-            "negatives_per_positive": 3,
-            "hard_negatives": True,
-        },
+        "training": {**FAMILY_BATCHES, "listwise": True, "negatives_per_positive": 3, "hard_negatives": True},
     },
     "default_with_one_mined_negative_240": {
         "train_images": 200,
