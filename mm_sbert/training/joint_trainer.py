@@ -150,7 +150,8 @@ class JointTrainer(SentenceTransformerTrainer):
         evaluation datasets, which keep the host's sampler."""
         if None in self._objective_of_dataset:
             return self._objective_of_dataset[None] if dataset is self.train_dataset else None
-        for name, candidate in getattr(self.train_dataset, "items", dict)():
+        # Several objectives: the training data is the DatasetDict built in __init__, one entry per objective step.
+        for name, candidate in self.train_dataset.items():
             if candidate is dataset:
                 return self._objective_of_dataset.get(name)
         return None
