@@ -35,6 +35,8 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.66",
         "safetensors>=0.4",
+        # Connected components of ColorBlobFeaturizer.
+        "scipy>=1.10",
     ],
     extras_require={
         "demo": DEMO,

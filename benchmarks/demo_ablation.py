@@ -1,7 +1,8 @@
 """What makes the demo's cross-encoder catch up with its bi-encoder: one training recipe per row, same data.
 
-Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid on generated training
-scenes (the row's ``train_images``: 200 for the rows that found the recipe, the demo's 1,000 for the others) with
+Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid (or the row's ``featurizer``)
+on generated training scenes (the row's ``train_images``: 200 for the rows that found the recipe, the demo's 1,000
+for the others) with
 :func:`mm_sbert.cli.demo.fine_tune` (60 bi-encoder warm-up steps, then joint rounds) and evaluates BE, CE and Coop
 (k=20) on the demo's 100 held-out scenes. The baseline is the first row, measured in the same run. Mean recall =
 mean of R@1/5/10 over both directions, in %.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mm_sbert.cli import demo  # noqa: E402
 from mm_sbert.cli.results_table import evaluate_modes  # noqa: E402
 from mm_sbert.data import SyntheticScenes  # noqa: E402
+from mm_sbert.image_features import ColorBlobFeaturizer  # noqa: E402
 
 # The recipe the demo had before this ablation: 1 layer, mean head, BCE with random negatives in random batches.
 BASELINE = {
@@ -101,7 +103,16 @@ ROWS: dict[str, dict] = {
     },
     # The demo's defaults.
     "default": {"layers": None, "steps": None, "module": demo.MODULE_KWARGS, "training": demo.TRAINING},
+    # One region per object (ColorBlobFeaturizer, detector-style) instead of one per grid cell.
+    "default_object_regions": {
+        "layers": None,
+        "steps": None,
+        "featurizer": "color_blob",
+        "module": demo.MODULE_KWARGS,
+        "training": demo.TRAINING,
+    },
 }
+FEATURIZERS = {"color_blob": ColorBlobFeaturizer}
 
 
 def mean_recall(metrics: dict[str, float], mode: str) -> float:
@@ -125,7 +136,8 @@ def run_row(
         exclude=train.signatures,
     )
     layers = row["layers"] or demo.DEFAULTS["layers"]
-    model = demo.build_demo_model(train.image_size, layers, **{"head_pooler": True, **row["module"]})
+    featurizer = FEATURIZERS[row["featurizer"]]() if "featurizer" in row else None
+    model = demo.build_demo_model(train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]})
     regions = model[0].featurizer.featurize(held_out.images)
     training = {"cross_encoder_steps_per_round": 1, **row["training"]}
     start = time.perf_counter()

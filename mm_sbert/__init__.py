@@ -6,6 +6,7 @@ from mm_sbert.data import ImageCaptionCorpus, SyntheticScenes
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.image_features import (
     CachedFeaturizer,
+    ColorBlobFeaturizer,
     ColorGridFeaturizer,
     DetectorFeaturizer,
     FeatureStore,
@@ -23,6 +24,7 @@ from mm_sbert.version import __version__
 
 __all__ = [
     "CachedFeaturizer",
+    "ColorBlobFeaturizer",
     "ColorGridFeaturizer",
     "CooperativeRetriever",
     "CrossEncoderBCELoss",

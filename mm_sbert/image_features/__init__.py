@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from mm_sbert.image_features.box_sources import CocoBoxes, TorchvisionDetector
 from mm_sbert.image_features.cached_featurizer import CachedFeaturizer
+from mm_sbert.image_features.color_blob_featurizer import ColorBlobFeaturizer
 from mm_sbert.image_features.color_grid_featurizer import ColorGridFeaturizer
 from mm_sbert.image_features.detector_featurizer import DetectorFeaturizer
 from mm_sbert.image_features.feature_store import FeatureStore, FeatureStoreError
@@ -18,6 +19,7 @@ __all__ = [
     "BoxFormat",
     "CachedFeaturizer",
     "CocoBoxes",
+    "ColorBlobFeaturizer",
     "ColorGridFeaturizer",
     "DetectorFeaturizer",
     "FEATURIZER_REGISTRY",

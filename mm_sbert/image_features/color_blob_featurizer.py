@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from mm_sbert.image_features.image_featurizer import ImageFeaturizer, register_featurizer
+from mm_sbert.image_features.region_features import RegionFeatures
+
+
+@register_featurizer
+class ColorBlobFeaturizer(ImageFeaturizer):
+    """A weight-free object "detector" for plain backgrounds: one region per connected blob of colour.
+
+    The object-region counterpart of :class:`ColorGridFeaturizer`, as the paper's Faster R-CNN regions are to a grid:
+    pixels whose saturation exceeds ``saturation_threshold`` are object pixels, each 8-connected component of at
+    least ``min_pixels`` of them is a region with its bounding box, and the whole image comes first. Each region's
+    feature describes its colour (mean and standard deviation of R, G, B over the object's pixels, a hue histogram
+    weighted by saturation) and its shape (the fraction of its box it fills, and how much fuller the box's bottom
+    half is than its top half), so one region carries what a caption says about one object: colour, shape, size
+    (the box) and position (the box). Regions are ordered by their box centres, top to bottom, then left to right.
+
+    Args:
+        hue_bins: bins of the hue histogram.
+        saturation_threshold: HSV saturation (0-1) above which a pixel belongs to an object.
+        min_pixels: smaller blobs are noise (anti-aliased edges) and are dropped.
+        max_regions: keep at most this many blobs, the largest ones.
+    """
+
+    config_keys = ["hue_bins", "saturation_threshold", "min_pixels", "max_regions"]
+
+    def __init__(
+        self, hue_bins: int = 12, saturation_threshold: float = 0.3, min_pixels: int = 4, max_regions: int = 16
+    ) -> None:
+        if hue_bins < 1 or not 0.0 < saturation_threshold < 1.0 or min_pixels < 1 or max_regions < 1:
+            raise ValueError(
+                f"ColorBlobFeaturizer needs hue_bins >= 1, 0 < saturation_threshold < 1, min_pixels >= 1 and "
+                f"max_regions >= 1; got hue_bins={hue_bins}, saturation_threshold={saturation_threshold}, "
+                f"min_pixels={min_pixels}, max_regions={max_regions}"
+            )
+        self.hue_bins = hue_bins
+        self.saturation_threshold = saturation_threshold
+        self.min_pixels = min_pixels
+        self.max_regions = max_regions
+        self.feature_dim = 3 + 3 + hue_bins + 2
+
+    def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
+        return [self._featurize_one(image) for image in images]
+
+    def _featurize_one(self, image: Image.Image) -> RegionFeatures:
+        image = image.convert("RGB")
+        width, height = image.size
+        rgb = np.asarray(image, dtype=np.float32) / 255.0
+        hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
+        saturated = hsv[..., 1] > self.saturation_threshold
+        labels, _ = ndimage.label(saturated, structure=np.ones((3, 3), dtype=bool))
+        blobs = [
+            (mask_slice[0].start + mask_slice[0].stop, mask_slice[1].start + mask_slice[1].stop, index + 1, mask_slice)
+            for index, mask_slice in enumerate(ndimage.find_objects(labels))
+            if mask_slice is not None and (labels[mask_slice] == index + 1).sum() >= self.min_pixels
+        ]
+        if len(blobs) > self.max_regions:
+            blobs = sorted(blobs, key=lambda blob: -(labels[blob[3]] == blob[2]).sum())[: self.max_regions]
+        blobs.sort(key=lambda blob: (blob[0], blob[1]))
+
+        features = [self._describe(rgb, hsv, np.ones(saturated.shape, dtype=bool), saturated)]
+        boxes = [(0.0, 0.0, 1.0, 1.0)]
+        for _, _, label, (rows, cols) in blobs:
+            mask = labels[rows, cols] == label
+            features.append(self._describe(rgb[rows, cols], hsv[rows, cols], mask, mask))
+            boxes.append((cols.start / width, rows.start / height, cols.stop / width, rows.stop / height))
+        return RegionFeatures(
+            torch.from_numpy(np.stack(features)), torch.tensor(boxes, dtype=torch.float32), image_size=image.size
+        )
+
+    def _describe(self, rgb: np.ndarray, hsv: np.ndarray, region: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        """Colour of the object pixels in ``region`` (the whole region if it has none) and the region's fill."""
+        pixels = rgb[objects] if objects.any() else rgb[region]
+        hue, saturation = hsv[..., 0][region], hsv[..., 1][region]
+        histogram, _ = np.histogram(hue, bins=self.hue_bins, range=(0.0, 1.0), weights=saturation)
+        histogram = histogram / max(len(hue), 1)
+        half = objects.shape[0] // 2
+        top, bottom = (
+            objects[:half].mean() if half else 0.0,
+            objects[objects.shape[0] - half :].mean() if half else 0.0,
+        )
+        shape = np.array([objects.mean(), bottom - top], dtype=np.float32)
+        return np.concatenate([pixels.mean(0), pixels.std(0), histogram.astype(np.float32), shape]).astype(np.float32)
