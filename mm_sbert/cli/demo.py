@@ -20,7 +20,7 @@ from mm_sbert.cli.common import CLIError, set_threads
 
 DEFAULTS = {
     "train_images": 1000,
-    "eval_images": 100,
+    "eval_images": 200,
     "warmup_steps": 60,
     "steps": 360,
     "batch_size": 16,
@@ -77,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
         description="Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated "
         "scenes of coloured shapes whose captions differ only in details, then print recall@1/5/10 and time of "
-        "BE, CE and Coop retrieval on held-out scenes and save a plot. Takes about 7 minutes on 2 CPU cores.",
+        "BE, CE and Coop retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores.",
     )
     parser.add_argument("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default: 0)")

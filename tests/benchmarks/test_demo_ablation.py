@@ -11,6 +11,7 @@ from benchmark_helpers import load_benchmark
 def bench(monkeypatch):
     module = load_benchmark("demo_ablation")
     monkeypatch.setattr(module.demo, "DEFAULTS", dict(module.demo.QUICK))
+    monkeypatch.setattr(module, "ABLATION_HELD_OUT", module.demo.QUICK["eval_images"])
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield module
@@ -40,6 +41,20 @@ def test_recipe_rows_keep_the_scene_count_they_were_measured_with(bench):
     assert bench.ROWS["match_head_bce"]["train_images"] == 200
     assert bench.ROWS["previous_default_200_scenes"]["module"]["fusion_layer"] == 0
     assert "train_images" not in bench.ROWS["default"]  # the demo's own count
+
+
+def test_object_region_row_trains_on_the_blob_featurizer(bench, monkeypatch):
+    built = []
+    original = bench.demo.build_demo_model
+
+    def build(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(bench.demo, "build_demo_model", build)
+    result = bench.run_row("default_object_regions", {**bench.ROWS["default_object_regions"], "steps": 1}, seed=0)
+    assert isinstance(built[0][0].featurizer, bench.ColorBlobFeaturizer)
+    assert result["coop"] == pytest.approx(result["ce"])  # 12 held-out scenes, k=20, as above
 
 
 def test_default_row_is_the_demo_recipe(bench):
