@@ -50,7 +50,7 @@ MODULE_KWARGS = {"head_input": "text_image_match", "head_pooler": True, "fusion_
 NOTES = (
     "How this demo differs from the paper's recipe, to learn on 2 CPU cores within minutes:",
     "- model: all-MiniLM-L6-v2 (text only) cut to its first layers (paper: OSCAR / M3P, 12 layers, pretrained on"
-    " image-text pairs); images: a 3x3 colour grid (paper: 36 Faster R-CNN regions);",
+    " image-text pairs); images: {regions} (paper: 36 Faster R-CNN regions);",
     "- bi-encoder loss: in-batch InfoNCE (paper: triplet loss with the hardest in-batch negative, which from a"
     " cold start collapses within a few hundred steps);",
     "- cross-encoder loss: softmax over the positive pair and {negatives_per_positive} in-batch negatives"
@@ -69,6 +69,9 @@ NOTES = (
     " rounds (paper: 30k rounds).",
 )
 LATENCY_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
+# --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
+# (docs/quickstart.md, "More training, object regions").
+REGIONS = {"grid": "a 3x3 colour grid", "objects": "one region per object (ColorBlobFeaturizer)"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -95,6 +98,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--layers", type=int, default=None, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)"
+    )
+    parser.add_argument(
+        "--regions",
+        choices=sorted(REGIONS),
+        default="grid",
+        help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per object, "
+        "ColorBlobFeaturizer)",
     )
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
@@ -143,9 +153,11 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights, first {_setting(args, 'layers')} "
-        "layers) + a colour-grid image featurizer"
+        f"layers), image regions: {REGIONS[args.regions]}"
     )
-    model = build_demo_model(train.image_size, _setting(args, "layers"), **MODULE_KWARGS)
+    model = build_demo_model(
+        train.image_size, _setting(args, "layers"), featurizer=_featurizer(args.regions), **MODULE_KWARGS
+    )
     featurizer = model[0].featurizer
     eval_regions = featurizer.featurize(held_out.images)
 
@@ -183,7 +195,15 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print()
     for line in NOTES:
-        print(line.format(batch_size=batch_size, steps=steps, warmup_steps=warmup_steps, **TRAINING))
+        print(
+            line.format(
+                batch_size=batch_size,
+                steps=steps,
+                warmup_steps=warmup_steps,
+                regions=REGIONS[args.regions],
+                **TRAINING,
+            )
+        )
 
     plot_path = os.path.join(args.output_dir, "demo_results.png")
     save_plot(plot_path, metrics, latency, args.top_k)
@@ -196,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             "steps": steps,
             "batch_size": batch_size,
             "layers": _setting(args, "layers"),
+            "regions": args.regions,
             **TRAINING,
             "top_k": args.top_k,
             "threads": torch.get_num_threads(),
@@ -229,6 +250,13 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"Done in {results['total_seconds']:.0f} s (training {train_seconds:.0f} s).")
     return 0
+
+
+def _featurizer(regions: str):
+    """The featurizer for ``--regions``; ``None`` lets :func:`build_demo_model` pick its grid."""
+    from mm_sbert.image_features import ColorBlobFeaturizer
+
+    return ColorBlobFeaturizer() if regions == "objects" else None
 
 
 def build_demo_model(image_size: int, layers: int = 6, featurizer=None, **module_kwargs):

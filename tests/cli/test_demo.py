@@ -6,9 +6,10 @@ import re
 
 import pytest
 from cli_helpers import run_cli
+from PIL import Image
 
-from mm_sbert import MMCrossEncoder, MMSentenceTransformer
-from mm_sbert.cli.demo import verdict
+from mm_sbert import ColorBlobFeaturizer, MMCrossEncoder, MMSentenceTransformer, SyntheticScenes
+from mm_sbert.cli.demo import QUICK, verdict
 
 ROW = re.compile(r"^(BE|CE|Coop \(k=20\))\s+" + r"\s+".join([r"(\d+\.\d)"] * 6) + r"\s+(\d+\.\d\d)\s+(\d+)$")
 
@@ -50,6 +51,22 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     assert cross_encoder.predict(
         [("a red circle on the left", str(tmp_path / "held_out_images" / "scene_00000.png"))]
     ).shape == (1,)
+
+
+def test_quick_demo_with_object_regions_trains_and_saves_the_blob_featurizer(capsys, tmp_path):
+    code, out, err = run_cli(
+        capsys, "demo", "--quick", "--regions", "objects", "--output-dir", tmp_path, "--threads", "1"
+    )
+    assert code == 0, err
+    assert "one region per object (ColorBlobFeaturizer)" in out and "3x3 colour grid" not in out
+    assert json.loads((tmp_path / "demo_results.json").read_text())["settings"]["regions"] == "objects"
+    model = MMSentenceTransformer(str(tmp_path / "model"))
+    assert isinstance(model[0].featurizer, ColorBlobFeaturizer)
+    # The saved model featurizes a held-out scene into its objects: the whole image plus one region per object.
+    train = SyntheticScenes(QUICK["train_images"], captions_per_image=5, seed=0)
+    held_out = SyntheticScenes(QUICK["eval_images"], captions_per_image=1, seed=1, exclude=train.signatures)
+    (regions,) = model[0].featurizer([Image.open(tmp_path / "held_out_images" / "scene_00000.png")])
+    assert regions.num_regions == 1 + len(held_out.scenes[0].objects)
 
 
 def test_demo_rejects_bad_settings(capsys, tmp_path):
