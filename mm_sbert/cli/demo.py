@@ -458,7 +458,8 @@ def verdict(
             reasons.append(
                 "Coop recall is below BE's"
                 + (
-                    ": the cross-encoder is still weaker than the bi-encoder after this little training"
+                    ": the cross-encoder is weaker than the bi-encoder, which from a text-only checkpoint it"
+                    " learns to match, not to beat, even with 3x the rounds; see docs/quickstart.md"
                     if ce < be
                     else ""
                 )
@@ -467,7 +468,7 @@ def verdict(
             reasons.append("Coop took more than half of CE's time: the collection is smaller than a few times k")
         lines.append(
             f"Note: this run does NOT show the paper's result ({'; '.join(reasons)}). The numbers are as measured; "
-            "more --steps / --train-images move them."
+            "more --steps / --train-images lift both models."
         )
     if abs(coop - be) < 3.0:
         lines.append(

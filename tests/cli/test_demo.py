@@ -88,7 +88,7 @@ def test_verdict_says_whether_the_run_shows_the_paper_result():
     assert "As in the paper" in shown[2] and "differ by +1.0 points, within the noise" in shown[3]
     assert "it learned" in shown[4]
     below = verdict(metrics_for(be=80.0, coop=70.0, ce=60.0), [1.38] * 10, math.log(4))
-    assert "does NOT show" in below[2] and "cross-encoder is still weaker" in below[2]
+    assert "does NOT show" in below[2] and "cross-encoder is weaker" in below[2]
     assert "has not learned yet" in below[3] and not any("within the noise" in line for line in below)
     slow = verdict(metrics_for(be=80.0, coop=81.0, ce=82.0, coop_seconds=6.0, ce_seconds=10.0))
     assert "does NOT show" in slow[2] and "more than half of CE's time" in slow[2]
