@@ -57,18 +57,20 @@ class ColorBlobFeaturizer(ImageFeaturizer):
         hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
         saturated = hsv[..., 1] > self.saturation_threshold
         labels, _ = ndimage.label(saturated, structure=np.ones((3, 3), dtype=bool))
+        pixel_counts = np.bincount(labels.ravel())
         blobs = [
-            (mask_slice[0].start + mask_slice[0].stop, mask_slice[1].start + mask_slice[1].stop, index + 1, mask_slice)
-            for index, mask_slice in enumerate(ndimage.find_objects(labels))
-            if mask_slice is not None and (labels[mask_slice] == index + 1).sum() >= self.min_pixels
+            (label, box)
+            for label, box in enumerate(ndimage.find_objects(labels), start=1)
+            if box is not None and pixel_counts[label] >= self.min_pixels
         ]
         if len(blobs) > self.max_regions:
-            blobs = sorted(blobs, key=lambda blob: -(labels[blob[3]] == blob[2]).sum())[: self.max_regions]
-        blobs.sort(key=lambda blob: (blob[0], blob[1]))
+            blobs = sorted(blobs, key=lambda blob: -pixel_counts[blob[0]])[: self.max_regions]
+        # By box centre (twice the centre: start + stop), top to bottom, then left to right.
+        blobs.sort(key=lambda blob: (blob[1][0].start + blob[1][0].stop, blob[1][1].start + blob[1][1].stop))
 
         features = [self._describe(rgb, hsv, np.ones(saturated.shape, dtype=bool), saturated)]
         boxes = [(0.0, 0.0, 1.0, 1.0)]
-        for _, _, label, (rows, cols) in blobs:
+        for label, (rows, cols) in blobs:
             mask = labels[rows, cols] == label
             features.append(self._describe(rgb[rows, cols], hsv[rows, cols], mask, mask))
             boxes.append((cols.start / width, rows.start / height, cols.stop / width, rows.stop / height))
@@ -83,9 +85,6 @@ class ColorBlobFeaturizer(ImageFeaturizer):
         histogram, _ = np.histogram(hue, bins=self.hue_bins, range=(0.0, 1.0), weights=saturation)
         histogram = histogram / max(len(hue), 1)
         half = objects.shape[0] // 2
-        top, bottom = (
-            objects[:half].mean() if half else 0.0,
-            objects[objects.shape[0] - half :].mean() if half else 0.0,
-        )
-        shape = np.array([objects.mean(), bottom - top], dtype=np.float32)
+        bottom_heavy = objects[-half:].mean() - objects[:half].mean() if half else 0.0
+        shape = np.array([objects.mean(), bottom_heavy], dtype=np.float32)
         return np.concatenate([pixels.mean(0), pixels.std(0), histogram.astype(np.float32), shape]).astype(np.float32)
