@@ -1,6 +1,6 @@
 """What makes the demo's cross-encoder catch up with its bi-encoder: one training recipe per row, same data.
 
-Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid (or the row's ``featurizer``)
+Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid (or the row's ``regions``)
 on generated training scenes (the row's ``train_images``: 200 for the rows that found the recipe, the demo's 1,000
 for the others) with :func:`mm_sbert.cli.demo.fine_tune` (60 bi-encoder warm-up steps, then joint rounds) and
 evaluates BE, CE and Coop (k=20) on 100 held-out scenes. The baseline is the first row, measured in the same run.
@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mm_sbert.cli import demo  # noqa: E402
 from mm_sbert.cli.results_table import evaluate_modes  # noqa: E402
 from mm_sbert.data import SyntheticScenes  # noqa: E402
-from mm_sbert.image_features import ColorBlobFeaturizer  # noqa: E402
 
 # The recipe the demo had before this ablation: 1 layer, mean head, BCE with random negatives in random batches.
 BASELINE = {
@@ -108,12 +107,11 @@ ROWS: dict[str, dict] = {
     "default_object_regions": {
         "layers": None,
         "steps": None,
-        "featurizer": "color_blob",
+        "regions": "objects",
         "module": demo.MODULE_KWARGS,
         "training": demo.TRAINING,
     },
 }
-FEATURIZERS = {"color_blob": ColorBlobFeaturizer}
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
 ABLATION_HELD_OUT = 100
 
@@ -139,7 +137,7 @@ def run_row(
         exclude=train.signatures,
     )
     layers = row["layers"] or demo.DEFAULTS["layers"]
-    featurizer = FEATURIZERS[row["featurizer"]]() if "featurizer" in row else None
+    featurizer = demo.regions_featurizer(row.get("regions", "grid"))
     model = demo.build_demo_model(train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]})
     regions = model[0].featurizer.featurize(held_out.images)
     training = {"cross_encoder_steps_per_round": 1, **row["training"]}

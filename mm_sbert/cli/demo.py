@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         f"layers), image regions: {REGIONS[args.regions]}"
     )
     model = build_demo_model(
-        train.image_size, _setting(args, "layers"), featurizer=_featurizer(args.regions), **MODULE_KWARGS
+        train.image_size, _setting(args, "layers"), featurizer=regions_featurizer(args.regions), **MODULE_KWARGS
     )
     featurizer = model[0].featurizer
     eval_regions = featurizer.featurize(held_out.images)
@@ -257,8 +257,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _featurizer(regions: str) -> ImageFeaturizer | None:
-    """The featurizer for ``--regions``; ``None`` lets :func:`build_demo_model` pick its grid."""
+def regions_featurizer(regions: str) -> ImageFeaturizer | None:
+    """The featurizer for a ``--regions`` choice (``REGIONS``); ``None`` means :func:`build_demo_model`'s grid."""
     from mm_sbert.image_features import ColorBlobFeaturizer
 
     return ColorBlobFeaturizer() if regions == "objects" else None

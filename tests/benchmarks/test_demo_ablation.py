@@ -6,6 +6,8 @@ import pytest
 import torch
 from benchmark_helpers import load_benchmark
 
+from mm_sbert import ColorBlobFeaturizer
+
 
 @pytest.fixture()
 def bench(monkeypatch):
@@ -53,7 +55,7 @@ def test_object_region_row_trains_on_the_blob_featurizer(bench, monkeypatch):
 
     monkeypatch.setattr(bench.demo, "build_demo_model", build)
     result = bench.run_row("default_object_regions", {**bench.ROWS["default_object_regions"], "steps": 1}, seed=0)
-    assert isinstance(built[0][0].featurizer, bench.ColorBlobFeaturizer)
+    assert isinstance(built[0][0].featurizer, ColorBlobFeaturizer)
     assert result["coop"] == pytest.approx(result["ce"])  # 12 held-out scenes, k=20, as above
 
 
