@@ -20,9 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="use this saved model's own featurizer (so the features fit the model)")
     source.add_argument(
         "--featurizer",
-        choices=["color-grid", "mobilenet-grid"],
+        choices=["color-grid", "color-blob", "mobilenet-grid"],
         default=None,
-        help="a built-in featurizer (default: color-grid)",
+        help="a built-in featurizer (default: color-grid; color-blob: one region per coloured object on a plain "
+        "background)",
     )
     parser.add_argument("--grid-size", type=int, default=3, help="cells per side for color-grid (default: 3)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per featurizer call")
@@ -41,7 +42,10 @@ def build_featurizer(args: argparse.Namespace):
             "mm_sbert.image_features", ["MobileNetV2GridFeaturizer"], "--featurizer mobilenet-grid"
         )
         return featurizer_class()
-    from mm_sbert.image_features import ColorGridFeaturizer
+    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
+
+    if args.featurizer == "color-blob":
+        return ColorBlobFeaturizer()
 
     if args.grid_size < 1:
         raise CLIError(f"--grid-size must be >= 1, got {args.grid_size}")

@@ -7,7 +7,8 @@ import torch
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
-from mm_sbert.image_features import load_image
+from mm_sbert.data import SyntheticScenes
+from mm_sbert.image_features import ColorBlobFeaturizer, load_image
 
 FeatureStore = pytest.importorskip("mm_sbert.image_features").__dict__.get("FeatureStore")
 if FeatureStore is None:
@@ -26,6 +27,26 @@ def test_featurize_folder_with_color_grid_matches_the_featurizer(capsys, tmp_pat
     expected = ColorGridFeaturizer(grid_size=2).featurize([load_image(f"{scene_folder()}/images/scene_00003.png")])[0]
     assert torch.allclose(store["scene_00003"].features, expected.features)
     assert torch.allclose(store["scene_00003"].boxes, expected.boxes)
+
+
+def test_featurize_with_color_blob_stores_one_region_per_object_and_the_whole_image(capsys, tmp_path):
+    store_path = tmp_path / "store"
+    code, out, err = run_cli(
+        capsys, "featurize", f"{scene_folder()}/images", "--output", store_path, "--featurizer", "color-blob"
+    )
+    assert code == 0, err
+    assert "ColorBlobFeaturizer" in out
+    store = FeatureStore(store_path)
+    featurizer = ColorBlobFeaturizer()
+    scenes = SyntheticScenes(8, captions_per_image=2, seed=0)  # what scene_folder() wrote
+    assert len({len(scene.objects) for scene in scenes.scenes}) > 1
+    for i, scene in enumerate(scenes.scenes):
+        stored = store[f"scene_{i:05d}"]
+        # The whole image plus one region per object: each image keeps its own region count, not a padded one.
+        assert len(stored.features) == 1 + len(scene.objects)
+        expected = featurizer.featurize([load_image(f"{scene_folder()}/images/scene_{i:05d}.png")])[0]
+        assert torch.allclose(stored.features, expected.features)
+        assert torch.allclose(stored.boxes, expected.boxes)
 
 
 def test_featurize_with_the_models_featurizer_gives_features_the_model_accepts(capsys, tmp_path):
