@@ -4,7 +4,9 @@ Loads a model saved by ``mm-sbert demo`` (``<output-dir>/model``), rebuilds the 
 seed, and for BE and CE counts the image-retrieval queries whose top-1 image is wrong by the kind of difference
 between the wrong and the right scene (``elsewhere``: another family; within the family: colour, size, side swap,
 move to an empty slot, one object more / less). A second table compares every right image with each of its family
-members (pairwise: how often the wrong one scores at least as high).
+members (pairwise: how often the wrong one scores at least as high). A third table probes binding directly: each
+held-out image against its caption and the same caption with two objects' sides, colours, shapes or sizes
+exchanged (the same words in another arrangement), and how often each model scores the true caption higher.
 
     mm-sbert demo --output-dir demo_run
     python benchmarks/demo_error_kinds.py demo_run/model --seed 0
@@ -13,6 +15,8 @@ members (pairwise: how often the wrong one scores at least as high).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import sys
 from collections import Counter
@@ -24,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mm_sbert.cli.demo import DEFAULTS  # noqa: E402
 from mm_sbert.data import SyntheticScenes  # noqa: E402
-from mm_sbert.data.synthetic_scenes import Scene  # noqa: E402
+from mm_sbert.data.synthetic_scenes import Scene, SceneObject  # noqa: E402
 
 KINDS = ("colour", "size", "swap", "move", "count", "other")
+# The detail exchanged between two objects of a caption, and the SceneObject field that holds it.
+BINDINGS = {"side": "slot", "colour": "color", "shape": "shape", "size": "size"}
 
 
 def variant_kind(right: Scene, wrong: Scene) -> str:
@@ -52,6 +58,70 @@ def variant_kind(right: Scene, wrong: Scene) -> str:
         if looks(by_slot[s] for s in changed) == looks(other[s] for s in changed):
             return "swap"
     return "other"
+
+
+def exchange(objects: tuple[SceneObject, ...], detail: str, first: int, second: int) -> tuple[SceneObject, ...] | None:
+    """``objects`` with the ``detail`` (a :data:`BINDINGS` key) of objects ``first`` and ``second`` exchanged.
+
+    ``None`` when the two share that detail: the exchange would leave the caption unchanged.
+    """
+    field = BINDINGS[detail]
+    a, b = objects[first], objects[second]
+    if getattr(a, field) == getattr(b, field):
+        return None
+    swapped = list(objects)
+    swapped[first] = dataclasses.replace(a, **{field: getattr(b, field)})
+    swapped[second] = dataclasses.replace(b, **{field: getattr(a, field)})
+    return tuple(swapped)
+
+
+def binding_table(model, cross_encoder, scenes: list[Scene], regions: list) -> None:
+    """Print how often BE and CE score an image's caption above the caption with two objects' details exchanged.
+
+    Every pair of objects of every scene, in each of the generator's five wordings.
+    """
+    image_embeddings = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True)
+    rows = {"BE": {}, "CE": {}, "pairs": {}, "BE cos": {}}
+    for detail in BINDINGS:
+        ids, true_captions, exchanged = [], [], []
+        for image_id, scene in enumerate(scenes):
+            for first, second in itertools.combinations(range(len(scene.objects)), 2):
+                other = exchange(scene.objects, detail, first, second)
+                for template in range(5) if other is not None else ():
+                    ids.append(image_id)
+                    true_captions.append(SyntheticScenes.describe(scene.objects, template))
+                    exchanged.append(SyntheticScenes.describe(other, template))
+        rows["pairs"][detail] = len(ids)
+        if not ids:
+            continue
+        true_embeddings, exchanged_embeddings = (
+            model.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+            for texts in (true_captions, exchanged)
+        )
+        images = image_embeddings[ids]
+        score_pairs = {
+            "BE": ((images * true_embeddings).sum(1), (images * exchanged_embeddings).sum(1)),
+            "CE": tuple(
+                cross_encoder.predict(
+                    [(caption, regions[i]) for caption, i in zip(texts, ids)],
+                    activation_fn=torch.nn.Identity(),
+                    convert_to_tensor=True,
+                    show_progress_bar=False,
+                ).view(-1)
+                for texts in (true_captions, exchanged)
+            ),
+        }
+        for mode, (true_scores, exchanged_scores) in score_pairs.items():
+            # A tie counts half: a model that cannot tell the two apart scores 50 %.
+            wins = (true_scores > exchanged_scores).float() + 0.5 * (true_scores == exchanged_scores).float()
+            rows[mode][detail] = f"{100 * wins.mean().item():.1f}"
+        rows["BE cos"][detail] = f"{(true_embeddings * exchanged_embeddings).sum(1).mean().item():.3f}"
+    print("\n# binding: the image's caption vs the caption with two objects' <detail> exchanged")
+    print("# (BE, CE: % of pairs where the true caption scores higher, chance 50; BE cos: the captions' similarity;")
+    print("# every pair of objects of every held-out scene, in the generator's five wordings)")
+    print(f"{'':<8}" + "".join(f"{detail:>9}" for detail in BINDINGS))
+    for name, row in rows.items():
+        print(f"{name:<8}" + "".join(f"{row.get(detail, '-'):>9}" for detail in BINDINGS))
 
 
 def main() -> None:
@@ -108,6 +178,7 @@ def main() -> None:
                     total[kind] += 1
                     wrong[kind] += int(matrix[query, other] >= matrix[query, query])
         print(f"{mode:<6}" + "".join(f"{f'{wrong[k]}/{total[k]}':>10}" for k in KINDS))
+    binding_table(model, cross_encoder, scenes, regions)
 
 
 if __name__ == "__main__":

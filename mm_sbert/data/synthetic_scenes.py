@@ -291,7 +291,23 @@ class SyntheticScenes:
     def _caption(scene: Scene, template: int, rng: random.Random) -> str:
         objs = list(scene.objects)
         rng.shuffle(objs)
-        return _TEMPLATES[template](objs)
+        return SyntheticScenes.describe(objs, template)
+
+    @staticmethod
+    def describe(objects: Sequence[SceneObject], template: int = 0) -> str:
+        """A caption naming ``objects`` in the given order, in one of the generator's wordings.
+
+        Args:
+            objects: the objects to name (1-4), e.g. a scene's ``objects`` with two sides exchanged, to probe
+                whether a model tells the two captions apart.
+            template: which of the generator's five wordings, ``0`` to ``4`` (``0``: "a large red circle on the
+                left and ...").
+        """
+        if not 0 <= template < len(_TEMPLATES):
+            raise ValueError(f"template must be between 0 and {len(_TEMPLATES) - 1}, got {template}")
+        if not 1 <= len(objects) <= len(_NUMBER_WORDS):
+            raise ValueError(f"describe names 1-{len(_NUMBER_WORDS)} objects, got {len(objects)}")
+        return _TEMPLATES[template](list(objects))
 
 
 def _join(parts: list[str]) -> str:

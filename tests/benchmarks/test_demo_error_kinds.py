@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from benchmark_helpers import load_benchmark
 
+from mm_sbert.data import SyntheticScenes
 from mm_sbert.data.synthetic_scenes import Scene, SceneObject
 
 
@@ -42,8 +45,6 @@ def test_variant_kind_names_the_one_detail_that_differs(bench, other, kind):
 
 
 def test_generated_variants_are_classified_without_leftovers(bench):
-    from mm_sbert.data import SyntheticScenes
-
     scenes = SyntheticScenes(80, captions_per_image=1, seed=3)
     kinds = []
     for family in set(scenes.families):
@@ -52,3 +53,28 @@ def test_generated_variants_are_classified_without_leftovers(bench):
     # Each variant changes one detail of its family's base scene: no "other".
     assert kinds and "other" not in kinds
     assert {"colour", "size", "swap"} <= set(kinds)
+
+
+@pytest.mark.parametrize(
+    ("detail", "first", "second"),
+    [
+        ("side", ("circle", "red", "large", "right"), ("star", "blue", "small", "left")),
+        ("colour", ("circle", "blue", "large", "left"), ("star", "red", "small", "right")),
+        ("shape", ("star", "red", "large", "left"), ("circle", "blue", "small", "right")),
+        ("size", ("circle", "red", "small", "left"), ("star", "blue", "large", "right")),
+    ],
+)
+def test_exchange_swaps_one_detail_between_two_objects_and_keeps_the_words(bench, detail, first, second):
+    third = SceneObject("square", "green", "small", "top")
+    objects = (*BASE.objects, third)
+    exchanged = bench.exchange(objects, detail, 0, 1)
+    assert exchanged == (SceneObject(*first), SceneObject(*second), third)
+    # The same words in another arrangement: only what binds to what tells the two captions apart.
+    before, after = SyntheticScenes.describe(objects), SyntheticScenes.describe(exchanged)
+    assert before != after and sorted(re.findall(r"\w+", before)) == sorted(re.findall(r"\w+", after))
+
+
+def test_exchange_of_a_shared_detail_is_none(bench):
+    objects = (SceneObject("circle", "red", "large", "left"), SceneObject("star", "red", "small", "right"))
+    assert bench.exchange(objects, "colour", 0, 1) is None
+    assert bench.exchange(objects, "shape", 0, 1) is not None

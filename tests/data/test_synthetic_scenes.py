@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import re
+from itertools import permutations
 
 import numpy as np
 import pytest
 
-from mm_sbert.data.synthetic_scenes import COLORS, SLOTS, SyntheticScenes
+from mm_sbert.data.synthetic_scenes import COLORS, SLOTS, SceneObject, SyntheticScenes
 
 _OBJECT = re.compile(r"(small|large) (red|green|blue|yellow|purple|orange) (circle|square|triangle|star)")
 
@@ -104,3 +105,24 @@ def test_exclude_keeps_a_held_out_set_disjoint():
     assert not set(train.signatures) & set(held_out.signatures)
     # The same seed without exclude reproduces the training scenes, so the exclusion is what made them disjoint.
     assert SyntheticScenes(200, captions_per_image=1, seed=0).signatures == train.signatures
+
+
+def test_describe_names_the_objects_as_the_generator_does_and_binds_each_detail_to_its_object():
+    scenes = SyntheticScenes(12, captions_per_image=5, seed=4)
+    wordings = {
+        SyntheticScenes.describe(order, t)
+        for scene in scenes.scenes
+        for order in permutations(scene.objects)
+        for t in range(5)
+    }
+    # Every generated caption is one of describe's wordings of its scene.
+    assert set(scenes.captions) <= wordings
+    red = SceneObject("circle", "red", "large", "left")
+    blue = SceneObject("star", "blue", "small", "top")
+    assert SyntheticScenes.describe([red, blue]) == "a large red circle on the left and a small blue star at the top"
+    swapped = [SceneObject("circle", "red", "large", "top"), SceneObject("star", "blue", "small", "left")]
+    assert SyntheticScenes.describe(swapped) == "a large red circle at the top and a small blue star on the left"
+    with pytest.raises(ValueError, match="template must be between 0 and 4"):
+        SyntheticScenes.describe([red], template=5)
+    with pytest.raises(ValueError, match="1-4 objects"):
+        SyntheticScenes.describe([])
