@@ -111,6 +111,14 @@ ROWS: dict[str, dict] = {
         "module": demo.MODULE_KWARGS,
         "training": demo.TRAINING,
     },
+    # The same architecture from random weights: is MiniLM's head start for the bi-encoder what keeps the CE level?
+    "default_random_weights": {
+        "layers": None,
+        "steps": None,
+        "random_weights": True,
+        "module": demo.MODULE_KWARGS,
+        "training": demo.TRAINING,
+    },
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
 ABLATION_HELD_OUT = 100
@@ -139,6 +147,11 @@ def run_row(
     layers = row["layers"] or demo.DEFAULTS["layers"]
     featurizer = demo.regions_featurizer(row.get("regions", "grid"))
     model = demo.build_demo_model(train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]})
+    if row.get("random_weights"):
+        backbone = model[0].backbone
+        torch.manual_seed(seed)
+        # A freshly built model of the same config: the transformers initialisation, MiniLM's weights dropped.
+        backbone.load_state_dict(type(backbone)(backbone.config).state_dict())
     regions = model[0].featurizer.featurize(held_out.images)
     training = {"cross_encoder_steps_per_round": 1, **row["training"]}
     start = time.perf_counter()

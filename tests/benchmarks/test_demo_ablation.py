@@ -62,3 +62,26 @@ def test_object_region_row_trains_on_the_blob_featurizer(bench, monkeypatch):
 def test_default_row_is_the_demo_recipe(bench):
     assert bench.ROWS["default"]["training"] is bench.demo.TRAINING
     assert bench.ROWS["default"]["module"] is bench.demo.MODULE_KWARGS
+
+
+def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, monkeypatch):
+    built = []
+    original = bench.demo.build_demo_model
+
+    def build(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(bench.demo, "build_demo_model", build)
+    monkeypatch.setattr(bench.demo, "fine_tune", lambda model, *args, **kwargs: model.eval())
+    bench.run_row("default_random_weights", bench.ROWS["default_random_weights"], seed=0)
+    pretrained = original(64, built[0][0].backbone.config.num_hidden_layers, **bench.demo.MODULE_KWARGS)
+    ours, theirs = built[0][0].backbone.state_dict(), pretrained[0].backbone.state_dict()
+    assert ours.keys() == theirs.keys()
+    word_embeddings = "embeddings.word_embeddings.weight"
+    assert not torch.allclose(ours[word_embeddings], theirs[word_embeddings])
+    assert not torch.allclose(
+        ours["encoder.layer.0.attention.self.query.weight"], theirs["encoder.layer.0.attention.self.query.weight"]
+    )
+    # Still the same architecture, cut to the row's layers, and the same tokenizer.
+    assert built[0][0].tokenizer.vocab_size == pretrained[0].tokenizer.vocab_size
