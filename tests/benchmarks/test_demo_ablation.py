@@ -45,15 +45,21 @@ def test_recipe_rows_keep_the_scene_count_they_were_measured_with(bench):
     assert "train_images" not in bench.ROWS["default"]  # the demo's own count
 
 
-def test_object_region_row_trains_on_the_blob_featurizer(bench, monkeypatch):
-    built = []
+@pytest.fixture()
+def built(bench, monkeypatch):
+    """The models run_row builds, in order (build_demo_model wrapped)."""
+    models = []
     original = bench.demo.build_demo_model
 
     def build(*args, **kwargs):
-        built.append(original(*args, **kwargs))
-        return built[-1]
+        models.append(original(*args, **kwargs))
+        return models[-1]
 
     monkeypatch.setattr(bench.demo, "build_demo_model", build)
+    return models
+
+
+def test_object_region_row_trains_on_the_blob_featurizer(bench, built):
     result = bench.run_row("default_object_regions", {**bench.ROWS["default_object_regions"], "steps": 1}, seed=0)
     assert isinstance(built[0][0].featurizer, ColorBlobFeaturizer)
     assert result["coop"] == pytest.approx(result["ce"])  # 12 held-out scenes, k=20, as above
@@ -64,19 +70,12 @@ def test_default_row_is_the_demo_recipe(bench):
     assert bench.ROWS["default"]["module"] is bench.demo.MODULE_KWARGS
 
 
-def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, monkeypatch):
-    built = []
-    original = bench.demo.build_demo_model
-
-    def build(*args, **kwargs):
-        built.append(original(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(bench.demo, "build_demo_model", build)
+def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, built, monkeypatch):
     monkeypatch.setattr(bench.demo, "fine_tune", lambda model, *args, **kwargs: model.eval())
     bench.run_row("default_random_weights", bench.ROWS["default_random_weights"], seed=0)
-    pretrained = original(64, built[0][0].backbone.config.num_hidden_layers, **bench.demo.MODULE_KWARGS)
-    ours, theirs = built[0][0].backbone.state_dict(), pretrained[0].backbone.state_dict()
+    (row_model,) = built
+    pretrained = bench.demo.build_demo_model(64, row_model[0].backbone.config.num_hidden_layers)
+    ours, theirs = row_model[0].backbone.state_dict(), pretrained[0].backbone.state_dict()
     assert ours.keys() == theirs.keys()
     word_embeddings = "embeddings.word_embeddings.weight"
     assert not torch.allclose(ours[word_embeddings], theirs[word_embeddings])
@@ -84,4 +83,4 @@ def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, m
         ours["encoder.layer.0.attention.self.query.weight"], theirs["encoder.layer.0.attention.self.query.weight"]
     )
     # Still the same architecture, cut to the row's layers, and the same tokenizer.
-    assert built[0][0].tokenizer.vocab_size == pretrained[0].tokenizer.vocab_size
+    assert row_model[0].tokenizer.vocab_size == pretrained[0].tokenizer.vocab_size
