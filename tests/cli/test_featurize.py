@@ -64,3 +64,13 @@ def test_featurize_missing_input_exits_2(capsys, tmp_path):
     code, _, err = run_cli(capsys, "featurize", tmp_path / "nothing.png", "--output", tmp_path / "s")
     assert code == 2 and "Image path" in err and "does not exist" in err
     assert not os.path.exists(tmp_path / "s")
+
+
+@pytest.mark.parametrize("source", [("--featurizer", "color-blob"), ("--featurizer", "mobilenet-grid"), ("--model",)])
+def test_featurize_grid_size_with_a_featurizer_without_a_grid_exits_2(capsys, tmp_path, source):
+    if source == ("--model",):
+        source = ("--model", tiny_model_dir())
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", tmp_path / "s", *source, "--grid-size", "4")
+    assert code == 2 and "--grid-size applies to the color-grid featurizer only" in err
+    assert not os.path.exists(tmp_path / "s")
