@@ -78,7 +78,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--be-loss", choices=["triplet", "infonce"], default="infonce")
     parser.add_argument("--margin", type=float, default=0.1)
     parser.add_argument("--no-img-layernorm", dest="img_layernorm", action="store_false")
-    parser.add_argument("--head-input", choices=["mean", "first_token"], default="mean", help="what the CE head reads")
+    parser.add_argument(
+        "--head-input",
+        choices=["mean", "first_token", "text_image_match"],
+        default="mean",
+        help="what the CE head reads",
+    )
+    parser.add_argument(
+        "--fusion-layer", type=int, default=0, help="layers that read text and regions apart before fusing (0: none)"
+    )
+    # The demo's recipe for a cross-encoder that learns within a few hundred steps from a text-only start:
+    # --head-input text_image_match --fusion-layer 1 --ce-loss listwise (docs/quickstart.md).
+    parser.add_argument(
+        "--ce-loss",
+        choices=["bce", "listwise"],
+        default="bce",
+        help="cross-encoder loss: the paper's BCE with one random negative, or a softmax over the positive and 3 "
+        "in-batch negatives (CrossEncoderListwiseLoss)",
+    )
     parser.add_argument("--dev-images", type=int, default=1000, help="dev images in the search space (1k protocol)")
     parser.add_argument("--query-images", type=int, default=16, help="query images (x5 captions) for Coop modes")
     parser.add_argument("--ce-pool", type=int, default=16, help="images (x5 captions) fully cross-encoded")
@@ -140,7 +157,9 @@ def training_dataset(rows: list[dict[str, Any]], rng: random.Random):
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def build_model(backbone: str, store, seed: int, img_layernorm: bool = True, head_input: str = "mean"):
+def build_model(
+    backbone: str, store, seed: int, img_layernorm: bool = True, head_input: str = "mean", fusion_layer: int = 0
+):
     from mm_sbert import MMSentenceTransformer
     from mm_sbert.image_features import CachedFeaturizer, MobileNetV2GridFeaturizer
 
@@ -158,6 +177,7 @@ def build_model(backbone: str, store, seed: int, img_layernorm: bool = True, hea
         # The CE head reads the mean of all token states: a sentence-embedding checkpoint's [CLS] state barely
         # depends on the input, so a [CLS] head starts blind (its BCE stayed at chance for 96 steps here).
         head_input=head_input,
+        fusion_layer=fusion_layer,
         device="cpu",
     )
 
@@ -183,7 +203,7 @@ def optimizer_for(model, args: argparse.Namespace) -> tuple[torch.optim.Optimize
 def train(model, dataset, regime: str, args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
 
-    from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
+    from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss, HardNegativeTripletLoss
     from mm_sbert.training import JointTrainer, paper_training_args
 
     be_loss = ce_loss = None
@@ -193,7 +213,10 @@ def train(model, dataset, regime: str, args: argparse.Namespace) -> dict[str, An
         else:
             be_loss = MultipleNegativesSymmetricRankingLoss(model)
     if regime in ("cross_encoder", "joint"):
-        ce_loss = CrossEncoderBCELoss(model, negatives_per_positive=1)
+        if args.ce_loss == "listwise":
+            ce_loss = CrossEncoderListwiseLoss(model, negatives=3)
+        else:
+            ce_loss = CrossEncoderBCELoss(model, negatives_per_positive=1)
     training_args = paper_training_args(
         str(args.work_dir / "runs" / regime),
         regime,
@@ -394,7 +417,7 @@ def run_english(args: argparse.Namespace) -> dict[str, Any]:
     models, training = {}, {}
     for name, regime in (("BE", "bi_encoder"), ("CE", "cross_encoder"), ("Joint", "joint")):
         print(f"training {name} ({regime})", flush=True)
-        models[name] = build_model(backbone, store, args.seed, args.img_layernorm, args.head_input)
+        models[name] = build_model(backbone, store, args.seed, args.img_layernorm, args.head_input, args.fusion_layer)
         training[name] = train(models[name], dataset, regime, args)
 
     # The collection: dev images + captions, then distractor images + captions (owner -1).
@@ -541,7 +564,9 @@ def run_multilingual(args: argparse.Namespace) -> dict[str, Any]:
     store, featurize_seconds, featurized = featurize(args, dev_rows + train_subset)
     dataset = training_dataset(train_subset, rng)
     print("training Joint (multilingual-e5-small)", flush=True)
-    model = build_model(multilingual_e5_small_path(), store, args.seed, args.img_layernorm, args.head_input)
+    model = build_model(
+        multilingual_e5_small_path(), store, args.seed, args.img_layernorm, args.head_input, args.fusion_layer
+    )
     training = {"Joint": train(model, dataset, "joint", args)}
 
     image_keys = [row["id"] for row in dev_rows]
