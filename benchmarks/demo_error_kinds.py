@@ -75,12 +75,12 @@ def exchange(objects: tuple[SceneObject, ...], detail: str, first: int, second: 
     return tuple(swapped)
 
 
-def binding_table(model, cross_encoder, scenes: list[Scene], regions: list) -> None:
+def binding_table(model, cross_encoder, scenes: list[Scene], regions: list, image_embeddings: torch.Tensor) -> None:
     """Print how often BE and CE score an image's caption above the caption with two objects' details exchanged.
 
-    Every pair of objects of every scene, in each of the generator's five wordings.
+    Every pair of objects of every scene, in each of the generator's five wordings. ``image_embeddings``: the
+    bi-encoder's normalised embeddings of ``regions``, as the error tables computed them.
     """
-    image_embeddings = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True)
     rows = {"BE": {}, "CE": {}, "pairs": {}, "BE cos": {}}
     for detail in BINDINGS:
         ids, true_captions, exchanged = [], [], []
@@ -178,7 +178,7 @@ def main() -> None:
                     total[kind] += 1
                     wrong[kind] += int(matrix[query, other] >= matrix[query, query])
         print(f"{mode:<6}" + "".join(f"{f'{wrong[k]}/{total[k]}':>10}" for k in KINDS))
-    binding_table(model, cross_encoder, scenes, regions)
+    binding_table(model, cross_encoder, scenes, regions, images)
 
 
 if __name__ == "__main__":
