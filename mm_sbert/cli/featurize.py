@@ -25,17 +25,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a built-in featurizer (default: color-grid; color-blob: one region per coloured object on a plain "
         "background)",
     )
-    parser.add_argument("--grid-size", type=int, default=None, help="cells per side for color-grid (default: 3)")
+    parser.add_argument(
+        "--grid-size",
+        type=int,
+        default=None,
+        help="cells per side: color-grid (default: 3), or mobilenet-grid's 7 x 7 map average-pooled to this many "
+        "(default: 7, no pooling; fewer regions make training and reranking faster)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per featurizer call")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
     parser.set_defaults(run=run)
 
 
 def build_featurizer(args: argparse.Namespace):
-    if args.grid_size is not None and (args.model or args.featurizer not in (None, "color-grid")):
+    if args.grid_size is not None and (args.model or args.featurizer not in (None, "color-grid", "mobilenet-grid")):
         # The other featurizers have no grid to size: say so rather than ignore the flag.
         source = f"--model {args.model}" if args.model else f"--featurizer {args.featurizer}"
-        raise CLIError(f"--grid-size applies to the color-grid featurizer only, not to {source}")
+        raise CLIError(f"--grid-size applies to the color-grid and mobilenet-grid featurizers only, not to {source}")
+    if args.grid_size is not None and args.grid_size < 1:
+        raise CLIError(f"--grid-size must be >= 1, got {args.grid_size}")
     if args.model:
         featurizer = load_model(args.model)[0].featurizer
         if featurizer is None:
@@ -45,16 +53,16 @@ def build_featurizer(args: argparse.Namespace):
         (featurizer_class,) = require_component(
             "mm_sbert.image_features", ["MobileNetV2GridFeaturizer"], "--featurizer mobilenet-grid"
         )
-        return featurizer_class()
+        try:
+            return featurizer_class(grid_size=args.grid_size)
+        except ValueError as error:
+            raise CLIError(f"--grid-size: {error}") from error
     from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
 
     if args.featurizer == "color-blob":
         return ColorBlobFeaturizer()
 
-    grid_size = 3 if args.grid_size is None else args.grid_size
-    if grid_size < 1:
-        raise CLIError(f"--grid-size must be >= 1, got {grid_size}")
-    return ColorGridFeaturizer(grid_size=grid_size)
+    return ColorGridFeaturizer(grid_size=3 if args.grid_size is None else args.grid_size)
 
 
 def run(args: argparse.Namespace) -> int:

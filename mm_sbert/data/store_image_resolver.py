@@ -1,0 +1,119 @@
+"""Training rows whose image column names images (paths or ids) that a :class:`FeatureStore` holds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from mm_sbert.image_features.feature_store import FeatureStore, FeatureStoreError, ImageId
+from mm_sbert.image_features.image_featurizer import FEATURIZER_REGISTRY, ImageFeaturizer
+
+# Settings of a featurizer that change its speed, not the regions it yields.
+RUNTIME_FEATURIZER_KEYS = frozenset({"batch_size"})
+
+
+def default_store_key(image: Any) -> ImageId:
+    """The store id of an image reference: a path's file name without extension (as `mm-sbert featurize` names
+    them); an id (int, or str without folder or extension) as is."""
+    if isinstance(image, os.PathLike) or (isinstance(image, str) and (Path(image).suffix or os.sep in image)):
+        return Path(image).stem
+    return image
+
+
+class StoreImageResolver:
+    """Resolves the image column of training batches to :class:`RegionFeatures` read from a feature store.
+
+    A training dataset then holds light image references (paths or store ids) and no image is decoded or
+    featurized while training: each batch reads its regions from the memory-mapped store. Install it on a
+    ``datasets.Dataset`` with :meth:`apply` (a lazy ``set_transform``, which the host trainer keeps and wraps), the
+    way sentence-transformers' own ``resolve_ids`` resolves id columns. :meth:`apply` first checks that the store
+    holds every referenced image, so a missing image fails before training starts, with its name.
+
+    Args:
+        store: the feature store (or its folder).
+        image_column: the column holding the image references.
+        store_key: maps a reference to its store id; default :func:`default_store_key` (file name without extension
+            for paths, the value itself for ids).
+
+    Example:
+        >>> store = FeatureStore("flickr8k_features")                      # built by `mm-sbert featurize`
+        >>> train = StoreImageResolver(store).apply(corpus.to_dataset())   # image column: paths -> RegionFeatures
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore | str | os.PathLike,
+        image_column: str = "image",
+        store_key: Callable[[Any], ImageId] = default_store_key,
+    ) -> None:
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        self.image_column = image_column
+        self.store_key = store_key
+
+    def check(self, images: Iterable[Any]) -> None:
+        """Raise :class:`FeatureStoreError` naming the first images the store lacks (and how many)."""
+        missing = [image for image in dict.fromkeys(images) if self.store_key(image) not in self.store]
+        if missing:
+            examples = ", ".join(repr(image) for image in missing[:3])
+            raise FeatureStoreError(
+                f"The feature store '{self.store.path}' lacks {len(missing)} image(s) of the training data, e.g. "
+                f"{examples} (looked up as id {self.store_key(missing[0])!r}); featurize them into the store first "
+                "(`mm-sbert featurize ... --output STORE` resumes and adds them)"
+            )
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        batch = dict(batch)
+        batch[self.image_column] = self.store.get_many(self.store_key(image) for image in batch[self.image_column])
+        return batch
+
+    def apply(self, dataset: Any) -> Any:
+        """Check ``dataset``'s image column against the store, then resolve it lazily; returns the dataset."""
+        if self.image_column not in dataset.column_names:
+            raise ValueError(
+                f"The dataset has no image column {self.image_column!r}; its columns are {dataset.column_names}"
+            )
+        self.check(dataset[self.image_column])
+        dataset.set_transform(self)
+        return dataset
+
+
+def featurizer_from_store(store: FeatureStore) -> ImageFeaturizer:
+    """Rebuild the featurizer that built ``store`` (its type and settings are in the manifest), so a model trained
+    on the store featurizes new images into the same regions."""
+    recorded = store.featurizer_config
+    if recorded is None:
+        raise FeatureStoreError(
+            f"The feature store '{store.path}' does not record a featurizer (its features were imported); name the "
+            "featurizer the model should use for new images"
+        )
+    featurizer_class = FEATURIZER_REGISTRY.get(recorded["type"])
+    if featurizer_class is None:
+        raise FeatureStoreError(
+            f"The feature store '{store.path}' was built by the featurizer {recorded['type']!r}, which this "
+            f"installation does not know (known: {sorted(FEATURIZER_REGISTRY)})"
+        )
+    config = {key: value for key, value in recorded["config"].items() if key != "weights_sha256"}
+    return featurizer_class(**config)
+
+
+def check_store_featurizer(store: FeatureStore, featurizer: ImageFeaturizer | None) -> None:
+    """Raise :class:`FeatureStoreError` when ``store`` was not built by a featurizer with ``featurizer``'s settings
+    (the model would see other regions in training than for new images)."""
+    recorded = store.featurizer_config
+    while isinstance(getattr(featurizer, "featurizer", None), ImageFeaturizer):
+        featurizer = featurizer.featurizer  # look through a caching wrapper
+    if recorded is None or featurizer is None:
+        return
+    current = {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
+
+    def settings(entry: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in entry["config"].items() if key not in RUNTIME_FEATURIZER_KEYS}
+
+    if recorded["type"] != current["type"] or settings(recorded) != settings(current):
+        raise FeatureStoreError(
+            f"The feature store '{store.path}' was built by {recorded['type']}({settings(recorded)}), but the model "
+            f"featurizes images with {current['type']}({settings(current)}); train on a store built with the model's "
+            "featurizer (`mm-sbert featurize --model MODEL ...`) or start a new model from the store's featurizer"
+        )

@@ -1,0 +1,200 @@
+"""One place that turns a few named settings into a model's losses, training arguments and trainer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+from torch import nn
+
+from mm_sbert.training.joint_trainer import JointTrainer
+from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper_training_args
+
+BiEncoderLossName = Literal["triplet", "infonce"]
+CrossEncoderLossName = Literal["bce", "listwise"]
+# Parameters that are new on top of a text checkpoint (image projection, its LayerNorm, the score head): the
+# pattern the host's ``learning_rate_mapping`` matches against parameter names.
+NEW_LAYERS_PATTERN = r"(^|\.)(img_embedding|img_layer_norm|classifier)\."
+
+
+@dataclass
+class TrainingRecipe:
+    """The settings of one training run: which objectives, which losses, how long, how fast.
+
+    :meth:`losses`, :meth:`training_args` and :meth:`trainer` build the run from them, so ``mm-sbert train``, the
+    demo, the training examples and the benchmarks train the same way from the same names.
+
+    Args:
+        regime: ``"bi_encoder"``, ``"cross_encoder"`` or ``"joint"`` (both objectives alternating on shared weights).
+        steps: optimizer steps (joint: both objectives' steps count).
+        batch_size: (caption, image) pairs per step.
+        learning_rate: learning rate of the pretrained weights; ``None``: the paper's for the regime.
+        new_layer_learning_rate: learning rate of the layers that are new on top of a text checkpoint (image
+            projection, its LayerNorm, score head; through the host's ``learning_rate_mapping``); ``None``: the same
+            as ``learning_rate``.
+        bi_encoder_loss: ``"triplet"`` (the paper's hardest-negative triplet loss,
+            :class:`~mm_sbert.losses.HardNegativeTripletLoss`) or ``"infonce"`` (in-batch softmax in both directions,
+            the host's ``MultipleNegativesRankingLoss``).
+        margin: the triplet loss's margin.
+        cross_encoder_loss: ``"bce"`` (the paper's, :class:`~mm_sbert.losses.CrossEncoderBCELoss`) or ``"listwise"``
+            (:class:`~mm_sbert.losses.CrossEncoderListwiseLoss`).
+        negatives: cross-encoder negatives per positive; ``None``: 1 for ``bce``, 3 for ``listwise``.
+        hard_negatives: mine the cross-encoder's negatives with the bi-encoder view in the same batch (as ALBEF's
+            image-text matching does) instead of drawing them at random.
+        steps_ratio: joint training's bi-encoder : cross-encoder steps per round.
+        seed: random seed of the run.
+        save_steps: checkpoint every this many steps (``None``: only at the end).
+        logging_steps: log the losses every this many steps (``None``: about 20 times per run).
+        max_grad_norm: gradient clipping (the reference code's 1.0).
+
+    Example:
+        >>> recipe = TrainingRecipe("bi_encoder", steps=1_000, batch_size=128, bi_encoder_loss="infonce")
+        >>> recipe.trainer(model, corpus.to_dataset(), "runs/be").train()
+    """
+
+    regime: Regime = "joint"
+    steps: int = 1_000
+    batch_size: int = 32
+    learning_rate: float | None = None
+    new_layer_learning_rate: float | None = None
+    bi_encoder_loss: BiEncoderLossName = "triplet"
+    margin: float = 0.1
+    cross_encoder_loss: CrossEncoderLossName = "bce"
+    negatives: int | None = None
+    hard_negatives: bool = False
+    steps_ratio: tuple[int, int] = field(default=(1, 1))
+    seed: int = 0
+    save_steps: int | None = None
+    logging_steps: int | None = None
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.regime not in PAPER_HYPERPARAMETERS:
+            raise ValueError(f"regime must be one of {sorted(PAPER_HYPERPARAMETERS)}, got {self.regime!r}")
+        if self.bi_encoder_loss not in ("triplet", "infonce"):
+            raise ValueError(f"bi_encoder_loss must be 'triplet' or 'infonce', got {self.bi_encoder_loss!r}")
+        if self.cross_encoder_loss not in ("bce", "listwise"):
+            raise ValueError(f"cross_encoder_loss must be 'bce' or 'listwise', got {self.cross_encoder_loss!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (in-batch negatives need two pairs), got {self.batch_size}")
+        if self.negatives is not None and self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        for name in ("learning_rate", "new_layer_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.save_steps is not None and self.save_steps < 1:
+            raise ValueError(f"save_steps must be >= 1, got {self.save_steps}")
+        self.steps_ratio = tuple(self.steps_ratio)
+
+    @property
+    def trains_bi_encoder(self) -> bool:
+        return self.regime in ("bi_encoder", "joint")
+
+    @property
+    def trains_cross_encoder(self) -> bool:
+        return self.regime in ("cross_encoder", "joint")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def losses(self, model: Any) -> tuple[nn.Module | None, nn.Module | None]:
+        """``(bi_encoder_loss, cross_encoder_loss)`` for ``model``, ``None`` for an objective the regime skips."""
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss, HardNegativeTripletLoss
+
+        bi_encoder_loss = cross_encoder_loss = None
+        if self.trains_bi_encoder:
+            if self.bi_encoder_loss == "triplet":
+                bi_encoder_loss = HardNegativeTripletLoss(model, margin=self.margin)
+            else:
+                bi_encoder_loss = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"))
+        if self.trains_cross_encoder:
+            if self.cross_encoder_loss == "listwise":
+                cross_encoder_loss = CrossEncoderListwiseLoss(
+                    model, negatives=self.negatives or 3, hard_negatives=self.hard_negatives
+                )
+            else:
+                cross_encoder_loss = CrossEncoderBCELoss(
+                    model, negatives_per_positive=self.negatives or 1, hard_negatives=self.hard_negatives
+                )
+        return bi_encoder_loss, cross_encoder_loss
+
+    def training_args(self, output_dir: str, **overrides: Any) -> SentenceTransformerTrainingArguments:
+        """The paper's arguments for the regime (:func:`~mm_sbert.training.paper_training_args`) with this recipe's
+        steps, batch, learning rates, seed and checkpointing; ``overrides`` win."""
+        learning_rate = self.learning_rate or PAPER_HYPERPARAMETERS[self.regime]["learning_rate"]
+        kwargs: dict[str, Any] = {
+            "max_steps": self.steps,
+            "per_device_train_batch_size": self.batch_size,
+            "learning_rate": learning_rate,
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "max_grad_norm": self.max_grad_norm,
+            "save_strategy": "steps" if self.save_steps else "no",
+            "save_steps": self.save_steps or self.steps,
+            "logging_steps": self.logging_steps or max(1, self.steps // 20),
+            # Every row of a batch must keep its partner: a ragged last batch would also unbalance joint rounds.
+            "dataloader_drop_last": True,
+            "report_to": [],
+        }
+        if self.new_layer_learning_rate is not None and self.new_layer_learning_rate != learning_rate:
+            kwargs["learning_rate_mapping"] = {NEW_LAYERS_PATTERN: self.new_layer_learning_rate}
+        kwargs.update(overrides)
+        return paper_training_args(output_dir, self.regime, **kwargs)
+
+    def trainer(self, model: Any, train_dataset: Any, output_dir: str, **trainer_kwargs: Any) -> JointTrainer:
+        """A :class:`~mm_sbert.training.JointTrainer` for ``model`` on ``train_dataset`` (columns caption, image,
+        label); ``trainer_kwargs`` go to it (``args`` replaces :meth:`training_args`; ``evaluator``, ``callbacks``)."""
+        bi_encoder_loss, cross_encoder_loss = self.losses(model)
+        args = trainer_kwargs.pop("args", None) or self.training_args(output_dir)
+        return JointTrainer(
+            model,
+            train_dataset,
+            bi_encoder_loss=bi_encoder_loss,
+            cross_encoder_loss=cross_encoder_loss,
+            steps_ratio=self.steps_ratio,
+            args=args,
+            **trainer_kwargs,
+        )
+
+
+def new_model(
+    backbone: str,
+    featurizer: Any,
+    layers: int | None = None,
+    device: str | None = None,
+    **module_kwargs: Any,
+) -> Any:
+    """A new joint model (bi-encoder view) on a text checkpoint: its transformer, ``featurizer`` for the images, a
+    fresh image projection and score head.
+
+    Args:
+        backbone: a BERT / XLM-R / MiniLM checkpoint folder or hub id.
+        featurizer: the :class:`~mm_sbert.image_features.ImageFeaturizer` new images go through.
+        layers: keep only the first ``layers`` transformer layers (a proportionally cheaper model; the paper's
+            "halved" model of its Figure 4 keeps half of them).
+        device: where the model goes.
+        module_kwargs: :class:`~mm_sbert.modules.MultimodalTransformer` options (``head_input``, ``fusion_layer``,
+            ``use_img_layernorm``, ``max_regions``, ...).
+    """
+    from mm_sbert.models import MMSentenceTransformer
+
+    model = MMSentenceTransformer.from_backbone(
+        backbone, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, device=device, **module_kwargs
+    )
+    if layers is not None:
+        module = model[0]
+        encoder_layers = module.backbone.encoder.layer
+        if not 1 <= layers <= len(encoder_layers):
+            raise ValueError(f"layers must be between 1 and {len(encoder_layers)}, got {layers}")
+        if module.fusion_layer >= layers:
+            raise ValueError(f"fusion_layer={module.fusion_layer} needs more than {layers} layers")
+        # The config follows, so the saved folder reloads with the same depth.
+        module.backbone.encoder.layer = encoder_layers[:layers]
+        module.backbone.config.num_hidden_layers = layers
+    return model
