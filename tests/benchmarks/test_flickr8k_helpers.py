@@ -1,9 +1,12 @@
-"""The Flickr8k benchmark's ranking arithmetic on hand-made inputs (the full script is too slow for a test)."""
+"""The Flickr8k benchmark's data and bookkeeping helpers on hand-made inputs (the full script is too slow for a test).
+
+Its recalls come from ImageTextRetrievalEvaluator, tested in tests/evaluation."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-import torch
 from benchmark_helpers import load_benchmark
 
 
@@ -12,60 +15,71 @@ def bench():
     return load_benchmark("flickr8k")
 
 
-def test_recall_counts_gold_within_the_first_m(bench):
-    ranked = torch.tensor([[3, 1, 2, 0, 4, 5, 6, 7, 8, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
-    gold = torch.tensor([1, 7])
-    assert bench.recall(ranked, gold) == {1: 0.0, 5: 0.5, 10: 1.0}
+class ListStore:
+    """The two things the benchmark asks of a FeatureStore: get_many by id."""
+
+    def get_many(self, ids):
+        return [f"regions-of-{image_id}" for image_id in ids]
 
 
-def test_rerank_reorders_only_the_top_k(bench):
-    rows = torch.tensor([[10, 11, 12, 13, 14]])
-    logits = torch.tensor([0.1, 0.9, 0.5])  # CE prefers row 11, then 12, then 10
-    assert bench.rerank(rows, logits, 3).tolist() == [[11, 12, 10, 13, 14]]
+def test_protocol_makes_every_caption_a_query_of_its_own_image(bench, tmp_path):
+    rows = [{"image": "images/a.jpg", "en": ["a1", "a2"]}, {"image": "images/b.jpg", "en": ["b1", "b2", "b3"]}]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read = bench.read_split(tmp_path)
+    assert [row["id"] for row in read] == ["a", "b"]
+    images, captions, owners = bench.protocol(read, ListStore())
+    assert images == ["regions-of-a", "regions-of-b"]
+    assert captions == ["a1", "a2", "b1", "b2", "b3"]
+    assert owners == [0, 0, 1, 1, 1]
 
 
-def test_text_retrieval_hit_is_any_caption_of_the_image(bench):
-    # Two images with two captions each; caption 4 is a distractor (owner -1).
-    space = bench.SearchSpace(["a", "b"], [0, 1, 2, 3, 4], [0, 0, 1, 1, -1])
-    images = torch.eye(2)
-    captions = torch.tensor([[0.0, 1.0], [0.9, 0.1], [1.0, 0.0], [0.2, 0.8], [0.95, 0.05]])
-    embeddings = {"images": torch.nn.functional.normalize(images), "captions": torch.nn.functional.normalize(captions)}
-    t2i, i2t, _ = bench.evaluate_be(space, embeddings, [0, 1, 2, 3], [0, 1], 0.0)
-    # Captions 1 and 3 find their image first, 0 and 2 the other one (2 images: R@5 is certain).
-    assert t2i == {1: 0.5, 5: 1.0, 10: 1.0}
-    # Image 0's best caption is 2 (image 1's), then the distractor 4, then its own caption 1; image 1 finds 0 (wrong)
-    # then 3 (its own).
-    assert i2t[1] == 0.0 and i2t[5] == 1.0
+def test_checkpoints_are_ordered_by_step_not_by_name(bench, tmp_path):
+    for name in ("checkpoint-900", "checkpoint-100", "checkpoint-1000", "final", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    assert [step for step, _ in bench.checkpoints(tmp_path)] == [100, 900, 1000]
 
 
-class CountingCrossEncoder:
-    def __init__(self):
-        self.pairs_seen = 0
-
-    def predict(self, inputs, **kwargs):
-        self.pairs_seen += len(inputs)
-        return torch.tensor([float(len(caption)) for caption, _ in inputs])
+def _trainer_state(folder, history, step=200):
+    folder.mkdir(parents=True)
+    state = {"global_step": step, "max_steps": 400, "train_batch_size": 128, "log_history": history}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
 
 
-def test_pair_scorer_computes_each_pair_once(bench):
-    cross_encoder = CountingCrossEncoder()
-    scorer = bench.PairScorer(cross_encoder, {0: "a", 1: "bbb"}, {"x": object(), "y": object()}, batch_size=2)
-    logits, seconds = scorer.score([(0, "x"), (1, "y"), (0, "x")])
-    assert logits.tolist() == [1.0, 3.0, 1.0]
-    assert cross_encoder.pairs_seen == 2
-    again, _ = scorer.score([(1, "y"), (1, "x")])
-    assert again.tolist() == [3.0, 3.0]
-    assert cross_encoder.pairs_seen == 3  # only (1, "x") was new
-    assert seconds >= 0.0
+def test_trained_head_only_when_cross_encoder_steps_were_logged(bench, tmp_path):
+    _trainer_state(tmp_path / "be" / "checkpoint-200", [{"loss": 4.0, "bi_encoder_loss": 4.0, "step": 100}])
+    _trainer_state(tmp_path / "joint" / "checkpoint-200", [{"loss": 2.0, "cross_encoder_loss": 1.1, "step": 100}])
+    assert not bench.trained_head(tmp_path / "be" / "checkpoint-200")
+    assert bench.trained_head(tmp_path / "joint" / "checkpoint-200")
 
 
-def test_full_cross_encoding_ranks_by_logit(bench):
-    class DiagonalCrossEncoder:
-        def predict(self, inputs, **kwargs):
-            return torch.tensor([1.0 if caption[-1] == image else 0.0 for caption, image in inputs])
+def test_training_summary_reads_the_newest_checkpoint_of_a_final_model(bench, tmp_path):
+    run = tmp_path / "run"
+    _trainer_state(run / "checkpoint-100", [{"loss": 9.0, "bi_encoder_loss": 9.0}], step=100)
+    history = [
+        {"loss": 4.9, "bi_encoder_loss": 4.9},
+        {"loss": 1.5, "bi_encoder_loss": 1.5},
+        {"train_runtime": 800.0, "train_steps_per_second": 0.25},
+    ]
+    _trainer_state(run / "checkpoint-200", history, step=200)
+    (run / "final").mkdir()
+    summary = bench.training_summary(run / "final")
+    assert summary["global_step"] == 200 and summary["train_batch_size"] == 128
+    assert summary["first_loss"] == {"loss": 4.9, "bi_encoder_loss": 4.9}
+    assert summary["last_loss"] == {"loss": 1.5, "bi_encoder_loss": 1.5}
+    assert summary["train_steps_per_second"] == 0.25
 
-    captions = {0: "cap-a", 1: "cap-b", 2: "cap-c"}
-    scorer = bench.PairScorer(DiagonalCrossEncoder(), captions, {"a": "a", "b": "b", "c": "c"}, batch_size=4)
-    t2i, i2t, _, pairs = bench.evaluate_full_ce(scorer, [0, 1, 2], [0, 1, 2], ["a", "b", "c"])
-    assert pairs == 9
-    assert t2i[1] == 1.0 and i2t[1] == 1.0
+
+def test_row_turns_evaluator_metrics_into_percentages(bench):
+    metrics = {f"coop_{d}_r@{m}": m / 20 for d in ("t2i", "i2t") for m in (1, 5, 10)} | {"coop_seconds": 12.34}
+    row = bench.row(metrics, "coop", "Joint+Coop", k=20)
+    assert row == {
+        "mode": "Joint+Coop",
+        "t2i_r@1": 5.0,
+        "t2i_r@5": 25.0,
+        "t2i_r@10": 50.0,
+        "i2t_r@1": 5.0,
+        "i2t_r@5": 25.0,
+        "i2t_r@10": 50.0,
+        "seconds": 12.3,
+        "k": 20,
+    }
