@@ -2,18 +2,17 @@
 # The Flickr8k training runs behind benchmarks/results/flickr8k.md, through the user's own commands.
 # Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint} [extra mm-sbert train arguments]
 # Every run checkpoints every SAVE_STEPS steps and resumes from its newest checkpoint when started again.
-# Environment: DATA (flickr8k folder), RUNS (output folder), STORE (feature store), THREADS, DEVICE, BATCH.
+# Environment: DATA (flickr8k folder), RUNS (output folder), STORE (feature store), THREADS, DEVICE, STEPS, BATCH.
 set -euo pipefail
 DATA=${DATA:-../shared/data/flickr8k}
 RUNS=${RUNS:-runs/flickr8k}
 STORE=${STORE:-$RUNS/features_mobilenet_grid3}
 THREADS=${THREADS:-2}
 DEVICE=${DEVICE:-cpu}
-BATCH=${BATCH:-128}
 SAVE_STEPS=${SAVE_STEPS:-100}
 what=$1
 shift
-common=(--data "$DATA/train/captions.jsonl" --features "$STORE" --batch-size "$BATCH" --save-steps "$SAVE_STEPS"
+common=(--data "$DATA/train/captions.jsonl" --features "$STORE" --save-steps "$SAVE_STEPS"
         --threads "$THREADS" --device "$DEVICE" --resume)
 case "$what" in
   store)  # MobileNetV2's 7x7 map pooled to 3x3 + the whole image: 10 regions per photo
@@ -22,12 +21,14 @@ case "$what" in
   be)     # bi-encoder from all-MiniLM-L6-v2: in-batch InfoNCE, both directions
     mm-sbert train be "${common[@]}" --output-dir "$RUNS/be" --be-loss infonce --img-layernorm \
       --head-input text_image_match --fusion-layer 3 \
-      --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-800}" "$@" ;;
-  ce)     # cross-encoder initialised from the trained bi-encoder, negatives mined by it
+      --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-800}" --batch-size "${BATCH:-128}" "$@" ;;
+  ce)     # cross-encoder initialised from the trained bi-encoder ("align before fuse"), negatives mined by it;
+          # a list = the positive + 3 hard negatives, so 32 lists cost about what 128 bi-encoder pairs do
     mm-sbert train ce "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/ce" --ce-loss listwise \
-      --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-400}" "$@" ;;
-  joint)  # joint model initialised from the trained bi-encoder: both objectives alternating
+      --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-400}" --batch-size "${BATCH:-32}" "$@" ;;
+  joint)  # joint model initialised from the trained bi-encoder: both objectives alternating on shared weights
     mm-sbert train joint "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" --be-loss infonce \
-      --ce-loss listwise --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-600}" "$@" ;;
+      --ce-loss listwise --hard-negatives --lr 3e-5 --new-lr 1e-3 --steps "${STEPS:-600}" --batch-size "${BATCH:-32}" \
+      "$@" ;;
   *) echo "usage: $0 {store|be|ce|joint} [mm-sbert train arguments]" >&2; exit 2 ;;
 esac

@@ -70,8 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--new-lr",
         type=float,
         default=None,
-        help="learning rate of the layers new on top of a text checkpoint (image projection, score head; "
-        "default: --lr)",
+        help="learning rate of the untrained layers: a new model's image projection and score head, or only the "
+        "score head when continuing from a saved model (default: --lr)",
     )
     parser.add_argument(
         "--be-loss",
@@ -162,11 +162,10 @@ def build_model(
 ):
     """A saved mm_sbert folder as is, or a new joint model on a text checkpoint (default featurizer: color grid)."""
     from mm_sbert.models import MMSentenceTransformer
-    from mm_sbert.models.loading import is_multimodal_folder
     from mm_sbert.training.training_recipe import new_model
 
     path = resolve_backbone(name)
-    if os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path):
+    if _is_saved_model(name):
         return MMSentenceTransformer(path, device=device)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CLIError(f"'{name}' is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)")
@@ -291,6 +290,9 @@ def run(args: argparse.Namespace) -> int:
             layers=args.layers,
             device=args.device,
         )
+        if _is_saved_model(args.model):
+            # A saved model's image projection is trained already; only its score head may be new.
+            recipe.new_layers = ("classifier",)
         if store is not None:
             try:
                 check_store_featurizer(store, model[0].featurizer)
@@ -304,6 +306,13 @@ def run(args: argparse.Namespace) -> int:
     model.save(final)
     print(f"Trained a {args.regime} model on {len(dataset)} pairs for {args.steps} steps; saved to {final}")
     return 0
+
+
+def _is_saved_model(name: str) -> bool:
+    from mm_sbert.models.loading import is_multimodal_folder
+
+    path = resolve_backbone(name)
+    return os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path)
 
 
 def _has_checkpoint(output_dir: str) -> bool:

@@ -13,9 +13,8 @@ from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper
 
 BiEncoderLossName = Literal["triplet", "infonce"]
 CrossEncoderLossName = Literal["bce", "listwise"]
-# Parameters that are new on top of a text checkpoint (image projection, its LayerNorm, the score head): the
-# pattern the host's ``learning_rate_mapping`` matches against parameter names.
-NEW_LAYERS_PATTERN = r"(^|\.)(img_embedding|img_layer_norm|classifier)\."
+# The layers that are new on top of a text checkpoint: the image projection, its LayerNorm, the score head.
+NEW_LAYERS = ("img_embedding", "img_layer_norm", "classifier")
 
 
 @dataclass
@@ -30,9 +29,11 @@ class TrainingRecipe:
         steps: optimizer steps (joint: both objectives' steps count).
         batch_size: (caption, image) pairs per step.
         learning_rate: learning rate of the pretrained weights; ``None``: the paper's for the regime.
-        new_layer_learning_rate: learning rate of the layers that are new on top of a text checkpoint (image
-            projection, its LayerNorm, score head; through the host's ``learning_rate_mapping``); ``None``: the same
-            as ``learning_rate``.
+        new_layer_learning_rate: learning rate of the untrained layers named in ``new_layers`` (through the host's
+            ``learning_rate_mapping``); ``None``: the same as ``learning_rate``.
+        new_layers: the :class:`~mm_sbert.modules.MultimodalTransformer` layers that start untrained: on a text
+            checkpoint the image projection, its LayerNorm and the score head; continuing from a trained
+            bi-encoder, only ``("classifier",)``.
         bi_encoder_loss: ``"triplet"`` (the paper's hardest-negative triplet loss,
             :class:`~mm_sbert.losses.HardNegativeTripletLoss`) or ``"infonce"`` (in-batch softmax in both directions,
             the host's ``MultipleNegativesRankingLoss``).
@@ -58,6 +59,7 @@ class TrainingRecipe:
     batch_size: int = 32
     learning_rate: float | None = None
     new_layer_learning_rate: float | None = None
+    new_layers: tuple[str, ...] = NEW_LAYERS
     bi_encoder_loss: BiEncoderLossName = "triplet"
     margin: float = 0.1
     cross_encoder_loss: CrossEncoderLossName = "bce"
@@ -89,6 +91,10 @@ class TrainingRecipe:
         if self.save_steps is not None and self.save_steps < 1:
             raise ValueError(f"save_steps must be >= 1, got {self.save_steps}")
         self.steps_ratio = tuple(self.steps_ratio)
+        self.new_layers = tuple(self.new_layers)
+        unknown = set(self.new_layers) - set(NEW_LAYERS)
+        if unknown or not self.new_layers:
+            raise ValueError(f"new_layers must be a non-empty subset of {NEW_LAYERS}, got {self.new_layers}")
 
     @property
     def trains_bi_encoder(self) -> bool:
@@ -143,7 +149,9 @@ class TrainingRecipe:
             "report_to": [],
         }
         if self.new_layer_learning_rate is not None and self.new_layer_learning_rate != learning_rate:
-            kwargs["learning_rate_mapping"] = {NEW_LAYERS_PATTERN: self.new_layer_learning_rate}
+            # A regex over parameter names, e.g. "0.img_embedding.weight"; only the untrained layers.
+            pattern = r"(^|\.)(" + "|".join(self.new_layers) + r")\."
+            kwargs["learning_rate_mapping"] = {pattern: self.new_layer_learning_rate}
         kwargs.update(overrides)
         return paper_training_args(output_dir, self.regime, **kwargs)
 

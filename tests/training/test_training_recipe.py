@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+from conftest import build_views
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+from mm_sbert.data import color_swatches
+from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss, HardNegativeTripletLoss
+from mm_sbert.training import TrainingRecipe, new_model
+
+
+def test_losses_follow_the_regime_and_the_named_settings():
+    model, _ = build_views("bert")
+    be, ce = TrainingRecipe("bi_encoder", margin=0.3).losses(model)
+    assert isinstance(be, HardNegativeTripletLoss) and be.margin == 0.3 and ce is None
+    be, ce = TrainingRecipe("cross_encoder").losses(model)
+    assert be is None and isinstance(ce, CrossEncoderBCELoss) and ce.negatives_per_positive == 1
+    be, ce = TrainingRecipe(
+        "joint", bi_encoder_loss="infonce", cross_encoder_loss="listwise", hard_negatives=True
+    ).losses(model)
+    assert isinstance(be, MultipleNegativesRankingLoss)
+    assert isinstance(ce, CrossEncoderListwiseLoss) and ce.negatives_per_positive == 3 and ce.num_hard_negatives == 3
+
+
+def test_new_layers_get_their_own_learning_rate_through_the_host_mapping(tmp_path):
+    model, _ = build_views("bert")
+    recipe = TrainingRecipe("joint", steps=2, batch_size=4, learning_rate=1e-5, new_layer_learning_rate=1e-3)
+    trainer = recipe.trainer(model, color_swatches(num_images=4, captions_per_image=2).to_dataset(), str(tmp_path))
+    trainer.create_optimizer()
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            rates[id(parameter)] = group["lr"]
+    names = dict(model.named_parameters())
+    assert {rates[id(names[n])] for n in names if ".img_embedding." in n or ".classifier." in n} == {1e-3}
+    assert {rates[id(names[n])] for n in names if ".backbone.encoder." in n} == {1e-5}
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="bi_encoder_loss must be 'triplet' or 'infonce', got 'mse'"):
+        TrainingRecipe(bi_encoder_loss="mse")
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        TrainingRecipe(batch_size=1)
+    with pytest.raises(ValueError, match="regime must be one of"):
+        TrainingRecipe(regime="both")
+
+
+def test_new_model_keeps_only_the_first_layers(tmp_path):
+    from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
+
+    model, _ = build_views("bert")
+    backbone = tmp_path / "backbone"
+    model[0].backbone.save_pretrained(str(backbone))
+    model[0].tokenizer.save_pretrained(str(backbone))
+    depth = model[0].backbone.config.num_hidden_layers
+    halved = new_model(str(backbone), ColorGridFeaturizer(grid_size=2), layers=depth - 1)
+    assert len(halved[0].backbone.encoder.layer) == depth - 1
+    halved.save(str(tmp_path / "saved"))
+    assert len(MMSentenceTransformer(str(tmp_path / "saved"))[0].backbone.encoder.layer) == depth - 1
+    with pytest.raises(ValueError, match=f"layers must be between 1 and {depth}, got {depth + 1}"):
+        new_model(str(backbone), ColorGridFeaturizer(grid_size=2), layers=depth + 1)
+
+
+def test_continuing_a_trained_model_speeds_up_only_the_head(tmp_path):
+    model, _ = build_views("bert")
+    recipe = TrainingRecipe(
+        "joint", steps=2, batch_size=4, learning_rate=1e-5, new_layer_learning_rate=1e-3, new_layers=("classifier",)
+    )
+    trainer = recipe.trainer(model, color_swatches(num_images=4, captions_per_image=2).to_dataset(), str(tmp_path))
+    trainer.create_optimizer()
+    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    names = dict(model.named_parameters())
+    assert {rates[id(names[n])] for n in names if ".classifier." in n} == {1e-3}
+    assert {rates[id(names[n])] for n in names if ".img_embedding." in n} == {1e-5}
+    with pytest.raises(ValueError, match="new_layers must be a non-empty subset"):
+        TrainingRecipe(new_layers=("pooler",))
