@@ -163,7 +163,9 @@ def rerank(
     Returns:
         A :class:`Reranked`.
 
-    Example (a benchmark with precomputed, normalised embeddings):
+    Example:
+        A benchmark with precomputed, normalised embeddings:
+
         >>> be_scores, rows = exact_search(caption_embeddings, image_embeddings, top_k=20)
         >>> cache = PairScoreCache()
         >>> result = rerank(cross_encoder, captions, images, rows, be_scores, query_ids=caption_ids, cache=cache)
