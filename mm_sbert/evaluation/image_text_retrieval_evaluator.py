@@ -277,35 +277,6 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             "seconds": time.perf_counter() - start,
         }
 
-    def _rerank(
-        self, cross_encoder: Any, direction: str, rows: torch.Tensor, be_scores: torch.Tensor | None, cache: Any
-    ) -> Reranked:
-        """Rerank candidate ``rows`` of every ``t2i`` (caption) or ``i2t`` (image) query; pairs keyed by position."""
-        if direction == "t2i":
-            queries, query_ids, candidates, modality = (
-                self.captions,
-                range(len(self.captions)),
-                self.all_images,
-                "text",
-            )
-        else:
-            queries = [self.images[image] for image in self.query_images]
-            query_ids, candidates, modality = self.query_images, self.all_captions, "image"
-        return rerank(
-            cross_encoder,
-            queries,
-            candidates,
-            rows,
-            be_scores,
-            score=self.score if be_scores is not None else "ce",
-            lam=self.lam,
-            query_modality=modality,
-            query_ids=list(query_ids),
-            cache=cache,
-            batch_size=self.ce_batch_size,
-            show_progress_bar=self.show_progress_bar,
-        )
-
     def _coop(self, cross_encoder: Any, retrieval: dict[str, Any], k: int, cache: PairScoreCache) -> dict[str, float]:
         """BE top-``k`` reranked in both directions; the time is the BE's plus the CE time of these pairs."""
         t2i, i2t = (
