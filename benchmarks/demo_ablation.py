@@ -2,9 +2,9 @@
 
 Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid (or the row's ``regions``)
 on generated training scenes (the row's ``train_images``: 200 for the rows that found the recipe, the demo's 1,000
-for the others) with :func:`mm_sbert.cli.demo.fine_tune` (60 bi-encoder warm-up steps, then joint rounds) and
-evaluates BE, CE and Coop (k=20) on 100 held-out scenes. The baseline is the first row, measured in the same run.
-Mean recall = mean of R@1/5/10 over both directions, in %.
+for the others) with :func:`mm_sbert.training.demo_recipe.fine_tune` (60 bi-encoder warm-up steps, then joint
+rounds) and evaluates BE, CE and Coop (k=20) on 100 held-out scenes. The baseline is the first row, measured in
+the same run. Mean recall = mean of R@1/5/10 over both directions, in %.
 
 100 held-out captions move R@1 by a point per query, more than most rows differ. ``--held-out 300
 --eval-captions 5 --skip-full-ce`` scores 1,500 captions and 300 images instead (BE and Coop only: full
@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm_sbert.cli import demo  # noqa: E402
-from mm_sbert.cli.results_table import evaluate_modes  # noqa: E402
 from mm_sbert.data import SyntheticScenes  # noqa: E402
+from mm_sbert.evaluation.results_table import evaluate_modes  # noqa: E402
+from mm_sbert.training import demo_recipe  # noqa: E402
 
 # The recipe the demo had before this ablation: 1 layer, mean head, BCE with random negatives in random batches.
 BASELINE = {
@@ -82,42 +82,47 @@ ROWS: dict[str, dict] = {
         "train_images": 200,
         "layers": None,
         "steps": 240,
-        "module": {**demo.MODULE_KWARGS, "fusion_layer": 0},
-        "training": {**demo.TRAINING, "hard_negatives": 1},
+        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 1},
     },
     # The demo's recipe before late fusion and 1,000 training scenes.
     "previous_default_200_scenes": {
         "train_images": 200,
         "layers": None,
         "steps": None,
-        "module": {**demo.MODULE_KWARGS, "fusion_layer": 0},
-        "training": demo.TRAINING,
+        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
+        "training": demo_recipe.TRAINING,
     },
     "default_single_stream": {
         "layers": None,
         "steps": None,
-        "module": {**demo.MODULE_KWARGS, "fusion_layer": 0},
-        "training": demo.TRAINING,
+        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
+        "training": demo_recipe.TRAINING,
     },
     # The demo's defaults.
-    "default": {"layers": None, "steps": None, "module": demo.MODULE_KWARGS, "training": demo.TRAINING},
+    "default": {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING},
     # Three times the training: does the cross-encoder overtake the bi-encoder given more steps?
-    "default_1080_rounds": {"layers": None, "steps": 1080, "module": demo.MODULE_KWARGS, "training": demo.TRAINING},
+    "default_1080_rounds": {
+        "layers": None,
+        "steps": 1080,
+        "module": demo_recipe.MODULE_KWARGS,
+        "training": demo_recipe.TRAINING,
+    },
     # One region per object (ColorBlobFeaturizer, detector-style) instead of one per grid cell.
     "default_object_regions": {
         "layers": None,
         "steps": None,
         "regions": "objects",
-        "module": demo.MODULE_KWARGS,
-        "training": demo.TRAINING,
+        "module": demo_recipe.MODULE_KWARGS,
+        "training": demo_recipe.TRAINING,
     },
     # The same architecture from random weights: is MiniLM's head start for the bi-encoder what keeps the CE level?
     "default_random_weights": {
         "layers": None,
         "steps": None,
         "random_weights": True,
-        "module": demo.MODULE_KWARGS,
-        "training": demo.TRAINING,
+        "module": demo_recipe.MODULE_KWARGS,
+        "training": demo_recipe.TRAINING,
     },
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
@@ -137,16 +142,20 @@ def run_row(
     full_cross_encoder: bool = True,
 ) -> dict[str, float]:
     torch.manual_seed(seed)
-    train = SyntheticScenes(row.get("train_images") or demo.DEFAULTS["train_images"], captions_per_image=5, seed=seed)
+    train = SyntheticScenes(
+        row.get("train_images") or demo_recipe.DEFAULTS["train_images"], captions_per_image=5, seed=seed
+    )
     held_out = SyntheticScenes(
         held_out_images or ABLATION_HELD_OUT,
         captions_per_image=eval_captions,
         seed=seed + 1,
         exclude=train.signatures,
     )
-    layers = row["layers"] or demo.DEFAULTS["layers"]
-    featurizer = demo.regions_featurizer(row.get("regions", "grid"))
-    model = demo.build_demo_model(train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]})
+    layers = row["layers"] or demo_recipe.DEFAULTS["layers"]
+    featurizer = demo_recipe.regions_featurizer(row.get("regions", "grid"))
+    model = demo_recipe.build_demo_model(
+        train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]}
+    )
     if row.get("random_weights"):
         backbone = model[0].backbone
         torch.manual_seed(seed)
@@ -156,14 +165,14 @@ def run_row(
     training = {"cross_encoder_steps_per_round": 1, **row["training"]}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as output_dir:
-        demo.fine_tune(
+        demo_recipe.fine_tune(
             model,
             train,
             output_dir,
-            steps=row["steps"] or demo.DEFAULTS["steps"],
-            batch_size=demo.DEFAULTS["batch_size"],
+            steps=row["steps"] or demo_recipe.DEFAULTS["steps"],
+            batch_size=demo_recipe.DEFAULTS["batch_size"],
             seed=seed,
-            warmup_steps=demo.DEFAULTS["warmup_steps"],
+            warmup_steps=demo_recipe.DEFAULTS["warmup_steps"],
             show_progress_bar=False,
             **training,
         )

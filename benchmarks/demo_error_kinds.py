@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm_sbert.cli.demo import DEFAULTS  # noqa: E402
 from mm_sbert.data import SyntheticScenes  # noqa: E402
 from mm_sbert.data.synthetic_scenes import Scene, SceneObject  # noqa: E402
+from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits  # noqa: E402
+from mm_sbert.training.demo_recipe import DEFAULTS  # noqa: E402
 
 KINDS = ("colour", "size", "swap", "move", "count", "other")
 # The detail exchanged between two objects of a caption, and the SceneObject field that holds it.
@@ -102,12 +103,7 @@ def binding_table(model, cross_encoder, scenes: list[Scene], regions: list, imag
         score_pairs = {
             "BE": ((images * true_embeddings).sum(1), (images * exchanged_embeddings).sum(1)),
             "CE": tuple(
-                cross_encoder.predict(
-                    [(caption, regions[i]) for caption, i in zip(texts, ids)],
-                    activation_fn=torch.nn.Identity(),
-                    convert_to_tensor=True,
-                    show_progress_bar=False,
-                ).view(-1)
+                cross_encoder_logits(cross_encoder, [(caption, regions[i]) for caption, i in zip(texts, ids)])
                 for texts in (true_captions, exchanged)
             ),
         }
@@ -153,8 +149,7 @@ def main() -> None:
     n = len(held_out.images)
     scores = {"BE": (captions @ images.T).cpu()}
     pairs = [(caption, regions[j]) for caption in held_out.captions for j in range(n)]
-    logits = cross_encoder.predict(pairs, batch_size=256, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
-    scores["CE"] = logits.view(n, n).cpu()
+    scores["CE"] = cross_encoder_logits(cross_encoder, pairs, batch_size=256).view(n, n)
 
     families, scenes = held_out.families, held_out.scenes
     print(f"# wrong top-1 images of {n} image-retrieval queries, by kind of difference")

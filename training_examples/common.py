@@ -22,6 +22,7 @@ import torch
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
 from mm_sbert.data import ImageCaptionCorpus, color_swatches
+from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
 from mm_sbert.training import PAPER_HYPERPARAMETERS, JointTrainer, paper_training_args
 
@@ -180,34 +181,8 @@ def evaluate(model: MMSentenceTransformer, corpus: ImageCaptionCorpus, regime: s
     """R@1/5/10 both directions: the bi-encoder, and for CE / joint models BE top-20 reranked by the CE (coop)."""
     images, captions, caption_image_ids = corpus.evaluation_data()
     modes = ("be",) if regime == "bi_encoder" else ("be", "coop")
-    try:
-        from mm_sbert.evaluation import ImageTextRetrievalEvaluator
-    except ImportError:
-        return simple_recall(model, images, captions, caption_image_ids, modes)
     evaluator = ImageTextRetrievalEvaluator(images, captions, caption_image_ids, modes=modes, name="eval")
     return evaluator(model)
-
-
-@torch.no_grad()
-def simple_recall(model, images, captions, caption_image_ids, modes, top_k: int = 20) -> dict[str, float]:
-    """Caption -> image R@1/5/10 (a fallback where mm_sbert.evaluation is not installed)."""
-    caption_embeddings = model.encode(captions, convert_to_tensor=True, normalize_embeddings=True)
-    image_embeddings = model.encode(images, convert_to_tensor=True, normalize_embeddings=True)
-    similarities = caption_embeddings @ image_embeddings.T
-    gold = torch.tensor(caption_image_ids, device=similarities.device).unsqueeze(1)
-    rankings = {"be": similarities.topk(min(10, len(images)), dim=1).indices}
-    if "coop" in modes:
-        cross_encoder = model.to_cross_encoder()
-        candidates = similarities.topk(min(top_k, len(images)), dim=1).indices
-        pairs = [(captions[q], images[i]) for q in range(len(captions)) for i in candidates[q].tolist()]
-        scores = torch.as_tensor(cross_encoder.predict(pairs, show_progress_bar=True)).view(candidates.shape)
-        reranked = candidates.gather(1, scores.argsort(dim=1, descending=True).to(candidates.device))
-        rankings["coop"] = reranked[:, :10]
-    return {
-        f"{mode}_t2i_r@{m}": (ranking[:, :m].cpu() == gold.cpu()).any(dim=1).float().mean().item()
-        for mode, ranking in rankings.items()
-        for m in (1, 5, 10)
-    }
 
 
 def run(regime: str, description: str) -> dict[str, float]:

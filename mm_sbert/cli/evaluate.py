@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.cli.results_table import evaluate_modes, format_table
+    from mm_sbert.evaluation.results_table import evaluate_modes, format_table
 
     set_threads(args.threads)
     modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())

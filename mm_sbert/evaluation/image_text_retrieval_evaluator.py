@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from sentence_transformers.base.evaluation.evaluator import SentenceEvaluator
 
-from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits, resolve_cross_encoder
+from mm_sbert.models.views import resolve_views
+from mm_sbert.retrieval.cooperative_retriever import Reranked, cross_encoder_logits, rerank
 from mm_sbert.retrieval.embedding_index import exact_search
-from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
+from mm_sbert.retrieval.pair_score_cache import PairScoreCache
+from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +196,8 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
 
     @property
     def num_ce_pairs(self) -> int:
-        """Pairs ``ce`` mode scores: real captions x all images, plus distractor captions x real images."""
-        return len(self.captions) * len(self.all_images) + len(self.distractor_captions) * len(self.images)
+        """Pairs ``ce`` mode scores: real captions x all images, plus distractor captions x the query images."""
+        return len(self.captions) * len(self.all_images) + len(self.distractor_captions) * len(self.query_images)
 
     # ------------------------------------------------------------------ entry points
 
@@ -211,10 +213,12 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             retrieval = self._retrieve(bi_encoder, max(self.top_k, *self.recall_at))
         if "be" in self.modes:
             metrics |= self._metrics("be", retrieval["t2i_rows"], retrieval["i2t_rows"], retrieval["seconds"])
+        # One cache per call: the model may have changed since the last one (the trainer calls between steps).
+        cache = PairScoreCache()
         if "coop" in self.modes:
-            metrics |= self._coop(cross_encoder, retrieval, self.top_k)
+            metrics |= self._coop(cross_encoder, retrieval, self.top_k, cache)
         if "ce" in self.modes:
-            metrics |= self._full_cross_encoding(cross_encoder)
+            metrics |= self._full_cross_encoding(cross_encoder, cache)
 
         self._log(metrics)
         if output_path is not None and self.write_csv:
@@ -227,14 +231,16 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
     def evaluate_top_k(self, model: Any, ks: Sequence[int] = (10, 20, 50)) -> dict[int, dict[str, float]]:
         """The paper's top-k ablation (Table 8): Coop metrics and wall time for each k.
 
-        The images and captions are encoded and searched once; each k then reranks its own top-k with the
-        cross-encoder, and its ``coop_seconds`` is that shared encoding + search time plus its own reranking.
+        The images and captions are encoded and searched once, and each pair is cross-encoded once for all k (a
+        :class:`~mm_sbert.retrieval.PairScoreCache`); each k's ``coop_seconds`` is the shared encoding + search time
+        plus the cross-encoder time of its own top-k pairs, as if it had run alone.
         """
         bi_encoder, cross_encoder = self._views(model)
         retrieval = self._retrieve(bi_encoder, max(*ks, *self.recall_at))
+        cache = PairScoreCache()
         results = {}
         for k in ks:
-            metrics = self._coop(cross_encoder, retrieval, k)
+            metrics = self._coop(cross_encoder, retrieval, k, cache)
             results[k] = self.prefix_name_to_metrics(metrics, self.name)
             logger.info(f"top-k {k}: {results[k]}")
         return results
@@ -242,21 +248,12 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
     # ------------------------------------------------------------------ modes
 
     def _views(self, model: Any) -> tuple[Any, Any | None]:
-        bi_encoder = model
-        if not hasattr(model, "encode") and hasattr(model, "to_bi_encoder"):
-            # A joint model handed over as its cross-encoder view.
-            bi_encoder = model.to_bi_encoder()
-        cross_encoder = None
-        if "ce" in self.modes or "coop" in self.modes:
-            cross_encoder = self.cross_encoder
-            if cross_encoder is None and model is not bi_encoder:
-                cross_encoder = model
-            cross_encoder = resolve_cross_encoder(bi_encoder, cross_encoder)
-            if cross_encoder is None:
-                raise ValueError(
-                    "Modes 'ce' / 'coop' need a cross-encoder: pass cross_encoder=... or evaluate a joint model (a "
-                    "MultimodalTransformer with a score head)"
-                )
+        bi_encoder, cross_encoder = resolve_views(model, self.cross_encoder)
+        if ("ce" in self.modes or "coop" in self.modes) and cross_encoder is None:
+            raise ValueError(
+                "Modes 'ce' / 'coop' need a cross-encoder: pass cross_encoder=... or evaluate a joint model (a "
+                "MultimodalTransformer with a score head)"
+            )
         return bi_encoder, cross_encoder
 
     def _retrieve(self, bi_encoder: Any, depth: int) -> dict[str, Any]:
@@ -280,36 +277,17 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             "seconds": time.perf_counter() - start,
         }
 
-    def _coop(self, cross_encoder: Any, retrieval: dict[str, Any], k: int) -> dict[str, float]:
-        start = time.perf_counter()
-        all_images, all_captions = self.all_images, self.all_captions
-        t2i_rows = retrieval["t2i_rows"][:, :k]
-        i2t_rows = retrieval["i2t_rows"][:, :k]
-        t2i_pairs = [
-            (caption, all_images[row]) for caption, rows in zip(self.captions, t2i_rows.tolist()) for row in rows
-        ]
-        i2t_pairs = [
-            (all_captions[row], self.images[image])
-            for image, rows in zip(self.query_images, i2t_rows.tolist())
-            for row in rows
-        ]
-        logits = cross_encoder_logits(
-            cross_encoder, t2i_pairs + i2t_pairs, self.ce_batch_size, show_progress_bar=self.show_progress_bar
+    def _coop(self, cross_encoder: Any, retrieval: dict[str, Any], k: int, cache: PairScoreCache) -> dict[str, float]:
+        """BE top-``k`` reranked in both directions; the time is the BE's plus the CE time of these pairs."""
+        t2i, i2t = (
+            self._rerank(
+                cross_encoder, direction, retrieval[f"{direction}_rows"], retrieval[f"{direction}_scores"], k, cache
+            )
+            for direction in ("t2i", "i2t")
         )
-        t2i_logits = logits[: len(t2i_pairs)].reshape(t2i_rows.shape)
-        i2t_logits = logits[len(t2i_pairs) :].reshape(i2t_rows.shape)
-        reranked = []
-        for rows, be_scores, ce_scores in (
-            (t2i_rows, retrieval["t2i_scores"][:, :k], t2i_logits),
-            (i2t_rows, retrieval["i2t_scores"][:, :k], i2t_logits),
-        ):
-            final = combine_scores(be_scores, ce_scores, self.score, self.lam)
-            order = torch.argsort(final, dim=1, descending=True, stable=True)
-            reranked.append(rows.gather(1, order))
-        seconds = retrieval["seconds"] + time.perf_counter() - start
-        return self._metrics("coop", reranked[0], reranked[1], seconds)
+        return self._metrics("coop", t2i.rows, i2t.rows, retrieval["seconds"] + t2i.ce_seconds + i2t.ce_seconds)
 
-    def _full_cross_encoding(self, cross_encoder: Any) -> dict[str, float]:
+    def _full_cross_encoding(self, cross_encoder: Any, cache: PairScoreCache) -> dict[str, float]:
         num_pairs = self.num_ce_pairs
         if num_pairs > self.ce_max_pairs:
             raise ValueError(
@@ -319,23 +297,63 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
                 f"{self._format_duration(num_pairs * self._seconds_per_pair(cross_encoder))}. Raise ce_max_pairs if "
                 "you mean it, or evaluate 'coop' instead"
             )
-        start = time.perf_counter()
-        all_images = self.all_images
-        pairs = [(caption, image) for caption in self.captions for image in all_images]
-        pairs += [(caption, image) for caption in self.distractor_captions for image in self.images]
-        logits = cross_encoder_logits(
-            cross_encoder, pairs, batch_size=self.ce_batch_size, show_progress_bar=self.show_progress_bar
-        )
-        real = logits[: len(self.captions) * len(all_images)].reshape(len(self.captions), len(all_images))
-        distractor = logits[len(self.captions) * len(all_images) :].reshape(
-            len(self.distractor_captions), len(self.images)
+        # Every candidate of every query, ranked by the CE logit alone; text retrieval reuses the real captions'
+        # pairs from image retrieval, so only the distractor captions are cross-encoded on top.
+        everything = {
+            "t2i": torch.arange(len(self.all_images)).expand(len(self.captions), -1),
+            "i2t": torch.arange(len(self.all_captions)).expand(len(self.query_images), -1),
+        }
+        t2i, i2t = (
+            self._rerank(cross_encoder, direction, rows, None, None, cache) for direction, rows in everything.items()
         )
         depth = max(self.recall_at)
-        t2i_rows = real.topk(min(depth, real.shape[1]), dim=1).indices
-        # Text retrieval: every caption (real and distractor) scored against each real query image.
-        i2t_matrix = torch.cat([real[:, : len(self.images)], distractor], dim=0).T[self.query_images]
-        i2t_rows = i2t_matrix.topk(min(depth, i2t_matrix.shape[1]), dim=1).indices
-        return self._metrics("ce", t2i_rows, i2t_rows, time.perf_counter() - start)
+        return self._metrics("ce", t2i.rows[:, :depth], i2t.rows[:, :depth], cache.seconds_of(self._ce_pair_keys()))
+
+    def _rerank(
+        self,
+        cross_encoder: Any,
+        direction: str,
+        rows: torch.Tensor,
+        be_scores: torch.Tensor | None,
+        k: int | None,
+        cache: PairScoreCache,
+    ) -> Reranked:
+        """Rerank the candidate ``rows`` of every ``t2i`` (caption) or ``i2t`` (image) query.
+
+        Pairs are keyed by (position in ``all_captions``, position in ``all_images``), so both directions, every k
+        and full cross-encoding share one cache.
+        """
+        if direction == "t2i":
+            queries, query_ids, candidates = self.captions, list(range(len(self.captions))), self.all_images
+        else:
+            queries, query_ids = [self.images[image] for image in self.query_images], self.query_images
+            candidates = self.all_captions
+        return rerank(
+            cross_encoder,
+            queries,
+            candidates,
+            rows,
+            be_scores,
+            k,
+            score="ce" if be_scores is None else self.score,
+            lam=self.lam,
+            query_modality="text" if direction == "t2i" else "image",
+            query_ids=query_ids,
+            cache=cache,
+            batch_size=self.ce_batch_size,
+            show_progress_bar=self.show_progress_bar,
+        )
+
+    def _ce_pair_keys(self) -> list[tuple[int, int]]:
+        """The pairs full cross-encoding scores: real captions x all images, distractor captions x query images."""
+        first_distractor = len(self.captions)
+        keys = [(caption, image) for caption in range(len(self.captions)) for image in range(len(self.all_images))]
+        keys += [
+            (first_distractor + caption, image)
+            for caption in range(len(self.distractor_captions))
+            for image in self.query_images
+        ]
+        return keys
 
     def _seconds_per_pair(self, cross_encoder: Any) -> float:
         if not hasattr(self, "_measured_seconds_per_pair"):

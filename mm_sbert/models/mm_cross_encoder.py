@@ -43,14 +43,9 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
 
     def to_bi_encoder(self) -> MMSentenceTransformer:
         """The bi-encoder view of this model, sharing the ``MultimodalTransformer`` object."""
-        from sentence_transformers.sentence_transformer.modules import Pooling
+        from mm_sbert.models.views import to_bi_encoder
 
-        from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
-
-        module = self[0]
-        return MMSentenceTransformer(
-            modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device=str(self.device)
-        )
+        return to_bi_encoder(self)
 
     def predict(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
         if inputs is None:

@@ -49,9 +49,9 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
 
     def to_cross_encoder(self) -> MMCrossEncoder:
         """The cross-encoder view of this model, sharing the ``MultimodalTransformer`` object (``ce[0] is st[0]``)."""
-        from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
+        from mm_sbert.models.views import to_cross_encoder
 
-        return MMCrossEncoder(modules=[self[0]], device=str(self.device))
+        return to_cross_encoder(self)
 
     def encode(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
         if inputs is None:

@@ -1,9 +1,14 @@
-"""Retrieve fast with the bi-encoder, rerank smart with the cross-encoder (paper §3.3 / §3.4)."""
+"""Retrieve fast with the bi-encoder, rerank smart with the cross-encoder (paper §3.3 / §3.4).
+
+:func:`rerank` is the one place that turns (queries, candidate rows) into a reranked order; the retriever, the
+evaluator, the demo and the benchmarks call it.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -17,7 +22,9 @@ import torch
 from tqdm.autonotebook import tqdm
 
 from mm_sbert.image_features.image_loading import looks_like_image_path
+from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexWriter, Verify
+from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
 
 logger = logging.getLogger(__name__)
@@ -68,22 +75,11 @@ def collection_modality(items: Sequence[Any], what: str = "items") -> Modality:
 
 
 def resolve_cross_encoder(bi_encoder: Any, cross_encoder: Any | None) -> Any | None:
-    """The given cross-encoder, or the joint model's own CE view when the bi-encoder's module has a score head."""
-    if cross_encoder is not None:
-        return cross_encoder
-    from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+    """The given cross-encoder, or the joint model's own CE view when the bi-encoder's module has a score head.
 
-    try:
-        module = bi_encoder[0]
-    except (TypeError, IndexError, KeyError):
-        return None
-    if isinstance(module, MultimodalTransformer) and module.classifier is not None:
-        if hasattr(bi_encoder, "to_cross_encoder"):
-            return bi_encoder.to_cross_encoder()
-        from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
-
-        return MMCrossEncoder(modules=[module], device=str(bi_encoder.device))
-    return None
+    Kept for existing callers; :func:`mm_sbert.models.views.resolve_views` is the one place that switches views.
+    """
+    return resolve_views(bi_encoder, cross_encoder)[1]
 
 
 def cross_encoder_logits(
@@ -100,6 +96,154 @@ def cross_encoder_logits(
         show_progress_bar=show_progress_bar,
     )
     return scores.detach().float().cpu().reshape(-1)
+
+
+@dataclass
+class Reranked:
+    """The candidates of each query, reordered by :func:`rerank`; every tensor is ``[num_queries, k]``, best first.
+
+    Attributes:
+        rows: candidate rows (positions in the candidate collection).
+        scores: the ranking score (see ``score`` in :func:`rerank`).
+        be_scores: the bi-encoder scores passed in, in the new order.
+        ce_scores: the cross-encoder logits (``None`` for ``score="be"``).
+        ce_seconds: cross-encoder time of these pairs; pairs found in the cache are charged what they cost when
+            they were scored, so the figure is what this ranking costs on its own.
+        ce_pairs: pairs cross-encoded by this call (the cache misses).
+    """
+
+    rows: torch.Tensor
+    scores: torch.Tensor
+    be_scores: torch.Tensor
+    ce_scores: torch.Tensor | None
+    ce_seconds: float
+    ce_pairs: int
+
+
+def rerank(
+    cross_encoder: Any | None,
+    queries: Sequence[Any],
+    candidates: ItemSource,
+    rows: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+    be_scores: torch.Tensor | np.ndarray | None = None,
+    k: int | None = None,
+    *,
+    score: ScoreMode = "ce",
+    lam: float = 0.5,
+    query_modality: Modality | None = None,
+    query_ids: Sequence[Hashable] | None = None,
+    candidate_ids: Sequence[Hashable] | None = None,
+    cache: PairScoreCache | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+) -> Reranked:
+    """Rerank each query's candidates with the cross-encoder: the one path from (queries, candidate rows) to a
+    ranking, used by :class:`CooperativeRetriever`, the evaluator, the demo and the benchmarks.
+
+    Pairs are always built as ``(caption, image)``: captions as queries search images, images search captions.
+
+    Args:
+        cross_encoder: anything with the host's ``CrossEncoder.predict`` (logits are read, no sigmoid); may be
+            ``None`` for ``score="be"``.
+        queries: one query item per row of ``rows`` (captions, or images: PIL, paths, RegionFeatures).
+        candidates: the collection the rows point into: a sequence, or a function ``row -> item`` (read only for
+            pairs that are not cached).
+        rows: ``[num_queries, K]`` candidate rows per query, e.g. the bi-encoder's top-K (best first).
+        be_scores: ``[num_queries, K]`` bi-encoder scores of those candidates; needed for every score but ``"ce"``.
+        k: rerank only the first ``k`` candidates of each query (default: all ``K``).
+        score: ``"ce"`` (cross-encoder logit, the paper's default), ``"combination"``, ``"combination_normalized"``
+            (with ``lam``; see :func:`~mm_sbert.retrieval.combine_scores`) or ``"be"`` (no cross-encoding).
+        lam: the bi-encoder weight of the combinations.
+        query_modality: ``"text"`` or ``"image"``; inferred from ``queries`` when left out.
+        query_ids / candidate_ids: the ids that key the cache (default: query positions / candidate rows);
+            ``query_ids`` is required with a cache, so two query lists never share keys by position.
+        cache: a :class:`PairScoreCache` to read and fill (keys ``(caption id, image id)``).
+        batch_size / show_progress_bar: passed to ``predict``.
+
+    Returns:
+        A :class:`Reranked`.
+
+    Example:
+        A benchmark with precomputed, normalised embeddings:
+
+        >>> be_scores, rows = exact_search(caption_embeddings, image_embeddings, top_k=20)
+        >>> cache = PairScoreCache()
+        >>> result = rerank(cross_encoder, captions, images, rows, be_scores, query_ids=caption_ids, cache=cache)
+        >>> result.rows[:, 0], result.ce_seconds
+    """
+    if score not in SCORE_MODES:
+        raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
+    rows = torch.as_tensor(rows).cpu().long()
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be [num_queries, K] candidate rows, got shape {tuple(rows.shape)}")
+    if len(rows) != len(queries):
+        raise ValueError(f"Got candidate rows for {len(rows)} queries but {len(queries)} queries")
+    if be_scores is None:
+        if score != "ce":
+            raise ValueError(f"Score {score!r} needs be_scores; pass the bi-encoder scores of the candidates")
+        be_scores = torch.zeros(rows.shape)
+    be_scores = torch.as_tensor(be_scores).detach().float().cpu()
+    if be_scores.shape != rows.shape:
+        raise ValueError(f"be_scores {tuple(be_scores.shape)} and rows {tuple(rows.shape)} differ in shape")
+    if k is not None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        rows, be_scores = rows[:, :k], be_scores[:, :k]
+    if query_ids is not None and len(query_ids) != len(queries):
+        raise ValueError(f"Got {len(query_ids)} query_ids for {len(queries)} queries")
+    if cache is not None and query_ids is None:
+        raise ValueError("A cache needs query_ids: ids that name the queries across calls (not their positions)")
+
+    ce_scores, seconds, computed = None, 0.0, 0
+    if score != "be":
+        if cross_encoder is None:
+            raise ValueError(f"Score {score!r} needs a cross-encoder; pass one, or use score='be'")
+        caption_first = (query_modality or collection_modality(queries, what="queries")) == "text"
+        item = candidates if callable(candidates) else candidates.__getitem__
+        flat = [(query, row) for query, query_rows in enumerate(rows.tolist()) for row in query_rows]
+
+        def pair(query: int, row: int) -> tuple[Any, Any]:
+            return (queries[query], item(row)) if caption_first else (item(row), queries[query])
+
+        if cache is None:
+            start = time.perf_counter()
+            logits = cross_encoder_logits(
+                cross_encoder, [pair(q, r) for q, r in flat], batch_size, show_progress_bar=show_progress_bar
+            )
+            seconds, computed = time.perf_counter() - start, len(flat)
+        else:
+
+            def key(query: int, row: int) -> tuple[Hashable, Hashable]:
+                ids = (query_ids[query], row if candidate_ids is None else candidate_ids[row])
+                return ids if caption_first else ids[::-1]
+
+            keys = [key(q, r) for q, r in flat]
+            todo: dict[tuple[Hashable, Hashable], tuple[int, int]] = {}
+            for pair_key, position in zip(keys, flat):
+                if pair_key not in cache and pair_key not in todo:
+                    todo[pair_key] = position
+            if todo:
+                start = time.perf_counter()
+                fresh = cross_encoder_logits(
+                    cross_encoder, [pair(q, r) for q, r in todo.values()], batch_size, show_progress_bar
+                )
+                cache.put(todo, fresh.tolist(), (time.perf_counter() - start) / len(todo))
+            entries = [cache.get(pair_key) for pair_key in keys]
+            logits = torch.tensor([logit for logit, _ in entries], dtype=torch.float32)
+            seconds, computed = sum(cost for _, cost in entries), len(todo)
+        ce_scores = logits.reshape(rows.shape)
+
+    final = combine_scores(be_scores, ce_scores, score, lam)
+    # Best first, ties in the incoming (bi-encoder) order; the reference implementation returned hits worst-first.
+    order = torch.argsort(final, dim=1, descending=True, stable=True)
+    return Reranked(
+        rows=rows.gather(1, order),
+        scores=final.gather(1, order),
+        be_scores=be_scores.gather(1, order),
+        ce_scores=None if ce_scores is None else ce_scores.gather(1, order),
+        ce_seconds=seconds,
+        ce_pairs=computed,
+    )
 
 
 class CooperativeRetriever:
@@ -138,8 +282,7 @@ class CooperativeRetriever:
     ) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.bi_encoder = bi_encoder
-        self.cross_encoder = resolve_cross_encoder(bi_encoder, cross_encoder)
+        self.bi_encoder, self.cross_encoder = resolve_views(bi_encoder, cross_encoder)
         self.top_k = top_k
         self.batch_size = batch_size
         self.ce_batch_size = ce_batch_size
@@ -296,32 +439,50 @@ class CooperativeRetriever:
         if len(query_embeddings) != len(query_list):
             raise ValueError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
         be_scores, rows = self.embedding_index.search(query_embeddings, top_k, exact=exact)
+        query_kind = self._check_rerank(query_list) if rerank else None
+        reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)
 
-        ce_scores = None
-        if rerank:
-            ce_scores = self._rerank_scores(query_list, rows)
-        final = combine_scores(be_scores, ce_scores, score_mode, lam)
-        # Best first (the reference implementation returned reranked hits worst-first).
-        order = torch.argsort(final, dim=1, descending=True, stable=True)
-
+        ce_scores = reranked.ce_scores.tolist() if reranked.ce_scores is not None else None
         results = []
-        for query_row in range(len(query_list)):
+        for query_row, rows_of_query in enumerate(reranked.rows.tolist()):
             hits = []
-            for position in order[query_row].tolist():
-                row = int(rows[query_row, position])
+            for position, row in enumerate(rows_of_query):
                 hits.append(
                     Hit(
                         id=self.embedding_index.row_id(row),
-                        score=float(final[query_row, position]),
-                        be_score=float(be_scores[query_row, position]),
-                        ce_score=None if ce_scores is None else float(ce_scores[query_row, position]),
+                        score=float(reranked.scores[query_row, position]),
+                        be_score=float(reranked.be_scores[query_row, position]),
+                        ce_score=None if ce_scores is None else ce_scores[query_row][position],
                         corpus_id=row,
                     )
                 )
             results.append(hits)
         return results[0] if single else results
 
-    def _rerank_scores(self, queries: list[Any], rows: torch.Tensor) -> torch.Tensor:
+    def _rank(
+        self,
+        queries: list[Any],
+        rows: torch.Tensor,
+        be_scores: torch.Tensor,
+        score: ScoreMode,
+        lam: float,
+        query_modality: Modality | None,
+    ) -> Reranked:
+        return rerank(
+            self.cross_encoder if score != "be" else None,
+            queries,
+            self._item,
+            rows,
+            be_scores,
+            score=score,
+            lam=lam,
+            query_modality=query_modality,
+            batch_size=self.ce_batch_size,
+            show_progress_bar=bool(self.show_progress_bar),
+        )
+
+    def _check_rerank(self, queries: list[Any]) -> Modality:
+        """The queries' modality, after checking that reranking them against this collection is possible."""
         if self.cross_encoder is None:
             raise ValueError(
                 "Reranking needs a cross-encoder: pass cross_encoder=... (or a joint model) or use rerank=False"
@@ -340,15 +501,7 @@ class CooperativeRetriever:
                 f"The queries are {query_kind}s and so is the collection; the cross-encoder scores (caption, image) "
                 "pairs, so search an image collection with captions or a caption collection with images"
             )
-        pairs = []
-        for query, candidate_rows in zip(queries, rows.tolist()):
-            for row in candidate_rows:
-                item = self._item(row)
-                pairs.append((query, item) if collection == "image" else (item, query))
-        logits = cross_encoder_logits(
-            self.cross_encoder, pairs, batch_size=self.ce_batch_size, show_progress_bar=bool(self.show_progress_bar)
-        )
-        return logits.reshape(rows.shape)
+        return query_kind
 
     def _item(self, row: int) -> Any:
         return self.items(row) if callable(self.items) else self.items[row]

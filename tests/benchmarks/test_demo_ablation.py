@@ -12,8 +12,8 @@ from mm_sbert import ColorBlobFeaturizer
 @pytest.fixture()
 def bench(monkeypatch):
     module = load_benchmark("demo_ablation")
-    monkeypatch.setattr(module.demo, "DEFAULTS", dict(module.demo.QUICK))
-    monkeypatch.setattr(module, "ABLATION_HELD_OUT", module.demo.QUICK["eval_images"])
+    monkeypatch.setattr(module.demo_recipe, "DEFAULTS", dict(module.demo_recipe.QUICK))
+    monkeypatch.setattr(module, "ABLATION_HELD_OUT", module.demo_recipe.QUICK["eval_images"])
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield module
@@ -49,13 +49,13 @@ def test_recipe_rows_keep_the_scene_count_they_were_measured_with(bench):
 def built(bench, monkeypatch):
     """The models run_row builds, in order (build_demo_model wrapped)."""
     models = []
-    original = bench.demo.build_demo_model
+    original = bench.demo_recipe.build_demo_model
 
     def build(*args, **kwargs):
         models.append(original(*args, **kwargs))
         return models[-1]
 
-    monkeypatch.setattr(bench.demo, "build_demo_model", build)
+    monkeypatch.setattr(bench.demo_recipe, "build_demo_model", build)
     return models
 
 
@@ -66,15 +66,15 @@ def test_object_region_row_trains_on_the_blob_featurizer(bench, built):
 
 
 def test_default_row_is_the_demo_recipe(bench):
-    assert bench.ROWS["default"]["training"] is bench.demo.TRAINING
-    assert bench.ROWS["default"]["module"] is bench.demo.MODULE_KWARGS
+    assert bench.ROWS["default"]["training"] is bench.demo_recipe.TRAINING
+    assert bench.ROWS["default"]["module"] is bench.demo_recipe.MODULE_KWARGS
 
 
 def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, built, monkeypatch):
-    monkeypatch.setattr(bench.demo, "fine_tune", lambda model, *args, **kwargs: model.eval())
+    monkeypatch.setattr(bench.demo_recipe, "fine_tune", lambda model, *args, **kwargs: model.eval())
     bench.run_row("default_random_weights", bench.ROWS["default_random_weights"], seed=0)
     (row_model,) = built
-    pretrained = bench.demo.build_demo_model(64, row_model[0].backbone.config.num_hidden_layers)
+    pretrained = bench.demo_recipe.build_demo_model(64, row_model[0].backbone.config.num_hidden_layers)
     ours, theirs = row_model[0].backbone.state_dict(), pretrained[0].backbone.state_dict()
     assert ours.keys() == theirs.keys()
     word_embeddings = "embeddings.word_embeddings.weight"

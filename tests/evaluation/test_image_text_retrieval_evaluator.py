@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -83,7 +84,30 @@ def test_be_recall_follows_the_embedding_geometry():
     # i2t: i0's nearest caption is c0, i1's is c2, i2's is c4: all their own
     assert metrics["be_i2t_r@1"] == 1.0
     assert metrics["be_mean_recall"] == pytest.approx((0.5 + 1 + 1 + 1 + 1 + 1) / 6)
-    assert metrics["be_seconds"] >= 0
+
+
+class SlowStubBiEncoder(StubBiEncoder):
+    def encode(self, inputs, **kwargs):
+        time.sleep(0.05)
+        return super().encode(inputs, **kwargs)
+
+
+class SlowStubCrossEncoder(StubCrossEncoder):
+    def predict(self, pairs, **kwargs):
+        time.sleep(0.05)
+        return super().predict(pairs, **kwargs)
+
+
+def test_seconds_count_encoding_and_the_cross_encoder_time_of_each_k():
+    bi_encoder, cross_encoder = SlowStubBiEncoder(ANGLES), SlowStubCrossEncoder(PERFECT.pairs_of)
+    evaluation = ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, cross_encoder=cross_encoder, modes=("be",))
+    assert 0.1 <= evaluation(bi_encoder)["be_seconds"] < 1.0  # two encode calls (images, captions) of 50 ms
+    evaluation.modes = ("coop",)
+    results = evaluation.evaluate_top_k(bi_encoder, ks=(1, 3))
+    # k=1: encoding (0.1 s) + at least one predict call (0.05 s). k=3 reuses k=1's pairs from the cache and is
+    # charged their measured cost again plus its own new pairs: never less than k=1.
+    assert 0.15 <= results[1]["coop_seconds"] <= results[3]["coop_seconds"] < 2.0
+    assert len(cross_encoder.pairs) == len(set(cross_encoder.pairs)) == 6 * 3
 
 
 def test_coop_with_a_perfect_reranker_fixes_every_candidate_it_sees():
@@ -103,8 +127,9 @@ def test_coop_and_ce_send_caption_image_pairs():
     assert cross_encoder.pairs and all(
         caption.startswith("c") and image.endswith(".jpg") for caption, image in cross_encoder.pairs
     )
-    # coop: 6 caption queries x 2 + 3 image queries x 2; ce: 6 x 3
-    assert len(cross_encoder.pairs) == 6 * 2 + 3 * 2 + 6 * 3
+    # coop (6 caption queries x 2 + 3 image queries x 2) and ce (6 x 3) share one pair cache: every one of the
+    # 6 x 3 pairs is cross-encoded exactly once (before the cache: 36 predictions for 18 pairs).
+    assert len(cross_encoder.pairs) == len(set(cross_encoder.pairs)) == 6 * 3
 
 
 def test_distractors_enlarge_the_search_space_only():

@@ -11,9 +11,10 @@ import torch
 from conftest import build_views
 from PIL import Image
 from safetensors import safe_open
-from sentence_transformers import CrossEncoder, SentenceTransformer, util
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer, RegionFeatures
+from mm_sbert.models.views import resolve_views, to_bi_encoder
 
 CAPTIONS = ["a red circle left of a blue square", "two green triangles", "one large yellow star on top"]
 
@@ -135,21 +136,46 @@ def test_mismatched_checkpoint_is_refused(tmp_path):
         MMSentenceTransformer(str(tmp_path), device="cpu")
 
 
-def test_semantic_search_over_image_embeddings_matches_cosine_ranking():
-    bi_encoder, _ = build_views("bert")
+def test_resolve_views_pairs_either_view_with_its_partner_on_the_same_module():
+    bi_encoder, cross_encoder = build_views("bert")
     perturb(bi_encoder)
-    image_embeddings = bi_encoder.encode(images(), convert_to_tensor=True)
-    caption_embeddings = bi_encoder.encode(CAPTIONS, convert_to_tensor=True)
-    hits = util.semantic_search(caption_embeddings, image_embeddings, top_k=3)
-    cosine = (
-        torch.nn.functional.normalize(caption_embeddings, dim=1)
-        @ torch.nn.functional.normalize(image_embeddings, dim=1).T
-    )
-    for row, row_hits in enumerate(hits):
-        assert [hit["corpus_id"] for hit in row_hits] == cosine[row].argsort(descending=True).tolist()
-        assert [hit["score"] for hit in row_hits] == pytest.approx(
-            cosine[row].sort(descending=True).values.tolist(), abs=1e-5
-        )
+    embeddings, scores = encode_both(bi_encoder), cross_encoder.predict(pairs())
+
+    retriever, reranker = resolve_views(bi_encoder)
+    assert retriever is bi_encoder and isinstance(reranker, MMCrossEncoder) and reranker[0] is bi_encoder[0]
+    np.testing.assert_array_equal(reranker.predict(pairs()), scores)
+    # A joint model handed over as its cross-encoder view: its bi-encoder view retrieves, the model reranks.
+    retriever, reranker = resolve_views(cross_encoder)
+    assert reranker is cross_encoder and isinstance(retriever, MMSentenceTransformer)
+    assert retriever[0] is bi_encoder[0]
+    np.testing.assert_array_equal(encode_both(retriever), embeddings)
+    # An explicit cross-encoder always reranks.
+    explicit = MMCrossEncoder(modules=[build_views("bert", seed=1)[0][0]], device="cpu")
+    assert resolve_views(bi_encoder, explicit)[1] is explicit
+
+
+def test_a_bi_encoder_without_score_head_has_no_cross_encoder_view():
+    from conftest import build_module
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    module = build_module("bert", score_head=False)
+    bi_encoder = MMSentenceTransformer(modules=[module, Pooling(module.get_embedding_dimension())], device="cpu")
+    assert resolve_views(bi_encoder) == (bi_encoder, None)
+    with pytest.raises(ValueError, match="score_head=False"):
+        bi_encoder.to_cross_encoder()
+    plain = SentenceTransformer(modules=[Pooling(4)], device="cpu")
+    with pytest.raises(ValueError, match="no MultimodalTransformer as its first module"):
+        to_bi_encoder(plain)
+
+
+def test_host_sentence_transformer_over_our_module_gets_the_cross_encoder_view(tmp_path):
+    bi_encoder, cross_encoder = build_views("bert")
+    perturb(bi_encoder)
+    bi_encoder.save(str(tmp_path))
+    host = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
+    reranker = resolve_views(host)[1]
+    assert isinstance(reranker, MMCrossEncoder) and reranker[0] is host[0]
+    np.testing.assert_array_equal(reranker.predict(pairs()), cross_encoder.predict(pairs()))
 
 
 def test_cross_encoder_rank_and_scores_are_probabilities():

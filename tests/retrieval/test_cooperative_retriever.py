@@ -152,13 +152,18 @@ def test_joint_model_reranks_with_its_own_head(views):
 
 def test_reopened_image_collection_needs_its_items_to_rerank(views, tmp_path):
     bi_encoder, cross_encoder = views
-    CooperativeRetriever(bi_encoder, cross_encoder, top_k=3).index(IMAGES, path=str(tmp_path / "index"))
+    original = CooperativeRetriever(bi_encoder, cross_encoder, top_k=3)
+    original.index(IMAGES, path=str(tmp_path / "index"))
     reopened = CooperativeRetriever(bi_encoder, cross_encoder, top_k=3).open(str(tmp_path / "index"))
     assert len(reopened.search(CAPTIONS[0], rerank=False)) == 3
     with pytest.raises(ValueError, match="pass items="):
         reopened.search(CAPTIONS[0])
     reopened.open(str(tmp_path / "index"), items=lambda row: IMAGES[row])
-    assert reopened.search(CAPTIONS[0])[0].ce_score is not None
+    # The items handed over reach the cross-encoder: the reranked hits are the original retriever's.
+    expected = [(hit.corpus_id, hit.ce_score) for hit in original.search(CAPTIONS[0])]
+    got = [(hit.corpus_id, hit.ce_score) for hit in reopened.search(CAPTIONS[0])]
+    assert [row for row, _ in got] == [row for row, _ in expected]
+    torch.testing.assert_close([score for _, score in got], [score for _, score in expected], rtol=0, atol=1e-6)
 
 
 def test_misuse_is_named(views):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import tiny_bert
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+from mm_sbert.data import color_swatches
+from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,5 +46,19 @@ def test_example_trains_evaluates_and_saves(tmp_path, script):
     assert "t2i_r@1" in result.stdout and "before" in result.stdout
     assert "_loss" in result.stdout + result.stderr  # the per-objective loss in the logs
     final = tmp_path / "out" / "final"
-    assert MMSentenceTransformer(str(final), device="cpu")[0] is not None
-    assert MMCrossEncoder(str(final), device="cpu")[0].classifier is not None
+    bi_encoder = MMSentenceTransformer(str(final), device="cpu")
+    cross_encoder = MMCrossEncoder(str(final), device="cpu")
+    # One joint folder: both views read the same weights, score head included.
+    torch.testing.assert_close(cross_encoder[0].classifier.weight, bi_encoder[0].classifier.weight, rtol=0, atol=0)
+    # The printed "after" recall is the saved model's: evaluating the reloaded folder on the same data (the small
+    # demo's 24 generated swatches) gives the same numbers.
+    printed = {
+        match.group(1): float(match.group(2))
+        for match in re.finditer(r"^(eval_\w+_r@\d+)\s+\S+\s+(\d\.\d{3})$", result.stdout, re.M)
+    }
+    images, captions, gold = color_swatches(num_images=24, captions_per_image=3, image_size=64).evaluation_data()
+    modes = ("be",) if script == "train_bi_encoder.py" else ("be", "coop")
+    expected = ImageTextRetrievalEvaluator(images, captions, gold, modes=modes, name="eval")(bi_encoder)
+    assert set(printed) == {key for key in expected if "r@" in key}
+    for key, value in printed.items():
+        assert value == pytest.approx(expected[key], abs=5e-4), key
