@@ -13,6 +13,8 @@ text retrieval (i2t) with all 1,000 image queries (a hit is any of the image's 5
   a pool of ``--ce-pool`` dev images with all their captions, Table 5 (``--distractors`` train images and one caption
   each added to the search space), Table 8 (Coop with k in ``--top-k``);
 - ``curve``: R@1 / R@10 of BE (full protocol), Coop and pool CE for every checkpoint of a run, and a plot;
+- ``embeddings``: the ``--be`` model's embeddings of every train + dev image and caption, and of the dev captions as
+  queries, as ``.npy`` files in ``--output-dir`` (real vectors for ``benchmarks/retrieval_latency.py --embeddings``);
 - ``render``: rebuild ``benchmarks/results/flickr8k.md`` from the JSON files.
 
 Example (CPU, after benchmarks/flickr8k_train.sh store|be|ce|joint):
@@ -56,7 +58,7 @@ def default_data_dir() -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["tables", "curve", "render"])
+    parser.add_argument("part", choices=["tables", "curve", "embeddings", "render"])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--features", type=Path, help="the feature store the models were trained from")
     parser.add_argument("--be", help="bi-encoder model folder (curve: the fixed retriever of a cross-encoder run)")
@@ -77,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--name", default="en", help="results file suffix: results/flickr8k_<name>.json")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--output-dir", type=Path, help="embeddings: where the .npy files go")
     args = parser.parse_args(argv)
     args.top_k = sorted({int(k) for k in args.top_k.split(",")} | {args.k})
     return args
@@ -241,6 +244,25 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
         },
         "tables": tables,
     }
+
+
+def write_embeddings(args: argparse.Namespace) -> None:
+    """``collection.npy`` (train + dev images, then train + dev captions) and ``queries.npy`` (dev captions)."""
+    import numpy as np
+
+    from mm_sbert import FeatureStore
+
+    store = FeatureStore(args.features)
+    rows = read_split(args.data_dir / "train") + read_split(args.data_dir / "dev")
+    model = load_bi_encoder(args.be, args.device)
+    options = dict(batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=True)
+    images = model.encode(store.get_many(row["id"] for row in rows), **options)
+    captions = model.encode([caption for row in rows for caption in row["en"]], **options)
+    dev_captions = sum(len(row["en"]) for row in read_split(args.data_dir / "dev"))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    np.save(args.output_dir / "collection.npy", np.concatenate([images, captions]).astype(np.float32))
+    np.save(args.output_dir / "queries.npy", captions[-dev_captions:].astype(np.float32))
+    print(f"wrote {len(images) + len(captions)} collection and {dev_captions} query embeddings to {args.output_dir}")
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -502,6 +524,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         if args.features is None:
             sys.exit("--features STORE is required: the feature store the models were trained from")
+        if args.part == "embeddings":
+            if args.be is None or args.output_dir is None:
+                sys.exit("embeddings needs --be MODEL and --output-dir DIR")
+            write_embeddings(args)
+            return
         start = time.perf_counter()
         result = run_tables(args) if args.part == "tables" else run_curve(args)
         result |= {
