@@ -101,6 +101,9 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         name: metric-name prefix.
         write_csv: append the metrics to a CSV in ``output_path`` when the trainer passes one.
         recall_at: the M values.
+        pair_score_cache: a :class:`~mm_sbert.retrieval.PairScoreCache` kept across calls, so evaluators over the
+            same images and captions (e.g. one per score mode, or with distractors appended) score each pair once;
+            share it only while the cross-encoder does not change. Default: a fresh cache per call.
 
     Example:
         >>> evaluator = ImageTextRetrievalEvaluator(images, captions, caption_image_ids, name="coco-1k")
@@ -127,6 +130,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         name: str = "",
         write_csv: bool = True,
         recall_at: Sequence[int] = RECALL_AT,
+        pair_score_cache: PairScoreCache | None = None,
     ) -> None:
         super().__init__()
         images, captions = list(images), list(captions)
@@ -170,6 +174,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         self.ce_max_pairs = ce_max_pairs
         self.score = score
         self.lam = lam
+        self.pair_score_cache = pair_score_cache
         self.batch_size = batch_size
         self.ce_batch_size = ce_batch_size
         self.show_progress_bar = show_progress_bar
@@ -213,8 +218,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             retrieval = self._retrieve(bi_encoder, max(self.top_k, *self.recall_at))
         if "be" in self.modes:
             metrics |= self._metrics("be", retrieval["t2i_rows"], retrieval["i2t_rows"], retrieval["seconds"])
-        # One cache per call: the model may have changed since the last one (the trainer calls between steps).
-        cache = PairScoreCache()
+        cache = self._cache()
         if "coop" in self.modes:
             metrics |= self._coop(cross_encoder, retrieval, self.top_k, cache)
         if "ce" in self.modes:
@@ -237,7 +241,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         """
         bi_encoder, cross_encoder = self._views(model)
         retrieval = self._retrieve(bi_encoder, max(*ks, *self.recall_at))
-        cache = PairScoreCache()
+        cache = self._cache()
         results = {}
         for k in ks:
             metrics = self._coop(cross_encoder, retrieval, k, cache)
@@ -246,6 +250,11 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         return results
 
     # ------------------------------------------------------------------ modes
+
+    def _cache(self) -> PairScoreCache:
+        # Without a shared cache, one per call: the model may have changed since the last one (the trainer calls
+        # between steps).
+        return self.pair_score_cache if self.pair_score_cache is not None else PairScoreCache()
 
     def _views(self, model: Any) -> tuple[Any, Any | None]:
         bi_encoder, cross_encoder = resolve_views(model, self.cross_encoder)

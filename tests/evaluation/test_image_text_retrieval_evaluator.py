@@ -132,6 +132,37 @@ def test_coop_and_ce_send_caption_image_pairs():
     assert len(cross_encoder.pairs) == len(set(cross_encoder.pairs)) == 6 * 3
 
 
+def test_a_shared_pair_cache_scores_each_pair_once_across_score_modes():
+    from mm_sbert.retrieval import PairScoreCache
+
+    cross_encoder, cache = StubCrossEncoder(PERFECT.pairs_of), PairScoreCache()
+    results = {}
+    for score in ("ce", "combination", "combination_normalized"):
+        evaluation = ImageTextRetrievalEvaluator(
+            IMAGES,
+            CAPTIONS,
+            GOLD,
+            cross_encoder=cross_encoder,
+            modes=("coop",),
+            top_k=3,
+            score=score,
+            pair_score_cache=cache,
+        )
+        results[score] = evaluation(StubBiEncoder(ANGLES))
+    assert len(cross_encoder.pairs) == len(set(cross_encoder.pairs)) == 6 * 3  # the later modes re-used the cache
+    assert results["ce"]["coop_t2i_r@1"] == 1.0
+    # lam 0.5: for c1 (130°, gold i0) the cosine gap to i1 (0.98 vs -0.64) outweighs the CE's (sigmoid 0.99 vs 0.5),
+    # so the combination keeps the bi-encoder's three misses.
+    assert results["combination"]["coop_t2i_r@1"] == 0.5
+    # Without a shared cache every call scores its pairs again.
+    fresh = StubCrossEncoder(PERFECT.pairs_of)
+    for _ in range(2):
+        ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, cross_encoder=fresh, modes=("coop",), top_k=3)(
+            StubBiEncoder(ANGLES)
+        )
+    assert len(fresh.pairs) == 2 * 6 * 3
+
+
 def test_distractors_enlarge_the_search_space_only():
     angles = ANGLES | {"d0.jpg": 126, "dc": 0}
     metrics = evaluator(modes=("be", "ce"), distractor_images=["d0.jpg"], distractor_captions=["dc"])(
