@@ -65,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ce", help="separately trained cross-encoder folder (Sep+Coop)")
     parser.add_argument("--joint", help="joint model folder (Joint+BE, Joint+Coop)")
     parser.add_argument("--run", help="curve: a run folder with checkpoint-N subfolders")
+    parser.add_argument(
+        "--step-offset", type=int, default=0, help="curve: steps the run's start model had (e.g. the BE's)"
+    )
     parser.add_argument("--label", default=None, help="curve: the run's name in results (default: its folder name)")
+    parser.add_argument("--dev-images", type=int, default=1000, help="dev images used (1000: the full protocol)")
     parser.add_argument("--k", type=int, default=20, help="Coop candidates (the paper's 20)")
     parser.add_argument("--top-k", default="5,10,20", help="Table 8's k values")
     parser.add_argument("--ce-pool", type=int, default=100, help="dev images (x5 captions) fully cross-encoded")
@@ -163,17 +167,21 @@ def row(metrics: dict[str, float], mode: str, label: str, **extra: Any) -> dict[
 
 
 def run_tables(args: argparse.Namespace) -> dict[str, Any]:
+    """Table 1, 5, 8, the score-combination ablation and pool CE, every number from the evaluator.
+
+    One :class:`~mm_sbert.retrieval.PairScoreCache` per cross-encoder is shared by that model's evaluators (all k,
+    score modes, the distractor setting): each (caption, image) pair is cross-encoded once, and each row's
+    ``seconds`` still counts the cross-encoder time of its own pairs."""
     from mm_sbert import FeatureStore
+    from mm_sbert.retrieval import PairScoreCache
 
     store = FeatureStore(args.features)
-    dev_rows = read_split(args.data_dir / "dev")
+    dev_rows = read_split(args.data_dir / "dev")[: args.dev_images]
     images, captions, owners = protocol(dev_rows, store)
     queries = {"t2i_queries": len(captions), "i2t_queries": len(set(owners))}
-    tables: dict[str, list[dict[str, Any]]] = {"table1": [], "ce_pool": [], "table5": [], "table8": []}
-    bi_encoder = load_bi_encoder(args.be, args.device) if args.be else None
-    joint = load_bi_encoder(args.joint, args.device) if args.joint else None
-    cross_encoder = load_cross_encoder(args.ce, args.device) if args.ce else None
-    full = evaluator(images, captions, owners, args)
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ("table1", "ce_pool", "table5", "table8", "score")}
+    extra_images, extra_captions = distractor_set(store, args.data_dir, args.distractors, args.seed)
+    distracted = dict(distractor_images=extra_images, distractor_captions=extra_captions)
 
     def timed(label: str, call):
         start = time.perf_counter()
@@ -181,66 +189,66 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {label}: {time.perf_counter() - start:.0f} s", flush=True)
         return result
 
-    if bi_encoder is not None:
+    setups = []  # (Coop label, BE label, bi-encoder, cross-encoder or None for the joint model's own head)
+    if args.be:
+        bi_encoder = load_bi_encoder(args.be, args.device)
         metrics = timed("BE", lambda: evaluator(images, captions, owners, args, modes=("be",))(bi_encoder))
         tables["table1"].append(row(metrics, "be", "BE", **queries))
-        if cross_encoder is not None:
-            sep = evaluator(images, captions, owners, args, cross_encoder=cross_encoder, modes=("coop",))
-            metrics = timed("Sep+Coop", lambda: sep(bi_encoder))
-            tables["table1"].append(row(metrics, "coop", "Sep+Coop", k=args.k, **queries))
-    if joint is not None:
-        metrics = timed("Joint+BE / Joint+Coop", lambda: evaluator(images, captions, owners, args)(joint))
+        if args.ce:
+            setups.append(("Sep+Coop", "BE", bi_encoder, load_cross_encoder(args.ce, args.device)))
+    if args.joint:
+        joint = load_bi_encoder(args.joint, args.device)
+        metrics = timed("Joint+BE", lambda: evaluator(images, captions, owners, args, modes=("be",))(joint))
         tables["table1"].append(row(metrics, "be", "Joint+BE", **queries))
-        tables["table1"].append(row(metrics, "coop", "Joint+Coop", k=args.k, **queries))
-        top_k = timed("Table 8", lambda: full.evaluate_top_k(joint, args.top_k))
-        for k, metrics in top_k.items():
-            tables["table8"].append(row(metrics, "coop", "Joint+Coop", k=k, **queries))
+        setups.append(("Joint+Coop", "Joint+BE", joint, None))
+
+    for coop_label, be_label, bi_encoder, cross_encoder in setups:
+        cache = PairScoreCache()
+        shared = dict(cross_encoder=cross_encoder, modes=("coop",), pair_score_cache=cache)
+        by_k = timed(
+            f"{coop_label} k={args.top_k}",
+            lambda: evaluator(images, captions, owners, args, **shared).evaluate_top_k(bi_encoder, args.top_k),  # noqa: B023
+        )
+        for k, metrics in by_k.items():
+            tables["table8"].append(row(metrics, "coop", coop_label, k=k, **queries))
+            if k == args.k:
+                tables["table1"].append(row(metrics, "coop", coop_label, k=k, **queries))
+        for score, lam in (("combination", 0.5), ("combination_normalized", 0.5)):
+            scored = evaluator(images, captions, owners, args, score=score, lam=lam, **shared)(bi_encoder)
+            tables["score"].append(row(scored, "coop", coop_label, k=args.k, score=score, lam=lam, **queries))
+        if args.distractors:
+            both = dict(cross_encoder=cross_encoder, modes=("be", "coop"), pair_score_cache=cache)
+            metrics = timed(
+                f"Table 5 {coop_label}",
+                lambda: evaluator(images, captions, owners, args, **both, **distracted)(bi_encoder),  # noqa: B023
+            )
+            tables["table5"].append(row(metrics, "be", be_label, **queries))
+            tables["table5"].append(row(metrics, "coop", coop_label, k=args.k, **queries))
 
     # Full cross-encoding on a pool: every caption of the pool's images against every pool image.
     pool = sorted(random.Random(args.seed).sample(range(len(dev_rows)), min(args.ce_pool, len(dev_rows))))
     pool_images, pool_captions, pool_owners = protocol([dev_rows[i] for i in pool], store)
     pool_queries = {"t2i_queries": len(pool_captions), "i2t_queries": len(pool)}
-    for label, model, reranker in (("CE", bi_encoder, cross_encoder), ("Joint+CE", joint, None)):
-        if model is None or (label == "CE" and reranker is None):
-            continue
+    for _, be_label, bi_encoder, cross_encoder in setups:
+        ce_label = "CE" if cross_encoder is not None else "Joint+CE"
         pool_evaluator = evaluator(
-            pool_images, pool_captions, pool_owners, args, cross_encoder=reranker, modes=("be", "ce")
+            pool_images, pool_captions, pool_owners, args, cross_encoder=cross_encoder, modes=("be", "ce")
         )
-        metrics = timed(f"pool {label}", lambda: pool_evaluator(model))  # noqa: B023 (called at once)
-        be_label = "BE" if label == "CE" else "Joint+BE"
+        metrics = timed(f"pool {ce_label}", lambda: pool_evaluator(bi_encoder))  # noqa: B023 (called at once)
         tables["ce_pool"].append(row(metrics, "be", be_label, pairs=0, **pool_queries))
-        tables["ce_pool"].append(row(metrics, "ce", label, pairs=len(pool_captions) * len(pool), **pool_queries))
-
-    if args.distractors and (bi_encoder is not None or joint is not None):
-        extra_images, extra_captions = distractor_set(store, args.data_dir, args.distractors, args.seed)
-        distracted = dict(distractor_images=extra_images, distractor_captions=extra_captions)
-        setups = [("BE", bi_encoder, cross_encoder), ("Joint", joint, None)]
-        for name, model, reranker in setups:
-            if model is None:
-                continue
-            modes = ("be", "coop") if (reranker is not None or name == "Joint") else ("be",)
-            table5 = evaluator(images, captions, owners, args, cross_encoder=reranker, modes=modes, **distracted)
-            metrics = timed(f"Table 5 {name}", lambda: table5(model))  # noqa: B023 (called at once)
-            be_label = "BE" if name == "BE" else "Joint+BE"
-            tables["table5"].append(row(metrics, "be", be_label, **queries))
-            if "coop" in modes:
-                coop_label = "Sep+Coop" if name == "BE" else "Joint+Coop"
-                tables["table5"].append(row(metrics, "coop", coop_label, k=args.k, **queries))
+        tables["ce_pool"].append(row(metrics, "ce", ce_label, pairs=len(pool_captions) * len(pool), **pool_queries))
+    models = {"be": args.be, "ce": args.ce, "joint": args.joint}
     return {
         "part": "tables",
-        "models": {"be": args.be, "ce": args.ce, "joint": args.joint},
-        "training": {
-            key: training_summary(path)
-            for key, path in (("be", args.be), ("ce", args.ce), ("joint", args.joint))
-            if path
-        },
+        "models": models,
+        "training": {name: training_summary(path) for name, path in models.items() if path},
         "sizes": {
             "dev_images": len(images),
             "dev_captions": len(captions),
             "ce_pool_images": len(pool),
             "ce_pool_captions": len(pool_captions),
-            "distractor_images": args.distractors,
-            "distractor_captions": args.distractors,
+            "distractor_images": len(extra_images) if args.distractors else 0,
+            "distractor_captions": len(extra_captions) if args.distractors else 0,
         },
         "tables": tables,
     }
@@ -277,7 +285,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     from mm_sbert import FeatureStore
 
     store = FeatureStore(args.features)
-    dev_rows = read_split(args.data_dir / "dev")
+    dev_rows = read_split(args.data_dir / "dev")[: args.dev_images]
     images, captions, owners = protocol(dev_rows, store)
     retriever = load_bi_encoder(args.be, args.device) if args.be else None
     # Coop on a seeded subset of caption queries keeps a curve point affordable; BE always runs on all queries.
@@ -324,6 +332,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
         "run": args.run,
         "label": args.label or Path(args.run).name,
         "retriever": args.be,
+        "step_offset": args.step_offset,
         "sizes": {
             "be_t2i_queries": len(captions),
             "be_i2t_queries": len(dev_rows),
@@ -421,6 +430,9 @@ def render_tables(result: dict[str, Any]) -> str:
         markdown_table(tables["table5"], columns),
         "\n### Table 8 analogue: Coop top-k (full protocol)\n\n",
         markdown_table(tables["table8"], columns),
+        "\n### Score combination (Coop k = 20, full protocol): `lam * cos_BE + (1 - lam) * sigmoid(CE)`, and with "
+        "both scores min-max normalised per query\n\n",
+        markdown_table(tables.get("score", []), ["mode", "score", "lam", *columns[1:]]),
     ]
     return "".join(out)
 
@@ -453,7 +465,7 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, direction in zip(axes, DIRECTIONS):
         for curve in curves:
-            steps = [p["step"] for p in curve["points"]]
+            steps = [curve.get("step_offset", 0) + p["step"] for p in curve["points"]]
             for key, style, what in (
                 (f"be_{direction}_r@{{m}}", "-", "BE (full)"),
                 (f"coop_{direction}_r@{{m}}@subset", "--", "Coop (subset)"),
@@ -475,7 +487,10 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("recall (%)")
     axes[1].legend(fontsize=7, loc="lower right")
-    figure.suptitle("Flickr8k dev: recall against training steps (MiniLM-L6 + MobileNetV2 3x3 grid, CPU)")
+    figure.suptitle(
+        "Flickr8k dev: recall against training steps (MiniLM-L6 + MobileNetV2 3x3 grid, CPU); CE / joint runs start "
+        "from the BE's last step"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -483,13 +498,12 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
 
 def render(output: Path) -> str:
     parts = []
-    tables = RESULTS / "flickr8k_en.json"
-    if tables.is_file():
-        result = json.loads(tables.read_text(encoding="utf-8"))
+    # One tables file per evaluation run (e.g. flickr8k_en_sep.json and flickr8k_en_joint.json, run side by side).
+    for path in sorted(RESULTS.glob("flickr8k_en*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("part") == "tables":
-            parts.append(
-                "## Tables: BE, CE, Joint (all-MiniLM-L6-v2 + MobileNetV2 3x3 grid)\n\n" + render_tables(result)
-            )
+            title = f"## Tables from `{path.name}` (all-MiniLM-L6-v2 + MobileNetV2 3x3 grid)"
+            parts.append(f"{title}\n\n" + render_tables(result))
     curves = []
     for path in sorted(RESULTS.glob("flickr8k_curve_*.json")):
         curve = json.loads(path.read_text(encoding="utf-8"))
