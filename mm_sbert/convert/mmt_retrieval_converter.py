@@ -95,7 +95,7 @@ class MMTRetrievalConverter(CheckpointConverter):
             model_args = module_config.get("model_args") or {}
             if model_args.get("classifier", "linear") != "linear":
                 raise CheckpointMismatchError(f"{transformer['path']}: only a linear classifier converts")
-        if head_state_dict is not None:
+        if head_state_dict is not None and not self.fresh_head:
             report.notes.append(
                 "cross-encoder head on the " + ("pooled [CLS] (pooler dense + tanh)" if head_pooler else "raw [CLS]")
             )
@@ -110,14 +110,7 @@ class MMTRetrievalConverter(CheckpointConverter):
             "max_regions": int(module_config.get("max_image_seq_len", 50)),
             "report": report,
         }
-        options = {
-            "region_feature_dim": self.region_feature_dim,
-            "max_seq_length": self.max_seq_length,
-            "max_regions": self.max_regions,
-            "featurizer": self.featurizer,
-            "allow_unexpected": self.allow_unexpected,
-            "trust_pickle": self.trust_pickle,
-        }
+        options = self.options()
         if transformer["kind"] in _OSCAR_TYPES:
             weights = read_state_dict(find_weights_file(transformer_dir), self.trust_pickle)
             oscar_config = read_json(config or os.path.join(transformer_dir, "config.json"))
