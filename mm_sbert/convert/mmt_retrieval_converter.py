@@ -133,8 +133,23 @@ class MMTRetrievalConverter(CheckpointConverter):
         modules_path = os.path.join(folder, "modules.json")
         if os.path.isfile(modules_path):
             with open(modules_path, encoding="utf-8") as f:
-                entries = json.load(f)
-            modules = [{"path": e["path"], "type": e.get("type", e["path"])} for e in entries]
+                try:
+                    entries = json.load(f)
+                except json.JSONDecodeError as exc:
+                    raise CheckpointMismatchError(f"{modules_path} is not valid JSON ({exc})") from exc
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
+                raise CheckpointMismatchError(
+                    f"{modules_path} must hold a JSON list of modules, each with a 'path' (as sentence-transformers "
+                    "writes it)"
+                )
+            modules = [{"path": str(e["path"]), "type": str(e.get("type", e["path"]))} for e in entries]
+            root = os.path.realpath(folder)
+            for module in modules:
+                # modules.json names sub-folders; a path leading out of the model folder is not one
+                if os.path.commonpath([root, os.path.realpath(os.path.join(root, module["path"]))]) != root:
+                    raise CheckpointMismatchError(
+                        f"{modules_path} names the module path {module['path']!r}, which is outside {folder}"
+                    )
         else:
             # Without modules.json, the sub-folders are named "<idx>_<ClassName>".
             names = sorted(

@@ -193,3 +193,15 @@ def test_released_folders_saved_under_ddp_convert(oscar_join, tmp_path):
     torch.testing.assert_close(
         module.classifier.weight[0], head["classifier.weight"][1] - head["classifier.weight"][0], atol=0, rtol=0
     )
+
+
+def test_a_modules_json_that_is_not_a_list_of_modules_inside_the_folder_is_refused(oscar_join):
+    path, _, _, _ = oscar_join
+    with open(f"{path}/modules.json", "w") as f:
+        json.dump({"0": "0_OSCAR"}, f)
+    with pytest.raises(CheckpointMismatchError, match=r"modules.json must hold a JSON list of modules"):
+        MMTRetrievalConverter().convert(path)
+    with open(f"{path}/modules.json", "w") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "../elsewhere", "type": "mmt_retrieval.model.models.OSCAR"}], f)
+    with pytest.raises(CheckpointMismatchError, match=r"names the module path '../elsewhere', which is outside"):
+        MMTRetrievalConverter().convert(path)
