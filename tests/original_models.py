@@ -5,7 +5,10 @@
   extended attention mask ``(1 - mask) * -10000``, post-LN BERT layers, pooler on position 0.
 - ``m3p_forward``: M3P's ``TransformerModel.jointfwd`` (``[regions ; text]``, positions 0.. over the joint sequence,
   length masks, embedding LayerNorm after the concatenation, XLM post-LN layers, ``tensor *= mask`` after each
-  layer) and the text-only ``crossfwd``.
+  layer) and the text-only ``crossfwd``; ``m3p_itm_logit``: its image-text matching head
+  (``predict(is_relation=True)``: ``pooled_layer`` on position 0 -> ``seq_relationship``).
+- ``m3p_trainer_checkpoint``: the dict M3P's trainer saves (``{epoch, n_total_iter, best_metrics,
+  best_stopping_criterion, model, model_optimizer, params}``, ``module.`` on every key under DDP).
 
 They deliberately use neither mm_sbert nor HF's BERT/XLM-R modules, so the conversion is checked against an
 independent computation. Random checkpoints in the original key layouts are built here too.
@@ -177,7 +180,13 @@ def random_m3p_state_dict(
     unused_parts: bool = True,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """A random checkpoint in M3P's ``TransformerModel`` key layout (``is_crossModal=True``, ``n_langs=1``)."""
+    """A random checkpoint in M3P's ``TransformerModel`` key layout (``is_crossModal=True``, ``n_langs=1``).
+
+    ``unused_parts`` adds what M3P's model holds besides the retrieval path, each group with a few of its keys: the
+    image-distribution projection, decoder attention, AoA refiner, cross alignment, the matching heads
+    (``seq_relationship``, ``pooled_layer2`` / ``seq_relationship2``), MRFR, object and word prediction, the
+    latent-space transforms and cross-language embeddings.
+    """
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {
         "position_embeddings.weight": _random((n_positions, dim), g, 0.5),
@@ -205,7 +214,43 @@ def random_m3p_state_dict(
         _random_linear(sd, "seq_relationship", 1, dim, g)
         _random_linear(sd, "mrfr_dense", 2048, dim, g)
         _random_linear(sd, "transformer_obj.dense", dim, dim, g)
+        _random_layer_norm(sd, "transformer_obj.LayerNorm", dim, g)
+        _random_linear(sd, "pooled_layer2.dense", dim, dim, g)
+        _random_linear(sd, "seq_relationship2", 1, dim, g)
+        for i in range(2):  # VaeEncoder / LatentDecoder per modality
+            _random_linear(sd, f"latent_transforms.{i}.x_to_mu", dim, dim, g)
+            _random_linear(sd, f"latent_transforms.{i}.x_to_logvar", dim, dim, g)
+            _random_linear(sd, f"latent_transforms.{i}.out_dense", dim, 2 * dim, g)
+            _random_linear(sd, f"original_transforms.{i}.dense", dim, dim, g)
+            _random_linear(sd, f"original_transforms.{i}.dense_mu", dim, dim, g)
+            _random_layer_norm(sd, f"original_transforms.{i}.LayerNorm", dim, g)
+        sd["pred_layer.proj.weight"] = sd["embeddings.weight"]  # share_inout_emb
+        sd["pred_layer.proj.bias"] = _random((n_words,), g, 0.1)
+        _random_linear(sd, "pred_obj_layer.proj", 1600, dim, g)
+        sd["cross_lang_embeddings.weight"] = _random((2, dim), g, 0.5)
     return sd
+
+
+def m3p_trainer_checkpoint(state_dict: dict, params: dict, ddp: bool = True) -> dict:
+    """What M3P's ``Trainer.save_checkpoint`` writes: metrics (numpy scalars, as its evaluator computes them), the
+    model's state dict (``module.`` on every key when trained under DistributedDataParallel), the optimizer state and
+    the run's params."""
+    import numpy as np
+
+    model = {f"module.{k}" if ddp else k: v for k, v in state_dict.items()}
+    optimizer = {
+        "state": {0: {"step": torch.tensor(10.0), "exp_avg": torch.zeros(3)}},
+        "param_groups": [{"lr": 5e-5, "betas": (0.9, 0.98), "weight_decay": 0.01, "num_updates": 10, "params": [0]}],
+    }
+    return {
+        "epoch": 3,
+        "n_total_iter": 12000,
+        "best_metrics": {"valid_itm_acc": np.mean([0.5, 0.75]), "valid_r1": np.float32(61.5)},
+        "best_stopping_criterion": np.float64(0.625),
+        "model": model,
+        "model_optimizer": optimizer,
+        "params": params,
+    }
 
 
 def m3p_forward(
@@ -260,6 +305,11 @@ def m3p_forward(
 def m3p_pooled(sd: dict, tensor: torch.Tensor) -> torch.Tensor:
     """M3P's ``pooled_layer`` (BertPooler: dense + tanh on position 0)."""
     return torch.tanh(_linear(sd, "pooled_layer.dense", tensor[:, 0]))
+
+
+def m3p_itm_logit(sd: dict, tensor: torch.Tensor) -> torch.Tensor:
+    """M3P's image-text matching score ``predict(tensor, is_relation=True)``: one logit per row, higher = match."""
+    return _linear(sd, "seq_relationship", m3p_pooled(sd, tensor))[:, 0]
 
 
 def linear_head(head: dict, x: torch.Tensor) -> torch.Tensor:

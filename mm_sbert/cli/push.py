@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mm_sbert.cli.common import CLIError, load_model
+from mm_sbert.cli.common import EXIT_FAILURE, CLIError, load_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,16 +28,41 @@ def run(args: argparse.Namespace) -> int:
     if "/" not in args.repo_id or args.repo_id.count("/") > 1:
         raise CLIError(f"repo_id must look like 'user-or-org/name', got '{args.repo_id}'")
     model = load_model(args.model)
-    url = model.push_to_hub(
-        args.repo_id,
-        token=args.token,
-        private=args.private,
-        commit_message=args.commit_message,
-        revision=args.revision,
-        exist_ok=args.exist_ok,
-        # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
-        replace_model_card=True,
-    )
+    try:
+        url = model.push_to_hub(
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            commit_message=args.commit_message,
+            revision=args.revision,
+            exist_ok=args.exist_ok,
+            # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
+            replace_model_card=True,
+        )
+    except Exception as exc:
+        if not _is_unreachable(exc):
+            raise
+        raise CLIError(
+            f"could not reach the Hugging Face Hub to push to {args.repo_id} ({type(exc).__name__}: {exc}); "
+            "check the network connection (HF_ENDPOINT, proxies, HF_HUB_OFFLINE) and run the command again",
+            EXIT_FAILURE,
+        ) from exc
     print(f"Pushed {args.model} to {url}")
     print(f'Load it with MMSentenceTransformer("{args.repo_id}") or MMCrossEncoder("{args.repo_id}")')
     return 0
+
+
+def _is_unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it is a network failure (no DNS, refused, timed out, offline mode).
+
+    The Hub client's transport errors (httpx's ``TransportError``, requests' ``ConnectionError``) are recognised by
+    class name, so no HTTP library is imported here; ``HF_HUB_OFFLINE``'s error is a builtin ``ConnectionError``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if isinstance(exc, ConnectionError | TimeoutError) or names & {"TransportError", "ConnectionError"}:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -11,7 +11,12 @@ from typing import Any
 from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, XLMRobertaTokenizerFast
 
-from mm_sbert.convert.state_dict_mapping import CheckpointMismatchError, ConversionReport
+from mm_sbert.convert.state_dict_mapping import (
+    HEAD_SCORES,
+    CheckpointMismatchError,
+    ConversionReport,
+    find_weights_file,
+)
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
 from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
@@ -42,8 +47,11 @@ class ConvertedModel:
         return MMCrossEncoder(modules=[self.module], device=device)
 
     def save(self, output_path: str) -> str:
-        """Save a sentence-transformers folder (loads as ``MMSentenceTransformer`` and ``MMCrossEncoder``)."""
-        self.bi_encoder().save(output_path)
+        """Save a sentence-transformers folder (loads as ``MMSentenceTransformer`` and ``MMCrossEncoder``); its model
+        card and ``conversion_report.json`` say what the cross-encoder's score is."""
+        bi_encoder = self.bi_encoder()
+        bi_encoder.model_card_data.score_note = self.report.score or None
+        bi_encoder.save(output_path)
         with open(os.path.join(output_path, REPORT_FILE_NAME), "w", encoding="utf-8") as f:
             json.dump(self.report.to_dict(), f, indent=2)
         return output_path
@@ -61,6 +69,11 @@ class CheckpointConverter(ABC):
         allow_unexpected: drop (and report) source keys no rule knows instead of refusing the checkpoint.
         trust_pickle: read ``.bin`` / ``.pth`` files with ``weights_only=False`` (they may run code when unpickled);
             only for checkpoints that pickled Python objects besides tensors and come from a source you trust.
+        head_score: what a 2-way softmax head becomes: ``"softmax"`` (one logit ``w1 - w0``, so the score is the
+            original's match probability ``softmax(logits)[1]``) or ``"class1-logit"`` (``w1``: the raw
+            ``logits[:, 1]``, the order in which MMT-Retrieval's evaluators rank pairs).
+        fresh_head: drop any cross-encoder head the checkpoint holds (a fine-tuned classifier, M3P's image-text
+            matching head) and start a random one.
     """
 
     format_name: str = ""
@@ -74,19 +87,38 @@ class CheckpointConverter(ABC):
         featurizer: ImageFeaturizer | None = None,
         allow_unexpected: bool = False,
         trust_pickle: bool = False,
+        head_score: str = "softmax",
+        fresh_head: bool = False,
     ) -> None:
+        if head_score not in HEAD_SCORES:
+            raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {head_score!r}")
         self.region_feature_dim = region_feature_dim
         self.max_seq_length = max_seq_length
         self.max_regions = max_regions
         self.featurizer = featurizer
         self.allow_unexpected = allow_unexpected
         self.trust_pickle = trust_pickle
+        self.head_score = head_score
+        self.fresh_head = fresh_head
 
     @abstractmethod
     def convert(
         self, checkpoint: str, config: str | None = None, tokenizer: str | PreTrainedTokenizerBase | None = None
     ) -> ConvertedModel:
         """Read an original checkpoint and return the converted model; raises ``CheckpointMismatchError``."""
+
+    def options(self) -> dict[str, Any]:
+        """The constructor's options, to hand to another converter (MMT-Retrieval wraps OSCAR and M3P)."""
+        return {
+            "region_feature_dim": self.region_feature_dim,
+            "max_seq_length": self.max_seq_length,
+            "max_regions": self.max_regions,
+            "featurizer": self.featurizer,
+            "allow_unexpected": self.allow_unexpected,
+            "trust_pickle": self.trust_pickle,
+            "head_score": self.head_score,
+            "fresh_head": self.fresh_head,
+        }
 
     def module_kwargs(self, max_seq_length: int, max_regions: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -109,6 +141,16 @@ class CheckpointConverter(ABC):
                 f"{type(self.featurizer).__name__} yields {self.featurizer.feature_dim}-d ones"
             )
         return from_checkpoint
+
+
+def locate_checkpoint(checkpoint: str, what: str) -> tuple[str, str]:
+    """``(folder, weights file)`` of a checkpoint given as its folder or its weights file; a missing path is an error
+    naming it (rather than a later one about a config file next to it)."""
+    if os.path.isdir(checkpoint):
+        return checkpoint, find_weights_file(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"No {what} checkpoint at {checkpoint}: give its folder or its weights file")
+    return os.path.dirname(checkpoint) or ".", checkpoint
 
 
 def load_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None, fallback_dirs: list[str], what: str):

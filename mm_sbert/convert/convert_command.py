@@ -10,7 +10,11 @@ from mm_sbert.convert.checkpoint_converter import CheckpointConverter, Converted
 from mm_sbert.convert.m3p_converter import M3PConverter
 from mm_sbert.convert.mmt_retrieval_converter import MMTRetrievalConverter
 from mm_sbert.convert.oscar_converter import OscarConverter
-from mm_sbert.convert.state_dict_mapping import CheckpointMismatchError
+from mm_sbert.convert.state_dict_mapping import HEAD_SCORES, CheckpointMismatchError
+
+# docs/cli.md: 1 for a failure, 2 for missing or invalid input.
+EXIT_FAILURE = 1
+EXIT_INVALID_INPUT = 2
 
 CONVERTERS: dict[str, type[CheckpointConverter]] = {
     "m3p": M3PConverter,
@@ -44,6 +48,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--allow-unexpected", action="store_true", help="drop (and report) checkpoint keys no rule knows"
     )
     parser.add_argument(
+        "--head-score",
+        choices=HEAD_SCORES,
+        default="softmax",
+        help="what a 2-way softmax head becomes: softmax = one logit w1 - w0, the original's match probability "
+        "softmax(logits)[1] (default); class1-logit = w1, the raw logits[:, 1], which ranks pairs exactly as "
+        "MMT-Retrieval's evaluators and retrieval script do",
+    )
+    parser.add_argument(
+        "--fresh-head",
+        action="store_true",
+        help="start a random cross-encoder head instead of the checkpoint's (a fine-tuned classifier, or M3P's "
+        "image-text matching head, which otherwise becomes the head)",
+    )
+    parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="read checkpoints that pickle Python objects besides tensors (unpickling can run code: trusted "
@@ -53,28 +71,42 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> ConvertedModel:
+    """Convert and save; see :func:`main` for the exit codes."""
+    converted = convert(args)
+    converted.save(args.output)
+    return converted
+
+
+def convert(args: argparse.Namespace) -> ConvertedModel:
+    """Read and convert the checkpoint the arguments name, writing nothing."""
     options = {
         "region_feature_dim": args.region_feature_dim,
         "max_seq_length": args.max_seq_length,
         "max_regions": args.max_regions,
         "allow_unexpected": args.allow_unexpected,
         "trust_pickle": args.trust_pickle,
+        "head_score": args.head_score,
+        "fresh_head": args.fresh_head,
     }
     if args.format == "m3p":
         options["n_heads"] = args.n_heads
-    converted = CONVERTERS[args.format](**options).convert(args.checkpoint, args.config, args.tokenizer)
-    converted.save(args.output)
-    return converted
+    return CONVERTERS[args.format](**options).convert(args.checkpoint, args.config, args.tokenizer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (0 converted, 1 refused or unreadable input)."""
+    """Command-line entry point; returns the exit code: 0 converted, 2 a missing, unreadable or refused input
+    (checkpoint, config, tokenizer, bad arguments), 1 the output could not be written."""
     args = build_parser().parse_args(argv)
     try:
-        converted = run(args)
-    except (CheckpointMismatchError, FileNotFoundError, OSError, ValueError) as exc:
+        converted = convert(args)
+    except (CheckpointMismatchError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_INPUT
+    try:
+        converted.save(args.output)
+    except OSError as exc:
+        print(f"error: could not write the converted model to {args.output}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(converted.report.summary())
     print(f"Saved to {args.output} (load with MMSentenceTransformer / MMCrossEncoder)")
     return 0

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaModel
 
-from mm_sbert.convert.checkpoint_converter import CheckpointConverter, ConvertedModel, load_tokenizer
+from mm_sbert.convert.checkpoint_converter import (
+    CheckpointConverter,
+    ConvertedModel,
+    load_tokenizer,
+    locate_checkpoint,
+)
 from mm_sbert.convert.state_dict_mapping import (
     CheckpointMismatchError,
     ConversionReport,
     KeyMapper,
     add_classifier_head,
-    find_weights_file,
     load_mapped_weights,
+    read_checkpoint,
     read_json,
-    read_state_dict,
 )
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
@@ -37,8 +40,11 @@ M3P_RULES = [
     (r"image_embeddings\.LayerNorm\.(weight|bias)", r"img_layer_norm.\1"),
     (r"classifier\.(weight|bias)", r"classifier.\1"),
 ]
-# Parts of M3P that the retrieval forward pass (jointfwd / crossfwd on text) never uses: pretraining heads, the
-# decoder-side cross attention, the unused AoA refiner and cross-alignment modules, language embeddings (n_langs=1).
+# Parts of M3P that the retrieval forward pass (jointfwd / crossfwd on text) never uses: pretraining heads (MLM,
+# object prediction, MRFR, the cross-lingual matching head pooled_layer2 -> seq_relationship2), the decoder-side cross
+# attention, the AoA refiner, cross-alignment and latent-space (VAE) modules, language embeddings (n_langs=1).
+# seq_relationship (image-text matching) is listed too: it becomes the cross-encoder head unless a fine-tuned head is
+# given or fresh_head is asked for.
 M3P_IGNORED = [
     r"image_embeddings\.image_distbution_embeddings\..*",
     r"refine_embeddings\..*",
@@ -52,7 +58,12 @@ M3P_IGNORED = [
     r"pred_obj_layer\..*",
     r"cross_lang_embeddings\..*",
     r"lang_embeddings\..*",
+    r"latent_transforms\..*",
+    r"original_transforms\..*",
+    r"pooled_layer2\..*",
+    r"seq_relationship2\..*",
 ]
+_ITM_HEAD = "seq_relationship"
 _FEATURE_PROJ = "image_embeddings.image_embeddings"
 _BOX_PROJ = "image_embeddings.image_location_embeddings"
 M3P_BOX_NUMBERS = 5
@@ -72,10 +83,17 @@ class M3PConverter(CheckpointConverter):
       (``box_format="m3p"``), followed by the image LayerNorm.
     - Sequence ``[regions ; text]`` with joint positions and the embedding LayerNorm over both
       (``embedding_mode="joint"``, ``region_order="regions_first"``); the CE head reads position 0.
+    - M3P's image-text matching head (``pooled_layer.dense`` + tanh on position 0 -> ``seq_relationship``, one
+      BCE-trained logit, higher = match) becomes the cross-encoder head, so a pretrained M3P reranks zero-shot;
+      ``fresh_head=True`` starts a random head instead, and a fine-tuned head (MMT-Retrieval's) takes precedence.
+
+    The checkpoint may be the file M3P's trainer writes (``{epoch, n_total_iter, best_metrics,
+    best_stopping_criterion, model, params}``, with ``module.`` on every key under DDP): its ``params`` supply
+    ``n_heads``, ``dropout`` ... unless a config json overrides them.
 
     Args:
-        n_heads: attention heads (not visible in the weights); ``None`` reads ``n_heads`` from the config json, else
-            ``hidden / 64`` (12 for M3P-base).
+        n_heads: attention heads (not visible in the weights); ``None`` reads ``n_heads`` from the config json or the
+            checkpoint's ``params``, else ``hidden / 64`` (12 for M3P-base).
     """
 
     format_name = "m3p"
@@ -87,15 +105,15 @@ class M3PConverter(CheckpointConverter):
     def convert(
         self, checkpoint: str, config: str | None = None, tokenizer: str | PreTrainedTokenizerBase | None = None
     ) -> ConvertedModel:
-        if os.path.isdir(checkpoint):
-            folder, weights_path = checkpoint, find_weights_file(checkpoint)
-        else:
-            folder, weights_path = os.path.dirname(checkpoint) or ".", checkpoint
-        params = read_json(config) if config else {}
+        folder, weights_path = locate_checkpoint(checkpoint, "M3P")
+        config_params = read_json(config) if config else {}
         tokenizer = load_tokenizer(
             tokenizer, [folder], "M3P (an XLM-R sentencepiece tokenizer, e.g. xlm-roberta-base)"
         )
-        return self.convert_state_dict(read_state_dict(weights_path, self.trust_pickle), params, tokenizer)
+        state_dict, extras = read_checkpoint(weights_path, self.trust_pickle)
+        saved_params = extras.get("params")
+        params = dict(saved_params) if isinstance(saved_params, dict) else {}
+        return self.convert_state_dict(state_dict, params | config_params, tokenizer)
 
     def convert_state_dict(
         self,
@@ -187,7 +205,35 @@ class M3PConverter(CheckpointConverter):
                 "token-type embedding set to zero (M3P has no token types)",
             ]
         )
-        add_classifier_head(mapped, source_of, report, head_state_dict, head_source)
+        itm_keys = [f"{_ITM_HEAD}.weight", f"{_ITM_HEAD}.bias"]
+        use_itm_head = (
+            not self.fresh_head
+            and head_state_dict is None
+            and "classifier.weight" not in mapped
+            and all(key in state_dict for key in itm_keys)
+        )
+        if use_itm_head:
+            for key in itm_keys:
+                target = key.replace(_ITM_HEAD, "classifier")
+                mapped[target], source_of[target] = state_dict[key], key
+            report.ignored[:] = [key for key in report.ignored if key not in itm_keys]
+            head_pooler = True  # M3P's matching head reads pooled_layer (dense + tanh) on position 0
+        add_classifier_head(mapped, source_of, report, head_state_dict, head_source, self.head_score, self.fresh_head)
+        if use_itm_head:
+            report.notes.append(
+                "M3P's image-text matching head (pooled_layer.dense + tanh on position 0 -> seq_relationship) is the "
+                "cross-encoder head: the converted model reranks zero-shot (fresh_head=True / --fresh-head for a "
+                "random head)"
+            )
+            report.score = (
+                "sigmoid of M3P's own image-text matching logit (pooled_layer + seq_relationship, one logit trained "
+                "with BCE, higher = match), so the pretrained model reranks zero-shot exactly as M3P scores pairs"
+            )
+        if params.get("refine_image"):
+            report.notes.append(
+                "the checkpoint's params say refine_image=True: M3P trained it with its AoA refiner over the regions, "
+                "which mm_sbert (like MMT-Retrieval) does not run; image-text scores differ from M3P's own"
+            )
 
         dropout = float(params.get("dropout", 0.1))
         backbone_config = XLMRobertaConfig(

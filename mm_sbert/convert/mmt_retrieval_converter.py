@@ -95,7 +95,7 @@ class MMTRetrievalConverter(CheckpointConverter):
             model_args = module_config.get("model_args") or {}
             if model_args.get("classifier", "linear") != "linear":
                 raise CheckpointMismatchError(f"{transformer['path']}: only a linear classifier converts")
-        if head_state_dict is not None:
+        if head_state_dict is not None and not self.fresh_head:
             report.notes.append(
                 "cross-encoder head on the " + ("pooled [CLS] (pooler dense + tanh)" if head_pooler else "raw [CLS]")
             )
@@ -110,14 +110,7 @@ class MMTRetrievalConverter(CheckpointConverter):
             "max_regions": int(module_config.get("max_image_seq_len", 50)),
             "report": report,
         }
-        options = {
-            "region_feature_dim": self.region_feature_dim,
-            "max_seq_length": self.max_seq_length,
-            "max_regions": self.max_regions,
-            "featurizer": self.featurizer,
-            "allow_unexpected": self.allow_unexpected,
-            "trust_pickle": self.trust_pickle,
-        }
+        options = self.options()
         if transformer["kind"] in _OSCAR_TYPES:
             weights = read_state_dict(find_weights_file(transformer_dir), self.trust_pickle)
             oscar_config = read_json(config or os.path.join(transformer_dir, "config.json"))
@@ -140,8 +133,23 @@ class MMTRetrievalConverter(CheckpointConverter):
         modules_path = os.path.join(folder, "modules.json")
         if os.path.isfile(modules_path):
             with open(modules_path, encoding="utf-8") as f:
-                entries = json.load(f)
-            modules = [{"path": e["path"], "type": e.get("type", e["path"])} for e in entries]
+                try:
+                    entries = json.load(f)
+                except json.JSONDecodeError as exc:
+                    raise CheckpointMismatchError(f"{modules_path} is not valid JSON ({exc})") from exc
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
+                raise CheckpointMismatchError(
+                    f"{modules_path} must hold a JSON list of modules, each with a 'path' (as sentence-transformers "
+                    "writes it)"
+                )
+            modules = [{"path": str(e["path"]), "type": str(e.get("type", e["path"]))} for e in entries]
+            root = os.path.realpath(folder)
+            for module in modules:
+                # modules.json names sub-folders; a path leading out of the model folder is not one
+                if os.path.commonpath([root, os.path.realpath(os.path.join(root, module["path"]))]) != root:
+                    raise CheckpointMismatchError(
+                        f"{modules_path} names the module path {module['path']!r}, which is outside {folder}"
+                    )
         else:
             # Without modules.json, the sub-folders are named "<idx>_<ClassName>".
             names = sorted(

@@ -9,13 +9,17 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertModel, PreTrainedTokenizerBase
 
-from mm_sbert.convert.checkpoint_converter import CheckpointConverter, ConvertedModel, load_tokenizer
+from mm_sbert.convert.checkpoint_converter import (
+    CheckpointConverter,
+    ConvertedModel,
+    load_tokenizer,
+    locate_checkpoint,
+)
 from mm_sbert.convert.state_dict_mapping import (
     CheckpointMismatchError,
     ConversionReport,
     KeyMapper,
     add_classifier_head,
-    find_weights_file,
     load_mapped_weights,
     normalise_layer_norm_names,
     read_json,
@@ -64,10 +68,7 @@ class OscarConverter(CheckpointConverter):
     def convert(
         self, checkpoint: str, config: str | None = None, tokenizer: str | PreTrainedTokenizerBase | None = None
     ) -> ConvertedModel:
-        if os.path.isdir(checkpoint):
-            folder, weights_path = checkpoint, find_weights_file(checkpoint)
-        else:
-            folder, weights_path = os.path.dirname(checkpoint) or ".", checkpoint
+        folder, weights_path = locate_checkpoint(checkpoint, "OSCAR")
         config_path = config or os.path.join(folder, "config.json")
         config_dict = read_json(config_path)
         tokenizer = load_tokenizer(tokenizer, [folder, os.path.dirname(config_path)], "OSCAR")
@@ -107,7 +108,7 @@ class OscarConverter(CheckpointConverter):
         mapped, source_of, ignored, unexpected = mapper.map(state_dict)
         report.ignored.extend(ignored)
         report.unexpected.extend(unexpected)
-        add_classifier_head(mapped, source_of, report, head_state_dict, head_source)
+        add_classifier_head(mapped, source_of, report, head_state_dict, head_source, self.head_score, self.fresh_head)
 
         img_feature_dim = config.get("img_feature_dim")
         if img_feature_dim is None:

@@ -15,6 +15,9 @@ from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 # Names the weights file of an original checkpoint may have inside its folder, in order of preference.
 WEIGHT_FILE_NAMES = ("pytorch_model.bin", "model.safetensors", "m3p_under_weights.pth", "model.pth", "model.pt")
 
+# What a converted 2-way softmax head scores (see ``two_way_head_to_logit``).
+HEAD_SCORES = ("softmax", "class1-logit")
+
 
 class CheckpointMismatchError(ValueError):
     """An original checkpoint does not fit the model it is converted into; nothing was loaded."""
@@ -31,6 +34,7 @@ class ConversionReport:
         unexpected: source keys no rule knows; a conversion refuses them unless ``allow_unexpected``.
         initialized: target keys the checkpoint does not hold, left freshly initialised (only the CE head may be).
         notes: numerical conversions applied on the way (2-way head to one logit, folded image projections ...).
+        score: what the converted cross-encoder's score is and why (also written into the model card).
     """
 
     source_format: str
@@ -39,16 +43,19 @@ class ConversionReport:
     unexpected: list[str] = field(default_factory=list)
     initialized: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    score: str = ""
 
     def summary(self) -> str:
         lines = [f"Converted a {self.source_format} checkpoint: {len(self.loaded)} tensors loaded"]
         if self.ignored:
-            lines.append(f"  ignored by design ({len(self.ignored)}): {_preview(self.ignored)}")
+            lines.append(f"  ignored by design ({len(self.ignored)}): {_preview_groups(self.ignored)}")
         if self.unexpected:
             lines.append(f"  unexpected, dropped ({len(self.unexpected)}): {_preview(self.unexpected)}")
         if self.initialized:
             lines.append(f"  not in the checkpoint, freshly initialised: {_preview(self.initialized)}")
         lines.extend(f"  note: {note}" for note in self.notes)
+        if self.score:
+            lines.append(f"  cross-encoder score: {self.score}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,7 +66,19 @@ class ConversionReport:
             "unexpected": self.unexpected,
             "initialized": self.initialized,
             "notes": self.notes,
+            "score": self.score,
         }
+
+
+def _preview_groups(keys: list[str], limit: int = 12) -> str:
+    """A few keys by name, or, when there are more, every top-level group with its count (``cls.* (7)``)."""
+    if len(keys) <= limit:
+        return _preview(keys, limit)
+    groups: dict[str, int] = {}
+    for key in keys:
+        group = key.split(".", 1)[0] + ".*" if "." in key else key
+        groups[group] = groups.get(group, 0) + 1
+    return ", ".join(f"{group} ({count})" for group, count in groups.items())
 
 
 def _preview(keys: list[str], limit: int = 12) -> str:
@@ -113,20 +132,32 @@ class KeyMapper:
 def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read an original checkpoint file (``torch.save`` pickle or safetensors) into a flat state dict.
 
-    Accepts ``{"model": state_dict}`` / ``{"state_dict": ...}`` wrappers (M3P saves the former) and strips a
-    ``module.`` prefix left by ``DataParallel``. The pickle is read with ``weights_only=True`` (tensors and plain
-    containers only); ``trust_pickle=True`` lifts that for checkpoints that also pickled Python objects (training
-    arguments ...): only for files from a source you trust, since unpickling can run code.
+    See :func:`read_checkpoint`, which also returns what the file holds besides the weights.
+    """
+    return read_checkpoint(path, trust_pickle)[0]
+
+
+def read_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an original checkpoint file into ``(flat state dict, the wrapper's other entries)``.
+
+    Accepts ``{"model": state_dict}`` / ``{"state_dict": ...}`` wrappers (M3P's trainer saves ``{epoch, n_total_iter,
+    best_metrics, best_stopping_criterion, model, params}``; the other entries come back as the second value) and
+    strips a ``module.`` prefix left by ``DataParallel`` / ``DistributedDataParallel``. The pickle is read with
+    ``weights_only=True`` (tensors, plain containers and numpy scalars, which M3P's metrics are);
+    ``trust_pickle=True`` lifts that for checkpoints that also pickled other Python objects: only for files from a
+    source you trust, since unpickling can run code.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path}")
+    extras: dict[str, Any] = {}
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         state_dict: Any = load_file(path)
     else:
         try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                state_dict = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
         except Exception as exc:  # noqa: BLE001 - any unpickling problem means the same thing to the user
             hint = "" if trust_pickle else "; if it pickles Python objects and you trust its source, pass trust_pickle"
             raise CheckpointMismatchError(
@@ -134,12 +165,27 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
             ) from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
+            extras = {key: value for key, value in state_dict.items() if key != wrapper}
             state_dict = state_dict[wrapper]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointMismatchError(f"{path} does not hold a flat state dict of tensors")
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
-    return dict(state_dict)
+    return dict(state_dict), extras
+
+
+def _numpy_scalar_globals() -> list:
+    """numpy scalars and dtypes (in training checkpoints' metrics) rebuild from bytes without running code."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    # A file pickled under numpy 1.x names numpy.core; under 2.x numpy._core.
+    return [
+        np.dtype,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        *(type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")),
+    ]
 
 
 def find_weights_file(folder: str, names: tuple[str, ...] = WEIGHT_FILE_NAMES) -> str:
@@ -151,10 +197,23 @@ def find_weights_file(folder: str, names: tuple[str, ...] = WEIGHT_FILE_NAMES) -
 
 
 def read_json(path: str) -> dict[str, Any]:
+    """A config file that must hold one JSON object; anything else is a ``ValueError`` naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No config file at {path}")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"The config file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(
+            f'The config file {path} must hold a JSON object ({{"key": value, ...}}), '
+            f"got a JSON {_JSON_TYPES.get(type(config), type(config).__name__)}"
+        )
+    return config
+
+
+_JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def normalise_layer_norm_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,8 +226,17 @@ def normalise_layer_norm_names(state_dict: dict[str, torch.Tensor]) -> dict[str,
     return renamed
 
 
-def two_way_head_to_logit(weight: torch.Tensor, bias: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a 2-class softmax head into one logit: ``softmax(l)[1] = sigmoid(l1 - l0)``, exactly."""
+def two_way_head_to_logit(
+    weight: torch.Tensor, bias: torch.Tensor, key: str, head_score: str = "softmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a 2-class softmax head into one logit.
+
+    ``head_score="softmax"``: ``(w1 - w0, b1 - b0)``, so ``sigmoid(score) = softmax(logits)[1]`` exactly.
+    ``head_score="class1-logit"``: ``(w1, b1)``, the raw class-1 logit, so pairs rank as ``logits[:, 1]`` ranks them.
+    A one-logit head is returned as is.
+    """
+    if head_score not in HEAD_SCORES:
+        raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {head_score!r}")
     if weight.ndim != 2 or bias.ndim != 1 or weight.shape[0] != bias.shape[0]:
         raise CheckpointMismatchError(
             f"{key}: expected a Linear head (weight [labels, hidden], bias [labels]), got weight "
@@ -181,7 +249,16 @@ def two_way_head_to_logit(weight: torch.Tensor, bias: torch.Tensor, key: str) ->
             f"{key}: a {weight.shape[0]}-way classifier cannot become a relevance score; only 1-logit and 2-way "
             "(no match / match) retrieval heads convert"
         )
+    if head_score == "class1-logit":
+        return weight[1:2].clone(), bias[1:2].clone()
     return (weight[1] - weight[0]).unsqueeze(0), (bias[1] - bias[0]).unsqueeze(0)
+
+
+_HEAD_KEYS = ("classifier.weight", "classifier.bias")
+FRESH_HEAD_SCORE = (
+    "none yet: the cross-encoder head is freshly initialised, so its scores mean nothing until the model is trained "
+    "as a cross-encoder"
+)
 
 
 def add_classifier_head(
@@ -190,30 +267,70 @@ def add_classifier_head(
     report: ConversionReport,
     head_state_dict: dict[str, torch.Tensor] | None = None,
     head_source: str = "classifier",
+    head_score: str = "softmax",
+    fresh_head: bool = False,
 ) -> None:
-    """Merge a separately stored ``classifier`` into ``mapped`` and turn a 2-way head into the one-logit head."""
+    """Merge a separately stored ``classifier`` into ``mapped`` and turn a 2-way head into the one-logit head.
+
+    ``head_score`` chooses what a 2-way head becomes (see :func:`two_way_head_to_logit`); ``fresh_head`` drops any
+    head the checkpoint holds (reported as ignored), so the cross-encoder head starts random. Sets ``report.score``.
+    """
+    if head_score not in HEAD_SCORES:
+        raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {head_score!r}")
+    if fresh_head:
+        dropped = [source_of.pop(key) for key in _HEAD_KEYS if mapped.pop(key, None) is not None]
+        dropped += [f"{head_source}:{key}" for key in sorted(head_state_dict or {})]
+        report.ignored.extend(dropped)
+        if dropped:
+            report.notes.append(
+                "fresh_head: the checkpoint's cross-encoder head was dropped; a random one replaces it"
+            )
+        report.score = FRESH_HEAD_SCORE
+        return
     if head_state_dict is not None:
         if "classifier.weight" in mapped:
             raise CheckpointMismatchError(
                 "The checkpoint already holds a classifier and a separate head was given; pass only one"
             )
-        for key in ("weight", "bias"):
-            if f"classifier.{key}" not in head_state_dict:
-                raise CheckpointMismatchError(f"The head {head_source} has no classifier.{key}")
-            mapped[f"classifier.{key}"] = head_state_dict[f"classifier.{key}"]
-            source_of[f"classifier.{key}"] = f"{head_source}:classifier.{key}"
-        extra = sorted(set(head_state_dict) - {"classifier.weight", "classifier.bias"})
+        for key in _HEAD_KEYS:
+            if key not in head_state_dict:
+                raise CheckpointMismatchError(f"The head {head_source} has no {key}")
+            mapped[key] = head_state_dict[key]
+            source_of[key] = f"{head_source}:{key}"
+        extra = sorted(set(head_state_dict) - set(_HEAD_KEYS))
         report.unexpected.extend(f"{head_source}:{key}" for key in extra)
-    if "classifier.weight" in mapped and "classifier.bias" in mapped:
-        labels = mapped["classifier.weight"].shape[0]
-        mapped["classifier.weight"], mapped["classifier.bias"] = two_way_head_to_logit(
-            mapped["classifier.weight"], mapped["classifier.bias"], source_of["classifier.weight"]
+    if not all(key in mapped for key in _HEAD_KEYS):
+        report.score = FRESH_HEAD_SCORE
+        return
+    labels = mapped["classifier.weight"].shape[0]
+    mapped["classifier.weight"], mapped["classifier.bias"] = two_way_head_to_logit(
+        mapped["classifier.weight"], mapped["classifier.bias"], source_of["classifier.weight"], head_score
+    )
+    if labels != 2:
+        report.score = "sigmoid of the checkpoint's one-logit head (higher = better match)"
+        if head_score != "softmax":
+            report.notes.append(f"head_score={head_score!r} changes nothing: the checkpoint's head has one logit")
+    elif head_score == "softmax":
+        report.notes.append(
+            "2-way softmax head converted exactly into one logit (w1 - w0, b1 - b0): "
+            "sigmoid(score) = softmax(logits)[1]"
         )
-        if labels == 2:
-            report.notes.append(
-                "2-way softmax head converted exactly into one logit (w1 - w0, b1 - b0): "
-                "sigmoid(score) = softmax(logits)[1]"
-            )
+        report.score = (
+            "softmax(logits)[1] of the original 2-way head (converted as w1 - w0, b1 - b0), its match probability, as "
+            "OSCAR's run_retrieval.py and MMT-Retrieval's combination score modes use it; MMT-Retrieval's 'ce' "
+            "scoring and retrieval script rank by the raw logits[:, 1], which can order pairs differently: convert "
+            "with head_score='class1-logit' (--head-score class1-logit) to reproduce that ranking"
+        )
+    else:
+        report.notes.append(
+            "2-way softmax head reduced to its class-1 row (w1, b1): the score is the raw logits[:, 1]"
+        )
+        report.score = (
+            "sigmoid(logits[:, 1]) of the original 2-way head (converted as w1, b1): pairs rank exactly as "
+            "MMT-Retrieval's evaluators ('ce' score mode) and retrieval script rank them; it is not the softmax "
+            "match probability, so combinations with the bi-encoder score weigh it differently from MMT-Retrieval's "
+            "combination modes (convert with head_score='softmax' for those)"
+        )
 
 
 def load_mapped_weights(

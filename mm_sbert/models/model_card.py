@@ -27,6 +27,13 @@ def _image_lines(model) -> tuple[list[str], list[str]]:
     ]
 
 
+def _with_score_note(snippet: str, score_note: str | None) -> str:
+    """The usage snippet followed by what the cross-encoder's score is (set for converted checkpoints)."""
+    if not score_note:
+        return snippet
+    return f"{snippet}\n\n**Cross-encoder score** (`MMCrossEncoder.predict`): {score_note}."
+
+
 @dataclass
 class MMSentenceTransformerModelCardData(SentenceTransformerModelCardData):
     """Card data for the bi-encoder view: tagged image-text retrieval, snippet with images and captions."""
@@ -40,6 +47,8 @@ class MMSentenceTransformerModelCardData(SentenceTransformerModelCardData):
             "dense",
         ]
     )
+    # What the cross-encoder view's score is and why (converted checkpoints: the conversion report's ``score``).
+    score_note: str | None = None
 
     def run_usage_snippet(self) -> None:
         # The host would encode its own text examples here; our snippet is written in full below.
@@ -64,7 +73,7 @@ class MMSentenceTransformerModelCardData(SentenceTransformerModelCardData):
             "hits = util.semantic_search(caption_embeddings, image_embeddings, top_k=2)",
             "print(hits)",
         ]
-        return "```python\n" + "\n".join(lines) + "\n```"
+        return _with_score_note("```python\n" + "\n".join(lines) + "\n```", self.score_note)
 
 
 @dataclass
@@ -74,6 +83,7 @@ class MMCrossEncoderModelCardData(CrossEncoderModelCardData):
     tags: list[str] = field(
         default_factory=lambda: ["sentence-transformers", "mm_sbert", "cross-encoder", "image-text-retrieval"]
     )
+    score_note: str | None = None
 
     def run_usage_snippet(self) -> None:
         self.usage_examples = list(_CAPTIONS)
@@ -94,4 +104,4 @@ class MMCrossEncoderModelCardData(CrossEncoderModelCardData):
             "scores = model.predict([(caption, image) for caption in captions for image in images])",
             "print(scores)",
         ]
-        return "```python\n" + "\n".join(lines) + "\n```"
+        return _with_score_note("```python\n" + "\n".join(lines) + "\n```", self.score_note)

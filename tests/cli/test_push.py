@@ -48,3 +48,56 @@ def test_push_uploads_the_saved_model_with_its_card(capsys, monkeypatch):
 def test_push_rejects_a_bad_repo_id(capsys):
     code, _, err = run_cli(capsys, "push", tiny_model_dir(), "no-slash")
     assert code == 2 and "repo_id must look like 'user-or-org/name'" in err
+
+
+class UnreachableHfApi(FakeHfApi):
+    """The Hub client as it fails without a network: httpx's ConnectError wrapped by the client's own."""
+
+    def create_repo(self, repo_id, private=None, repo_type=None, exist_ok=False):
+        import httpx2
+
+        try:
+            raise httpx2.ConnectError("[Errno -2] Name or service not known")
+        except httpx2.ConnectError as exc:
+            raise RuntimeError("request to https://huggingface.co/api/repos/create failed") from exc
+
+
+def test_push_offline_says_the_hub_could_not_be_reached(capsys, monkeypatch):
+    import sentence_transformers.base.model as host_model
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    monkeypatch.setattr(host_model, "HfApi", UnreachableHfApi)
+    code, out, err = run_cli(capsys, "push", tiny_model_dir(), "someone/tiny-mm")
+    assert code == 1 and out == ""
+    assert err.startswith("mm-sbert push: error: could not reach the Hugging Face Hub to push to someone/tiny-mm")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+    class OfflineHfApi(FakeHfApi):
+        def create_repo(self, *args, **kwargs):
+            raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled")
+
+    monkeypatch.setattr(host_model, "HfApi", OfflineHfApi)
+    code, _, err = run_cli(capsys, "push", tiny_model_dir(), "someone/tiny-mm")
+    assert code == 1 and "could not reach the Hugging Face Hub" in err and "offline mode is enabled" in err
+
+
+def test_push_of_a_converted_model_keeps_the_score_note_in_its_card(capsys, monkeypatch, tmp_path):
+    import sentence_transformers.base.model as host_model
+    from original_models import oscar_config, random_oscar_state_dict
+    from tiny_models import tiny_bert_tokenizer
+
+    from mm_sbert.convert import OscarConverter
+
+    tokenizer = tiny_bert_tokenizer()
+    config = oscar_config(len(tokenizer))
+    converted = OscarConverter(head_score="class1-logit").convert_state_dict(
+        random_oscar_state_dict(config), config, tokenizer
+    )
+    converted.save(str(tmp_path / "converted"))
+    FakeHfApi.calls = []
+    monkeypatch.setattr(host_model, "HfApi", FakeHfApi)
+    code, _, err = run_cli(capsys, "push", tmp_path / "converted", "someone/converted")
+    assert code == 0, err
+    readme = FakeHfApi.calls[-1][-1]
+    assert f"**Cross-encoder score** (`MMCrossEncoder.predict`): {converted.report.score}." in readme
+    assert 'MMSentenceTransformer("someone/converted")' in readme

@@ -38,7 +38,36 @@ def test_main_reports_a_refused_checkpoint_and_writes_nothing(tmp_path, capsys):
     state_dict["bert.pooler.dense.weight"] = torch.zeros(32, 16)
     checkpoint = write_oscar(tmp_path / "checkpoint", state_dict)
     output = tmp_path / "converted"
-    assert main(["--format", "oscar", "--checkpoint", checkpoint, "--output", str(output)]) == 1
+    assert main(["--format", "oscar", "--checkpoint", checkpoint, "--output", str(output)]) == 2  # invalid input
     error = capsys.readouterr().err
     assert "bert.pooler.dense.weight -> backbone.pooler.dense.weight: checkpoint (32, 16), model (32, 32)" in error
     assert not output.exists()
+
+
+def test_every_input_error_exits_2_with_a_message_naming_the_input(tmp_path, capsys):
+    checkpoint = write_oscar(tmp_path / "checkpoint")
+    output = str(tmp_path / "converted")
+    config_list = tmp_path / "list.json"
+    config_list.write_text("[1, 2]")
+    argv = ["--format", "oscar", "--checkpoint", checkpoint, "--output", output, "--config", str(config_list)]
+    assert main(argv) == 2
+    assert f"The config file {config_list} must hold a JSON object" in capsys.readouterr().err
+
+    (tmp_path / "broken.json").write_text("{")
+    assert main([*argv[:-1], str(tmp_path / "broken.json")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+
+    for fmt in ("oscar", "m3p"):
+        missing = str(tmp_path / "nowhere" / "checkpoint.pth")
+        assert main(["--format", fmt, "--checkpoint", missing, "--output", output]) == 2
+        error = capsys.readouterr().err
+        assert f"No {fmt.upper()} checkpoint at {missing}" in error and "config.json" not in error
+    assert not (tmp_path / "converted").exists()
+
+
+def test_an_output_that_cannot_be_written_exits_1(tmp_path, capsys):
+    checkpoint = write_oscar(tmp_path / "checkpoint")
+    (tmp_path / "a_file").write_text("")
+    argv = ["--format", "oscar", "--checkpoint", checkpoint, "--region-feature-dim", "16"]
+    assert main([*argv, "--output", str(tmp_path / "a_file")]) == 1
+    assert f"could not write the converted model to {tmp_path / 'a_file'}" in capsys.readouterr().err

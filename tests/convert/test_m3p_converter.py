@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from original_models import m3p_forward, m3p_pooled, random_m3p_state_dict
+from original_models import m3p_forward, m3p_itm_logit, m3p_pooled, m3p_trainer_checkpoint, random_m3p_state_dict
 from tiny_models import tiny_xlmr_tokenizer
 from transformers import AutoTokenizer
 
@@ -139,10 +139,11 @@ def test_positions_are_shifted_and_projections_folded(m3p_checkpoint):
     weight = module.img_embedding.weight
     assert torch.equal(weight[:, :FEATURE_DIM], state_dict["image_embeddings.image_embeddings.weight"])
     assert torch.equal(weight[:, FEATURE_DIM:], state_dict["image_embeddings.image_location_embeddings.weight"])
-    assert "seq_relationship.weight" in report.ignored and "refine_embeddings.layers.0.feed_forward.lin1.weight" in (
-        report.ignored
-    )
-    assert report.unexpected == [] and report.initialized == ["classifier.bias", "classifier.weight"]
+    assert "refine_embeddings.layers.0.feed_forward.lin1.weight" in report.ignored
+    # M3P's image-text matching head is the cross-encoder head: nothing starts random.
+    assert "seq_relationship.weight" in report.loaded or "seq_relationship.weight" not in report.ignored
+    assert torch.equal(module.classifier.weight, state_dict["seq_relationship.weight"])
+    assert report.unexpected == [] and report.initialized == []
 
 
 def test_mismatching_m3p_checkpoints_are_refused(tmp_path):
@@ -176,3 +177,116 @@ def test_checkpoints_that_pickle_python_objects_need_trust(tmp_path):
         M3PConverter().convert(path, params, tokenizer)
     module = M3PConverter(trust_pickle=True).convert(path, params, tokenizer).module
     assert torch.equal(module.backbone.embeddings.word_embeddings.weight, state_dict["embeddings.weight"])
+
+
+# ------------------------------------------------------------------ checkpoints as M3P's own trainer writes them
+
+TRAINER_PARAMS = {
+    "emb_dim": 32,
+    "n_layers": 2,
+    "n_heads": N_HEADS,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "gelu_activation": True,
+    "pad_index": 1,
+    "refine_image": False,
+    "lang2id": {"en": 0},
+    "id2lang": {0: "en"},
+    "langs": ["en"],
+    "max_region_num": 100,
+}
+
+
+@pytest.fixture
+def trainer_checkpoint(tmp_path):
+    """``checkpoint.pth`` as M3P's trainer saves it under DDP, no separate config: n_heads comes from its params."""
+    tokenizer = tiny_xlmr_tokenizer()
+    state_dict = random_m3p_state_dict(len(tokenizer), feature_dim=FEATURE_DIM)
+    folder = tmp_path / "m3p_run"
+    folder.mkdir()
+    params = TRAINER_PARAMS | {"n_words": len(tokenizer)}
+    torch.save(m3p_trainer_checkpoint(state_dict, params), folder / "checkpoint.pth")
+    tokenizer.save_pretrained(str(folder))
+    return str(folder / "checkpoint.pth"), state_dict
+
+
+def test_a_checkpoint_written_by_m3ps_trainer_converts(trainer_checkpoint):
+    path, state_dict = trainer_checkpoint
+    converted = M3PConverter().convert(path)  # params (n_heads=4, not hidden/64) from the checkpoint itself
+    report = converted.report
+    for group in ("latent_transforms.", "original_transforms.", "pooled_layer2.", "seq_relationship2."):
+        dropped = [key for key in state_dict if key.startswith(group)]
+        assert dropped and set(dropped) <= set(report.ignored), group
+    assert report.unexpected == [] and report.initialized == []
+    summary = report.summary()  # the dropped groups are reported by name
+    assert all(f"{group}* (" in summary for group in ("latent_transforms.", "pooled_layer2.", "seq_relationship2."))
+    module = converted.module
+    assert module.backbone.config.num_attention_heads == N_HEADS
+    pairs = list(zip(CAPTIONS, [regions(4, 0), regions(4, 1), regions(4, 2)]))
+    features = module.preprocess(pairs)
+    with torch.no_grad():
+        out = module(dict(features))
+        hidden, mask = reference(features, state_dict)
+    torch.testing.assert_close(out["token_embeddings"][mask], hidden[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_m3ps_image_text_matching_head_becomes_the_cross_encoder_head(trainer_checkpoint, tmp_path):
+    path, state_dict = trainer_checkpoint
+    converted = M3PConverter().convert(path)
+    assert any("reranks zero-shot" in note for note in converted.report.notes)
+    assert "image-text matching logit" in converted.report.score
+    converted.save(str(tmp_path / "converted"))
+    assert "M3P's own image-text matching logit" in (tmp_path / "converted" / "README.md").read_text()
+    cross_encoder = MMCrossEncoder(str(tmp_path / "converted"), device="cpu").eval()
+
+    pairs = [(caption, regions(4, 10 + i)) for i, caption in enumerate(CAPTIONS)]
+    pairs += [(CAPTIONS[0], regions(4, 20)), (CAPTIONS[2], regions(4, 10))]
+    features = cross_encoder[0].preprocess(pairs)
+    with torch.no_grad():
+        logits = cross_encoder[0](dict(features))["scores"][:, 0]
+        hidden, _ = reference(features, state_dict)
+    expected = m3p_itm_logit(state_dict, hidden)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.as_tensor(cross_encoder.predict(pairs)), torch.sigmoid(expected), atol=1e-5, rtol=1e-5
+    )
+
+    fresh = M3PConverter(fresh_head=True).convert(path)
+    assert fresh.report.initialized == ["classifier.bias", "classifier.weight"]
+    assert {"seq_relationship.weight", "seq_relationship.bias"} <= set(fresh.report.ignored)
+    assert fresh.report.score.startswith("none yet: the cross-encoder head is freshly initialised")
+    assert not torch.equal(fresh.module.classifier.weight, state_dict["seq_relationship.weight"])
+
+
+def test_batching_never_changes_an_items_output_with_differing_region_counts(trainer_checkpoint, tmp_path):
+    # M3P's jointfwd masks the first regions + tokens positions of each row, so in a batch with a 6-region and a
+    # 2-region image the short image's padded region slots count as real. mm_sbert gives every item the output it
+    # gets alone, which is what M3P computes for that item on its own.
+    path, state_dict = trainer_checkpoint
+    converted = M3PConverter().convert(path)
+    converted.save(str(tmp_path / "converted"))
+    cross_encoder = MMCrossEncoder(str(tmp_path / "converted"), device="cpu")
+    bi_encoder = MMSentenceTransformer(str(tmp_path / "converted"), device="cpu")
+    images = [regions(6, 0), regions(2, 1), regions(4, 2)]
+    pairs = list(zip(CAPTIONS, images))
+
+    alone = []
+    for pair in pairs:
+        features = cross_encoder[0].preprocess([pair])
+        with torch.no_grad():
+            hidden, _ = reference(features, state_dict)
+        alone.append(m3p_itm_logit(state_dict, hidden)[0])
+    alone = torch.stack(alone)
+    mixed_features = cross_encoder[0].preprocess(pairs)
+    with torch.no_grad():
+        mixed_reference = m3p_itm_logit(state_dict, reference(mixed_features, state_dict)[0])
+    assert not torch.allclose(mixed_reference, alone, atol=1e-3)  # the original's batching changes the scores
+
+    batch_scores = torch.as_tensor(cross_encoder.predict(pairs))
+    torch.testing.assert_close(batch_scores, torch.sigmoid(alone), atol=1e-5, rtol=1e-5)
+    one_by_one = torch.tensor([float(cross_encoder.predict([pair])[0]) for pair in pairs])
+    torch.testing.assert_close(batch_scores, one_by_one, atol=1e-6, rtol=1e-5)
+
+    batch_embeddings = bi_encoder.encode(images, convert_to_tensor=True)
+    single_embeddings = torch.stack([bi_encoder.encode([image], convert_to_tensor=True)[0] for image in images])
+    torch.testing.assert_close(batch_embeddings, single_embeddings, atol=1e-5, rtol=1e-5)

@@ -145,3 +145,63 @@ def test_mlp_heads_and_missing_transformers_are_refused(oscar_join, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointMismatchError, match="no OSCAR or M3P module"):
         MMTRetrievalConverter().convert(str(tmp_path / "empty"))
+
+
+def test_class1_logit_head_reproduces_mmt_retrievals_ranking(oscar_join, tmp_path):
+    # MMT-Retrieval ranks by the raw logits[:, 1]; the softmax probability (w1 - w0) can order pairs differently.
+    path, config, state_dict, head = oscar_join
+    pairs = [(caption, regions(3 + i % 3, i)) for i, caption in enumerate(CAPTIONS * 4)]
+    default = MMTRetrievalConverter().convert(path)
+    features = default.module.preprocess(pairs)
+    args = [features[k] for k in ("input_ids", "token_type_ids", "text_mask", "region_features", "region_mask")]
+    _, pooled, _ = oscar_forward(state_dict, config, *args, prefix="")
+    logits = linear_head(head, pooled)
+    reference_order = logits[:, 1].argsort(descending=True)
+    assert not torch.equal(logits.softmax(-1)[:, 1].argsort(descending=True), reference_order)  # they differ here
+
+    converted = MMTRetrievalConverter(head_score="class1-logit").convert(path)
+    assert "MMT-Retrieval's evaluators" in converted.report.score and "converted as w1, b1" in converted.report.score
+    converted.save(str(tmp_path / "converted"))
+    readme = (tmp_path / "converted" / "README.md").read_text()
+    assert "**Cross-encoder score**" in readme and "sigmoid(logits[:, 1])" in readme
+    scores = torch.as_tensor(MMCrossEncoder(str(tmp_path / "converted"), device="cpu").predict(pairs))
+    assert torch.equal(scores.argsort(descending=True), reference_order)
+    torch.testing.assert_close(scores, torch.sigmoid(logits[:, 1]), atol=1e-6, rtol=1e-5)
+    # The default keeps the softmax probability and says how to get the original ranking.
+    assert "head_score='class1-logit'" in default.report.score
+
+
+def test_fresh_head_drops_the_released_head(oscar_join):
+    path, _, _, head = oscar_join
+    converted = MMTRetrievalConverter(fresh_head=True).convert(path)
+    assert converted.report.initialized == ["classifier.bias", "classifier.weight"]
+    assert "1_ClassificationHead/class_head.pt:classifier.weight" in converted.report.ignored
+    assert not torch.equal(converted.module.classifier.weight[0], head["classifier.weight"][1])
+
+
+def test_released_folders_saved_under_ddp_convert(oscar_join, tmp_path):
+    path, config, state_dict, head = oscar_join
+    weights = f"{path}/0_OSCAR/pytorch_model.bin"
+    torch.save({f"module.{key}": value for key, value in state_dict.items()}, weights)
+    torch.save({f"module.{key}": value for key, value in head.items()}, f"{path}/1_ClassificationHead/class_head.pt")
+    converted = MMTRetrievalConverter().convert(path)
+    assert converted.report.unexpected == [] and converted.report.initialized == []
+    module = converted.module
+    assert torch.equal(
+        module.backbone.embeddings.word_embeddings.weight, state_dict["embeddings.word_embeddings.weight"]
+    )
+    torch.testing.assert_close(
+        module.classifier.weight[0], head["classifier.weight"][1] - head["classifier.weight"][0], atol=0, rtol=0
+    )
+
+
+def test_a_modules_json_that_is_not_a_list_of_modules_inside_the_folder_is_refused(oscar_join):
+    path, _, _, _ = oscar_join
+    with open(f"{path}/modules.json", "w") as f:
+        json.dump({"0": "0_OSCAR"}, f)
+    with pytest.raises(CheckpointMismatchError, match=r"modules.json must hold a JSON list of modules"):
+        MMTRetrievalConverter().convert(path)
+    with open(f"{path}/modules.json", "w") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "../elsewhere", "type": "mmt_retrieval.model.models.OSCAR"}], f)
+    with pytest.raises(CheckpointMismatchError, match=r"names the module path '../elsewhere', which is outside"):
+        MMTRetrievalConverter().convert(path)

@@ -206,3 +206,30 @@ def test_a_featurizer_can_be_attached_when_its_width_fits(tmp_path):
     path = write_checkpoint(tmp_path / "wide", config, random_oscar_state_dict(config))
     with pytest.raises(CheckpointMismatchError, match="the featurizer ColorGridFeaturizer yields 19-d"):
         OscarConverter(featurizer=featurizer).convert(path)
+
+
+def test_checkpoint_saved_under_ddp_converts_to_the_same_model(tmp_path):
+    config = oscar_config(len(tiny_bert_tokenizer()))
+    state_dict = random_oscar_state_dict(config)
+    plain = OscarConverter().convert(write_checkpoint(tmp_path / "plain", config, state_dict))
+    ddp_state_dict = {f"module.{key}": value for key, value in state_dict.items()}
+    ddp = OscarConverter().convert(write_checkpoint(tmp_path / "ddp", config, ddp_state_dict))
+    assert ddp.report.loaded == plain.report.loaded and ddp.report.ignored == plain.report.ignored
+    expected = plain.module.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in ddp.module.state_dict().items())
+
+
+def test_head_score_and_fresh_head_options(tmp_path):
+    config = oscar_config(len(tiny_bert_tokenizer()))
+    state_dict = random_oscar_state_dict(config)
+    path = write_checkpoint(tmp_path / "fine-tuned", config, state_dict)
+    class1 = OscarConverter(head_score="class1-logit").convert(path).module
+    assert torch.equal(class1.classifier.weight[0], state_dict["classifier.weight"][1])
+    assert torch.equal(class1.classifier.bias, state_dict["classifier.bias"][1:])
+
+    fresh = OscarConverter(fresh_head=True).convert(path)
+    assert fresh.report.initialized == ["classifier.bias", "classifier.weight"]
+    assert {"classifier.weight", "classifier.bias"} <= set(fresh.report.ignored)
+    assert fresh.report.score.startswith("none yet")
+    with pytest.raises(ValueError, match=r"head_score must be one of \('softmax', 'class1-logit'\), got 'logit'"):
+        OscarConverter(head_score="logit")

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from original_models import m3p_forward, oscar_config, oscar_forward, random_m3p_state_dict, random_oscar_state_dict
+from original_models import (
+    m3p_forward,
+    m3p_itm_logit,
+    oscar_config,
+    oscar_forward,
+    random_m3p_state_dict,
+    random_oscar_state_dict,
+)
 from tiny_models import tiny_bert_tokenizer, tiny_xlmr_tokenizer
 
 from mm_sbert import RegionFeatures
@@ -74,3 +81,5 @@ def test_m3p_base_with_default_heads():
         )
     assert torch.equal(out["attention_mask"].bool(), mask)
     torch.testing.assert_close(out["token_embeddings"][mask], hidden[mask], atol=1e-4, rtol=1e-4)
+    # M3P's image-text matching head is the cross-encoder head (all images here have 50 regions, as M3P needs)
+    torch.testing.assert_close(out["scores"][:, 0], m3p_itm_logit(state_dict, hidden), atol=1e-4, rtol=1e-4)
