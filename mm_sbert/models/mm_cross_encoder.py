@@ -59,6 +59,10 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
+        module = self[0]
+        if isinstance(module, MultimodalTransformer):
+            # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.
+            module.check_inputs([inputs] if self.is_singular_input(inputs) else inputs)
         return super().predict(inputs, *args, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):

@@ -59,6 +59,10 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("encode() got an empty list of inputs; pass at least one caption or image")
+        module = self[0]
+        if isinstance(module, MultimodalTransformer):
+            # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.
+            module.check_inputs([inputs] if self.is_singular_input(inputs) else inputs)
         return super().encode(inputs, *args, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.masking_utils import create_bidirectional_mask
 
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
-from mm_sbert.image_features.image_loading import load_image, looks_like_image_path
+from mm_sbert.image_features.image_loading import ImageLoadError, load_image, looks_like_image_path
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
 from mm_sbert.modules.multimodal_transformer_config import (
     EmbeddingMode,
@@ -159,21 +159,9 @@ class MultimodalTransformer(InputModule):
                     f"The backbone {type(backbone).__name__} has no `{part}`; MultimodalTransformer needs an "
                     "encoder-only model in the BERT / XLM-R layout (embeddings + encoder [+ pooler])"
                 )
-        options = MultimodalTransformerConfig(
-            region_feature_dim=region_feature_dim,
-            box_format=box_format,
-            use_img_layernorm=use_img_layernorm,
-            img_layer_norm_eps=img_layer_norm_eps,
-            region_order=region_order,
-            embedding_mode=embedding_mode,
-            image_only_text=image_only_text,
-            head_input=head_input,
-            head_pooler=head_pooler,
-            fusion_layer=fusion_layer,
-            max_seq_length=max_seq_length,
-            max_regions=max_regions,
-            score_head=score_head,
-        )
+        # The option arguments, picked by the config's own keys rather than a second hand-written list.
+        arguments = locals()
+        options = MultimodalTransformerConfig(**{key: arguments[key] for key in self.config_keys})
         if featurizer is not None and featurizer.feature_dim != region_feature_dim:
             raise ValueError(
                 f"The featurizer {type(featurizer).__name__} yields {featurizer.feature_dim}-d region features, but "
@@ -315,9 +303,10 @@ class MultimodalTransformer(InputModule):
                 )
             kinds = [self._kind(part, index) for part in item]
             if kinds[0] == kinds[1]:
+                hint = next((_caption_hint(part) for part in item if _caption_hint(part)), "")
                 raise ValueError(
                     f"Input {index}: a pair must combine one text and one image, got two {kinds[0]}s; "
-                    "this model scores (text, image) pairs"
+                    f"this model scores (text, image) pairs{hint}"
                 )
             text, image = (item[0], item[1]) if kinds[0] == "text" else (item[1], item[0])
             return text, image
@@ -335,6 +324,43 @@ class MultimodalTransformer(InputModule):
             "an image path, a RegionFeatures, a {'text', 'image'} dict or a (text, image) pair"
         )
 
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Check every input before any is featurized, so an error names its index in the caller's list.
+
+        ``encode`` / ``predict`` sort and batch their inputs, so the index ``preprocess`` sees is the one in its
+        batch. This runs the same checks on the whole list: the input's shape, image paths that are no file, and
+        region features that are not finite or large enough to overflow the model.
+        """
+        for index, item in enumerate(inputs):
+            _, image = self._parse_input(item, index)
+            if isinstance(image, (str, os.PathLike)):
+                _check_image_path(image, index)
+            elif isinstance(image, RegionFeatures):
+                self._check_region_values(image, index)
+
+    def _check_region_values(self, region: RegionFeatures, index: int) -> None:
+        """Refuse features that are not finite, or so large that the image projection overflows (NaN embeddings)."""
+        features = region.features
+        if not torch.isfinite(features).all():
+            raise ValueError(f"Input {index}: its region features contain NaN or infinite values")
+        if not features.numel():
+            return
+        # |W x + b| <= max|W| * (sum of |x|) + max|b|; the box numbers are at most 1.
+        weight, bias = self.img_embedding.weight.detach(), self.img_embedding.bias.detach()
+        largest = torch.finfo(weight.dtype).max
+        max_weight = float(weight.abs().max())
+        box_width = self.region_vector_dim - self.region_feature_dim
+        limit = (largest - float(bias.abs().max()) - max_weight * box_width) / max(
+            max_weight * self.region_feature_dim, 1e-30
+        )
+        peak = float(features.abs().max())
+        if peak > limit:
+            raise ValueError(
+                f"Input {index}: its region features reach {peak:.3g}; this model's image projection overflows "
+                f"{str(weight.dtype).replace('torch.', '')} above {limit:.3g} and would give NaN. Check the "
+                "features' scale (detector features are typically below 100)"
+            )
+
     def _resolve_regions(self, images: list[Any | None]) -> list[RegionFeatures | None]:
         """Turn every image part into RegionFeatures, featurizing raw images in one batch."""
         regions: list[RegionFeatures | None] = [None] * len(images)
@@ -346,6 +372,8 @@ class MultimodalTransformer(InputModule):
             if isinstance(image, RegionFeatures):
                 regions[index] = image
                 continue
+            if isinstance(image, (str, os.PathLike)):
+                _check_image_path(image, index)
             if self.featurizer is None:
                 raise ValueError(
                     f"Input {index} is a raw image, but this model has no image featurizer; pass RegionFeatures, "
@@ -364,7 +392,9 @@ class MultimodalTransformer(InputModule):
                     f"Input {index}: region features have width {region.feature_dim}, but this model expects "
                     f"{self.region_feature_dim} (box numbers are appended by the model, do not include them)"
                 )
-            regions[index] = region.truncate(self.max_regions)
+            region = region.truncate(self.max_regions)
+            self._check_region_values(region, index)
+            regions[index] = region
         return regions
 
     # ------------------------------------------------------------------ forward
@@ -413,6 +443,9 @@ class MultimodalTransformer(InputModule):
         features["attention_mask"] = mask
         if self.classifier is not None:
             features["scores"] = self.score(token_embeddings, mask, is_text)
+        if not self.training:
+            # Inference must not hand out NaN silently (training leaves overflow steps to the AMP grad scaler).
+            _check_finite(token_embeddings, mask, features.get("scores"))
         return features
 
     def _late_fusion_encoder(
@@ -597,6 +630,36 @@ class MultimodalTransformer(InputModule):
         config["backbone"] = type(self.backbone).__name__
         config["featurizer"] = repr(self.featurizer)
         return f"MultimodalTransformer({config})"
+
+
+def _caption_hint(value: Any) -> str:
+    """For a string that looks like an image path but names no file: how to pass it as a caption instead."""
+    if isinstance(value, str) and looks_like_image_path(value) and not os.path.isfile(value):
+        return (
+            f"; {value!r} looks like an image path but no such file exists. If it is a caption, pass it as "
+            f"{{'text': {value!r}}} (in a (caption, image) pair: {{'text': {value!r}, 'image': ...}})"
+        )
+    return ""
+
+
+def _check_image_path(image: str | os.PathLike, index: int) -> None:
+    if not os.path.isfile(image):
+        hint = _caption_hint(str(image)) or "; no such file exists"
+        raise ImageLoadError(f"Input {index}: image file not found: '{image}'{hint}")
+
+
+def _check_finite(token_embeddings: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None) -> None:
+    valid = mask.bool().unsqueeze(-1)
+    bad = (~torch.isfinite(token_embeddings) & valid).flatten(1).any(dim=1)
+    if scores is not None:
+        bad |= ~torch.isfinite(scores).flatten(1).all(dim=1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"The model produced NaN or infinite outputs for input(s) {rows} of this batch of {len(bad)} "
+            f"(in {str(token_embeddings.dtype).replace('torch.', '')}); their values overflow the model's dtype. "
+            "Check the inputs' scale, or load the model in float32"
+        )
 
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
