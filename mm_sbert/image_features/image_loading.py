@@ -29,7 +29,7 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
         ImageLoadError: the path does not exist or the file is not a readable image.
     """
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return _to_rgb(image, "The image")
     if isinstance(image, (np.ndarray, torch.Tensor)):
         return _array_to_image(image)
     if isinstance(image, (str, os.PathLike)):
@@ -39,12 +39,42 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
         try:
             with Image.open(path) as opened:
                 opened.load()
-                image = ImageOps.exif_transpose(opened).convert("RGB")
+                image = _to_rgb(ImageOps.exif_transpose(opened), f"Image file '{path}'")
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ImageLoadError(f"Could not read image file '{path}' (corrupt or not an image): {exc}") from exc
         image.info["source_path"] = str(path)
         return image
     raise TypeError(f"Expected an image path, PIL image or array, got {type(image).__name__}")
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """RGB with 8 bits per channel; 16-bit and 32-bit grey images are scaled, not clipped.
+
+    Pillow's own ``convert("RGB")`` clips an ``I;16`` / ``I`` / ``F`` image to 0..255, so a 16-bit PNG (values up to
+    65535) comes out all white.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16"):
+        return _grey_to_rgb(np.asarray(image, dtype=np.float64) / 257.0)
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max(initial=0))
+        if not np.isfinite(values).all() or float(values.min(initial=0)) < 0 or peak > 65535:
+            raise ImageLoadError(
+                f"{name} is a {image.mode}-mode (32-bit) image with values in [{values.min():.6g}, {peak:.6g}]; "
+                "mm_sbert reads 8-bit and 16-bit images only: convert it to 8-bit RGB first"
+            )
+        # Mode I holds 16-bit PNGs in older Pillow versions and 8-bit data widened by conversions: a peak above
+        # 255 can only be 16-bit data. Mode F values up to 1 are intensities in [0, 1].
+        scale = 255.0 if image.mode == "F" and peak <= 1.0 else 1.0 if peak <= 255 else 1 / 257.0
+        return _grey_to_rgb(values * scale)
+    return image.convert("RGB")
+
+
+def _grey_to_rgb(values: np.ndarray) -> Image.Image:
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), mode="RGB")
 
 
 def _array_to_image(array: np.ndarray | torch.Tensor) -> Image.Image:

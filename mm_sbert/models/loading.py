@@ -41,6 +41,17 @@ def hub_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs}
 
 
+def new_multimodal_transformer(model_name_or_path: str, **kwargs: Any) -> MultimodalTransformer:
+    """An OSCAR-shaped MultimodalTransformer (2048-d regions, new image projection and head) on a plain checkpoint."""
+    return MultimodalTransformer(
+        model_name_or_path,
+        cache_dir=kwargs.get("cache_folder"),
+        model_kwargs=kwargs.get("model_kwargs"),
+        processor_kwargs=kwargs.get("processor_kwargs"),
+        config_kwargs=kwargs.get("config_kwargs"),
+    )
+
+
 class MultimodalLoadingMixin:
     """What both views add to the host's loading and saving; put it before the host class in the bases.
 
@@ -51,6 +62,21 @@ class MultimodalLoadingMixin:
     """
 
     model_type: str
+
+    def _load_modules(self, model_name_or_path: str, **kwargs: Any):
+        modules = read_modules_json(model_name_or_path, **hub_kwargs_from(kwargs))
+        if modules is not None and not is_multimodal_folder(model_name_or_path, **hub_kwargs_from(kwargs)):
+            # The host would load it as it is (a text model reading image paths as text) or, for another model
+            # type, rebuild it with a new, untrained head.
+            first = modules[0]["type"] if modules else "no module"
+            raise ValueError(
+                f"{model_name_or_path!r} is not an mm_sbert model: it is a sentence-transformers folder whose first "
+                f"module is {first}, not mm_sbert's MultimodalTransformer, so it cannot read images. Load it with "
+                "sentence_transformers.SentenceTransformer / CrossEncoder to use it on text, or start an image-text "
+                f"model from its transformer with MMSentenceTransformer.from_backbone({model_name_or_path!r}) (and "
+                ".to_cross_encoder() for the cross-encoder view, whose score head is then new and untrained)."
+            )
+        return super()._load_modules(model_name_or_path, **kwargs)
 
     def _get_model_config(self) -> dict[str, Any]:
         return super()._get_model_config() | {"requirements": REQUIREMENTS}

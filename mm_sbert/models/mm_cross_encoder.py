@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from sentence_transformers import CrossEncoder
 
-from mm_sbert.models.loading import MultimodalLoadingMixin
+from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMCrossEncoderModelCardData
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
@@ -22,7 +22,9 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
     - loads this package's modules without ``trust_remote_code``,
     - writes the ``requirements`` key into the saved config,
     - loads a bi-encoder / joint folder saved by :class:`MMSentenceTransformer` as a cross-encoder (same weights,
-      the pooling module dropped).
+      the pooling module dropped); the host's ``CrossEncoder`` cannot (see docs/concepts.md),
+    - refuses a text-only sentence-transformers folder, and starts a new multimodal model (new head) on a plain
+      BERT / XLM-R checkpoint instead of the host's text-only sequence classifier.
 
     Example:
         >>> cross_encoder = MMCrossEncoder("path/to/joint-model")
@@ -52,6 +54,10 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
+        module = self[0]
+        if isinstance(module, MultimodalTransformer):
+            # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.
+            module.check_inputs([inputs] if self.is_singular_input(inputs) else inputs)
         return super().predict(inputs, *args, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):
@@ -61,3 +67,10 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
             # A bi-encoder / joint folder: the head lives in the MultimodalTransformer; pooling is not needed.
             return OrderedDict([(first_name, first)]), OrderedDict([(first_name, module_kwargs.get(first_name, []))])
         return modules, module_kwargs
+
+    def _load_default_modules(self, model_name_or_path: str, **kwargs: Any):
+        """A plain BERT / XLM-R checkpoint: an OSCAR-shaped MultimodalTransformer with a new score head.
+
+        The host would build a text-only sequence classifier, which reads image paths as text.
+        """
+        return [new_multimodal_transformer(model_name_or_path, **kwargs)], {}

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from mm_sbert.models.loading import MultimodalLoadingMixin
+from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMSentenceTransformerModelCardData
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
@@ -22,7 +22,8 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
     - loads this package's modules without ``trust_remote_code`` (and nothing else without it),
     - writes ``requirements: {"mm_sbert": ...}`` into the saved config, so a user without the package gets an
       install hint instead of an import error,
-    - loads a cross-encoder folder saved by :class:`MMCrossEncoder` as a bi-encoder (adding mean pooling), and
+    - loads a cross-encoder folder saved by :class:`MMCrossEncoder` as a bi-encoder (adding mean pooling),
+    - refuses a text-only sentence-transformers folder (it would read image paths as text), and
     - builds an OSCAR-shaped model from a plain BERT / XLM-R checkpoint.
 
     Example:
@@ -58,6 +59,10 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             raise ValueError("encode() got an empty list of inputs; pass at least one caption or image")
+        module = self[0]
+        if isinstance(module, MultimodalTransformer):
+            # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.
+            module.check_inputs([inputs] if self.is_singular_input(inputs) else inputs)
         return super().encode(inputs, *args, **kwargs)
 
     def _load_config_modules(self, model_name_or_path: str, **kwargs: Any):
@@ -70,11 +75,5 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
 
     def _load_default_modules(self, model_name_or_path: str, **kwargs: Any):
         """A plain BERT / XLM-R checkpoint: an OSCAR-shaped MultimodalTransformer (2048-d regions) + mean pooling."""
-        module = MultimodalTransformer(
-            model_name_or_path,
-            cache_dir=kwargs.get("cache_folder"),
-            model_kwargs=kwargs.get("model_kwargs"),
-            processor_kwargs=kwargs.get("processor_kwargs"),
-            config_kwargs=kwargs.get("config_kwargs"),
-        )
+        module = new_multimodal_transformer(model_name_or_path, **kwargs)
         return [module, Pooling(module.get_embedding_dimension(), "mean")], {}

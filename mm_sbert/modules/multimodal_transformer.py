@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 try:
     from typing import Self
@@ -13,7 +14,9 @@ except ImportError:  # Python < 3.11
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors_file
+from safetensors.torch import save_file as save_safetensors_file
 from sentence_transformers.base.modality_types import Modality
 from sentence_transformers.base.modules import InputModule
 from torch import nn
@@ -21,16 +24,26 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.masking_utils import create_bidirectional_mask
 
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
-from mm_sbert.image_features.image_loading import load_image, looks_like_image_path
+from mm_sbert.image_features.image_loading import ImageLoadError, load_image, looks_like_image_path
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
+from mm_sbert.modules.multimodal_transformer_config import (
+    EmbeddingMode,
+    HeadInput,
+    ImageOnlyText,
+    MultimodalTransformerConfig,
+    RegionOrder,
+)
+
+logger = logging.getLogger(__name__)
 
 FEATURIZER_FOLDER = "image_featurizer"
-
-RegionOrder = Literal["text_first", "regions_first"]
-EmbeddingMode = Literal["separate", "joint"]
-ImageOnlyText = Literal["cls_sep", "cls"]
-HeadInput = Literal["first_token", "mean", "text_image_match"]
-HEAD_INPUTS: tuple[str, ...] = ("first_token", "mean", "text_image_match")
+# The backbone as a transformers model folder (config.json, model.safetensors, tokenizer files). Not the module's own
+# folder: a config.json beside modules.json would make the host classes rebuild the folder as a text-only model.
+BACKBONE_FOLDER = "backbone"
+# The module's own weights (image projection, its LayerNorm, the score head) beside the backbone folder. In folders
+# saved by mm_sbert 0.1.0 the same file holds every weight and mm_transformer_config.json the backbone's config.
+WEIGHTS_NAME = "model.safetensors"
+HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
 
 
 class MultimodalTransformer(InputModule):
@@ -98,21 +111,7 @@ class MultimodalTransformer(InputModule):
     """
 
     config_file_name = "mm_transformer_config.json"
-    config_keys = [
-        "region_feature_dim",
-        "box_format",
-        "use_img_layernorm",
-        "img_layer_norm_eps",
-        "region_order",
-        "embedding_mode",
-        "image_only_text",
-        "head_input",
-        "head_pooler",
-        "fusion_layer",
-        "max_seq_length",
-        "max_regions",
-        "score_head",
-    ]
+    config_keys = MultimodalTransformerConfig.keys()
     save_in_root = True
 
     def __init__(
@@ -160,14 +159,9 @@ class MultimodalTransformer(InputModule):
                     f"The backbone {type(backbone).__name__} has no `{part}`; MultimodalTransformer needs an "
                     "encoder-only model in the BERT / XLM-R layout (embeddings + encoder [+ pooler])"
                 )
-        if box_format not in BOX_FORMAT_WIDTHS:
-            raise ValueError(f"Unknown box_format {box_format!r}; expected one of {sorted(BOX_FORMAT_WIDTHS)}")
-        if region_order not in ("text_first", "regions_first"):
-            raise ValueError(f"region_order must be 'text_first' or 'regions_first', got {region_order!r}")
-        if embedding_mode not in ("separate", "joint"):
-            raise ValueError(f"embedding_mode must be 'separate' or 'joint', got {embedding_mode!r}")
-        if image_only_text not in ("cls_sep", "cls"):
-            raise ValueError(f"image_only_text must be 'cls_sep' or 'cls', got {image_only_text!r}")
+        # The option arguments, picked by the config's own keys rather than a second hand-written list.
+        arguments = locals()
+        options = MultimodalTransformerConfig(**{key: arguments[key] for key in self.config_keys})
         if featurizer is not None and featurizer.feature_dim != region_feature_dim:
             raise ValueError(
                 f"The featurizer {type(featurizer).__name__} yields {featurizer.feature_dim}-d region features, but "
@@ -176,27 +170,14 @@ class MultimodalTransformer(InputModule):
 
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.region_feature_dim = int(region_feature_dim)
-        self.box_format = box_format
-        self.use_img_layernorm = bool(use_img_layernorm)
-        self.img_layer_norm_eps = float(img_layer_norm_eps)
-        self.region_order = region_order
-        self.embedding_mode = embedding_mode
-        self.image_only_text = image_only_text
-        if head_input not in HEAD_INPUTS:
-            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}")
-        self.head_input = head_input
-        self.head_pooler = bool(head_pooler)
+        for key, value in options.to_dict().items():
+            setattr(self, key, value)
         num_layers = len(backbone.encoder.layer)
-        if not 0 <= int(fusion_layer) < max(num_layers, 1):
+        if fusion_layer >= max(num_layers, 1):
             raise ValueError(
                 f"fusion_layer must be between 0 and {num_layers - 1} (the backbone has {num_layers} layers, and at "
                 f"least one must attend across text and regions), got {fusion_layer}"
             )
-        self.fusion_layer = int(fusion_layer)
-        self.max_seq_length = int(max_seq_length)
-        self.max_regions = int(max_regions)
-        self.score_head = bool(score_head)
         # Not a registered submodule: a featurizer has its own device and is saved in its own folder.
         self.featurizer = featurizer
 
@@ -209,6 +190,11 @@ class MultimodalTransformer(InputModule):
         self.classifier = nn.Linear(head_width, 1) if score_head else None
         self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
         self._init_new_weights(config.initializer_range)
+        # The new layers follow the backbone's dtype and device (a float16 backbone gets a float16 projection).
+        reference = next(backbone.parameters())
+        for layer in (self.img_embedding, self.img_layer_norm, self.classifier):
+            if layer is not None:
+                layer.to(device=reference.device, dtype=reference.dtype)
 
     def _init_new_weights(self, std: float) -> None:
         for linear in (self.img_embedding, self.classifier):
@@ -227,11 +213,6 @@ class MultimodalTransformer(InputModule):
 
     def get_embedding_dimension(self) -> int:
         return self.backbone.config.hidden_size
-
-    def get_config_dict(self) -> dict[str, Any]:
-        config = super().get_config_dict()
-        config["backbone_config"] = self.backbone.config.to_dict()
-        return config
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -322,9 +303,10 @@ class MultimodalTransformer(InputModule):
                 )
             kinds = [self._kind(part, index) for part in item]
             if kinds[0] == kinds[1]:
+                hint = next((_caption_hint(part) for part in item if _caption_hint(part)), "")
                 raise ValueError(
                     f"Input {index}: a pair must combine one text and one image, got two {kinds[0]}s; "
-                    "this model scores (text, image) pairs"
+                    f"this model scores (text, image) pairs{hint}"
                 )
             text, image = (item[0], item[1]) if kinds[0] == "text" else (item[1], item[0])
             return text, image
@@ -342,6 +324,43 @@ class MultimodalTransformer(InputModule):
             "an image path, a RegionFeatures, a {'text', 'image'} dict or a (text, image) pair"
         )
 
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Check every input before any is featurized, so an error names its index in the caller's list.
+
+        ``encode`` / ``predict`` sort and batch their inputs, so the index ``preprocess`` sees is the one in its
+        batch. This runs the same checks on the whole list: the input's shape, image paths that are no file, and
+        region features that are not finite or large enough to overflow the model.
+        """
+        for index, item in enumerate(inputs):
+            _, image = self._parse_input(item, index)
+            if isinstance(image, (str, os.PathLike)):
+                _check_image_path(image, index)
+            elif isinstance(image, RegionFeatures):
+                self._check_region_values(image, index)
+
+    def _check_region_values(self, region: RegionFeatures, index: int) -> None:
+        """Refuse features that are not finite, or so large that the image projection overflows (NaN embeddings)."""
+        features = region.features
+        if not torch.isfinite(features).all():
+            raise ValueError(f"Input {index}: its region features contain NaN or infinite values")
+        if not features.numel():
+            return
+        # |W x + b| <= max|W| * (sum of |x|) + max|b|; the box numbers are at most 1.
+        weight, bias = self.img_embedding.weight.detach(), self.img_embedding.bias.detach()
+        largest = torch.finfo(weight.dtype).max
+        max_weight = float(weight.abs().max())
+        box_width = self.region_vector_dim - self.region_feature_dim
+        limit = (largest - float(bias.abs().max()) - max_weight * box_width) / max(
+            max_weight * self.region_feature_dim, 1e-30
+        )
+        peak = float(features.abs().max())
+        if peak > limit:
+            raise ValueError(
+                f"Input {index}: its region features reach {peak:.3g}; this model's image projection overflows "
+                f"{str(weight.dtype).replace('torch.', '')} above {limit:.3g} and would give NaN. Check the "
+                "features' scale (detector features are typically below 100)"
+            )
+
     def _resolve_regions(self, images: list[Any | None]) -> list[RegionFeatures | None]:
         """Turn every image part into RegionFeatures, featurizing raw images in one batch."""
         regions: list[RegionFeatures | None] = [None] * len(images)
@@ -353,6 +372,8 @@ class MultimodalTransformer(InputModule):
             if isinstance(image, RegionFeatures):
                 regions[index] = image
                 continue
+            if isinstance(image, (str, os.PathLike)):
+                _check_image_path(image, index)
             if self.featurizer is None:
                 raise ValueError(
                     f"Input {index} is a raw image, but this model has no image featurizer; pass RegionFeatures, "
@@ -371,7 +392,9 @@ class MultimodalTransformer(InputModule):
                     f"Input {index}: region features have width {region.feature_dim}, but this model expects "
                     f"{self.region_feature_dim} (box numbers are appended by the model, do not include them)"
                 )
-            regions[index] = region.truncate(self.max_regions)
+            region = region.truncate(self.max_regions)
+            self._check_region_values(region, index)
+            regions[index] = region
         return regions
 
     # ------------------------------------------------------------------ forward
@@ -420,6 +443,9 @@ class MultimodalTransformer(InputModule):
         features["attention_mask"] = mask
         if self.classifier is not None:
             features["scores"] = self.score(token_embeddings, mask, is_text)
+        if not self.training:
+            # Inference must not hand out NaN silently (training leaves overflow steps to the AMP grad scaler).
+            _check_finite(token_embeddings, mask, features.get("scores"))
         return features
 
     def _late_fusion_encoder(
@@ -482,11 +508,21 @@ class MultimodalTransformer(InputModule):
     # ------------------------------------------------------------------ persistence
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
-        """Save config, weights (always safetensors), tokenizer and featurizer into ``output_path``."""
+        """Save into ``output_path``: the options, the backbone as a transformers folder, the module's own weights.
+
+        Layout: ``mm_transformer_config.json`` (the options), ``backbone/`` (``save_pretrained`` of the backbone and
+        its tokenizer: ``config.json``, ``model.safetensors``, tokenizer files), ``model.safetensors`` (the image
+        projection, its LayerNorm and the score head) and ``image_featurizer/``. Weights are always safetensors.
+        """
+        if not safe_serialization:
+            logger.warning("MultimodalTransformer always saves safetensors; safe_serialization=False is ignored")
         os.makedirs(output_path, exist_ok=True)
         self.save_config(output_path)
-        self.save_torch_weights(output_path, safe_serialization=True)
-        self.save_tokenizer(output_path)
+        backbone_path = os.path.join(output_path, BACKBONE_FOLDER)
+        self.backbone.save_pretrained(backbone_path)
+        self.tokenizer.save_pretrained(backbone_path)
+        own = {key: value.contiguous() for key, value in self.state_dict().items() if not key.startswith("backbone.")}
+        save_safetensors_file(own, os.path.join(output_path, WEIGHTS_NAME), metadata={"format": "pt"})
         if self.featurizer is not None:
             self.featurizer.save(os.path.join(output_path, FEATURIZER_FOLDER))
 
@@ -499,9 +535,18 @@ class MultimodalTransformer(InputModule):
         cache_folder: str | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
         **kwargs,
     ) -> Self:
-        """Load a saved module from a folder or the hub (the hub cache works offline with ``HF_HUB_OFFLINE=1``)."""
+        """Load a saved module from a folder or the hub (the hub cache works offline with ``HF_HUB_OFFLINE=1``).
+
+        ``model_kwargs`` reach ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``, ``device_map``, ...),
+        ``processor_kwargs`` ``AutoTokenizer.from_pretrained`` and ``config_kwargs`` ``AutoConfig.from_pretrained``.
+        Folders saved by mm_sbert 0.1.0 (the backbone's config inside ``mm_transformer_config.json``) load too.
+        """
         directory = cls.load_dir_path(
             model_name_or_path,
             subfolder=subfolder,
@@ -517,26 +562,51 @@ class MultimodalTransformer(InputModule):
                 "MultimodalTransformer. To start from a plain BERT / XLM-R checkpoint use "
                 "MultimodalTransformer(model_name_or_path) instead."
             )
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        backbone_config = dict(config.pop("backbone_config"))
-        backbone = AutoModel.from_config(AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config))
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_path} is not valid JSON ({exc}); re-save or re-download the model") from exc
+        if not isinstance(saved, dict):
+            raise ValueError(f"{config_path} must hold a JSON object, got {type(saved).__name__}")
+        model_kwargs = dict(model_kwargs or {})
+        legacy_backbone_config = saved.pop("backbone_config", None)
+        options = MultimodalTransformerConfig.from_dict(saved, source=config_path)
+        if legacy_backbone_config is None:
+            backbone, tokenizer = _load_backbone(
+                os.path.join(directory, BACKBONE_FOLDER),
+                trust_remote_code=trust_remote_code,
+                model_kwargs=model_kwargs,
+                processor_kwargs=processor_kwargs or {},
+                config_kwargs=config_kwargs or {},
+            )
+        else:
+            backbone, tokenizer = _build_legacy_backbone(directory, dict(legacy_backbone_config), model_kwargs)
         featurizer_dir = os.path.join(directory, FEATURIZER_FOLDER)
         featurizer = ImageFeaturizer.load(featurizer_dir) if os.path.isdir(featurizer_dir) else None
-        unknown = set(config) - set(cls.config_keys)
-        if unknown:
-            raise ValueError(f"{config_path} has unknown keys {sorted(unknown)}; was it written by a newer mm_sbert?")
-        module = cls(backbone=backbone, tokenizer=tokenizer, featurizer=featurizer, **config)
-        module.load_checkpoint_weights(os.path.join(directory, "model.safetensors"))
+        module = cls(backbone=backbone, tokenizer=tokenizer, featurizer=featurizer, **options.to_dict())
+        weights_path = os.path.join(directory, WEIGHTS_NAME)
+        if legacy_backbone_config is None:
+            module.load_checkpoint_weights(weights_path, skip_prefix="backbone.")
+        else:
+            module.load_checkpoint_weights(weights_path)
         return module
 
-    def load_checkpoint_weights(self, weights_path: str) -> None:
-        """Load a saved state dict, refusing one whose keys or shapes do not match this module exactly."""
+    def load_checkpoint_weights(self, weights_path: str, skip_prefix: str | None = None) -> None:
+        """Load a saved state dict, refusing one whose keys or shapes do not match this module exactly.
+
+        Args:
+            weights_path: a safetensors file.
+            skip_prefix: keys of this module that the file does not hold (loaded from elsewhere), e.g. ``"backbone."``.
+        """
         if not os.path.isfile(weights_path):
             raise FileNotFoundError(f"No weights at {weights_path}")
-        state_dict = load_safetensors_file(weights_path)
-        expected = self.state_dict()
+        state_dict = read_safetensors(weights_path)
+        expected = {
+            key: value
+            for key, value in self.state_dict().items()
+            if skip_prefix is None or not key.startswith(skip_prefix)
+        }
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
         wrong_shape = [
@@ -553,13 +623,94 @@ class MultimodalTransformer(InputModule):
             if wrong_shape:
                 lines.append(f"  wrong shapes: {wrong_shape[:10]}")
             raise ValueError("\n".join(lines))
-        self.load_state_dict(state_dict, strict=True)
+        self.load_state_dict(state_dict, strict=skip_prefix is None)
 
     def __repr__(self) -> str:
         config = {key: getattr(self, key) for key in self.config_keys}
         config["backbone"] = type(self.backbone).__name__
         config["featurizer"] = repr(self.featurizer)
         return f"MultimodalTransformer({config})"
+
+
+def _caption_hint(value: Any) -> str:
+    """For a string that looks like an image path but names no file: how to pass it as a caption instead."""
+    if isinstance(value, str) and looks_like_image_path(value) and not os.path.isfile(value):
+        return (
+            f"; {value!r} looks like an image path but no such file exists. If it is a caption, pass it as "
+            f"{{'text': {value!r}}} (in a (caption, image) pair: {{'text': {value!r}, 'image': ...}})"
+        )
+    return ""
+
+
+def _check_image_path(image: str | os.PathLike, index: int) -> None:
+    if not os.path.isfile(image):
+        hint = _caption_hint(str(image)) or "; no such file exists"
+        raise ImageLoadError(f"Input {index}: image file not found: '{image}'{hint}")
+
+
+def _check_finite(token_embeddings: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None) -> None:
+    valid = mask.bool().unsqueeze(-1)
+    bad = (~torch.isfinite(token_embeddings) & valid).flatten(1).any(dim=1)
+    if scores is not None:
+        bad |= ~torch.isfinite(scores).flatten(1).all(dim=1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"The model produced NaN or infinite outputs for input(s) {rows} of this batch of {len(bad)} "
+            f"(in {str(token_embeddings.dtype).replace('torch.', '')}); their values overflow the model's dtype. "
+            "Check the inputs' scale, or load the model in float32"
+        )
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, with an error that names a truncated or corrupt file."""
+    try:
+        return load_safetensors_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(
+            f"Could not read the weights file {path}: it is truncated or corrupt ({exc}); re-save or re-download "
+            "the model"
+        ) from exc
+
+
+def _load_backbone(
+    path: str,
+    trust_remote_code: bool,
+    model_kwargs: dict[str, Any],
+    processor_kwargs: dict[str, Any],
+    config_kwargs: dict[str, Any],
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The backbone folder the transformers way, so dtype, attention implementation and device map pass through."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"No backbone at {path} (config.json missing); the saved model folder is incomplete")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
+    weights = os.path.join(path, WEIGHTS_NAME)
+    try:
+        backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **model_kwargs)
+    except (SafetensorError, OSError):
+        if os.path.isfile(weights):
+            read_safetensors(weights)  # names the file when it is the one at fault
+        raise
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_kwargs)
+    return backbone, tokenizer
+
+
+def _build_legacy_backbone(
+    directory: str, backbone_config: dict[str, Any], model_kwargs: dict[str, Any]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A backbone from a 0.1.0 folder: its config was stored in ``mm_transformer_config.json``, its weights with the
+    module's own (loaded afterwards by ``load_checkpoint_weights``), its tokenizer in the module's folder."""
+    supported = {"dtype", "torch_dtype", "attn_implementation"}
+    unsupported = sorted(set(model_kwargs) - supported)
+    if unsupported:
+        raise ValueError(
+            f"{directory} was saved by mm_sbert 0.1.0, which stored no loadable transformers backbone; model_kwargs "
+            f"{unsupported} need one. Load it without them and save it again with this version, or pass only "
+            f"{sorted(supported)}"
+        )
+    config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+    backbone = AutoModel.from_config(config, **model_kwargs)
+    return backbone, AutoTokenizer.from_pretrained(directory)
 
 
 def _masked_mean(token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -70,13 +70,22 @@ def test_round_trip_is_bit_exact_for_both_views(backbone_name, tmp_path):
 def test_joint_folder_stores_the_transformer_once_in_safetensors(tmp_path):
     bi_encoder, _ = build_views("bert")
     bi_encoder.save(str(tmp_path))
-    weight_files = [
-        f for _, _, files in os.walk(tmp_path) for f in files if f.endswith((".safetensors", ".bin", ".pt"))
-    ]
-    assert weight_files == ["model.safetensors"]
+    weight_files = sorted(
+        os.path.relpath(os.path.join(root, f), tmp_path)
+        for root, _, files in os.walk(tmp_path)
+        for f in files
+        if f.endswith((".safetensors", ".bin", ".pt"))
+    )
+    assert weight_files == ["backbone/model.safetensors", "model.safetensors"]
+    with safe_open(str(tmp_path / "backbone" / "model.safetensors"), "pt") as f:
+        backbone_keys = {f"backbone.{key}" for key in f.keys()}
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
-    assert keys == set(bi_encoder[0].state_dict()) and "classifier.weight" in keys
+        own_keys = set(f.keys())
+    assert own_keys == {"img_embedding.weight", "img_embedding.bias", "classifier.weight", "classifier.bias"}
+    assert backbone_keys | own_keys == set(bi_encoder[0].state_dict()) and not backbone_keys & own_keys
+    # The backbone folder is a plain transformers model, and no config.json sits beside modules.json (the host
+    # would rebuild such a folder as a text-only model).
+    assert (tmp_path / "backbone" / "config.json").is_file() and not (tmp_path / "config.json").exists()
 
 
 def test_hub_cache_layout_loads_offline(tmp_path, monkeypatch):

@@ -248,5 +248,5 @@ def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone, atte
 def test_late_fusion_needs_a_layer_that_fuses():
     with pytest.raises(ValueError, match="fusion_layer must be between 0 and 1"):
         build_module("bert", featurizer=False, fusion_layer=2)
-    with pytest.raises(ValueError, match="fusion_layer must be between 0 and 1"):
+    with pytest.raises(ValueError, match="fusion_layer must be at least 0, got -1"):
         build_module("bert", featurizer=False, fusion_layer=-1)
