@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mm_sbert.errors import IndexCorruptedError, StorageError
+from mm_sbert.errors import IndexCorruptedError, ModelMismatchError, StorageError
 from mm_sbert.storage import (
     atomic_write_json,
     file_record,
@@ -46,7 +46,19 @@ AUTO_VERIFY_MAX_BYTES = 256 * 1024**2
 
 Verify = bool | Literal["auto"]
 
-__all__ = ["EmbeddingIndex", "IndexCorruptedError", "IndexWriter", "exact_search"]
+# A fixed caption whose embedding identifies the model that built an index (see encoder_fingerprint).
+FINGERPRINT_PROBE = "mm_sbert fingerprint probe: a small red circle to the left of a large blue square"
+# Same model, other threads / BLAS: ~1e-6 apart; another model: ~1e-1.
+FINGERPRINT_TOLERANCE = 2e-3
+
+__all__ = [
+    "EmbeddingIndex",
+    "IndexCorruptedError",
+    "IndexWriter",
+    "check_encoder_fingerprint",
+    "encoder_fingerprint",
+    "exact_search",
+]
 
 
 def exact_search(
@@ -147,6 +159,36 @@ def _check_unique_ids(ids: Sequence[Any] | None) -> None:
         raise ValueError(
             f"The index ids must be unique (a hit is reported by its id); duplicated: {duplicates[:5]}"
             f"{' ...' if len(duplicates) > 5 else ''}"
+        )
+
+
+def encoder_fingerprint(model: Any, probe: str = FINGERPRINT_PROBE) -> dict[str, Any]:
+    """What identifies the encoder that embeds a collection: its embedding size and its (normalised) embedding of
+    a fixed probe caption, rounded to 6 decimals. Store it with an index; :func:`check_encoder_fingerprint` tells
+    whether another model would embed queries the same way."""
+    embedding = model.encode([probe], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+    return {
+        "embedding_dim": len(embedding),
+        "probe": probe,
+        "probe_embedding": [round(float(value), 6) for value in embedding],
+    }
+
+
+def check_encoder_fingerprint(saved: dict[str, Any], model: Any, what: str = "the index") -> None:
+    """Raise :class:`~mm_sbert.errors.ModelMismatchError` unless ``model`` embeds the probe of ``saved`` (an
+    :func:`encoder_fingerprint`) like the model that built ``what`` did: another model's scores are meaningless
+    against these embeddings even when the sizes agree."""
+    current = encoder_fingerprint(model, saved.get("probe", FINGERPRINT_PROBE))
+    if current["embedding_dim"] != saved.get("embedding_dim"):
+        raise ModelMismatchError(
+            f"{what} holds {saved.get('embedding_dim')}-d embeddings but this model makes "
+            f"{current['embedding_dim']}-d ones: search it with the model that built it"
+        )
+    difference = float(np.abs(np.subtract(current["probe_embedding"], saved.get("probe_embedding", []))).max())
+    if difference > FINGERPRINT_TOLERANCE:
+        raise ModelMismatchError(
+            f"This model is not the one that built {what}: it embeds the fingerprint caption differently (largest "
+            f"difference {difference:.3g} > {FINGERPRINT_TOLERANCE}), so its scores would be meaningless"
         )
 
 

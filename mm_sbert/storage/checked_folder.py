@@ -133,6 +133,30 @@ def resolve_inside(folder: PathLike, name: Any, what: str = "file") -> Path:
     return Path(target)
 
 
+def resolve_stored_path(stored: str, recorded_root: PathLike | None, root: PathLike, what: str = "file") -> Path:
+    """A path stored in an index (e.g. an image path), resolved inside the folder ``root`` the user chose.
+
+    ``stored`` is taken relative to ``recorded_root`` (the folder it was recorded against; absolute stored paths
+    outside it are refused) and joined to ``root``, so a collection moved elsewhere is found with ``root`` = its
+    new place.
+
+    Raises:
+        UnsafePathError: the path leads outside ``root`` (or, absolute, outside ``recorded_root``).
+    """
+    if not isinstance(stored, str):
+        raise UnsafePathError(f"The stored {what} {stored!r} is not a path")
+    relative = stored
+    if os.path.isabs(stored):
+        base = os.path.realpath(recorded_root) if recorded_root is not None else os.path.realpath(root)
+        relative = os.path.relpath(os.path.realpath(stored), base)
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            raise UnsafePathError(
+                f"The stored {what} '{stored}' lies outside '{base}', the folder the collection was recorded in; "
+                "refusing to read it (was the index edited?)"
+            )
+    return resolve_inside(root, relative, what=what)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
