@@ -133,7 +133,11 @@ def _normalize(embeddings: np.ndarray) -> np.ndarray:
 def _check_finite(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
     """A clear error for NaN / infinite rows, which would otherwise come back as NaN scores ranked first."""
     array = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
-    finite_rows = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    # In blocks of rows: a whole-array mask of a 1M x 384 collection would cost 384 MB.
+    finite_rows = np.concatenate(
+        [np.ones(0, dtype=bool)]
+        + [np.isfinite(array[start : start + 65536]).all(axis=1) for start in range(0, len(array), 65536)]
+    )
     if not finite_rows.all():
         bad = np.flatnonzero(~finite_rows)
         rows = [int(row) + first_row for row in bad[:5]]
