@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,30 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
+    """Turn the package's own errors (:class:`~mm_sbert.errors.MMSbertError`: a corrupt index or store, a path
+    outside its folder, a store that does not fit the request...) and ``error_types`` into a :class:`CLIError`
+    with exit code 2 and the library's one-line message."""
+    from mm_sbert.errors import MMSbertError
+
+    try:
+        yield
+    except (MMSbertError, *error_types) as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from exc
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then exits 2 with the option's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def require_component(module: str, names: list[str], what: str) -> list[Any]:
@@ -67,7 +94,8 @@ def load_model(path: str, device: str | None = None):
 
 
 def list_images(paths: list[str]) -> list[Path]:
-    """Image files from files and folders (folders: their image files, recursively, sorted)."""
+    """Image files from files and folders (folders: their image files, recursively, sorted); a file named twice
+    (e.g. a folder and a file in it) is listed once."""
     images: list[Path] = []
     for raw in paths:
         path = existing_path(raw, "Image path")
@@ -78,7 +106,13 @@ def list_images(paths: list[str]) -> list[Path]:
             images.extend(found)
         else:
             images.append(path)
-    return images
+    seen: set[Path] = set()
+    unique = []
+    for image in images:
+        if (resolved := image.resolve()) not in seen:
+            seen.add(resolved)
+            unique.append(image)
+    return unique
 
 
 def read_caption_file(path: str) -> tuple[list[str], list[str], list[int]]:

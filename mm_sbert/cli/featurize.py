@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
-from mm_sbert.cli.common import CLIError, list_images, load_model, require_component
+from mm_sbert.cli.common import CLIError, input_errors, list_images, load_model, positive_int, require_component
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +14,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "featurize",
         help="featurize images once into a feature store (region features on disk)",
         description="Run an image featurizer over image files / folders and store the region features "
-        "(memory-mapped shards; an interrupted run resumes). Image ids are the file names without extension.",
+        "(memory-mapped shards). Image ids are the file names without extension. Ctrl-C keeps every finished image "
+        "(exit 130); running the same command again resumes. Unreadable images (corrupt, empty, decompression "
+        "bombs) are skipped and named (exit 1). Exit code 2: bad arguments, or an existing store made with other "
+        "settings or damaged.",
     )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--output", "-o", required=True, help="feature store folder to write")
@@ -32,7 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="cells per side: color-grid (default: 3), or mobilenet-grid's 7 x 7 map average-pooled to this many "
         "(default: 7, no pooling; fewer regions make training and reranking faster)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per featurizer call")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per featurizer call")
+    parser.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=1024,
+        help="images per shard file (default: 1024); finished shards survive even a kill -9",
+    )
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
     parser.set_defaults(run=run)
 
@@ -73,12 +84,29 @@ def run(args: argparse.Namespace) -> int:
         duplicate = next(stem for stem in stems if stems.count(stem) > 1)
         raise CLIError(f"Two images share the file name '{duplicate}' (ids are file names without extension)")
     featurizer = build_featurizer(args)
-    store = feature_store.build(
-        args.output, [str(path) for path in images], featurizer, batch_size=args.batch_size, dtype=args.dtype
-    )
-    failed = getattr(store, "failed", {}) or {}
+    try:
+        with input_errors(), warnings.catch_warnings():
+            # The failures are listed below, one line per image, instead of the library's summary warning.
+            warnings.filterwarnings("ignore", message=r".* images could not be read", category=UserWarning)
+            store = feature_store.build(
+                args.output,
+                [str(path) for path in images],
+                featurizer,
+                batch_size=args.batch_size,
+                shard_size=args.shard_size,
+                dtype=args.dtype,
+            )
+    except KeyboardInterrupt:
+        print(
+            f"mm-sbert featurize: the images finished so far are stored in {args.output}; run the same command "
+            "again to featurize the rest",
+            file=sys.stderr,
+        )
+        raise
     print(f"Stored region features of {len(store)} images in {args.output} ({featurizer!r})")
-    if failed:
-        print(f"{len(failed)} image(s) could not be read and were skipped")
+    if store.failed:
+        print(f"{len(store.failed)} image(s) could not be read and were skipped:", file=sys.stderr)
+        for reason in store.failed.values():
+            print(f"  {reason}", file=sys.stderr)
         return 1
     return 0

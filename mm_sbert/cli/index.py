@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 
-from mm_sbert.cli.common import CLIError, list_images, load_model, require_component, set_threads
+from mm_sbert.cli.common import (
+    CLIError,
+    input_errors,
+    list_images,
+    load_model,
+    positive_int,
+    require_component,
+    set_threads,
+)
 
 INDEX_SUBFOLDER = "embeddings"
 CLI_CONFIG = "mm_sbert_index.json"
+CLI_FORMAT = "mm_sbert.cli-index"
+CLI_VERSION = 2  # 1: {"model", "num_images"} only
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,29 +27,69 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "index",
         help="encode an image folder with the bi-encoder into a searchable index",
         description="Encode every image of the given files / folders once with the model's bi-encoder and store the "
-        "embeddings (and the image paths) in an index folder, for `mm-sbert search`.",
+        "embeddings (and the image paths) in an index folder, for `mm-sbert search`. The index records the model's "
+        "fingerprint (search refuses another model) and the image folder (search reads images only inside it). "
+        "An interrupted run leaves the folder marked incomplete; running the same command again replaces it. "
+        "Exit code 2: a missing, corrupt or unreadable image (named), or an output folder that is not an index.",
     )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--model", "-m", required=True, help="saved mm_sbert model folder")
     parser.add_argument("--output", "-o", required=True, help="index folder to write")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per bi-encoder batch")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per bi-encoder batch")
     parser.add_argument("--ann", default=None, help="also build a FAISS index with this factory string, e.g. HNSW32")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
+def _is_index_folder_or_leftovers(folder: str) -> bool:
+    """True for a folder `mm-sbert index` wrote, even one a killed run left without its config."""
+    ours = (CLI_CONFIG, INDEX_SUBFOLDER, f".{INDEX_SUBFOLDER}.tmp-", f".{CLI_CONFIG}.tmp-")
+    return all(name.startswith(ours) for name in os.listdir(folder))
+
+
 def run(args: argparse.Namespace) -> int:
+    from mm_sbert.image_features import ImageLoadError
+    from mm_sbert.retrieval import IndexWriter, encoder_fingerprint
+    from mm_sbert.storage import atomic_write_json
+
     set_threads(args.threads)
     (retriever_class,) = require_component("mm_sbert.retrieval", ["CooperativeRetriever"], "mm-sbert index")
     images = [str(path.resolve()) for path in list_images(args.images)]
-    if os.path.exists(args.output) and os.listdir(args.output):
-        if not os.path.isfile(os.path.join(args.output, CLI_CONFIG)):
-            raise CLIError(f"'{args.output}' exists and is not an mm-sbert index; choose an empty or new folder")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CLIError(f"--output '{args.output}' is a file, not a folder")
+    if os.path.isdir(args.output) and not _is_index_folder_or_leftovers(args.output):
+        raise CLIError(f"'{args.output}' exists and is not an mm-sbert index; choose an empty or new folder")
     model = load_model(args.model)
     retriever = retriever_class(model, batch_size=args.batch_size, show_progress_bar=True)
     os.makedirs(args.output, exist_ok=True)
-    retriever.index(images, ids=images, path=os.path.join(args.output, INDEX_SUBFOLDER), ann=args.ann)
-    with open(os.path.join(args.output, CLI_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"model": os.path.abspath(args.model), "num_images": len(images)}, f, indent=2)
+    embeddings_path = os.path.join(args.output, INDEX_SUBFOLDER)
+    # What an earlier run killed mid-write left behind (its temporary folder / config file)
+    IndexWriter.remove_leftovers(embeddings_path)
+    for name in os.listdir(args.output):
+        if name.startswith(f".{CLI_CONFIG}.tmp-"):
+            os.remove(os.path.join(args.output, name))
+    config = {
+        "format": CLI_FORMAT,
+        "version": CLI_VERSION,
+        "model": os.path.abspath(args.model),
+        "model_fingerprint": encoder_fingerprint(model),
+        "image_root": os.path.commonpath([os.path.dirname(image) for image in images]),
+        "num_images": len(images),
+        # Written first as False, so a run that dies from here on leaves a folder search calls incomplete and a
+        # rerun of index recognises as its own and replaces.
+        "complete": False,
+    }
+    config_path = os.path.join(args.output, CLI_CONFIG)
+    atomic_write_json(config_path, config, indent=2)
+    try:
+        with input_errors(ImageLoadError):
+            retriever.index(images, ids=images, path=embeddings_path, ann=args.ann)
+    except KeyboardInterrupt:
+        print(
+            f"mm-sbert index: the index in {args.output} is incomplete; run the same command to rebuild it",
+            file=sys.stderr,
+        )
+        raise
+    atomic_write_json(config_path, {**config, "complete": True}, indent=2)
     print(f'Indexed {len(images)} images into {args.output}; search with: mm-sbert search {args.output} "a caption"')
     return 0

@@ -9,8 +9,17 @@ import io
 import json
 import math
 import os
+from pathlib import Path
 
-from mm_sbert.cli.common import CLIError, existing_path, load_model, require_component, set_threads
+from mm_sbert.cli.common import (
+    CLIError,
+    existing_path,
+    input_errors,
+    load_model,
+    positive_int,
+    require_component,
+    set_threads,
+)
 from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER
 
 
@@ -19,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="search an indexed image folder for a caption (BE retrieval + CE reranking)",
         description="Retrieve the --rerank-k best images for the query with the bi-encoder, rerank them with the "
-        "cross-encoder and print the best --top-k with both scores. --html writes a page with thumbnails.",
+        "cross-encoder and print the best --top-k with both scores. --html writes a page with thumbnails. Images are "
+        "read only inside --image-root. Exit code 2: an incomplete, corrupt or edited index, an image path outside "
+        "--image-root, a model other than the index's (see --force-model), or --html naming one of the index's files.",
     )
     parser.add_argument("index", help="index folder written by `mm-sbert index`")
     parser.add_argument("query", nargs="+", help="the caption to search for")
@@ -27,42 +38,110 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rerank-k", type=int, default=20, help="BE candidates the CE reranks (default: 20)")
     parser.add_argument("--no-rerank", action="store_true", help="bi-encoder ranking only (no cross-encoder)")
     parser.add_argument("--model", "-m", default=None, help="model folder (default: the one the index was built with)")
+    parser.add_argument(
+        "--force-model",
+        action="store_true",
+        help="search even when --model embeds differently from the model the index was built with",
+    )
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        metavar="DIR",
+        help="folder the indexed images are read from; no image outside it is opened (default: the image folder "
+        "recorded by `mm-sbert index`; pass it when the images moved)",
+    )
     parser.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML results page")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON lines instead of a table")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
+def read_index_config(folder: Path) -> dict:
+    """The ``mm_sbert_index.json`` of an index folder, checked: complete, and a JSON object."""
+    from mm_sbert.storage import read_json_file
+
+    config_path = folder / CLI_CONFIG
+    if not config_path.is_file():
+        raise CLIError(f"'{folder}' is not an index written by `mm-sbert index` (no {CLI_CONFIG})")
+    with input_errors():
+        config = read_json_file(config_path, "index config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise CLIError(f"'{config_path}' is not an `mm-sbert index` config (no model); rebuild the index")
+    if config.get("complete") is False:
+        raise CLIError(
+            f"The index in '{folder}' was not completely written (`mm-sbert index` was interrupted); run "
+            "`mm-sbert index` again to rebuild it"
+        )
+    return config
+
+
+def html_target(path: str, folder: Path) -> Path:
+    """``--html`` as a path, refused when it would overwrite one of the index's own files."""
+    target = Path(os.path.realpath(path))
+    root = Path(os.path.realpath(folder))
+    if target.is_dir():
+        raise CLIError(f"--html '{path}' is a folder; name the page's file, e.g. results.html")
+    if target.is_relative_to(root):
+        first = target.relative_to(root).parts[0]
+        if first in (CLI_CONFIG, INDEX_SUBFOLDER) or first.startswith("."):
+            raise CLIError(f"--html '{path}' would overwrite a file of the index '{folder}'; write the page elsewhere")
+    return target
+
+
 def run(args: argparse.Namespace) -> int:
+    from mm_sbert.retrieval import check_encoder_fingerprint
+    from mm_sbert.storage import resolve_stored_path
+
     set_threads(args.threads)
     if args.top_k < 1 or args.rerank_k < 1:
         raise CLIError("--top-k and --rerank-k must be >= 1")
     (retriever_class,) = require_component("mm_sbert.retrieval", ["CooperativeRetriever"], "mm-sbert search")
     folder = existing_path(args.index, "Index folder", "dir")
-    config_path = folder / CLI_CONFIG
-    if not config_path.is_file():
-        raise CLIError(f"'{args.index}' is not an index written by `mm-sbert index` (no {CLI_CONFIG})")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    model = load_model(args.model or config["model"])
+    config = read_index_config(folder)
+    html_path = html_target(args.html, folder) if args.html else None
+    recorded_root = config.get("image_root")
+    if args.image_root is None and recorded_root is None:
+        raise CLIError(
+            f"The index '{args.index}' was written by an older `mm-sbert index` that did not record its image "
+            "folder; pass --image-root DIR (images are read only inside it) or rebuild the index"
+        )
+    image_root = existing_path(args.image_root or recorded_root, "--image-root", "dir")
     query = " ".join(args.query).strip()
     if not query:
         raise CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
+    model = load_model(args.model or config["model"])
+    fingerprint = config.get("model_fingerprint")
+    if fingerprint is not None and not args.force_model:
+        with input_errors():
+            check_encoder_fingerprint(fingerprint, model, what=f"the index '{args.index}'")
 
     retriever = retriever_class(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
-    retriever.open(str(folder / INDEX_SUBFOLDER))
-    hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
+    with input_errors(FileNotFoundError):
+        retriever.open(str(folder / INDEX_SUBFOLDER))
+    stored_items = retriever.items
+    if stored_items is None:
+        raise CLIError(f"The index '{args.index}' holds no image paths; rebuild it with `mm-sbert index`")
+
+    def image_path(row: int) -> str:
+        # Every image the cross-encoder or the page reads goes through here: inside --image-root, or refused.
+        return str(resolve_stored_path(stored_items[row], recorded_root, image_root, what="image path"))
+
+    retriever.items = image_path
+    with input_errors():
+        hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
+        images = [image_path(hit.corpus_id) for hit in hits]
 
     if args.json:
-        for rank, hit in enumerate(hits, 1):
-            print(json.dumps({"rank": rank, "image": hit.id, "ce_score": hit.ce_score, "be_score": hit.be_score}))
+        for rank, (hit, image) in enumerate(zip(hits, images), 1):
+            print(json.dumps({"rank": rank, "image": image, "ce_score": hit.ce_score, "be_score": hit.be_score}))
     else:
         print(f"Query: {query}")
         print(f"{'rank':>4}  {'CE prob':>7}  {'CE logit':>8}  {'BE cos':>7}  image")
-        for rank, hit in enumerate(hits, 1):
+        for rank, (hit, image) in enumerate(zip(hits, images), 1):
             ce = "" if hit.ce_score is None else f"{_sigmoid(hit.ce_score):7.3f}  {hit.ce_score:8.3f}"
-            print(f"{rank:>4}  {ce or ' ' * 17:>17}  {hit.be_score:7.3f}  {hit.id}")
-    if args.html:
-        write_html(args.html, query, hits)
+            print(f"{rank:>4}  {ce or ' ' * 17:>17}  {hit.be_score:7.3f}  {image}")
+    if html_path is not None:
+        write_html(str(html_path), query, hits, images)
         print(f"Wrote {args.html}")
     return 0
 
@@ -86,14 +165,19 @@ def thumbnail_data_uri(path: str, size: int = 160) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_html(path: str, query: str, hits: list) -> None:
-    """Write a self-contained results page: the query, then one card per hit with its thumbnail and scores."""
+def write_html(path: str, query: str, hits: list, images: list[str] | None = None) -> None:
+    """Write a self-contained results page: the query, then one card per hit with its thumbnail and scores.
+
+    ``images``: the image file of each hit (default: the hits' ids); pass paths already checked to lie inside the
+    folder the user chose.
+    """
+    images = [str(hit.id) for hit in hits] if images is None else images
     cards = []
-    for rank, hit in enumerate(hits, 1):
+    for rank, (hit, image) in enumerate(zip(hits, images), 1):
         ce = "" if hit.ce_score is None else f"CE {_sigmoid(hit.ce_score):.3f} &middot; "
-        name, title = html.escape(os.path.basename(str(hit.id))), html.escape(str(hit.id))
+        name, title = html.escape(os.path.basename(image)), html.escape(image)
         cards.append(
-            f'<figure class="hit"><img src="{thumbnail_data_uri(str(hit.id))}" alt="{name}" title="{title}">'
+            f'<figure class="hit"><img src="{thumbnail_data_uri(image)}" alt="{name}" title="{title}">'
             f"<figcaption><b>#{rank}</b> {name}<br>{ce}BE {hit.be_score:.3f}</figcaption></figure>"
         )
     page = f"""<!DOCTYPE html>

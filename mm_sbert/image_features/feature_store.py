@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import warnings
@@ -13,22 +13,24 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mm_sbert.errors import FeatureStoreError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, load_image
 from mm_sbert.image_features.region_features import RegionFeatures
+from mm_sbert.storage import atomic_write_bytes, bytes_record, read_json_file, read_manifest, verify_file
 
 MANIFEST_NAME = "manifest.json"
 STORE_FORMAT = "mm_sbert-feature-store"
-STORE_VERSION = 1
-# One shard = these files; the manifest records each one's size and sha256.
+# 2: every file also has a cheap checksum (size + first/last MiB), checked on every open.
+STORE_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+# One shard = these files; the manifest records each one's size and checksums.
 SHARD_FILES = ("features.npy", "boxes.npy", "offsets.npy", "sizes.npy", "meta.json")
 
 ImageId = int | str
 StoreDtype = Literal["float32", "float16"]
 
-
-class FeatureStoreError(ValueError):
-    """A feature store on disk is missing, truncated, corrupt or does not fit the request. The message says which."""
+__all__ = ["FeatureStore", "FeatureStoreError"]
 
 
 def _key(image_id: Any) -> str:
@@ -55,26 +57,10 @@ def _same_featurizer(saved: dict[str, Any] | None, current: dict[str, Any] | Non
     return saved["type"] == current["type"] and strip(saved["config"]) == strip(current["config"])
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename, so a crash never leaves a half-written file under the final name."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -98,9 +84,14 @@ class FeatureStore:
     (a :class:`RegionFeatures`) or :meth:`get_many`, and pass those straight to ``model.encode`` /
     ``cross_encoder.predict``: the model passes :class:`RegionFeatures` through untouched.
 
+    Opening checks the manifest's format and version, that every shard file it names lies inside the folder, and
+    each file's size and cheap checksum (SHA-256 of the size + first and last MiB: every byte of files up to 2 MiB),
+    so a truncated, swapped or edited shard is refused with :class:`~mm_sbert.errors.StorageError` (also known as
+    :class:`FeatureStoreError`); ``verify=True`` also checks every file's full SHA-256.
+
     Args:
         path: the store's folder.
-        verify: also recompute every file's sha256 (slow on big stores; sizes are always checked).
+        verify: also recompute every file's full sha256 (reads the whole store).
 
     Example:
         >>> store = FeatureStore.build("coco_features", image_paths, featurizer=MobileNetV2GridFeaturizer())
@@ -113,24 +104,24 @@ class FeatureStore:
         manifest_path = self.path / MANIFEST_NAME
         if not manifest_path.is_file():
             raise FeatureStoreError(f"No feature store at '{self.path}': {MANIFEST_NAME} is missing")
-        try:
-            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise FeatureStoreError(f"'{manifest_path}' is not valid JSON ({exc}); the store is corrupt") from exc
-        if self.manifest.get("format") != STORE_FORMAT:
-            raise FeatureStoreError(f"'{manifest_path}' is not an mm_sbert feature store manifest")
-        self.feature_dim: int = self.manifest["feature_dim"]
-        self.dtype: str = self.manifest["dtype"]
+        self.manifest = read_manifest(manifest_path, STORE_FORMAT, SUPPORTED_VERSIONS)
+        if not isinstance(self.manifest.get("shards"), list):
+            raise FeatureStoreError(f"'{manifest_path}' lists no shards; the store is corrupt")
+        self.feature_dim: int = self.manifest.get("feature_dim")
+        self.dtype: str = self.manifest.get("dtype")
         self.failed: dict[str, str] = dict(self.manifest.get("failed", {}))
         self.complete: bool = bool(self.manifest.get("complete"))
-        self._check_files(verify)
+        self._paths = self._check_files(verify)
         self._ids: list[ImageId] = []
         self._index: dict[str, tuple[int, int]] = {}
         self._labels: list[list[list[str] | None]] = []
-        for shard_number, shard in enumerate(self.manifest["shards"]):
-            meta = json.loads((self.path / f"{shard['name']}.meta.json").read_text(encoding="utf-8"))
+        for shard_number, paths in enumerate(self._paths):
+            meta = read_json_file(paths["meta.json"], "feature store shard list")
             for local, image_id in enumerate(meta["ids"]):
-                self._index[_key(image_id)] = (shard_number, local)
+                key = _key(image_id)
+                if key in self._index:
+                    raise FeatureStoreError(f"The feature store '{self.path}' lists the image id {image_id!r} twice")
+                self._index[key] = (shard_number, local)
                 self._ids.append(image_id)
             self._labels.append(meta["labels"])
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
@@ -141,31 +132,29 @@ class FeatureStore:
                 stacklevel=2,
             )
 
-    def _check_files(self, verify: bool) -> None:
+    def _check_files(self, verify: bool) -> list[dict[str, Path]]:
+        """Every shard's files, checked against the manifest; returns their resolved paths, per shard."""
+        paths = []
         for shard in self.manifest["shards"]:
-            for suffix, expected in shard["files"].items():
-                file_path = self.path / f"{shard['name']}.{suffix}"
-                if not file_path.is_file():
-                    raise FeatureStoreError(f"Feature store '{self.path}' is missing {file_path.name}")
-                size = file_path.stat().st_size
-                if size != expected["bytes"]:
-                    raise FeatureStoreError(
-                        f"Feature store file '{file_path}' has {size} bytes but the manifest expects "
-                        f"{expected['bytes']}: it is truncated or was modified. Delete the store and rebuild it."
-                    )
-                if verify and _file_sha256(file_path) != expected["sha256"]:
-                    raise FeatureStoreError(
-                        f"Feature store file '{file_path}' does not match its sha256 in the manifest: it is corrupt"
-                    )
+            files = shard.get("files", {}) if isinstance(shard, dict) else {}
+            if set(files) != set(SHARD_FILES) or not isinstance(shard.get("name"), str):
+                raise FeatureStoreError(f"A shard entry of '{self.path / MANIFEST_NAME}' is malformed: {shard!r:.200}")
+            paths.append(
+                {
+                    suffix: verify_file(self.path, f"{shard['name']}.{suffix}", expected, full=verify)
+                    for suffix, expected in files.items()
+                }
+            )
+        return paths
 
     # ------------------------------------------------------------------ reading
 
     def _shard_arrays(self, shard_number: int) -> dict[str, np.ndarray]:
         arrays = self._arrays.get(shard_number)
         if arrays is None:
-            name = self.manifest["shards"][shard_number]["name"]
+            paths = self._paths[shard_number]
             arrays = {
-                part: np.load(self.path / f"{name}.{part}.npy", mmap_mode="r", allow_pickle=False)
+                part: np.load(paths[f"{part}.npy"], mmap_mode="r", allow_pickle=False)
                 for part in ("features", "boxes", "offsets", "sizes")
             }
             self._arrays[shard_number] = arrays
@@ -267,13 +256,39 @@ class FeatureStore:
     ) -> FeatureStore:
         """Write ``(image_id, RegionFeatures)`` records (e.g. imported precomputed features) into a store.
 
-        Resumable like :meth:`build`: ids already in an unfinished store at ``path`` are skipped.
+        Resumable like :meth:`build`: records whose id a store at ``path`` already holds (written by an earlier,
+        perhaps interrupted, call) are skipped, and a warning says how many; stored records are never replaced
+        (write to a new folder for that). An id that comes twice in ``records`` is refused.
+
+        Raises:
+            FeatureStoreError: an id repeats within ``records``, or a record does not fit the store. What was
+                written before it stays stored (the store is marked incomplete).
         """
         writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=None)
-        for image_id, regions in tqdm(records, desc="Writing features", unit="image", disable=not show_progress_bar):
-            if _key(image_id) not in writer.done:
-                writer.add(image_id, regions)
-        writer.close()
+        stored_before = set(writer.done)
+        seen: set[str] = set()
+        skipped = []
+        with writer.keeping_finished_work():
+            for image_id, regions in tqdm(
+                records, desc="Writing features", unit="image", disable=not show_progress_bar
+            ):
+                key = _key(image_id)
+                if key in seen:
+                    raise FeatureStoreError(
+                        f"The image id {image_id!r} comes twice in the records written to '{path}'; each id is "
+                        "stored once, so the second record would be lost"
+                    )
+                seen.add(key)
+                if key in stored_before:
+                    skipped.append(key)
+                else:
+                    writer.add(image_id, regions)
+        if skipped:
+            warnings.warn(
+                f"{len(skipped)} record(s) were not written because the store '{path}' already holds their ids "
+                f"(e.g. {skipped[:3]}); stored records are kept, not replaced. Write to a new folder to replace them.",
+                stacklevel=2,
+            )
         return cls(path)
 
     @classmethod
@@ -290,11 +305,13 @@ class FeatureStore:
     ) -> FeatureStore:
         """Featurize a collection once into a store at ``path`` and open it.
 
-        Every ``shard_size`` images are written as one shard followed by the manifest (both atomically), so an
-        interrupted run loses at most the shard in progress: calling ``build`` again with the same arguments skips
-        the images already stored and continues. Images that cannot be read (missing or corrupt files) are skipped,
-        reported in a warning and listed in ``store.failed`` (id -> reason); a later ``build`` retries them. Errors
-        of the featurizer itself stop the run (the shards written so far are kept).
+        Every ``shard_size`` images are written as one shard followed by the manifest (both atomically). When the
+        run stops early (Ctrl-C / ``KeyboardInterrupt``, or an error of the featurizer) the images finished so far are
+        written as a last, smaller shard before the exception propagates, so nothing finished is lost; a ``kill -9``
+        loses at most the shard in progress. Calling ``build`` again with the same arguments skips the images already
+        stored and continues. Images that cannot be read (missing or corrupt files, or bigger than Pillow's
+        decompression-bomb limit) are skipped, reported in a warning by file and listed in ``store.failed``
+        (id -> reason); a later ``build`` retries them.
 
         Args:
             path: the store's folder (created).
@@ -306,6 +323,8 @@ class FeatureStore:
             dtype: ``"float16"`` halves the disk / page-cache footprint (features only; boxes stay float32).
             show_progress_bar: show a tqdm bar over the images.
         """
+        batch_size = _positive_int(batch_size, "batch_size")
+        shard_size = _positive_int(shard_size, "shard_size")
         ids = cls._default_ids(images, ids)
         config = _featurizer_identity(featurizer)
         writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=config)
@@ -316,25 +335,26 @@ class FeatureStore:
             )
         pending = [(image_id, image) for image_id, image in zip(ids, images) if _key(image_id) not in writer.done]
         failed: dict[str, str] = {}
-        progress = tqdm(total=len(pending), desc="Featurizing images", unit="image", disable=not show_progress_bar)
-        for start in range(0, len(pending), batch_size):
-            loaded_ids, loaded = [], []
-            for image_id, image in pending[start : start + batch_size]:
-                try:
-                    loaded.append(load_image(image))
-                    loaded_ids.append(image_id)
-                except ImageLoadError as exc:
-                    failed[_key(image_id)] = str(exc)
-                    writer.fail(image_id, str(exc))
-            if loaded:
-                results = featurizer.featurize(loaded)
-                if len(results) != len(loaded):
-                    raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
-                for image_id, regions in zip(loaded_ids, results):
-                    writer.add(image_id, regions)
-            progress.update(len(pending[start : start + batch_size]))
-        progress.close()
-        writer.close()
+        with (
+            tqdm(total=len(pending), desc="Featurizing images", unit="image", disable=not show_progress_bar) as bar,
+            writer.keeping_finished_work(),
+        ):
+            for start in range(0, len(pending), batch_size):
+                loaded_ids, loaded = [], []
+                for image_id, image in pending[start : start + batch_size]:
+                    try:
+                        loaded.append(_load_image(image))
+                        loaded_ids.append(image_id)
+                    except ImageLoadError as exc:
+                        failed[_key(image_id)] = str(exc)
+                        writer.fail(image_id, str(exc))
+                if loaded:
+                    results = featurizer.featurize(loaded)
+                    if len(results) != len(loaded):
+                        raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
+                    for image_id, regions in zip(loaded_ids, results):
+                        writer.add(image_id, regions)
+                bar.update(len(pending[start : start + batch_size]))
         if failed:
             listed = "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:5])
             warnings.warn(
@@ -364,6 +384,14 @@ class FeatureStore:
         return ids
 
 
+def _load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+    """:func:`load_image`, with Pillow's decompression-bomb refusal reported like any other unreadable file."""
+    try:
+        return load_image(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"Could not read image file '{image}' (refused as a decompression bomb): {exc}") from exc
+
+
 class _StoreWriter:
     """Appends shards to a (possibly partly written) store and rewrites the manifest after each one."""
 
@@ -372,8 +400,7 @@ class _StoreWriter:
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        shard_size = _positive_int(shard_size, "shard_size")
         self.path = path
         self.shard_size = shard_size
         self.buffer: list[tuple[ImageId, RegionFeatures]] = []
@@ -395,6 +422,7 @@ class _StoreWriter:
                     f"{featurizer_config}; resume with the same featurizer or write to a new folder"
                 )
             self.done = {_key(image_id) for image_id in existing.ids}
+            self.manifest["version"] = STORE_VERSION  # the new shards carry version-2 records; old ones still read
         else:
             self.manifest = {
                 "format": STORE_FORMAT,
@@ -456,22 +484,36 @@ class _StoreWriter:
         contents["meta.json"] = json.dumps(meta).encode("utf-8")
         name = f"shard-{len(self.manifest['shards']):05d}"
         for suffix, data in contents.items():
-            _atomic_write(self.path / f"{name}.{suffix}", data)
+            atomic_write_bytes(self.path / f"{name}.{suffix}", data)
         self.manifest["shards"].append(
             {
                 "name": name,
                 "num_images": len(self.buffer),
                 "num_regions": int(sum(counts)),
-                "files": {suffix: {"bytes": len(data), "sha256": _sha256(data)} for suffix, data in contents.items()},
+                "files": {suffix: bytes_record(data) for suffix, data in contents.items()},
             }
         )
         self.buffer = []
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        _atomic_write(self.path / MANIFEST_NAME, json.dumps(self.manifest, indent=1).encode("utf-8"))
+        atomic_write_bytes(self.path / MANIFEST_NAME, json.dumps(self.manifest, indent=1).encode("utf-8"))
 
     def close(self) -> None:
         self.flush()
         self.manifest["complete"] = True
         self._write_manifest()
+
+    @contextlib.contextmanager
+    def keeping_finished_work(self) -> Iterator[None]:
+        """Close the store when the block ends; when it stops early (Ctrl-C, an error) write what was finished as a
+        last shard, leave the store marked incomplete (a rerun resumes) and let the exception through."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.flush()
+            except Exception as flush_error:  # noqa: BLE001 - the original exception is the one to report
+                warnings.warn(f"Could not save the finished images of '{self.path}': {flush_error}", stacklevel=3)
+            raise
+        self.close()

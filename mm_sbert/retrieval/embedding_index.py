@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import glob
 import logging
 import numbers
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from mm_sbert.errors import IndexCorruptedError, ModelMismatchError, StorageError
+from mm_sbert.storage import (
+    atomic_write_json,
+    file_record,
+    fsync_dir,
+    fsync_file,
+    read_json_file,
+    read_manifest,
+    resolve_inside,
+    verify_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,16 +36,29 @@ ITEMS_FILE = "items.json"
 METADATA_FILE = "metadata.json"
 ANN_FILE = "faiss.index"
 FORMAT_NAME = "mm_sbert.EmbeddingIndex"
-FORMAT_VERSION = 1
-# Full checksums of bigger embedding files are skipped on open (sizes and the npy header are still checked), so that
-# a 1M-item collection opens in milliseconds; pass verify=True to force them.
+# 2: every file also has a cheap checksum (size + first/last MiB), "normalized" is what the rows are.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+CORE_FILES = (MANIFEST_FILE, EMBEDDINGS_FILE, IDS_FILE, ITEMS_FILE, METADATA_FILE, ANN_FILE)
+# Full checksums of bigger embedding files are skipped on open (sizes and the cheap checksum are still checked), so
+# that a 1M-item collection opens in milliseconds; pass verify=True to force them.
 AUTO_VERIFY_MAX_BYTES = 256 * 1024**2
 
 Verify = bool | Literal["auto"]
 
+# A fixed caption whose embedding identifies the model that built an index (see encoder_fingerprint).
+FINGERPRINT_PROBE = "mm_sbert fingerprint probe: a small red circle to the left of a large blue square"
+# Same model, other threads / BLAS: ~1e-6 apart; another model: ~1e-1.
+FINGERPRINT_TOLERANCE = 2e-3
 
-class IndexCorruptedError(RuntimeError):
-    """A persisted index is incomplete (interrupted write) or was changed / truncated after it was written."""
+__all__ = [
+    "EmbeddingIndex",
+    "IndexCorruptedError",
+    "IndexWriter",
+    "check_encoder_fingerprint",
+    "encoder_fingerprint",
+    "exact_search",
+]
 
 
 def exact_search(
@@ -106,35 +130,70 @@ def _normalize(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def _sha256(path: str, block: int = 16 * 1024**2) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _check_finite(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
+    """A clear error for NaN / infinite rows, which would otherwise come back as NaN scores ranked first."""
+    array = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+    # In blocks of rows: a whole-array mask of a 1M x 384 collection would cost 384 MB.
+    finite_rows = np.concatenate(
+        [np.ones(0, dtype=bool)]
+        + [np.isfinite(array[start : start + 65536]).all(axis=1) for start in range(0, len(array), 65536)]
+    )
+    if not finite_rows.all():
+        bad = np.flatnonzero(~finite_rows)
+        rows = [int(row) + first_row for row in bad[:5]]
+        raise ValueError(
+            f"{what} hold NaN or infinite values (rows {rows}{' ...' if len(bad) > 5 else ''}); they cannot be "
+            "ranked: fix or drop those rows"
+        )
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _duplicates(ids: Sequence[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    duplicates = []
+    for value in ids:
+        key = (type(value) is str, value)  # 1 and "1" are different ids
+        if key in seen:
+            duplicates.append(value)
+        seen.add(key)
+    return duplicates
 
 
-def _fsync_dir(path: str) -> None:
-    # Directory fsync makes the renames durable; not every platform allows opening a directory.
-    try:
-        _fsync_file(path)
-    except OSError:
-        pass
+def _check_unique_ids(ids: Sequence[Any] | None) -> None:
+    if ids is not None and (duplicates := _duplicates(ids)):
+        raise ValueError(
+            f"The index ids must be unique (a hit is reported by its id); duplicated: {duplicates[:5]}"
+            f"{' ...' if len(duplicates) > 5 else ''}"
+        )
 
 
-def _write_json(path: str, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
+def encoder_fingerprint(model: Any, probe: str = FINGERPRINT_PROBE) -> dict[str, Any]:
+    """What identifies the encoder that embeds a collection: its embedding size and its (normalised) embedding of
+    a fixed probe caption, rounded to 6 decimals. Store it with an index; :func:`check_encoder_fingerprint` tells
+    whether another model would embed queries the same way."""
+    embedding = model.encode([probe], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+    return {
+        "embedding_dim": len(embedding),
+        "probe": probe,
+        "probe_embedding": [round(float(value), 6) for value in embedding],
+    }
+
+
+def check_encoder_fingerprint(saved: dict[str, Any], model: Any, what: str = "the index") -> None:
+    """Raise :class:`~mm_sbert.errors.ModelMismatchError` unless ``model`` embeds the probe of ``saved`` (an
+    :func:`encoder_fingerprint`) like the model that built ``what`` did: another model's scores are meaningless
+    against these embeddings even when the sizes agree."""
+    current = encoder_fingerprint(model, saved.get("probe", FINGERPRINT_PROBE))
+    if current["embedding_dim"] != saved.get("embedding_dim"):
+        raise ModelMismatchError(
+            f"{what} holds {saved.get('embedding_dim')}-d embeddings but this model makes "
+            f"{current['embedding_dim']}-d ones: search it with the model that built it"
+        )
+    difference = float(np.abs(np.subtract(current["probe_embedding"], saved.get("probe_embedding", []))).max())
+    if difference > FINGERPRINT_TOLERANCE:
+        raise ModelMismatchError(
+            f"This model is not the one that built {what}: it embeds the fingerprint caption differently (largest "
+            f"difference {difference:.3g} > {FINGERPRINT_TOLERANCE}), so its scores would be meaningless"
+        )
 
 
 def build_faiss_index(embeddings: np.ndarray, factory: str, train_size: int = 100_000, chunk_size: int = 65536) -> Any:
@@ -152,23 +211,26 @@ def build_faiss_index(embeddings: np.ndarray, factory: str, train_size: int = 10
 
 
 class EmbeddingIndex:
-    """Normalised embeddings ``[N, D]`` with their ids, optional items and metadata; exact or FAISS top-k search.
+    """Embeddings ``[N, D]`` (normalised by default) with their ids, optional items and metadata; exact or FAISS
+    top-k search.
 
     Exact search (default) is a chunked matrix product + ``topk`` in torch, so even 1M x 384 float32 embeddings
     (1.5 GB) are searched without building an ``N``-wide score matrix per query chunk. On disk the embeddings are an
     ``.npy`` file opened memory-mapped, so a big collection opens instantly and pages in on first search.
 
     Writes are atomic: everything is written into a temporary folder next to ``path``, fsynced, a manifest with
-    counts, dims, sizes and SHA-256 checksums is written *last*, and the folder is renamed into place. Opening a
-    folder without a manifest, or whose files do not match it (truncated, half-written, edited), raises
-    :class:`IndexCorruptedError` instead of returning wrong results.
+    counts, dims, sizes and checksums is written *last*, and the folder is renamed into place. Opening a folder
+    without a manifest, or whose files do not match it (truncated, half-written, edited), raises
+    :class:`~mm_sbert.errors.StorageError` (also known as :class:`IndexCorruptedError`) instead of returning wrong
+    results. Ids must be unique and rows finite (NaN rows would rank first with NaN scores).
 
     Args:
         embeddings: ``[N, D]`` float array or tensor (normalised here unless ``normalize=False``).
-        ids: one id per row (JSON-serialisable: int or str); default the row numbers.
+        ids: one unique id per row (JSON-serialisable: int or str); default the row numbers.
         items: optional collection items (captions or image paths) the cross-encoder needs for reranking.
         metadata: free JSON-serialisable information (model name, modality, ...).
-        normalize: L2-normalise the rows, so the dot product is the cosine similarity.
+        normalize: L2-normalise the rows, so the dot product is the cosine similarity (recorded in the manifest
+            as ``"normalized"``; with ``False`` the scores are dot products with the normalised queries).
         dtype: ``"float32"`` or ``"float16"`` (half the memory / disk; scores computed in float32).
     """
 
@@ -188,12 +250,16 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        _check_finite(embeddings, "The embeddings")
         if normalize:
             embeddings = _normalize(embeddings)
+        _check_unique_ids(ids)
         self._set(np.ascontiguousarray(embeddings, dtype=dtype), ids, items, metadata or {})
+        self.normalized = bool(normalize)
         self.ann_factory: str | None = None
         self._ann = None
         self.path: str | None = None
+        self.files: dict[str, dict[str, Any]] = {}
 
     def _set(self, embeddings: np.ndarray, ids, items, metadata: dict[str, Any]) -> None:
         count = embeddings.shape[0]
@@ -228,6 +294,15 @@ class EmbeddingIndex:
         """The id of row ``row`` (the row number itself when no ids were given)."""
         return self.ids[row] if self.ids is not None else int(row)
 
+    def file_path(self, name: str) -> str:
+        """The path of a file the manifest of this (opened) index lists, e.g. one written with
+        :meth:`IndexWriter.add_file`; names that lead outside the index folder are refused."""
+        if self.path is None:
+            raise ValueError("This index was not saved or opened from a folder, so it has no files")
+        if name not in self.files:
+            raise KeyError(f"The index at '{self.path}' has no file {name!r}; it has {sorted(self.files)}")
+        return str(resolve_inside(self.path, name))
+
     def __repr__(self) -> str:
         return (
             f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, ann={self.ann_factory!r}, "
@@ -242,20 +317,37 @@ class EmbeddingIndex:
         """Top-k rows per query by cosine similarity.
 
         Args:
-            query_embeddings: ``[Q, D]`` or ``[D]``; normalised here.
+            query_embeddings: ``[Q, D]`` or ``[D]``; normalised here; NaN / infinite values are refused.
             top_k: hits per query (capped at the collection size).
             exact: ``None`` uses the ANN index when one was built, else exact search; ``True`` forces exact search.
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
+
+        Raises:
+            ValueError: bad ``top_k``, query shape or NaN queries.
+            StorageError: a retrieved row of the stored embeddings is NaN (the index is corrupt).
         """
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         queries = torch.as_tensor(query_embeddings).detach().cpu().float()
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
+        if queries.ndim == 2:
+            _check_finite(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
         if self._ann is not None and not exact:
-            return self._ann_search(queries, top_k)
-        return exact_search(queries, self._tensor, top_k)
+            scores, rows = self._ann_search(queries, int(top_k))
+        else:
+            scores, rows = exact_search(queries, self._tensor, int(top_k))
+        if torch.isnan(scores).any():
+            # Rows are checked when an index is built; NaN rows in a stored index mean it was altered on disk.
+            bad = sorted({int(row) for row in rows[torch.isnan(scores)].tolist()})
+            raise StorageError(
+                f"The index{f' at {self.path!r}' if self.path else ''} holds NaN embeddings (rows {bad[:5]}); it is "
+                "corrupt: rebuild it"
+            )
+        return scores, rows
 
     # ------------------------------------------------------------------ approximate search
 
@@ -279,107 +371,107 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, extra_files: Mapping[str, bytes] | None = None) -> None:
         """Write the index atomically to the folder ``path`` (replacing an existing index there).
 
         Items are saved only when they are all strings (captions, image paths); other items (PIL images,
         ``RegionFeatures``) must be passed again to whatever reranks after :meth:`open`.
+
+        Args:
+            path: the index folder.
+            extra_files: more files to store with the index (name -> content), listed and checked in the manifest
+                like its own; see :meth:`IndexWriter.add_file`.
         """
         items = self.items
         if items is not None and not all(isinstance(item, str) for item in items):
             logger.warning("The index items are not all strings (captions / image paths), so they are not saved")
             items = None
         writer = IndexWriter(
-            path, len(self), self.dim, dtype=self.dtype, ids=self.ids, items=items, metadata=self.metadata
+            path,
+            len(self),
+            self.dim,
+            dtype=self.dtype,
+            ids=self.ids,
+            items=items,
+            metadata=self.metadata,
+            normalized=self.normalized,
         )
         with writer:
             for start in range(0, len(self), 65536):
                 writer.write(self.embeddings[start : start + 65536])
+            for name, data in (extra_files or {}).items():
+                writer.add_file(name, data)
             writer.ann = self._ann
             writer.ann_factory = self.ann_factory
         self.path = os.path.abspath(path)
+        self.files = writer.manifest["files"]
 
     @classmethod
     def open(cls, path: str, mmap: bool = True, verify: Verify = "auto") -> EmbeddingIndex:
         """Open an index written by :meth:`save` / :class:`IndexWriter`.
 
+        What is verified: the manifest's format and version; for every file it lists, that its name stays inside
+        the folder, its size, and a cheap checksum (SHA-256 of the size + first and last MiB: every byte of files up
+        to 2 MiB, so ids, items and metadata are always fully checked); the embeddings' ``.npy`` shape and dtype;
+        unique ids. ``verify=True`` also checks the full SHA-256 of every file.
+
         Args:
             path: the index folder.
             mmap: memory-map the embeddings (fast open, shared page cache) instead of reading them into memory.
-            verify: check SHA-256 checksums of every file (``True``), of the small files only (``False``: sizes and
-                shapes are still checked), or ``"auto"``: full checks unless the embeddings exceed 256 MiB.
+            verify: ``True``: full SHA-256 of every file; ``False``: sizes + cheap checksums; ``"auto"``: full
+                checks unless the embeddings exceed 256 MiB.
 
         Raises:
             FileNotFoundError: no folder at ``path``.
-            IndexCorruptedError: the manifest is missing (interrupted write) or a file does not match it.
+            StorageError (= IndexCorruptedError): the manifest is missing (interrupted write), empty or invalid, a
+                file does not match it, or a listed name points outside the folder (``UnsafePathError``).
+            UnsupportedFormatError: a format version this mm_sbert does not know (a StorageError too).
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"No embedding index folder at {path!r}")
-        manifest_path = os.path.join(path, MANIFEST_FILE)
-        if not os.path.isfile(manifest_path):
-            raise IndexCorruptedError(
-                f"{path!r} has no {MANIFEST_FILE}: the index was not completely written (interrupted save?) or is "
-                "not an mm_sbert EmbeddingIndex; rebuild it"
-            )
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as error:
-            raise IndexCorruptedError(f"{manifest_path} is unreadable ({error}); rebuild the index") from error
-        if manifest.get("format") != FORMAT_NAME:
-            raise IndexCorruptedError(f"{manifest_path} is not an {FORMAT_NAME} manifest")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{path!r} was written by a newer mm_sbert (format version {manifest['version']} > {FORMAT_VERSION})"
-            )
-
-        files = manifest["files"]
-        embeddings_bytes = files[EMBEDDINGS_FILE]["bytes"]
+        manifest = read_manifest(os.path.join(path, MANIFEST_FILE), FORMAT_NAME, SUPPORTED_VERSIONS)
+        files = manifest.get("files")
+        if not isinstance(files, dict) or EMBEDDINGS_FILE not in files:
+            raise StorageError(f"The manifest of {path!r} lists no {EMBEDDINGS_FILE}; rebuild the index")
+        embeddings_bytes = files[EMBEDDINGS_FILE].get("bytes", 0)
         full = verify is True or (verify == "auto" and embeddings_bytes <= AUTO_VERIFY_MAX_BYTES)
-        for name, expected in files.items():
-            file_path = os.path.join(path, name)
-            if not os.path.isfile(file_path):
-                raise IndexCorruptedError(f"{path!r} is missing {name}, listed in its manifest; rebuild the index")
-            size = os.path.getsize(file_path)
-            if size != expected["bytes"]:
-                raise IndexCorruptedError(
-                    f"{file_path} has {size} bytes but the manifest says {expected['bytes']}: the file is truncated "
-                    "or was changed after the index was written; rebuild the index"
-                )
-            if (full or name != EMBEDDINGS_FILE) and _sha256(file_path) != expected["sha256"]:
-                raise IndexCorruptedError(
-                    f"{file_path} does not match the checksum in the manifest: it was changed or corrupted after the "
-                    "index was written; rebuild the index"
-                )
+        paths = {name: str(verify_file(path, name, record, full=full)) for name, record in files.items()}
 
-        embeddings_path = os.path.join(path, EMBEDDINGS_FILE)
         try:
             # Copy-on-write mapping: torch gets a writable zero-copy view, and nothing is ever written back.
-            embeddings = np.load(embeddings_path, mmap_mode="c" if mmap else None)
+            embeddings = np.load(paths[EMBEDDINGS_FILE], mmap_mode="c" if mmap else None, allow_pickle=False)
         except ValueError as error:
-            raise IndexCorruptedError(f"{embeddings_path} is not a valid .npy file ({error})") from error
-        expected_shape = (manifest["count"], manifest["dim"])
-        if embeddings.shape != expected_shape or str(embeddings.dtype) != manifest["dtype"]:
-            raise IndexCorruptedError(
-                f"{embeddings_path} holds {embeddings.shape} {embeddings.dtype} but the manifest says "
-                f"{expected_shape} {manifest['dtype']}; rebuild the index"
+            raise StorageError(f"{paths[EMBEDDINGS_FILE]} is not a valid .npy file ({error})") from error
+        expected_shape = (manifest.get("count"), manifest.get("dim"))
+        if embeddings.shape != expected_shape or str(embeddings.dtype) != manifest.get("dtype"):
+            raise StorageError(
+                f"{paths[EMBEDDINGS_FILE]} holds {embeddings.shape} {embeddings.dtype} but the manifest says "
+                f"{expected_shape} {manifest.get('dtype')}; rebuild the index"
             )
 
         def read(name: str) -> Any:
-            if name not in files:
-                return None
-            with open(os.path.join(path, name), encoding="utf-8") as f:
-                return json.load(f)
+            return read_json_file(paths[name], f"index file {name}") if name in paths else None
 
+        ids, items, metadata = read(IDS_FILE), read(ITEMS_FILE), read(METADATA_FILE) or {}
         index = cls.__new__(cls)
-        index._set(embeddings, read(IDS_FILE), read(ITEMS_FILE), read(METADATA_FILE) or {})
+        try:
+            if ids is not None and not isinstance(ids, list) or items is not None and not isinstance(items, list):
+                raise ValueError(f"{IDS_FILE} and {ITEMS_FILE} must hold JSON lists")
+            if not isinstance(metadata, dict):
+                raise ValueError(f"{METADATA_FILE} must hold a JSON object")
+            _check_unique_ids(ids)
+            index._set(embeddings, ids, items, metadata)
+        except ValueError as error:
+            raise StorageError(f"The index at {path!r} is inconsistent: {error}; rebuild it") from error
+        index.normalized = bool(manifest.get("normalized", True))
         index.ann_factory = manifest.get("ann_factory")
         index._ann = None
-        if ANN_FILE in files:
+        if ANN_FILE in paths:
             import faiss
 
-            index._ann = faiss.read_index(os.path.join(path, ANN_FILE))
+            index._ann = faiss.read_index(paths[ANN_FILE])
         index.path = os.path.abspath(path)
+        index.files = files
         return index
 
 
@@ -387,7 +479,7 @@ class IndexWriter:
     """Streams embeddings into a new index folder; only a completed ``with`` block makes the index visible.
 
     Used to encode big collections chunk by chunk without holding all embeddings in memory. Rows must be
-    written in order and already normalised.
+    written in order, finite and (unless ``normalized=False``) already normalised.
 
     Example:
         >>> with IndexWriter("collection", count=len(items), dim=384) as writer:
@@ -404,23 +496,42 @@ class IndexWriter:
         ids: Sequence[Any] | None = None,
         items: Sequence[Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        normalized: bool = True,
     ) -> None:
         if ids is not None and len(ids) != count:
             raise ValueError(f"Got {len(ids)} ids for {count} rows; pass exactly one id per row")
         if items is not None and len(items) != count:
             raise ValueError(f"Got {len(items)} items for {count} rows; pass exactly one item per row")
         ids = _json_values(ids, "ids") if ids is not None else None
+        _check_unique_ids(ids)
         items = _json_values(items, "items") if items is not None else None
         self.path = os.path.abspath(path)
         self.count, self.dim, self.dtype = int(count), int(dim), np.dtype(dtype)
         self.ids, self.items, self.metadata = ids, items, dict(metadata or {})
+        self.normalized = bool(normalized)
         self.ann = None
         self.ann_factory: str | None = None
         self.rows_written = 0
+        self.manifest: dict[str, Any] = {}
+        self._extra_files: dict[str, bytes] = {}
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
-        self.tmp_path = os.path.join(parent, f".{os.path.basename(self.path)}.tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp_path = os.path.join(parent, f"{_tmp_prefix(self.path)}{uuid.uuid4().hex[:8]}")
         self._embeddings: np.ndarray | None = None
+
+    @staticmethod
+    def remove_leftovers(path: str) -> list[str]:
+        """Delete what writers of the index ``path`` killed mid-write left next to it (their temporary folders).
+
+        Only call this when no other process is writing that index. Returns the removed paths.
+        """
+        path = os.path.abspath(path)
+        pattern = os.path.join(os.path.dirname(path), glob.escape(_tmp_prefix(path)) + "*")
+        removed = []
+        for leftover in glob.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+        return removed
 
     def __enter__(self) -> IndexWriter:
         os.makedirs(self.tmp_path)
@@ -438,8 +549,18 @@ class IndexWriter:
         end = self.rows_written + len(embeddings)
         if end > self.count:
             raise ValueError(f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows")
+        _check_finite(embeddings, "The embeddings written", first_row=self.rows_written)
         self._embeddings[self.rows_written : end] = embeddings
         self.rows_written = end
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Store one more file with the index (e.g. a quantised copy of the embeddings): listed in the manifest,
+        checked on open like the index's own files, found again with :meth:`EmbeddingIndex.file_path`."""
+        if not isinstance(name, str) or not name or name != os.path.basename(name) or name.startswith("."):
+            raise ValueError(f"An index file name must be a plain file name, got {name!r}")
+        if name in CORE_FILES:
+            raise ValueError(f"{name!r} is one of the index's own files; choose another name")
+        self._extra_files[name] = bytes(data)
 
     def build_ann(self, factory: str) -> None:
         """Also build and save a FAISS index over the rows written so far (call after the last :meth:`write`)."""
@@ -460,44 +581,50 @@ class IndexWriter:
             raise ValueError(f"Only {self.rows_written} of {self.count} rows were written; the index was not saved")
         self._embeddings.flush()
         self._embeddings = None
-        _fsync_file(os.path.join(self.tmp_path, EMBEDDINGS_FILE))
+        fsync_file(os.path.join(self.tmp_path, EMBEDDINGS_FILE))
+        # Files in the temporary folder need no rename of their own: the folder's rename publishes them all.
         if self.ids is not None:
-            _write_json(os.path.join(self.tmp_path, IDS_FILE), list(self.ids))
+            atomic_write_json(os.path.join(self.tmp_path, IDS_FILE), list(self.ids))
         if self.items is not None:
-            _write_json(os.path.join(self.tmp_path, ITEMS_FILE), list(self.items))
-        _write_json(os.path.join(self.tmp_path, METADATA_FILE), self.metadata)
+            atomic_write_json(os.path.join(self.tmp_path, ITEMS_FILE), list(self.items))
+        atomic_write_json(os.path.join(self.tmp_path, METADATA_FILE), self.metadata)
+        for name, data in self._extra_files.items():
+            with open(os.path.join(self.tmp_path, name), "wb") as f:
+                f.write(data)
+            fsync_file(os.path.join(self.tmp_path, name))
         if self.ann is not None:
             import faiss
 
             faiss.write_index(self.ann, os.path.join(self.tmp_path, ANN_FILE))
-            _fsync_file(os.path.join(self.tmp_path, ANN_FILE))
+            fsync_file(os.path.join(self.tmp_path, ANN_FILE))
 
-        files = {}
-        for name in sorted(os.listdir(self.tmp_path)):
-            file_path = os.path.join(self.tmp_path, name)
-            files[name] = {"bytes": os.path.getsize(file_path), "sha256": _sha256(file_path)}
-        manifest = {
+        files = {name: file_record(os.path.join(self.tmp_path, name)) for name in sorted(os.listdir(self.tmp_path))}
+        self.manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "count": self.count,
             "dim": self.dim,
             "dtype": str(self.dtype),
-            "normalized": True,
+            "normalized": self.normalized,
             "ann_factory": self.ann_factory,
             "files": files,
         }
         # The manifest is the commit record: written last, after every file it describes is on disk.
-        _write_json(os.path.join(self.tmp_path, MANIFEST_FILE), manifest)
-        _fsync_dir(self.tmp_path)
+        atomic_write_json(os.path.join(self.tmp_path, MANIFEST_FILE), self.manifest)
+        fsync_dir(self.tmp_path)
 
         old_path = None
         if os.path.exists(self.path):
             old_path = f"{self.tmp_path}.old"
             os.rename(self.path, old_path)
         os.rename(self.tmp_path, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
         if old_path is not None:
             shutil.rmtree(old_path, ignore_errors=True)
+
+
+def _tmp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
 
 
 def _json_values(values: Sequence[Any], name: str) -> list[str | int]:

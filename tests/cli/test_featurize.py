@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -100,3 +101,67 @@ def test_featurize_mobilenet_grid_size_beyond_the_native_grid_exits_2(capsys, tm
     )
     assert code == 2 and "grid_size must be between 1 and 7" in err
     assert not os.path.exists(tmp_path / "s")
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--batch-size", "-3"), ("--shard-size", "0")])
+def test_featurize_sizes_below_one_exit_2(capsys, tmp_path, option, value):
+    # --batch-size -3 used to exit 0 with an empty store marked complete; 0 failed deep inside range()
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", tmp_path / "s", option, value)
+    assert code == 2 and f"argument {option}: must be >= 1, got {value}" in err
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_featurize_shard_size_sets_images_per_shard(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "-o", tmp_path / "s", "--shard-size", "3")
+    assert code == 0, err
+    assert [shard["num_images"] for shard in FeatureStore(tmp_path / "s").manifest["shards"]] == [3, 3, 2]
+
+
+def test_featurize_ctrl_c_keeps_finished_images_exits_130_and_resumes(capsys, tmp_path, monkeypatch):
+    featurize = ColorGridFeaturizer.featurize
+    calls = []
+
+    def interrupted_on_third_call(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return featurize(self, images)
+
+    monkeypatch.setattr(ColorGridFeaturizer, "featurize", interrupted_on_third_call)
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "-o", tmp_path / "s", "--batch-size", "2")
+    assert code == 130 and "the images finished so far are stored" in err
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert FeatureStore(tmp_path / "s").ids == [f"scene_{i:05d}" for i in range(4)]  # 2 batches of 2
+    monkeypatch.setattr(ColorGridFeaturizer, "featurize", featurize)
+    code, out, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "-o", tmp_path / "s")
+    assert code == 0, err
+    store = FeatureStore(tmp_path / "s")
+    assert store.complete and sorted(store.ids) == [f"scene_{i:05d}" for i in range(8)]
+
+
+def test_featurize_skips_a_decompression_bomb_by_name_and_stores_the_rest(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        shutil.copy(f"{scene_folder()}/images/scene_{i:05d}.png", folder / f"good{i}.png")
+    Image.new("RGB", (300, 300)).save(folder / "huge.png")
+    (folder / "empty.png").write_bytes(b"")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 90,000 pixels: more than twice the limit
+    code, out, err = run_cli(capsys, "featurize", folder, "-o", tmp_path / "s")
+    assert code == 1
+    assert "Stored region features of 5 images" in out
+    assert "2 image(s) could not be read" in err and "huge.png" in err and "decompression bomb" in err
+    assert "empty.png" in err
+    assert sorted(FeatureStore(tmp_path / "s").ids) == [f"good{i}" for i in range(5)]
+
+
+def test_featurize_resume_with_other_settings_exits_2_with_one_line(capsys, tmp_path):
+    image = f"{scene_folder()}/images/scene_00000.png"
+    assert run_cli(capsys, "featurize", image, "-o", tmp_path / "s", "--grid-size", "2")[0] == 0
+    code, _, err = run_cli(capsys, "featurize", image, "-o", tmp_path / "s", "--grid-size", "3")
+    assert code == 2
+    assert err.startswith("mm-sbert featurize: error: The store at") and "resume with the same featurizer" in err
+    assert len(err.strip().splitlines()) == 1

@@ -110,3 +110,150 @@ def test_html_page_shows_the_images_in_headless_chromium(capsys, index_dir, tmp_
     assert len(images) == 3
     # Every thumbnail decoded: complete, with the 160-px size the page embeds (synthetic scenes are 64 px).
     assert all(complete and width == 160 and height == 160 for complete, width, height in images), images
+
+
+def _index(capsys, output, images=None, *extra) -> tuple[int, str, str]:
+    return run_cli(capsys, "index", images or f"{scene_folder()}/images", "-m", tiny_model_dir(), "-o", output, *extra)
+
+
+@pytest.fixture
+def fresh_index(capsys, tmp_path) -> str:
+    """An index of its own, for tests that damage it."""
+    path = str(tmp_path / "idx")
+    code, _, err = _index(capsys, path)
+    assert code == 0, err
+    return path
+
+
+def _rewrite_manifest(embeddings: str) -> None:
+    """Recompute every checksum of an index manifest, as someone editing the files on purpose would."""
+    from mm_sbert.storage import file_record
+
+    manifest_path = os.path.join(embeddings, "manifest.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest["files"] = {name: file_record(os.path.join(embeddings, name)) for name in manifest["files"]}
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+
+
+def test_index_records_model_fingerprint_image_root_and_completion(index_dir):
+    config = json.loads(open(os.path.join(index_dir, "mm_sbert_index.json")).read())
+    assert config["complete"] is True and config["num_images"] == 8
+    assert config["image_root"] == os.path.realpath(f"{scene_folder()}/images")
+    assert config["model_fingerprint"]["embedding_dim"] == 32
+    assert len(config["model_fingerprint"]["probe_embedding"]) == 32
+
+
+def test_search_with_another_model_is_refused_unless_forced(capsys, index_dir, tmp_path):
+    from conftest import build_views
+
+    other, _ = build_views("bert", seed=1)  # same 32-d size, other weights
+    other.save(str(tmp_path / "other"))
+    code, _, err = run_cli(capsys, "search", index_dir, "a red circle", "-m", tmp_path / "other")
+    assert code == 2 and "This model is not the one that built the index" in err
+    code, out, err = run_cli(capsys, "search", index_dir, "a red circle", "-m", tmp_path / "other", "--force-model")
+    assert code == 0, err
+    assert out.startswith("Query: a red circle")
+
+
+@pytest.mark.parametrize(
+    "content, message", [("", "is empty"), ("{not json", "is not valid JSON"), ("[]", "no model")]
+)
+def test_search_on_an_empty_or_invalid_config_exits_2(capsys, fresh_index, content, message):
+    with open(os.path.join(fresh_index, "mm_sbert_index.json"), "w") as f:
+        f.write(content)
+    code, _, err = run_cli(capsys, "search", fresh_index, "x")
+    assert code == 2 and message in err and "JSONDecodeError" not in err
+
+
+def test_search_on_a_tampered_index_exits_2(capsys, fresh_index):
+    embeddings = os.path.join(fresh_index, "embeddings", "embeddings.npy")
+    with open(embeddings, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x7f")
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle")
+    assert code == 2 and "embeddings.npy' does not match its sha256 checksum" in err
+
+
+def test_stored_image_paths_outside_the_image_root_are_never_opened(capsys, fresh_index, tmp_path, monkeypatch):
+    embeddings = os.path.join(fresh_index, "embeddings")
+    outside = str(tmp_path / "secret.png")
+    shutil.copy(f"{scene_folder()}/images/scene_00000.png", outside)
+    for name in ("ids.json", "items.json"):
+        paths = json.loads(open(os.path.join(embeddings, name)).read())
+        with open(os.path.join(embeddings, name), "w") as f:
+            json.dump([outside] * 1 + paths[1:], f)
+    _rewrite_manifest(embeddings)  # a checksum is not a signature
+    opened = []
+    from PIL import Image
+
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    page = tmp_path / "page.html"
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "-k", "8", "--rerank-k", "8", "--html", page)
+    assert code == 2 and "secret.png' lies outside" in err
+    assert outside not in opened and not page.exists()
+
+
+def test_image_root_relocates_the_collection_and_defaults_to_the_recorded_folder(capsys, index_dir, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(f"{scene_folder()}/images", moved)
+    code, out, err = run_cli(capsys, "search", index_dir, "a red circle", "--json", "--image-root", moved)
+    assert code == 0, err
+    images = [json.loads(line)["image"] for line in out.splitlines()]
+    assert len(images) == 5 and all(image.startswith(str(moved.resolve()) + os.sep) for image in images)
+
+
+@pytest.mark.parametrize("target", ["mm_sbert_index.json", "embeddings/manifest.json", "embeddings"])
+def test_html_refuses_to_overwrite_the_index_files(capsys, fresh_index, target):
+    config = open(os.path.join(fresh_index, "mm_sbert_index.json")).read()
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--html", os.path.join(fresh_index, target))
+    assert code == 2 and ("would overwrite a file of the index" in err or "is a folder" in err)
+    assert open(os.path.join(fresh_index, "mm_sbert_index.json")).read() == config
+    assert run_cli(capsys, "search", fresh_index, "a red circle")[0] == 0
+
+
+def test_interrupted_index_is_reported_by_search_and_replaced_by_a_rerun(capsys, tmp_path, monkeypatch):
+    from mm_sbert.retrieval import IndexWriter
+
+    write = IndexWriter.write
+
+    def interrupted(self, embeddings):
+        raise KeyboardInterrupt  # Ctrl-C while the embeddings are written
+
+    path = str(tmp_path / "idx")
+    monkeypatch.setattr(IndexWriter, "write", interrupted)
+    code, _, err = _index(capsys, path)
+    assert code == 130 and "is incomplete; run the same command" in err
+    code, _, err = run_cli(capsys, "search", path, "a red circle")
+    assert code == 2 and "was not completely written" in err
+    monkeypatch.setattr(IndexWriter, "write", write)
+    code, _, err = _index(capsys, path)
+    assert code == 0, err
+    assert run_cli(capsys, "search", path, "a red circle")[0] == 0
+
+
+def test_index_rerun_over_the_leftovers_of_a_killed_run(capsys, tmp_path):
+    # kill -9 before the config existed: only temporary files of ours; these used to make index and search refuse
+    path = tmp_path / "idx"
+    (path / ".embeddings.tmp-0123abcd").mkdir(parents=True)
+    (path / ".embeddings.tmp-0123abcd" / "embeddings.npy").write_bytes(b"\x93NUMPY")
+    (path / ".mm_sbert_index.json.tmp-89abcdef").write_text('{"mod')
+    code, _, err = _index(capsys, path)
+    assert code == 0, err
+    assert sorted(os.listdir(path)) == ["embeddings", "mm_sbert_index.json"]
+
+
+def test_index_with_a_corrupt_image_exits_2_naming_it(capsys, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(f"{scene_folder()}/images", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    code, _, err = _index(capsys, tmp_path / "idx", folder)
+    error_lines = [line for line in err.splitlines() if line.startswith("mm-sbert index:")]
+    assert code == 2 and len(error_lines) == 1
+    assert error_lines[0].startswith("mm-sbert index: error: Could not read image file") and "broken.png" in err
+
+
+def test_index_batch_size_below_one_exits_2(capsys, tmp_path):
+    code, _, err = _index(capsys, tmp_path / "idx", None, "--batch-size", "0")
+    assert code == 2 and "argument --batch-size: must be >= 1, got 0" in err

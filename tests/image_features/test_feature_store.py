@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from mm_sbert.errors import UnsafePathError, UnsupportedFormatError
 from mm_sbert.image_features import (
     CachedFeaturizer,
     ColorGridFeaturizer,
@@ -30,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class CountingFeaturizer(ImageFeaturizer):
     """ColorGrid that counts images and can raise after a number of calls (a simulated crash)."""
 
-    def __init__(self, fail_on_call: int | None = None) -> None:
+    def __init__(self, fail_on_call: int | None = None, error: type[BaseException] = RuntimeError) -> None:
         self.inner = ColorGridFeaturizer(grid_size=2, resize_to=32)
         self.feature_dim = self.inner.feature_dim
         self.fail_on_call = fail_on_call
+        self.error = error
         self.calls = self.images = 0
 
     def get_config_dict(self):
@@ -42,7 +45,7 @@ class CountingFeaturizer(ImageFeaturizer):
     def featurize(self, images):
         self.calls += 1
         if self.calls == self.fail_on_call:
-            raise RuntimeError("simulated crash")
+            raise self.error("simulated crash")
         self.images += len(images)
         return self.inner.featurize(images)
 
@@ -123,16 +126,93 @@ def test_interrupted_build_resumes_to_the_same_store(tmp_path, image_folder):
         FeatureStore.build(tmp_path / "store", image_folder, crashing, batch_size=1, shard_size=2)
     with pytest.warns(UserWarning, match="incomplete"):
         partial = FeatureStore(tmp_path / "store")
-    assert partial.ids == ["img0", "img1"] and not partial.complete  # the shard in progress is lost, no more
+    # every finished image is kept: the full shard and the one in progress (written as a smaller shard)
+    assert partial.ids == ["img0", "img1", "img2"] and not partial.complete
+    assert [shard["num_images"] for shard in partial.manifest["shards"]] == [2, 1]
 
     resumed_featurizer = CountingFeaturizer()
     resumed = FeatureStore.build(tmp_path / "store", image_folder, resumed_featurizer, batch_size=1, shard_size=2)
-    assert resumed_featurizer.images == 4  # only what was missing
+    assert resumed_featurizer.images == 3  # only what was missing
     assert resumed.complete and resumed.ids == reference.ids
-    assert resumed.manifest["shards"] == reference.manifest["shards"]  # byte-identical files (sha256s)
     assert all(resumed[i] == reference[i] for i in reference.ids)
     assert FeatureStore.build(tmp_path / "store", image_folder, resumed_featurizer).ids == reference.ids
-    assert resumed_featurizer.images == 4  # a finished store is not featurized again
+    assert resumed_featurizer.images == 3  # a finished store is not featurized again
+
+
+def test_ctrl_c_keeps_every_finished_image_and_a_rerun_resumes(tmp_path, image_folder):
+    # 5 images in one 1024-image shard: before, a Ctrl-C lost all of them
+    with pytest.raises(KeyboardInterrupt):
+        FeatureStore.build(tmp_path / "store", image_folder, CountingFeaturizer(6, KeyboardInterrupt), batch_size=1)
+    with pytest.warns(UserWarning, match="incomplete"):
+        partial = FeatureStore(tmp_path / "store")
+    assert partial.ids == ["img0", "img1", "img2", "img3", "img4"]
+    assert partial[image_folder[4].stem] == grid().featurize([load_image(image_folder[4])])[0]
+    resumed_featurizer = CountingFeaturizer()
+    resumed = FeatureStore.build(tmp_path / "store", image_folder, resumed_featurizer, show_progress_bar=False)
+    assert resumed_featurizer.images == 1 and resumed.complete and len(resumed) == 6
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5])
+def test_batch_and_shard_sizes_below_one_are_refused(tmp_path, image_folder, size):
+    # batch_size=-1 used to store nothing and mark the store complete
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+        FeatureStore.build(tmp_path / "store", image_folder, grid(), batch_size=size)
+    with pytest.raises(ValueError, match=f"shard_size must be an integer >= 1, got {size}"):
+        FeatureStore.build(tmp_path / "store", image_folder, grid(), shard_size=size)
+    assert not (tmp_path / "store").exists()
+
+
+def test_decompression_bomb_is_skipped_and_reported_by_file_name(tmp_path, image_folder, monkeypatch):
+    bomb = tmp_path / "images" / "bomb.png"
+    Image.new("RGB", (200, 200)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 40,000 pixels > twice the limit: Pillow refuses it
+    with pytest.warns(UserWarning, match=r"1 of 7 images could not be read .*bomb.*bomb\.png"):
+        store = FeatureStore.build(tmp_path / "store", [*image_folder, bomb], grid(), show_progress_bar=False)
+    assert store.ids == [path.stem for path in image_folder]
+    assert list(store.failed) == ["bomb"] and "decompression bomb" in store.failed["bomb"]
+
+
+def _edit_manifest(store: Path, edit) -> None:
+    manifest = json.loads((store / "manifest.json").read_text())
+    edit(manifest)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["../outside/evil", "ABSOLUTE"])
+def test_shard_names_outside_the_folder_are_refused(tmp_path, image_folder, name):
+    FeatureStore.build(tmp_path / "store", image_folder[:2], grid(), show_progress_bar=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for file in (tmp_path / "store").glob("shard-00000.*"):  # a complete, valid shard, outside the store
+        (outside / file.name.replace("shard-00000", "evil")).write_bytes(file.read_bytes())
+    name = str(outside / "evil") if name == "ABSOLUTE" else name
+    _edit_manifest(tmp_path / "store", lambda manifest: manifest["shards"][0].update(name=name))
+    with pytest.raises(UnsafePathError, match="lies outside that folder"):
+        FeatureStore(tmp_path / "store")
+
+
+def test_write_refuses_an_id_twice_and_never_drops_silently(tmp_path):
+    first, second = (
+        RegionFeatures(torch.ones(1, 5), torch.zeros(1, 4)),
+        RegionFeatures(torch.zeros(2, 5), torch.zeros(2, 4)),
+    )
+    with pytest.raises(FeatureStoreError, match="The image id 'a' comes twice"):
+        FeatureStore.write(tmp_path / "store", [("a", first), ("b", first), ("a", second)], show_progress_bar=False)
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert FeatureStore(tmp_path / "store").ids == ["a", "b"]  # what came before the error is kept
+    with pytest.warns(UserWarning, match=r"1 record\(s\) were not written because the store .* already holds"):
+        store = FeatureStore.write(tmp_path / "store", [("a", second), ("c", second)], show_progress_bar=False)
+    assert store["a"] == first and store["c"] == second and store.complete
+
+
+def test_unknown_store_version_is_refused(tmp_path, image_folder):
+    FeatureStore.build(tmp_path / "store", image_folder[:1], grid(), show_progress_bar=False)
+    _edit_manifest(tmp_path / "store", lambda manifest: manifest.update(version=7))
+    with pytest.raises(UnsupportedFormatError, match="format version 7; this mm_sbert reads versions 1..2"):
+        FeatureStore(tmp_path / "store")
+    (tmp_path / "store" / "manifest.json").write_text("")
+    with pytest.raises(FeatureStoreError, match="is empty"):
+        FeatureStore(tmp_path / "store")
 
 
 def test_resuming_with_another_featurizer_is_refused(tmp_path, image_folder):
@@ -152,9 +232,11 @@ def test_truncated_or_corrupt_files_are_detected(tmp_path, image_folder):
     with pytest.raises(FeatureStoreError, match=r"shard-00001.features.npy.*truncated"):
         FeatureStore(tmp_path / "store")
     features.write_bytes(data[:-4] + b"\x00\x00\x80\x7f")  # same size, one value changed
-    FeatureStore(tmp_path / "store")  # sizes match: opens
+    with pytest.raises(FeatureStoreError, match=r"shard-00001.features.npy' does not match its checksum"):
+        FeatureStore(tmp_path / "store")  # the default open checks a cheap checksum, not just sizes
     with pytest.raises(FeatureStoreError, match="sha256"):
         FeatureStore(tmp_path / "store", verify=True)
+    features.write_bytes(data)
     (tmp_path / "store" / "shard-00000.boxes.npy").unlink()
     with pytest.raises(FeatureStoreError, match="missing shard-00000.boxes.npy"):
         FeatureStore(tmp_path / "store")

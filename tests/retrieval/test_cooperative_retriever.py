@@ -205,3 +205,14 @@ def test_persisted_collection_gives_identical_results_in_a_new_process(views, tm
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_top_k_zero_and_nan_query_embeddings_are_refused(views):
+    bi_encoder, cross_encoder = views
+    retriever = CooperativeRetriever(bi_encoder, cross_encoder, top_k=3)
+    retriever.index(IMAGES)
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1 .* got 0"):
+        retriever.search(CAPTIONS[0], top_k=0)  # used to return the default 3 hits
+    query = torch.full((1, bi_encoder.get_embedding_dimension()), float("nan"))
+    with pytest.raises(ValueError, match="query embeddings hold NaN"):
+        retriever.search(CAPTIONS[0], query_embeddings=query)

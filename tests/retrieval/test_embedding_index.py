@@ -11,7 +11,10 @@ import pytest
 import torch
 from sentence_transformers import util
 
+from mm_sbert.errors import MMSbertError, StorageError, UnsafePathError, UnsupportedFormatError
+from mm_sbert.image_features import FeatureStoreError
 from mm_sbert.retrieval import EmbeddingIndex, IndexCorruptedError, IndexWriter, exact_search
+from mm_sbert.storage import file_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -121,8 +124,25 @@ def test_changed_bytes_fail_the_checksum(saved_index):
         f.write(b"\x00\x01\x02")
     with pytest.raises(IndexCorruptedError, match="checksum"):
         EmbeddingIndex.open(saved_index)
-    # Without full verification the (same-size) change goes unnoticed: that is what verify=True is for.
-    assert len(EmbeddingIndex.open(saved_index, verify=False)) == 64
+    # The cheap checksum (size + first/last MiB) is checked on every open: verify=False catches it too.
+    with pytest.raises(IndexCorruptedError, match=r"checksum in the manifest \(size \+ first/last MiB\)"):
+        EmbeddingIndex.open(saved_index, verify=False)
+
+
+def test_one_changed_byte_in_the_middle_of_a_big_file_needs_verify_true(tmp_path):
+    path = str(tmp_path / "index")
+    EmbeddingIndex(random_embeddings(20_000, dim=32)).save(path)  # 2.4 MiB: more than the first + last MiB
+    embeddings = os.path.join(path, "embeddings.npy")
+    with open(embeddings, "r+b") as f:
+        f.seek(os.path.getsize(embeddings) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    assert len(EmbeddingIndex.open(path, verify=False)) == 20_000  # what the cheap check does not read
+    with pytest.raises(IndexCorruptedError, match="sha256"):
+        EmbeddingIndex.open(path, verify=True)
+    with pytest.raises(IndexCorruptedError, match="sha256"):
+        EmbeddingIndex.open(path)  # "auto": small enough for the full check
 
 
 def test_edited_ids_fail_the_checksum(saved_index):
@@ -144,7 +164,10 @@ def test_incomplete_writer_does_not_publish_an_index(tmp_path):
 # The index module needs only numpy and torch: loading it alone keeps each fresh process to a few seconds
 # (importing the whole package pulls in transformers).
 LIGHT_IMPORT = """
-import importlib.util, sys
+import importlib.util, sys, types
+package = types.ModuleType("mm_sbert")  # the package without its __init__ (which imports transformers)
+package.__path__ = ["mm_sbert"]
+sys.modules["mm_sbert"] = package
 spec = importlib.util.spec_from_file_location("embedding_index", "mm_sbert/retrieval/embedding_index.py")
 module = importlib.util.module_from_spec(spec)
 sys.modules["embedding_index"] = module
@@ -214,3 +237,148 @@ def test_bad_inputs_are_named():
         EmbeddingIndex.open("/nonexistent/index")
     with pytest.raises(TypeError, match="ids\\[0\\]"):
         IndexWriter("/tmp/unused-index", count=1, dim=2, ids=[1.5])
+
+
+def _rewrite_manifest(path: str, edit) -> None:
+    """Edit an index's manifest and recompute the records of every file it lists, as someone tampering would."""
+    manifest_path = os.path.join(path, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    edit(manifest)
+    for name in list(manifest["files"]):
+        file_path = name if os.path.isabs(name) else os.path.join(path, name)
+        if os.path.isfile(file_path):
+            manifest["files"][name] = file_record(file_path)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+
+
+def test_one_error_type_for_stored_folders():
+    assert IndexCorruptedError is FeatureStoreError is StorageError
+    assert issubclass(StorageError, MMSbertError)
+    assert issubclass(StorageError, RuntimeError) and issubclass(StorageError, ValueError)  # the old bases
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.json"])
+def test_manifest_file_names_outside_the_folder_are_refused(saved_index, tmp_path, name):
+    (tmp_path / "outside.json").write_text("[]")
+    target = name if os.path.isabs(name) else os.path.join(saved_index, name)
+    if not os.path.isfile(target):
+        pytest.skip(f"{target} does not exist on this machine")
+
+    def add_outside_file(manifest):
+        manifest["files"][name] = {}
+
+    _rewrite_manifest(saved_index, add_outside_file)  # the checksums match: only the path is wrong
+    with pytest.raises(UnsafePathError, match="lies outside that folder"):
+        EmbeddingIndex.open(saved_index)
+
+
+def test_symlink_leading_out_of_the_folder_is_refused(saved_index, tmp_path):
+    outside = tmp_path / "ids.json"
+    outside.write_text(json.dumps([f"x{i}" for i in range(64)]))
+    os.remove(os.path.join(saved_index, "ids.json"))
+    os.symlink(outside, os.path.join(saved_index, "ids.json"))
+    _rewrite_manifest(saved_index, lambda manifest: None)
+    with pytest.raises(UnsafePathError, match="'ids.json'"):
+        EmbeddingIndex.open(saved_index)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_manifest_records_whether_rows_are_normalized(tmp_path, normalize):
+    corpus = random_embeddings(8) * 3.0
+    index = EmbeddingIndex(corpus, normalize=normalize)
+    index.save(str(tmp_path / "index"))
+    with open(tmp_path / "index" / "manifest.json") as f:
+        assert json.load(f)["normalized"] is normalize
+    reopened = EmbeddingIndex.open(str(tmp_path / "index"))
+    assert reopened.normalized is normalize
+    expected = torch.nn.functional.normalize(corpus, dim=1) if normalize else corpus
+    np.testing.assert_allclose(np.asarray(reopened.embeddings), expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_duplicate_ids_are_refused(tmp_path, saved_index):
+    with pytest.raises(ValueError, match=r"ids must be unique.*duplicated: \['a'\]"):
+        EmbeddingIndex(random_embeddings(3), ids=["a", "b", "a"])
+    with pytest.raises(ValueError, match=r"duplicated: \[7\]"):
+        IndexWriter(str(tmp_path / "w"), count=2, dim=16, ids=[7, np.int64(7)])
+    assert len(EmbeddingIndex(random_embeddings(2), ids=[1, "1"])) == 2  # an int and a str are different ids
+    with open(os.path.join(saved_index, "ids.json"), "w") as f:
+        json.dump(["same"] * 64, f)
+    _rewrite_manifest(saved_index, lambda manifest: None)
+    with pytest.raises(IndexCorruptedError, match="ids must be unique"):
+        EmbeddingIndex.open(saved_index)
+
+
+def test_nan_rows_and_queries_are_refused(saved_index, tmp_path):
+    corpus = random_embeddings(5)
+    corpus[3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"The embeddings hold NaN or infinite values \(rows \[3\]\)"):
+        EmbeddingIndex(corpus)
+    with pytest.raises(ValueError, match=r"rows \[13\]"):
+        with IndexWriter(str(tmp_path / "w"), count=20, dim=16) as writer:
+            writer.write(random_embeddings(10))
+            writer.write(corpus)
+    index = EmbeddingIndex(random_embeddings(5))
+    query = random_embeddings(2, seed=9)
+    query[1, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"The query embeddings hold NaN or infinite values \(rows \[1\]\)"):
+        index.search(query)
+    # NaN rows written into a stored index behind its back (checksums recomputed): a clear error, not NaN scores
+    embeddings = np.load(os.path.join(saved_index, "embeddings.npy"))
+    embeddings[10] = np.nan
+    np.save(os.path.join(saved_index, "embeddings.npy"), embeddings)
+    _rewrite_manifest(saved_index, lambda manifest: None)
+    with pytest.raises(IndexCorruptedError, match=r"holds NaN embeddings \(rows \[10\]\)"):
+        EmbeddingIndex.open(saved_index).search(random_embeddings(1), top_k=3)
+
+
+def test_unknown_format_version_and_empty_manifest(saved_index):
+    _rewrite_manifest(saved_index, lambda manifest: manifest.update(version=99))
+    with pytest.raises(UnsupportedFormatError, match="format version 99; this mm_sbert reads versions 1..2"):
+        EmbeddingIndex.open(saved_index)
+    open(os.path.join(saved_index, "manifest.json"), "w").close()
+    with pytest.raises(IndexCorruptedError, match="is empty"):
+        EmbeddingIndex.open(saved_index)
+
+
+def test_version_1_index_still_opens(saved_index):
+    _rewrite_manifest(saved_index, lambda manifest: manifest.update(version=1))
+    with open(os.path.join(saved_index, "manifest.json")) as f:
+        manifest = json.load(f)
+    for record in manifest["files"].values():
+        record.pop("quick_sha256")  # version 1 had sizes and sha256s only
+    with open(os.path.join(saved_index, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    assert EmbeddingIndex.open(saved_index, verify=False).ids[:2] == ["id0", "id1"]
+
+
+def test_top_k_below_one_is_refused():
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1, got 0"):
+        EmbeddingIndex(random_embeddings(4)).search(random_embeddings(1), top_k=0)
+
+
+def test_extra_files_are_stored_listed_and_checked(tmp_path):
+    path = str(tmp_path / "index")
+    EmbeddingIndex(random_embeddings(4)).save(path, extra_files={"codes.bin": b"\x01\x02\x03"})
+    index = EmbeddingIndex.open(path)
+    assert sorted(index.files) == ["codes.bin", "embeddings.npy", "metadata.json"]
+    with open(index.file_path("codes.bin"), "rb") as f:
+        assert f.read() == b"\x01\x02\x03"
+    with open(os.path.join(path, "codes.bin"), "wb") as f:
+        f.write(b"\x01\x02\x04")
+    with pytest.raises(IndexCorruptedError, match="codes.bin"):
+        EmbeddingIndex.open(path)
+    with pytest.raises(ValueError, match="plain file name"):
+        IndexWriter(path, count=1, dim=2).add_file("../x", b"")
+    with pytest.raises(ValueError, match="the index's own files"):
+        IndexWriter(path, count=1, dim=2).add_file("ids.json", b"")
+
+
+def test_remove_leftovers_deletes_only_the_dead_writers_folders(tmp_path):
+    path = str(tmp_path / "index")
+    EmbeddingIndex(random_embeddings(4)).save(path)
+    os.makedirs(tmp_path / ".index.tmp-deadbeef")
+    os.makedirs(tmp_path / ".other.tmp-deadbeef")
+    assert IndexWriter.remove_leftovers(path) == [str(tmp_path / ".index.tmp-deadbeef")]
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-deadbeef", "index"]

@@ -1,0 +1,35 @@
+"""The package's exceptions: one root, :class:`MMSbertError`, so a caller can catch everything mm_sbert raises on
+purpose, and one type per kind of failure, the same wherever it happens (index, feature store, command line)."""
+
+from __future__ import annotations
+
+
+class MMSbertError(Exception):
+    """Root of the errors mm_sbert raises on purpose; the message names the input and what was expected."""
+
+
+class StorageError(MMSbertError, ValueError, RuntimeError):
+    """A folder written by mm_sbert (embedding index, feature store) is missing, incomplete, corrupt or does not fit
+    the request.
+
+    It is a ``ValueError`` and a ``RuntimeError`` because the two errors it replaces were (``FeatureStoreError`` and
+    ``IndexCorruptedError``), so existing ``except`` clauses keep working.
+    """
+
+
+class UnsupportedFormatError(StorageError):
+    """A stored folder declares a format or format version this mm_sbert cannot read (written by a newer one)."""
+
+
+class UnsafePathError(StorageError):
+    """A file name read from a manifest, index or store points outside the folder it belongs to."""
+
+
+class ModelMismatchError(MMSbertError, ValueError):
+    """Embeddings were computed with another model than the one asked to search them."""
+
+
+# The old names, kept so that nothing breaks: they are the storage error itself, so a truncated file raises the very
+# same type whether an index or a feature store holds it.
+IndexCorruptedError = StorageError
+FeatureStoreError = StorageError
