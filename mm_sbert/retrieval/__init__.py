@@ -3,6 +3,7 @@ from __future__ import annotations
 from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexCorruptedError, IndexWriter, exact_search
 from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
+from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 
 __all__ = [
     "CooperativeRetriever",
@@ -10,6 +11,8 @@ __all__ = [
     "Hit",
     "IndexCorruptedError",
     "IndexWriter",
+    "PRECISIONS",
+    "VectorSearch",
     "combine_scores",
     "exact_search",
     "min_max_normalize",

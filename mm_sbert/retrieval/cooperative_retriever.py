@@ -19,6 +19,7 @@ from tqdm.autonotebook import tqdm
 from mm_sbert.image_features.image_loading import looks_like_image_path
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexWriter, Verify
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
+from mm_sbert.retrieval.vector_search import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class CooperativeRetriever:
         dtype: Literal["float32", "float16"] = "float32",
         ann: str | None = None,
         chunk_size: int = 4096,
+        precision: Precision = "float32",
+        search_options: dict[str, Any] | None = None,
     ) -> EmbeddingIndex:
         """Encode a collection of images (or captions) with the bi-encoder and keep it for :meth:`search`.
 
@@ -170,6 +173,8 @@ class CooperativeRetriever:
             dtype: storage precision of the embeddings.
             ann: a FAISS factory string (e.g. ``"HNSW32"``) to also build an approximate index; exact by default.
             chunk_size: items encoded between writes, so the collection never has to fit in memory twice.
+            precision / search_options: the search the index uses (``"float32"`` exact, ``"int8"``, ``"binary"``,
+                ``"hnsw"``, ``"ivf"``), see :class:`EmbeddingIndex`.
 
         Returns:
             The :class:`EmbeddingIndex` (also kept as ``self.embedding_index``).
@@ -204,7 +209,13 @@ class CooperativeRetriever:
 
         if path is None:
             embedding_index = EmbeddingIndex(
-                np.concatenate(list(chunks())), ids=ids, items=items, metadata=metadata, dtype=dtype
+                np.concatenate(list(chunks())),
+                ids=ids,
+                items=items,
+                metadata=metadata,
+                dtype=dtype,
+                precision=precision,
+                search_options=search_options,
             )
             if ann is not None:
                 embedding_index.build_ann(ann)
@@ -216,6 +227,8 @@ class CooperativeRetriever:
                     writer.write(embeddings)
                 if ann is not None:
                     writer.build_ann(ann)
+                if precision != "float32" or search_options:
+                    writer.set_precision(precision, search_options)
             embedding_index = EmbeddingIndex.open(path)
         self.embedding_index = embedding_index
         self.items = items

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mm_sbert.retrieval.vector_search import PRECISIONS, Precision, VectorSearch
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
@@ -170,6 +172,12 @@ class EmbeddingIndex:
         metadata: free JSON-serialisable information (model name, modality, ...).
         normalize: L2-normalise the rows, so the dot product is the cosine similarity.
         dtype: ``"float32"`` or ``"float16"`` (half the memory / disk; scores computed in float32).
+        precision: ``"float32"`` (exact search, default), or a cheaper candidate search rescored with the float32
+            rows: ``"int8"``, ``"binary"`` (quantised codes), ``"hnsw"`` or ``"ivf"`` (FAISS); see
+            :class:`~mm_sbert.retrieval.VectorSearch`. Saved with the index and used by :meth:`search` unless
+            ``exact=True``.
+        search_options: passed to :class:`~mm_sbert.retrieval.VectorSearch` (``rescore_multiplier``, ``factory``,
+            ``search_parameters``).
     """
 
     def __init__(
@@ -180,6 +188,8 @@ class EmbeddingIndex:
         metadata: dict[str, Any] | None = None,
         normalize: bool = True,
         dtype: Literal["float32", "float16"] = "float32",
+        precision: Precision = "float32",
+        search_options: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().cpu().float().numpy()
@@ -194,6 +204,7 @@ class EmbeddingIndex:
         self.ann_factory: str | None = None
         self._ann = None
         self.path: str | None = None
+        self.vector_search = build_vector_search(self.embeddings, precision, search_options)
 
     def _set(self, embeddings: np.ndarray, ids, items, metadata: dict[str, Any]) -> None:
         count = embeddings.shape[0]
@@ -224,13 +235,19 @@ class EmbeddingIndex:
     def dtype(self) -> str:
         return str(self.embeddings.dtype)
 
+    @property
+    def precision(self) -> str:
+        """How :meth:`search` finds candidates: ``"float32"`` (exact) or the :class:`VectorSearch` precision."""
+        return "float32" if self.vector_search is None else self.vector_search.precision
+
     def row_id(self, row: int) -> Any:
         """The id of row ``row`` (the row number itself when no ids were given)."""
         return self.ids[row] if self.ids is not None else int(row)
 
     def __repr__(self) -> str:
         return (
-            f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, ann={self.ann_factory!r}, "
+            f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, precision={self.precision!r}, "
+            f"ann={self.ann_factory!r}, "
             f"path={self.path!r})"
         )
 
@@ -244,7 +261,8 @@ class EmbeddingIndex:
         Args:
             query_embeddings: ``[Q, D]`` or ``[D]``; normalised here.
             top_k: hits per query (capped at the collection size).
-            exact: ``None`` uses the ANN index when one was built, else exact search; ``True`` forces exact search.
+            exact: ``None`` uses the ANN index when one was built, else the ``precision`` search (exact for
+                ``"float32"``); ``True`` forces exact search.
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
@@ -255,6 +273,10 @@ class EmbeddingIndex:
         queries = torch.nn.functional.normalize(queries, dim=1)
         if self._ann is not None and not exact:
             return self._ann_search(queries, top_k)
+        if self.vector_search is not None and not exact:
+            if queries.shape[1] != self.dim:
+                raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
+            return self.vector_search.search(queries, top_k, self.embeddings)
         return exact_search(queries, self._tensor, top_k)
 
     # ------------------------------------------------------------------ approximate search
@@ -297,6 +319,7 @@ class EmbeddingIndex:
                 writer.write(self.embeddings[start : start + 65536])
             writer.ann = self._ann
             writer.ann_factory = self.ann_factory
+            writer.vector_search = self.vector_search
         self.path = os.path.abspath(path)
 
     @classmethod
@@ -379,6 +402,9 @@ class EmbeddingIndex:
             import faiss
 
             index._ann = faiss.read_index(os.path.join(path, ANN_FILE))
+        index.vector_search = None
+        if manifest.get("precision", "float32") != "float32":
+            index.vector_search = VectorSearch.load(path, mmap=mmap)
         index.path = os.path.abspath(path)
         return index
 
@@ -416,6 +442,7 @@ class IndexWriter:
         self.ids, self.items, self.metadata = ids, items, dict(metadata or {})
         self.ann = None
         self.ann_factory: str | None = None
+        self.vector_search: VectorSearch | None = None
         self.rows_written = 0
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
@@ -446,6 +473,10 @@ class IndexWriter:
         self.ann = build_faiss_index(self._embeddings[: self.rows_written], factory)
         self.ann_factory = factory
 
+    def set_precision(self, precision: Precision, search_options: dict[str, Any] | None = None) -> None:
+        """Also build and save a :class:`VectorSearch` of this precision (call after the last :meth:`write`)."""
+        self.vector_search = build_vector_search(self._embeddings[: self.rows_written], precision, search_options)
+
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
             if exc_type is None:
@@ -471,6 +502,9 @@ class IndexWriter:
 
             faiss.write_index(self.ann, os.path.join(self.tmp_path, ANN_FILE))
             _fsync_file(os.path.join(self.tmp_path, ANN_FILE))
+        if self.vector_search is not None:
+            for name in self.vector_search.save(self.tmp_path):
+                _fsync_file(os.path.join(self.tmp_path, name))
 
         files = {}
         for name in sorted(os.listdir(self.tmp_path)):
@@ -484,6 +518,7 @@ class IndexWriter:
             "dtype": str(self.dtype),
             "normalized": True,
             "ann_factory": self.ann_factory,
+            "precision": "float32" if self.vector_search is None else self.vector_search.precision,
             "files": files,
         }
         # The manifest is the commit record: written last, after every file it describes is on disk.
@@ -498,6 +533,19 @@ class IndexWriter:
         _fsync_dir(os.path.dirname(self.path))
         if old_path is not None:
             shutil.rmtree(old_path, ignore_errors=True)
+
+
+def build_vector_search(
+    embeddings: np.ndarray, precision: str, search_options: dict[str, Any] | None = None
+) -> VectorSearch | None:
+    """The :class:`VectorSearch` of ``precision`` over ``embeddings``, or ``None`` for exact float32 search."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        if search_options:
+            raise ValueError(f"search_options {sorted(search_options)} need a precision other than 'float32'")
+        return None
+    return VectorSearch(precision, **(search_options or {})).build(embeddings)
 
 
 def _json_values(values: Sequence[Any], name: str) -> list[str | int]:
