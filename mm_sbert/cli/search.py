@@ -49,8 +49,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
 
     retriever = retriever_class(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
-    retriever.open(str(folder / INDEX_SUBFOLDER))
-    hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
+    if config.get("backend") == "milvus":
+        (milvus_class,) = require_component("mm_sbert.retrieval", ["MilvusIndex"], "mm-sbert search")
+        try:
+            milvus_index = milvus_class(config["uri"], config["collection"])
+        except ValueError as error:
+            raise CLIError(str(error)) from error
+        with milvus_index:
+            hits = retriever.use_index(milvus_index).search(query, rerank=not args.no_rerank)[: args.top_k]
+    else:
+        retriever.open(str(folder / INDEX_SUBFOLDER))
+        hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
 
     if args.json:
         for rank, hit in enumerate(hits, 1):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexCorruptedError, IndexWriter, exact_search
+from mm_sbert.retrieval.milvus_index import MilvusIndex
 from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
 from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 
@@ -11,6 +12,7 @@ __all__ = [
     "Hit",
     "IndexCorruptedError",
     "IndexWriter",
+    "MilvusIndex",
     "PRECISIONS",
     "VectorSearch",
     "combine_scores",

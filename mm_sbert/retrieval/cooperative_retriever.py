@@ -247,7 +247,9 @@ class CooperativeRetriever:
         return self.use_index(embedding_index, items)
 
     def use_index(self, embedding_index: EmbeddingIndex, items: ItemSource | None = None) -> Self:
-        """Search an existing :class:`EmbeddingIndex` (e.g. built from embeddings computed elsewhere)."""
+        """Search an existing :class:`EmbeddingIndex` (e.g. built from embeddings computed elsewhere), or any index
+        with the same ``search`` / ``row_id`` / ``metadata`` surface, such as a
+        :class:`~mm_sbert.retrieval.MilvusIndex`: the engine retrieves, the cross-encoder reranks here."""
         if items is None:
             items = embedding_index.items
         if items is not None and not callable(items) and len(items) != len(embedding_index):
