@@ -112,9 +112,10 @@ class CooperativeRetriever:
 
     Args:
         bi_encoder: a :class:`~mm_sbert.MMSentenceTransformer` (or any SentenceTransformer over these inputs).
-        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`. Left out, a joint model (a bi-encoder whose
-            ``MultimodalTransformer`` has a score head) reranks with its own head; otherwise only
-            ``rerank=False`` searches work.
+        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`, or its ONNX Runtime export
+            (:class:`~mm_sbert.export.OnnxCrossEncoder`, which scores each query's k candidates in one batch).
+            Left out, a joint model (a bi-encoder whose ``MultimodalTransformer`` has a score head) reranks with
+            its own head; otherwise only ``rerank=False`` searches work.
         top_k: candidates retrieved by the bi-encoder and reranked (paper: 20).
         batch_size: bi-encoder batch size.
         ce_batch_size: cross-encoder batch size.
@@ -354,6 +355,15 @@ class CooperativeRetriever:
             raise ValueError(
                 f"The queries are {query_kind}s and so is the collection; the cross-encoder scores (caption, image) "
                 "pairs, so search an image collection with captions or a caption collection with images"
+            )
+        if hasattr(self.cross_encoder, "score_candidates"):
+            # An exported cross-encoder (OnnxCrossEncoder) scores a query's k candidates in one batch and
+            # preprocesses the query once.
+            return torch.stack(
+                [
+                    self.cross_encoder.score_candidates(query, [self._item(row) for row in candidate_rows])
+                    for query, candidate_rows in zip(queries, rows.tolist())
+                ]
             )
         pairs = []
         for query, candidate_rows in zip(queries, rows.tolist()):
