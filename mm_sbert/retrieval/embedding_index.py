@@ -247,8 +247,7 @@ class EmbeddingIndex:
     def __repr__(self) -> str:
         return (
             f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, precision={self.precision!r}, "
-            f"ann={self.ann_factory!r}, "
-            f"path={self.path!r})"
+            f"ann={self.ann_factory!r}, path={self.path!r})"
         )
 
     # ------------------------------------------------------------------ search

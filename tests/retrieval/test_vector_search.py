@@ -39,6 +39,10 @@ def test_rescored_top_k_equals_exact_search_when_the_pool_covers_the_collection(
     scores, rows = index.search(queries(), top_k=10)
     assert rows.tolist() == exact_rows.tolist()
     torch.testing.assert_close(scores, exact_scores, rtol=0, atol=1e-6)
+    # One query alone (a [D] vector) takes the same path.
+    single_scores, single_rows = index.search(queries()[2], top_k=10)
+    assert single_rows.tolist() == exact_rows[2:3].tolist()
+    torch.testing.assert_close(single_scores, exact_scores[2:3], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["int8", "hnsw", "ivf"])
@@ -137,5 +141,5 @@ def test_query_width_must_match():
 
 def test_default_factories():
     assert default_factory("hnsw", 10**6) == "HNSW32"
-    assert default_factory("ivf", 10**6) == "IVF4000,Flat"
+    assert default_factory("ivf", 10**6) == "IVF1000,Flat"
     assert default_factory("ivf", 100) == "IVF2,Flat"
