@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mm_sbert.retrieval import EmbeddingIndex, IndexCorruptedError, IndexWriter, VectorSearch
-from mm_sbert.retrieval.vector_search import CONFIG_FILE, FAISS_FILE, INT8_CODES_FILE, default_factory
+from mm_sbert.retrieval.vector_search import (
+    CONFIG_FILE,
+    FAISS_FILE,
+    INT8_CODES_FILE,
+    default_factory,
+    default_search_parameters,
+)
 
 APPROXIMATE = ["int8", "binary", "hnsw", "ivf"]
 # Options under which each precision's candidate pool is the whole 200-row collection.
@@ -143,3 +149,7 @@ def test_default_factories():
     assert default_factory("hnsw", 10**6) == "HNSW32"
     assert default_factory("ivf", 10**6) == "IVF1000,Flat"
     assert default_factory("ivf", 100) == "IVF2,Flat"
+    assert default_search_parameters("ivf", "IVF1000,Flat") == "nprobe=125"
+    assert default_search_parameters("ivf", "IVF25,Flat") == "nprobe=16"
+    assert default_search_parameters("ivf", "IVF2,Flat") == "nprobe=2"
+    assert default_search_parameters("hnsw", "HNSW32") == "efSearch=128"
