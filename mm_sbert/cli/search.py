@@ -20,7 +20,7 @@ from mm_sbert.cli.common import (
     require_component,
     set_threads,
 )
-from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER
+from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +83,7 @@ def html_target(path: str, folder: Path) -> Path:
         raise CLIError(f"--html '{path}' is a folder; name the page's file, e.g. results.html")
     if target.is_relative_to(root):
         first = target.relative_to(root).parts[0]
-        if first in (CLI_CONFIG, INDEX_SUBFOLDER) or first.startswith("."):
+        if first in (CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE) or first.startswith("."):
             raise CLIError(f"--html '{path}' would overwrite a file of the index '{folder}'; write the page elsewhere")
     return target
 
@@ -116,20 +116,33 @@ def run(args: argparse.Namespace) -> int:
             check_encoder_fingerprint(fingerprint, model, what=f"the index '{args.index}'")
 
     retriever = retriever_class(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
-    with input_errors(FileNotFoundError):
-        retriever.open(str(folder / INDEX_SUBFOLDER))
-    stored_items = retriever.items
-    if stored_items is None:
-        raise CLIError(f"The index '{args.index}' holds no image paths; rebuild it with `mm-sbert index`")
+    if config.get("backend") == "milvus":
+        (milvus_class,) = require_component("mm_sbert.retrieval", ["MilvusIndex"], "mm-sbert search")
+        try:
+            embedding_index = milvus_class(config["uri"], config["collection"])
+        except (KeyError, ValueError) as error:
+            raise CLIError(f"The Milvus collection of the index '{args.index}' cannot be opened: {error}") from error
+    else:
+        with input_errors(FileNotFoundError):
+            embedding_index = retriever.open(str(folder / INDEX_SUBFOLDER)).embedding_index
+    try:
+        retriever.use_index(embedding_index)
+        stored_items = retriever.items
+        if stored_items is None:
+            raise CLIError(f"The index '{args.index}' holds no image paths; rebuild it with `mm-sbert index`")
 
-    def image_path(row: int) -> str:
-        # Every image the cross-encoder or the page reads goes through here: inside --image-root, or refused.
-        return str(resolve_stored_path(stored_items[row], recorded_root, image_root, what="image path"))
+        def image_path(row: int) -> str:
+            # Every image the cross-encoder or the page reads goes through here: inside --image-root, or refused.
+            stored = stored_items(row) if callable(stored_items) else stored_items[row]
+            return str(resolve_stored_path(stored, recorded_root, image_root, what="image path"))
 
-    retriever.items = image_path
-    with input_errors():
-        hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
-        images = [image_path(hit.corpus_id) for hit in hits]
+        retriever.items = image_path
+        with input_errors():
+            hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
+            images = [image_path(hit.corpus_id) for hit in hits]
+    finally:
+        if hasattr(embedding_index, "close"):
+            embedding_index.close()
 
     if args.json:
         for rank, (hit, image) in enumerate(zip(hits, images), 1):

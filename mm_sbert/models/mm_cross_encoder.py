@@ -49,6 +49,14 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
 
         return to_bi_encoder(self)
 
+    def export_onnx(self, output_folder: str, quantize: bool = False) -> list[str]:
+        """Export the scoring forward to ``output_folder/onnx/model.onnx`` (and ``model_qint8.onnx`` with
+        ``quantize``), for :class:`~mm_sbert.OnnxCrossEncoder`; see :func:`mm_sbert.export.export_cross_encoder_onnx`.
+        """
+        from mm_sbert.export import export_cross_encoder_onnx
+
+        return export_cross_encoder_onnx(self, output_folder, quantize=quantize)
+
     def predict(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
         if inputs is None:
             inputs = kwargs.pop("sentences", None)

@@ -9,8 +9,10 @@ from mm_sbert.retrieval.embedding_index import (
     encoder_fingerprint,
     exact_search,
 )
+from mm_sbert.retrieval.milvus_index import MilvusIndex
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
+from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 
 __all__ = [
     "CooperativeRetriever",
@@ -18,8 +20,11 @@ __all__ = [
     "Hit",
     "IndexCorruptedError",
     "IndexWriter",
+    "MilvusIndex",
+    "PRECISIONS",
     "PairScoreCache",
     "Reranked",
+    "VectorSearch",
     "check_encoder_fingerprint",
     "combine_scores",
     "encoder_fingerprint",

@@ -26,6 +26,7 @@ from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexWriter, Verify
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
+from mm_sbert.retrieval.vector_search import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +206,25 @@ def rerank(
         def pair(query: int, row: int) -> tuple[Any, Any]:
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
+        def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
+            if hasattr(cross_encoder, "score_candidates"):
+                # An exported cross-encoder (OnnxCrossEncoder) scores a query's candidates in one batch with the
+                # query preprocessed once; logits are put back in the order of ``positions``.
+                by_query: dict[int, list[int]] = {}
+                for slot, (query, _) in enumerate(positions):
+                    by_query.setdefault(query, []).append(slot)
+                logits = torch.empty(len(positions))
+                for query, slots in by_query.items():
+                    scores = cross_encoder.score_candidates(queries[query], [item(positions[s][1]) for s in slots])
+                    logits[slots] = scores.detach().float().cpu().reshape(-1)
+                return logits
+            return cross_encoder_logits(
+                cross_encoder, [pair(q, r) for q, r in positions], batch_size, show_progress_bar=show_progress_bar
+            )
+
         if cache is None:
             start = time.perf_counter()
-            logits = cross_encoder_logits(
-                cross_encoder, [pair(q, r) for q, r in flat], batch_size, show_progress_bar=show_progress_bar
-            )
+            logits = score_pairs(flat)
             seconds, computed = time.perf_counter() - start, len(flat)
         else:
 
@@ -224,9 +239,7 @@ def rerank(
                     todo[pair_key] = position
             if todo:
                 start = time.perf_counter()
-                fresh = cross_encoder_logits(
-                    cross_encoder, [pair(q, r) for q, r in todo.values()], batch_size, show_progress_bar
-                )
+                fresh = score_pairs(list(todo.values()))
                 cache.put(todo, fresh.tolist(), (time.perf_counter() - start) / len(todo))
             entries = [cache.get(pair_key) for pair_key in keys]
             logits = torch.tensor([logit for logit, _ in entries], dtype=torch.float32)
@@ -255,9 +268,10 @@ class CooperativeRetriever:
 
     Args:
         bi_encoder: a :class:`~mm_sbert.MMSentenceTransformer` (or any SentenceTransformer over these inputs).
-        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`. Left out, a joint model (a bi-encoder whose
-            ``MultimodalTransformer`` has a score head) reranks with its own head; otherwise only
-            ``rerank=False`` searches work.
+        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`, or its ONNX Runtime export
+            (:class:`~mm_sbert.export.OnnxCrossEncoder`, which scores each query's k candidates in one batch).
+            Left out, a joint model (a bi-encoder whose ``MultimodalTransformer`` has a score head) reranks with
+            its own head; otherwise only ``rerank=False`` searches work.
         top_k: candidates retrieved by the bi-encoder and reranked (paper: 20).
         batch_size: bi-encoder batch size.
         ce_batch_size: cross-encoder batch size.
@@ -301,6 +315,8 @@ class CooperativeRetriever:
         dtype: Literal["float32", "float16"] = "float32",
         ann: str | None = None,
         chunk_size: int = 4096,
+        precision: Precision = "float32",
+        search_options: dict[str, Any] | None = None,
     ) -> EmbeddingIndex:
         """Encode a collection of images (or captions) with the bi-encoder and keep it for :meth:`search`.
 
@@ -313,6 +329,8 @@ class CooperativeRetriever:
             dtype: storage precision of the embeddings.
             ann: a FAISS factory string (e.g. ``"HNSW32"``) to also build an approximate index; exact by default.
             chunk_size: items encoded between writes, so the collection never has to fit in memory twice.
+            precision / search_options: the search the index uses (``"float32"`` exact, ``"int8"``, ``"binary"``,
+                ``"hnsw"``, ``"ivf"``), see :class:`EmbeddingIndex`.
 
         Returns:
             The :class:`EmbeddingIndex` (also kept as ``self.embedding_index``).
@@ -347,7 +365,13 @@ class CooperativeRetriever:
 
         if path is None:
             embedding_index = EmbeddingIndex(
-                np.concatenate(list(chunks())), ids=ids, items=items, metadata=metadata, dtype=dtype
+                np.concatenate(list(chunks())),
+                ids=ids,
+                items=items,
+                metadata=metadata,
+                dtype=dtype,
+                precision=precision,
+                search_options=search_options,
             )
             if ann is not None:
                 embedding_index.build_ann(ann)
@@ -359,6 +383,8 @@ class CooperativeRetriever:
                     writer.write(embeddings)
                 if ann is not None:
                     writer.build_ann(ann)
+                if precision != "float32" or search_options:
+                    writer.set_precision(precision, search_options)
             embedding_index = EmbeddingIndex.open(path)
         self.embedding_index = embedding_index
         self.items = items
@@ -377,7 +403,9 @@ class CooperativeRetriever:
         return self.use_index(embedding_index, items)
 
     def use_index(self, embedding_index: EmbeddingIndex, items: ItemSource | None = None) -> Self:
-        """Search an existing :class:`EmbeddingIndex` (e.g. built from embeddings computed elsewhere)."""
+        """Search an existing :class:`EmbeddingIndex` (e.g. built from embeddings computed elsewhere), or any index
+        with the same ``search`` / ``row_id`` / ``metadata`` surface, such as a
+        :class:`~mm_sbert.retrieval.MilvusIndex`: the engine retrieves, the cross-encoder reranks here."""
         if items is None:
             items = embedding_index.items
         if items is not None and not callable(items) and len(items) != len(embedding_index):

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 from mm_sbert.errors import IndexCorruptedError, ModelMismatchError, StorageError
+from mm_sbert.retrieval.vector_search import CONFIG_FILE as VECTOR_SEARCH_CONFIG
+from mm_sbert.retrieval.vector_search import FILES as VECTOR_SEARCH_FILES
+from mm_sbert.retrieval.vector_search import PRECISIONS, Precision, VectorSearch
 from mm_sbert.storage import (
     atomic_write_json,
     file_record,
@@ -232,6 +235,12 @@ class EmbeddingIndex:
         normalize: L2-normalise the rows, so the dot product is the cosine similarity (recorded in the manifest
             as ``"normalized"``; with ``False`` the scores are dot products with the normalised queries).
         dtype: ``"float32"`` or ``"float16"`` (half the memory / disk; scores computed in float32).
+        precision: ``"float32"`` (exact search, default), or a cheaper candidate search rescored with the float32
+            rows: ``"int8"``, ``"binary"`` (quantised codes), ``"hnsw"`` or ``"ivf"`` (FAISS); see
+            :class:`~mm_sbert.retrieval.VectorSearch`. Saved with the index and used by :meth:`search` unless
+            ``exact=True``.
+        search_options: passed to :class:`~mm_sbert.retrieval.VectorSearch` (``rescore_multiplier``, ``factory``,
+            ``search_parameters``).
     """
 
     def __init__(
@@ -242,6 +251,8 @@ class EmbeddingIndex:
         metadata: dict[str, Any] | None = None,
         normalize: bool = True,
         dtype: Literal["float32", "float16"] = "float32",
+        precision: Precision = "float32",
+        search_options: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().cpu().float().numpy()
@@ -260,6 +271,7 @@ class EmbeddingIndex:
         self._ann = None
         self.path: str | None = None
         self.files: dict[str, dict[str, Any]] = {}
+        self.vector_search = build_vector_search(self.embeddings, precision, search_options)
 
     def _set(self, embeddings: np.ndarray, ids, items, metadata: dict[str, Any]) -> None:
         count = embeddings.shape[0]
@@ -290,6 +302,11 @@ class EmbeddingIndex:
     def dtype(self) -> str:
         return str(self.embeddings.dtype)
 
+    @property
+    def precision(self) -> str:
+        """How :meth:`search` finds candidates: ``"float32"`` (exact) or the :class:`VectorSearch` precision."""
+        return "float32" if self.vector_search is None else self.vector_search.precision
+
     def row_id(self, row: int) -> Any:
         """The id of row ``row`` (the row number itself when no ids were given)."""
         return self.ids[row] if self.ids is not None else int(row)
@@ -305,8 +322,8 @@ class EmbeddingIndex:
 
     def __repr__(self) -> str:
         return (
-            f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, ann={self.ann_factory!r}, "
-            f"path={self.path!r})"
+            f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, precision={self.precision!r}, "
+            f"ann={self.ann_factory!r}, path={self.path!r})"
         )
 
     # ------------------------------------------------------------------ search
@@ -319,7 +336,8 @@ class EmbeddingIndex:
         Args:
             query_embeddings: ``[Q, D]`` or ``[D]``; normalised here; NaN / infinite values are refused.
             top_k: hits per query (capped at the collection size).
-            exact: ``None`` uses the ANN index when one was built, else exact search; ``True`` forces exact search.
+            exact: ``None`` uses the ANN index when one was built, else the ``precision`` search (exact for
+                ``"float32"``); ``True`` forces exact search.
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
@@ -338,6 +356,10 @@ class EmbeddingIndex:
         queries = torch.nn.functional.normalize(queries, dim=1)
         if self._ann is not None and not exact:
             scores, rows = self._ann_search(queries, int(top_k))
+        elif self.vector_search is not None and not exact:
+            if queries.shape[1] != self.dim:
+                raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
+            scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
         else:
             scores, rows = exact_search(queries, self._tensor, int(top_k))
         if torch.isnan(scores).any():
@@ -403,6 +425,7 @@ class EmbeddingIndex:
                 writer.add_file(name, data)
             writer.ann = self._ann
             writer.ann_factory = self.ann_factory
+            writer.vector_search = self.vector_search
         self.path = os.path.abspath(path)
         self.files = writer.manifest["files"]
 
@@ -470,6 +493,17 @@ class EmbeddingIndex:
             import faiss
 
             index._ann = faiss.read_index(paths[ANN_FILE])
+        index.vector_search = None
+        precision = manifest.get("precision", "float32")
+        if precision != "float32":
+            try:
+                index.vector_search = VectorSearch.load(paths, mmap=mmap)
+                if index.vector_search.precision != precision:
+                    raise ValueError(f"{VECTOR_SEARCH_CONFIG} holds a {index.vector_search.precision} search")
+            except (FileNotFoundError, KeyError, ValueError) as error:
+                raise StorageError(
+                    f"The {precision} search of the index at {path!r} is unreadable ({error}); rebuild it"
+                ) from error
         index.path = os.path.abspath(path)
         index.files = files
         return index
@@ -511,6 +545,7 @@ class IndexWriter:
         self.normalized = bool(normalized)
         self.ann = None
         self.ann_factory: str | None = None
+        self.vector_search: VectorSearch | None = None
         self.rows_written = 0
         self.manifest: dict[str, Any] = {}
         self._extra_files: dict[str, bytes] = {}
@@ -558,7 +593,7 @@ class IndexWriter:
         checked on open like the index's own files, found again with :meth:`EmbeddingIndex.file_path`."""
         if not isinstance(name, str) or not name or name != os.path.basename(name) or name.startswith("."):
             raise ValueError(f"An index file name must be a plain file name, got {name!r}")
-        if name in CORE_FILES:
+        if name in CORE_FILES or name in VECTOR_SEARCH_FILES:
             raise ValueError(f"{name!r} is one of the index's own files; choose another name")
         self._extra_files[name] = bytes(data)
 
@@ -566,6 +601,10 @@ class IndexWriter:
         """Also build and save a FAISS index over the rows written so far (call after the last :meth:`write`)."""
         self.ann = build_faiss_index(self._embeddings[: self.rows_written], factory)
         self.ann_factory = factory
+
+    def set_precision(self, precision: Precision, search_options: dict[str, Any] | None = None) -> None:
+        """Also build and save a :class:`VectorSearch` of this precision (call after the last :meth:`write`)."""
+        self.vector_search = build_vector_search(self._embeddings[: self.rows_written], precision, search_options)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
@@ -588,7 +627,11 @@ class IndexWriter:
         if self.items is not None:
             atomic_write_json(os.path.join(self.tmp_path, ITEMS_FILE), list(self.items))
         atomic_write_json(os.path.join(self.tmp_path, METADATA_FILE), self.metadata)
-        for name, data in self._extra_files.items():
+        extra_files = dict(self._extra_files)
+        if self.vector_search is not None:
+            # The precision's codes / FAISS index are extra files too: listed and checked in the manifest.
+            extra_files.update(self.vector_search.to_files())
+        for name, data in extra_files.items():
             with open(os.path.join(self.tmp_path, name), "wb") as f:
                 f.write(data)
             fsync_file(os.path.join(self.tmp_path, name))
@@ -607,6 +650,7 @@ class IndexWriter:
             "dtype": str(self.dtype),
             "normalized": self.normalized,
             "ann_factory": self.ann_factory,
+            "precision": "float32" if self.vector_search is None else self.vector_search.precision,
             "files": files,
         }
         # The manifest is the commit record: written last, after every file it describes is on disk.
@@ -625,6 +669,19 @@ class IndexWriter:
 
 def _tmp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}.tmp-"
+
+
+def build_vector_search(
+    embeddings: np.ndarray, precision: str, search_options: dict[str, Any] | None = None
+) -> VectorSearch | None:
+    """The :class:`VectorSearch` of ``precision`` over ``embeddings``, or ``None`` for exact float32 search."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        if search_options:
+            raise ValueError(f"search_options {sorted(search_options)} need a precision other than 'float32'")
+        return None
+    return VectorSearch(precision, **(search_options or {})).build(embeddings)
 
 
 def _json_values(values: Sequence[Any], name: str) -> list[str | int]:

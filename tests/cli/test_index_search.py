@@ -257,3 +257,60 @@ def test_index_with_a_corrupt_image_exits_2_naming_it(capsys, tmp_path):
 def test_index_batch_size_below_one_exits_2(capsys, tmp_path):
     code, _, err = _index(capsys, tmp_path / "idx", None, "--batch-size", "0")
     assert code == 2 and "argument --batch-size: must be >= 1, got 0" in err
+
+
+def search_json(capsys, folder: str, query: str = "a large blue star") -> list[dict]:
+    code, out, err = run_cli(capsys, "search", folder, query, "--json", "--top-k", "4", "--rerank-k", "6")
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_index_precision_is_saved_and_searches_like_the_exact_index(capsys, tmp_path, index_dir):
+    folder = str(tmp_path / "binary.index")
+    code, _, err = run_cli(
+        capsys, "index", f"{scene_folder()}/images", "--model", tiny_model_dir(), "--output", folder, "--precision",
+        "binary",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads(open(os.path.join(folder, "embeddings", "manifest.json")).read())
+    assert manifest["precision"] == "binary"
+    assert json.loads(open(os.path.join(folder, "mm_sbert_index.json")).read())["precision"] == "binary"
+    # 8 images and 4 x 6 rescored candidates: the pool is the whole collection, so the hits are the exact ones.
+    assert search_json(capsys, folder) == search_json(capsys, index_dir)
+
+
+def test_index_into_embedded_milvus_then_search_it(capsys, tmp_path, index_dir):
+    folder = str(tmp_path / "milvus.index")
+    argv = [
+        "index",
+        f"{scene_folder()}/images",
+        "--model",
+        tiny_model_dir(),
+        "--output",
+        folder,
+        "--backend",
+        "milvus",
+    ]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    config = json.loads(open(os.path.join(folder, "mm_sbert_index.json")).read())
+    assert config["backend"] == "milvus" and config["uri"] == os.path.join(os.path.abspath(folder), "milvus.db")
+    hits, expected = search_json(capsys, folder), search_json(capsys, index_dir)
+    assert [hit["image"] for hit in hits] == [hit["image"] for hit in expected]
+    assert [hit["ce_score"] for hit in hits] == pytest.approx([hit["ce_score"] for hit in expected], abs=1e-5)
+    # Indexing the same folder again replaces the collection it wrote itself.
+    assert run_cli(capsys, *argv)[0] == 0
+    # Another output folder pointing at that URI and collection is refused: it would replace someone else's data.
+    code, _, err = run_cli(capsys, *argv[:-4], "--output", tmp_path / "other", "--backend", "milvus", "--uri",
+                           config["uri"])  # fmt: skip
+    assert code == 2 and "already has a collection 'mm_sbert'; pass overwrite=True" in err
+
+
+def test_index_backend_option_errors(capsys, tmp_path):
+    base = ["index", f"{scene_folder()}/images", "--model", tiny_model_dir(), "--output", tmp_path / "x"]
+    code, _, err = run_cli(capsys, *base, "--uri", tmp_path / "m.db")
+    assert code == 2 and "--uri is for --backend milvus" in err
+    code, _, err = run_cli(capsys, *base, "--backend", "milvus", "--precision", "int8")
+    assert code == 2 and "--precision and --ann choose the local index's search" in err
+    code, _, err = run_cli(capsys, *base, "--precision", "int4")
+    assert code == 2 and "invalid choice: 'int4'" in err

@@ -1,0 +1,169 @@
+"""The ONNX Runtime cross-encoder against eager PyTorch, the reference.
+
+``data/tiny_cross_encoder.onnx`` is the float32 export of ``build_views()``'s cross-encoder (tiny BERT, seed 0), so
+the ONNX Runtime path is tested where the ``onnx`` package (needed only to export) is not installed. Regenerate with:
+``python tests/export/test_onnx_cross_encoder.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mm_sbert.export import OnnxCrossEncoder, export_cross_encoder_onnx
+from mm_sbert.export.onnx_cross_encoder import query_candidate_features
+from mm_sbert.image_features import RegionFeatures
+from mm_sbert.retrieval import CooperativeRetriever, PairScoreCache, rerank
+from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "tiny_cross_encoder.onnx")
+# Stated tolerance of the float32 export against eager logits (observed: ~1e-6).
+FP32_ATOL = 1e-4
+CAPTIONS = ["a red square", "two big green circles on the left of a blue star", "a cat"]
+COLORS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+
+
+def make_image(index: int) -> Image.Image:
+    image = Image.new("RGB", (32, 32), COLORS[index % 8])
+    ImageDraw.Draw(image).rectangle([index * 3, 0, index * 3 + 8, 16], fill=COLORS[(index + 3) % 8])
+    return image
+
+
+IMAGES = [make_image(i) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def views():
+    from conftest import build_views
+
+    return build_views()
+
+
+def eager_logits(cross_encoder, pairs) -> torch.Tensor:
+    return cross_encoder_logits(cross_encoder, pairs)
+
+
+def test_float32_export_scores_equal_eager_pairs_and_batches(views):
+    _, cross_encoder = views
+    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
+    pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
+    expected = eager_logits(cross_encoder, pairs)
+    torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=7), expected, atol=FP32_ATOL, rtol=0)
+    # A single unpadded pair, and more regions than the traced example had (widths are dynamic).
+    regions = RegionFeatures(torch.rand(9, cross_encoder[0].region_feature_dim), torch.rand(9, 4).sort(dim=1).values)
+    single = [("a", regions)]
+    torch.testing.assert_close(
+        cross_encoder_logits(fast, single), eager_logits(cross_encoder, single), atol=FP32_ATOL, rtol=0
+    )
+    probabilities = fast.predict(pairs[:3])
+    assert isinstance(probabilities, np.ndarray)
+    np.testing.assert_allclose(probabilities, torch.sigmoid(expected[:3]).numpy(), atol=FP32_ATOL)
+
+
+@pytest.mark.parametrize("query_is_caption", [True, False])
+def test_score_candidates_preprocesses_the_query_once_and_equals_the_pairs(views, query_is_caption):
+    _, cross_encoder = views
+    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
+    module = cross_encoder[0]
+    calls = []
+    original = module.preprocess
+    module.preprocess = lambda inputs, *args, **kwargs: calls.append(list(inputs)) or original(inputs, *args, **kwargs)
+    try:
+        if query_is_caption:
+            query, candidates, pairs = CAPTIONS[1], IMAGES, [(CAPTIONS[1], image) for image in IMAGES]
+        else:
+            query, candidates, pairs = IMAGES[2], CAPTIONS, [(caption, IMAGES[2]) for caption in CAPTIONS]
+        logits = fast.score_candidates(query, candidates)
+    finally:
+        module.preprocess = original
+    assert calls == [[query], list(candidates)]
+    torch.testing.assert_close(logits, eager_logits(cross_encoder, pairs), atol=FP32_ATOL, rtol=0)
+    features = query_candidate_features(module, query, candidates)
+    reference = module.preprocess(pairs)
+    assert sorted(features) == sorted(reference)
+    for name in features:
+        assert torch.equal(features[name], reference[name]), name
+
+
+def test_score_candidates_refuses_one_modality(views):
+    fast = OnnxCrossEncoder(views[1], FIXTURE)
+    with pytest.raises(ValueError, match="The query and its candidates are all texts"):
+        fast.score_candidates("a red square", ["a cat", "a dog"])
+
+
+def test_cooperative_retriever_with_the_onnx_cross_encoder_reranks_like_eager(views):
+    bi_encoder, cross_encoder = views
+    eager = CooperativeRetriever(bi_encoder, cross_encoder, top_k=4, show_progress_bar=False)
+    eager.index(IMAGES)
+    fast = CooperativeRetriever(bi_encoder, OnnxCrossEncoder(cross_encoder, FIXTURE), top_k=4)
+    fast.use_index(eager.embedding_index, items=IMAGES)
+    for expected_hits, hits in zip(eager.search(CAPTIONS), fast.search(CAPTIONS)):
+        assert [hit.corpus_id for hit in hits] == [hit.corpus_id for hit in expected_hits]
+        assert [hit.ce_score for hit in hits] == pytest.approx([hit.ce_score for hit in expected_hits], abs=FP32_ATOL)
+
+
+def test_rerank_with_a_cache_scores_each_query_in_one_onnx_batch_like_eager(views, monkeypatch):
+    # rerank() is the one rerank path: the ONNX per-query batching sits inside it, cache misses included.
+    _, cross_encoder = views
+    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
+    rows = torch.tensor([[0, 1, 2], [3, 4, 5], [5, 0, 2]])
+    query_ids = ["q0", "q1", "q2"]
+    expected = rerank(cross_encoder, CAPTIONS, IMAGES, rows, query_ids=query_ids, cache=PairScoreCache())
+    calls = []
+    score_candidates = OnnxCrossEncoder.score_candidates
+    monkeypatch.setattr(
+        OnnxCrossEncoder,
+        "score_candidates",
+        lambda self, query, candidates: (
+            calls.append((query, len(candidates))) or score_candidates(self, query, candidates)
+        ),
+    )
+    cache = PairScoreCache()
+    rerank(fast, CAPTIONS[:1], IMAGES, rows[:1, :2], query_ids=query_ids[:1], cache=cache)  # 2 pairs cached
+    calls.clear()
+    result = rerank(fast, CAPTIONS, IMAGES, rows, query_ids=query_ids, cache=cache)
+    assert calls == [(CAPTIONS[0], 1), (CAPTIONS[1], 3), (CAPTIONS[2], 3)]
+    assert result.ce_pairs == 7
+    assert result.rows.tolist() == expected.rows.tolist()
+    torch.testing.assert_close(result.ce_scores, expected.ce_scores, atol=FP32_ATOL, rtol=0)
+
+
+def test_missing_file_is_a_clear_error(views, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No ONNX model at .*; write one with export_cross_encoder_onnx"):
+        OnnxCrossEncoder(views[1], str(tmp_path / "none.onnx"))
+    with pytest.raises(ValueError, match="onnx_path is required"):
+        OnnxCrossEncoder(views[1])
+
+
+def test_export_then_load_from_the_model_folder_with_int8(views, tmp_path):
+    pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    _, cross_encoder = views
+    cross_encoder.save(str(tmp_path / "model"))
+    written = cross_encoder.export_onnx(str(tmp_path / "model"), quantize=True)
+    assert written == [str(tmp_path / "model" / "onnx" / name) for name in ("model.onnx", "model_qint8.onnx")]
+    pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
+    expected = eager_logits(cross_encoder, pairs)
+    fast = OnnxCrossEncoder(str(tmp_path / "model"))  # default: <folder>/onnx/model.onnx
+    torch.testing.assert_close(cross_encoder_logits(fast, pairs), expected, atol=FP32_ATOL, rtol=0)
+    int8 = OnnxCrossEncoder(cross_encoder, written[1])
+    # The tiny random model's logits are ~1e-2 apart, below int8 resolution; only closeness is stated here
+    # (ranking agreement on real-size models: benchmarks/results/retrieval_latency.md).
+    torch.testing.assert_close(cross_encoder_logits(int8, pairs), expected, atol=0.05, rtol=0)
+    assert os.path.getsize(written[1]) < os.path.getsize(written[0])
+
+
+if __name__ == "__main__":  # regenerate the fixture
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from conftest import build_views
+
+    folder = os.path.join(os.path.dirname(FIXTURE), "export")
+    (path,) = export_cross_encoder_onnx(build_views()[1], folder)
+    shutil.move(path, FIXTURE)
+    shutil.rmtree(folder)
+    print(f"wrote {FIXTURE}")
