@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 ANALYSIS_MARKER = "<!-- analysis -->"
 DIRECTIONS = ("t2i", "i2t")
-RECALLS = (1, 5, 10)
+
+from mm_sbert.evaluation.image_text_retrieval_evaluator import RECALL_AT as RECALLS  # noqa: E402 (after sys.path)
 
 
 def default_data_dir() -> Path:
