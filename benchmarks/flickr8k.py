@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 ANALYSIS_MARKER = "<!-- analysis -->"
 DIRECTIONS = ("t2i", "i2t")
-RECALLS = (1, 5, 10)
+
+from mm_sbert.evaluation.image_text_retrieval_evaluator import RECALL_AT as RECALLS  # noqa: E402 (after sys.path)
 
 
 def default_data_dir() -> Path:
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", default="5,10,20", help="Table 8's k values")
     parser.add_argument("--ce-pool", type=int, default=100, help="dev images (x5 captions) fully cross-encoded")
     parser.add_argument("--distractors", type=int, default=1000, help="train images (1 caption each) added (Table 5)")
+    parser.add_argument("--checkpoints", default=None, help="curve: only these checkpoint steps, e.g. 100,200")
     parser.add_argument("--curve-queries", type=int, default=1000, help="curve: caption queries for Coop (seeded)")
     parser.add_argument("--score", default="ce", help="Coop score mode: ce, combination, combination_normalized")
     parser.add_argument("--lam", type=float, default=0.5, help="Coop combination weight of the BE score")
@@ -294,7 +296,10 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     pool_images, pool_captions, pool_owners = protocol([dev_rows[i] for i in pool], store)
     fixed_be = None
     points = []
+    wanted = None if args.checkpoints is None else {int(step) for step in args.checkpoints.split(",")}
     for step, folder in checkpoints(Path(args.run)):
+        if wanted is not None and step not in wanted:
+            continue
         start = time.perf_counter()
         point: dict[str, Any] = {"step": step}
         checkpoint = load_bi_encoder(str(folder), args.device)
