@@ -112,7 +112,7 @@ def test_search_files_are_extra_files_of_the_index(tmp_path):
     with IndexWriter(str(tmp_path / "other"), count=1, dim=2) as writer:
         with pytest.raises(ValueError, match="'vector_search.json' is one of the index's own files"):
             writer.add_file(CONFIG_FILE, b"{}")
-        writer.write([[1.0, 0.0]])
+        writer.write(torch.tensor([[1.0, 0.0]]))
 
 
 def test_a_search_file_missing_from_the_manifest_is_refused_on_open(tmp_path):
