@@ -18,7 +18,13 @@ import os
 import time
 
 from mm_sbert.cli.common import CLIError, set_threads
-from mm_sbert.evaluation.demo_report import LATENCY_SIZES, measure_latency, save_plot, verdict
+from mm_sbert.evaluation.demo_report import (
+    LATENCY_SIZES,
+    REAL_PHOTOS_OUTCOME,
+    measure_latency,
+    save_plot,
+    verdict,
+)
 from mm_sbert.training.demo_recipe import (
     DEFAULTS,
     MODULE_KWARGS,
@@ -230,4 +236,7 @@ def run(args: argparse.Namespace) -> int:
             f"--html {os.path.join(args.output_dir, 'search.html')}"
         )
     print(f"Done in {results['total_seconds']:.0f} s (training {train_seconds:.0f} s).")
+    print()
+    for line in REAL_PHOTOS_OUTCOME:
+        print(line)
     return 0

@@ -17,6 +17,8 @@ ROW = re.compile(r"^(BE|CE|Coop \(k=20\))\s+" + r"\s+".join([r"(\d+\.\d)"] * 6) 
 
 
 def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model(capsys, tmp_path):
+    from mm_sbert.evaluation.demo_report import REAL_PHOTOS_OUTCOME
+
     code, out, err = run_cli(capsys, "demo", "--quick", "--output-dir", tmp_path, "--threads", "1")
     assert code == 0, err
 
@@ -31,6 +33,7 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     # 12 held-out images with one caption each: CE scores every pair; k=20 >= 12, so Coop reranks everything too.
     assert int(rows["CE"][7]) == 144 and int(rows["BE"][7]) == 0
     assert rows["Coop (k=20)"][:6] == rows["CE"][:6]
+    assert out.rstrip().endswith("\n".join(REAL_PHOTOS_OUTCOME))
     # The printed verdict is verdict() of the saved metrics. On 12 images Coop (k=20) cross-encodes 12 x 12 pairs
     # in each direction, full CE the same 144 pairs once: Coop costs more than half of CE, so the run cannot show the
     # paper's result, whatever the recall.
@@ -144,3 +147,26 @@ def test_the_recipe_gives_the_new_layers_their_learning_rate_through_the_host_ma
     assert len(learning_rates) == len(list(model.parameters()))
     assert {learning_rates[i] for i in new} == {1e-2}
     assert {rate for i, rate in learning_rates.items() if i not in new} == {1e-4}
+
+
+def test_closing_lines_quote_the_measured_real_photo_outcome():
+    import json
+    from pathlib import Path
+
+    from mm_sbert.evaluation.demo_report import REAL_PHOTOS_OUTCOME
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    rows = {}
+    for name in ("flickr8k_en_sep.json", "flickr8k_en_joint.json"):
+        for row in json.loads((results / name).read_text(encoding="utf-8"))["tables"]["table1"]:
+            rows[row["mode"]] = row
+    text = " ".join(REAL_PHOTOS_OUTCOME)
+    for mode, label in (("BE", "BE R@1"), ("Sep+Coop", "Sep+Coop R@1"), ("Joint+Coop", "Joint+Coop")):
+        quoted = f"{label} {rows[mode]['t2i_r@1']}"
+        assert quoted in text.replace("(t2i) ", "").replace("\n", " "), quoted
+    assert f"R@10 {rows['BE']['t2i_r@10']} / {rows['BE']['i2t_r@10']}" in text
+    # The verdict follows the numbers: Coop below BE at R@1 in both directions is said as "does NOT beat".
+    coop_below = all(
+        rows[m][f"{d}_r@1"] < rows["BE"][f"{d}_r@1"] for m in ("Sep+Coop", "Joint+Coop") for d in ("t2i", "i2t")
+    )
+    assert ("does NOT beat" in text) == coop_below
