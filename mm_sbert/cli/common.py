@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Re-exported: the one list of image suffixes lives with the image loading.
+from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS  # noqa: F401
 
 # Exit codes a shell script can branch on.
 EXIT_OK = 0

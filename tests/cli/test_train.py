@@ -4,11 +4,8 @@ import pytest
 import torch
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
-pytest.importorskip("mm_sbert.training", reason="mm_sbert.training (JointTrainer) is not on this branch yet")
-pytest.importorskip("mm_sbert.losses", reason="mm_sbert.losses is not on this branch yet")
-
-from mm_sbert import MMCrossEncoder, MMSentenceTransformer  # noqa: E402
-from mm_sbert.image_features import load_image  # noqa: E402
+from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+from mm_sbert.image_features import load_image
 
 
 @pytest.mark.parametrize("regime", ["be", "ce", "joint"])

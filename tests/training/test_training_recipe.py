@@ -74,3 +74,69 @@ def test_continuing_a_trained_model_speeds_up_only_the_head(tmp_path):
     assert {rates[id(names[n])] for n in names if ".img_embedding." in n} == {1e-5}
     with pytest.raises(ValueError, match="new_layers must be a non-empty subset"):
         TrainingRecipe(new_layers=("pooler",))
+
+
+def test_infonce_directions_reach_the_host_loss():
+    model, _ = build_views("bert")
+    both, _ = TrainingRecipe("bi_encoder", bi_encoder_loss="infonce").losses(model)
+    one, _ = TrainingRecipe("bi_encoder", bi_encoder_loss="infonce", infonce_directions=["query_to_doc"]).losses(model)
+    assert both.directions == ("query_to_doc", "doc_to_query")
+    assert one.directions == ("query_to_doc",)
+
+
+def test_the_demo_trains_through_training_recipe(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from mm_sbert.training.demo_recipe import fine_tune
+
+    built = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        built.append((recipe, kwargs["args"], kwargs["batch_samplers"]))
+        return SimpleNamespace(train=lambda: None, objective_history=[(0, "bi_encoder", 1.0)])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    train = SimpleNamespace(to_dataset=lambda: "dataset", families=[0, 0], caption_image_ids=[0, 1])
+    history = fine_tune(
+        torch.nn.Linear(1, 1),
+        train,
+        str(tmp_path),
+        steps=3,
+        batch_size=4,
+        seed=7,
+        warmup_steps=2,
+        learning_rate=1e-4,
+        new_layer_learning_rate=1e-3,
+        cross_encoder_steps_per_round=2,
+        family_batches=("cross_encoder",),
+        negatives_per_positive=3,
+        listwise=True,
+        show_progress_bar=False,
+    )
+    assert history == [(0, "bi_encoder", 1.0), (1, "bi_encoder", 1.0)]
+    (warm_up, warm_args, warm_samplers), (joint, joint_args, joint_samplers) = built
+    assert (warm_up.regime, warm_up.steps, warm_args.max_steps, warm_samplers) == ("bi_encoder", 2, 2, None)
+    assert (joint.regime, joint.steps, joint_args.max_steps, list(joint_samplers)) == (
+        "joint",
+        9,
+        9,
+        ["cross_encoder"],
+    )
+    assert (joint.bi_encoder_loss, joint.infonce_directions) == ("infonce", ("query_to_doc",))
+    assert (joint.cross_encoder_loss, joint.negatives, joint.steps_ratio) == ("listwise", 3, (1, 2))
+    assert joint_args.learning_rate == 1e-4 and joint_args.seed == 7 and joint_args.disable_tqdm
+    assert joint_args.learning_rate_mapping == {r"(^|\.)(img_embedding|img_layer_norm|classifier)\.": 1e-3}
+
+
+def test_the_demo_model_is_built_by_new_model(monkeypatch):
+    import mm_sbert.training
+    from mm_sbert.training.demo_recipe import build_demo_model
+
+    calls = []
+    monkeypatch.setattr(mm_sbert.training, "new_model", lambda *args, **kwargs: calls.append((args, kwargs)) or "m")
+    assert build_demo_model(32, layers=1, fusion_layer=1) == "m"
+    ((_, featurizer), kwargs) = calls[0]
+    assert featurizer.feature_dim > 0
+    assert kwargs == {"layers": 1, "device": "cpu", "max_seq_length": 48, "use_img_layernorm": True, "fusion_layer": 0}
