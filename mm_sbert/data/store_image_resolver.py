@@ -7,11 +7,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mm_sbert.image_features.feature_store import FeatureStore, FeatureStoreError, ImageId
+from mm_sbert.image_features.feature_store import (
+    _RUNTIME_KEYS,
+    FeatureStore,
+    FeatureStoreError,
+    ImageId,
+    _featurizer_identity,
+    _same_featurizer,
+)
 from mm_sbert.image_features.image_featurizer import FEATURIZER_REGISTRY, ImageFeaturizer
-
-# Settings of a featurizer that change its speed, not the regions it yields.
-RUNTIME_FEATURIZER_KEYS = frozenset({"batch_size"})
 
 
 def default_store_key(image: Any) -> ImageId:
@@ -102,16 +106,15 @@ def check_store_featurizer(store: FeatureStore, featurizer: ImageFeaturizer | No
     """Raise :class:`FeatureStoreError` when ``store`` was not built by a featurizer with ``featurizer``'s settings
     (the model would see other regions in training than for new images)."""
     recorded = store.featurizer_config
-    while isinstance(getattr(featurizer, "featurizer", None), ImageFeaturizer):
-        featurizer = featurizer.featurizer  # look through a caching wrapper
     if recorded is None or featurizer is None:
         return
-    current = {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
+    # The comparison a resumed FeatureStore.build makes: caching wrappers looked through, speed settings ignored.
+    current = _featurizer_identity(featurizer)
 
     def settings(entry: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in entry["config"].items() if key not in RUNTIME_FEATURIZER_KEYS}
+        return {key: value for key, value in entry["config"].items() if key not in _RUNTIME_KEYS}
 
-    if recorded["type"] != current["type"] or settings(recorded) != settings(current):
+    if not _same_featurizer(recorded, current):
         raise FeatureStoreError(
             f"The feature store '{store.path}' was built by {recorded['type']}({settings(recorded)}), but the model "
             f"featurizes images with {current['type']}({settings(current)}); train on a store built with the model's "
