@@ -92,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--head-input",
-        choices=("first_token", "mean", "text_image_match"),
+        choices=("first_token", "mean", "text_image_match", "cosine_match"),
         default="first_token",
         help="what the cross-encoder head of a NEW model reads (default: [CLS], as the paper)",
     )
@@ -102,6 +102,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="for a NEW model: how many first layers read text and regions apart before the rest attend across "
         "both (default: 0, single-stream as the paper)",
+    )
+    parser.add_argument(
+        "--similarity-start",
+        action="store_true",
+        help="ce, joint from a SAVED bi-encoder: a new score head that starts out as the bi-encoder's cosine, and a "
+        "learned cross-modal attention bias (--cross-modal-bias) so fusion starts nearly closed",
+    )
+    parser.add_argument(
+        "--cross-modal-bias",
+        type=float,
+        default=-4.0,
+        help="with --similarity-start: the cross-modal attention bias's start (default: -4.0)",
     )
     parser.add_argument(
         "--hard-negatives",
@@ -291,8 +303,12 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
         if _is_saved_model(args.model):
-            # A saved model's image projection is trained already; only its score head may be new.
-            recipe.new_layers = ("classifier",)
+            # A saved model's image projection is trained already; only its score head (and bias) may be new.
+            recipe.new_layers = ("classifier", "cross_modal_attention_bias")
+        if args.similarity_start:
+            if not _is_saved_model(args.model) or args.regime == "be":
+                raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")
+            model[0].start_cross_encoder(cross_modal_bias=args.cross_modal_bias)
         if store is not None:
             try:
                 check_store_featurizer(store, model[0].featurizer)

@@ -43,6 +43,8 @@ BACKBONE_FOLDER = "backbone"
 # The module's own weights (image projection, its LayerNorm, the score head) beside the backbone folder. In folders
 # saved by mm_sbert 0.1.0 the same file holds every weight and mm_transformer_config.json the backbone's config.
 WEIGHTS_NAME = "model.safetensors"
+# Heads that read the text and region halves of a pair separately (and so need the text-position mask).
+MATCH_HEADS = ("text_image_match", "cosine_match")
 HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
 
 
@@ -85,13 +87,20 @@ class MultimodalTransformer(InputModule):
             ``"text_image_match"``: the masked means ``t`` of the text states and ``r`` of the region states, read
             as ``[t ; r ; t * r ; |t - r|]`` (a matching head as in InferSent / ESIM; ``classifier`` is then
             ``Linear(4 * hidden, 1)``), so a weighted similarity of the two halves is one linear map away and
-            training from a text-only checkpoint does not have to discover it through attention first.
+            training from a text-only checkpoint does not have to discover it through attention first;
+            ``"cosine_match"``: the same four parts of the L2-normalised ``t`` and ``r``, so the head can read exactly
+            the cosine similarity a bi-encoder ranks by (see :meth:`start_cross_encoder`).
         fusion_layer: how many of the backbone's first layers run each modality on its own before the rest attend
             across both: ``0`` (the default) is single-stream from the first layer, as OSCAR / M3P and the paper;
             ``k > 0`` masks attention between text and region positions in layers ``0..k-1`` (late fusion, as in
             ALBEF's text encoder under its fusion layers), so those layers read a caption exactly as a text-only
             input and keep what a sentence-embedding checkpoint learned about phrases; only the layers from ``k`` on
             compare the caption with the regions. Captions alone are unaffected.
+        cross_modal_bias: ``None`` (the default) or the starting value of a learned bias, one per fused layer, added
+            to the attention logits between the text and the region positions of a (caption, image) pair. A negative
+            start (e.g. ``-4``) makes the fused layers begin close to reading each modality on its own, and training
+            opens the gate as far as it helps (as Flamingo's tanh gates start closed). Captions alone and images
+            alone are unaffected.
         head_pooler: whether the cross-encoder head passes its input (the first token, the mean, or ``t`` and ``r``
             each) through the backbone's pooler (dense + tanh) before ``classifier``; ``False`` reads it raw.
         max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
@@ -134,6 +143,7 @@ class MultimodalTransformer(InputModule):
         max_regions: int = 50,
         featurizer: ImageFeaturizer | None = None,
         score_head: bool = True,
+        cross_modal_bias: float | None = None,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
@@ -186,15 +196,20 @@ class MultimodalTransformer(InputModule):
         self.img_embedding = nn.Linear(self.region_feature_dim + BOX_FORMAT_WIDTHS[box_format], hidden_size)
         self.img_layer_norm = nn.LayerNorm(hidden_size, eps=self.img_layer_norm_eps) if use_img_layernorm else None
         self.img_dropout = nn.Dropout(config.hidden_dropout_prob)
-        head_width = 4 * hidden_size if head_input == "text_image_match" else hidden_size
+        head_width = 4 * hidden_size if head_input in MATCH_HEADS else hidden_size
         self.classifier = nn.Linear(head_width, 1) if score_head else None
         self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
+        self.cross_modal_attention_bias = None
+        if cross_modal_bias is not None:
+            self.cross_modal_attention_bias = nn.Parameter(torch.full((num_layers - fusion_layer,), cross_modal_bias))
         self._init_new_weights(config.initializer_range)
         # The new layers follow the backbone's dtype and device (a float16 backbone gets a float16 projection).
         reference = next(backbone.parameters())
         for layer in (self.img_embedding, self.img_layer_norm, self.classifier):
             if layer is not None:
                 layer.to(device=reference.device, dtype=reference.dtype)
+        if self.cross_modal_attention_bias is not None:
+            self.cross_modal_attention_bias.data = self.cross_modal_attention_bias.data.to(reference.device)
 
     def _init_new_weights(self, std: float) -> None:
         for linear in (self.img_embedding, self.classifier):
@@ -240,6 +255,9 @@ class MultimodalTransformer(InputModule):
             "input_ids": encoded["input_ids"],
             "text_mask": encoded["attention_mask"],
         }
+        if self.cross_modal_attention_bias is not None:
+            # Which rows are (caption, image) pairs: only there does the cross-modal bias apply.
+            features["is_pair"] = torch.tensor([text is not None and image is not None for text, image in parsed])
         if "token_type_ids" in encoded:
             features["token_type_ids"] = encoded["token_type_ids"]
         if self.image_only_text == "cls":
@@ -429,13 +447,14 @@ class MultimodalTransformer(InputModule):
         encoder_mask = create_bidirectional_mask(
             config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
         )
-        # The text-position mask is needed only by late fusion and by the matching head.
+        # The text-position mask is needed only by late fusion, the cross-modal bias and the matching heads.
         is_text = None
-        if self.fusion_layer > 0 or (self.classifier is not None and self.head_input == "text_image_match"):
+        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None
+        if layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS):
             parts = [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
             is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
-        if self.fusion_layer > 0:
-            token_embeddings = self._late_fusion_encoder(hidden, mask, encoder_mask, is_text)
+        if layer_by_layer:
+            token_embeddings = self._late_fusion_encoder(hidden, mask, encoder_mask, is_text, features.get("is_pair"))
         else:
             token_embeddings = self.backbone.encoder(hidden, attention_mask=encoder_mask).last_hidden_state
 
@@ -449,9 +468,15 @@ class MultimodalTransformer(InputModule):
         return features
 
     def _late_fusion_encoder(
-        self, hidden: torch.Tensor, mask: torch.Tensor, encoder_mask: Any, is_text: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        encoder_mask: Any,
+        is_text: torch.Tensor,
+        is_pair: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The backbone's layers one by one; the first :attr:`fusion_layer` ones attend within each modality."""
+        """The backbone's layers one by one; the first :attr:`fusion_layer` ones attend within each modality, the
+        others across both, with :attr:`cross_modal_attention_bias` (if any) added between the modalities of pairs."""
         same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
         if encoder_mask is None:
             # create_bidirectional_mask returns None when no position is padded.
@@ -461,8 +486,25 @@ class MultimodalTransformer(InputModule):
         else:
             # Additive masks (eager attention): 0 where allowed, the dtype's minimum where not.
             within = encoder_mask.masked_fill(~same_modality, torch.finfo(encoder_mask.dtype).min)
+        across = None
+        if self.cross_modal_attention_bias is not None:
+            # A learned additive bias needs a float mask: 0 where allowed, the dtype's minimum where padded.
+            allowed = encoder_mask if encoder_mask.dtype == torch.bool else encoder_mask == 0
+            base = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+            base = base.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            cross = ~same_modality
+            if is_pair is not None:
+                cross = cross & is_pair.to(cross.device).view(-1, 1, 1, 1)
+            across = (base, cross.to(hidden.dtype))
         for index, layer in enumerate(self.backbone.encoder.layer):
-            hidden = layer(hidden, within if index < self.fusion_layer else encoder_mask)
+            if index < self.fusion_layer:
+                layer_mask = within
+            elif across is not None:
+                bias = self.cross_modal_attention_bias[index - self.fusion_layer].to(hidden.dtype)
+                layer_mask = across[0] + across[1] * bias
+            else:
+                layer_mask = encoder_mask
+            hidden = layer(hidden, layer_mask)
         return hidden
 
     def _joint_embeddings(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -493,10 +535,12 @@ class MultimodalTransformer(InputModule):
         def pool(summary: torch.Tensor) -> torch.Tensor:
             return pooler.activation(pooler.dense(summary)) if pooler is not None else summary
 
-        if self.head_input == "text_image_match":
+        if self.head_input in MATCH_HEADS:
             if is_text is None:
-                raise ValueError("head_input='text_image_match' needs is_text, the mask of the text positions")
+                raise ValueError(f"head_input={self.head_input!r} needs is_text, the mask of the text positions")
             text, regions = (pool(_masked_mean(token_embeddings, mask * part)) for part in (is_text, 1 - is_text))
+            if self.head_input == "cosine_match":
+                text, regions = nn.functional.normalize(text, dim=-1), nn.functional.normalize(regions, dim=-1)
             pooled = torch.cat([text, regions, text * regions, (text - regions).abs()], dim=-1)
         elif self.head_input == "mean":
             pooled = pool(_masked_mean(token_embeddings, mask))
@@ -504,6 +548,43 @@ class MultimodalTransformer(InputModule):
             first = mask.to(torch.int64).argmax(dim=1)
             pooled = pool(token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first])
         return self.classifier(self.classifier_dropout(pooled))
+
+    def start_cross_encoder(self, cross_modal_bias: float | None = -4.0, similarity_scale: float = 20.0) -> None:
+        """Prepare a trained bi-encoder for fine-tuning as a cross-encoder that starts out ranking close to it.
+
+        The score head becomes ``"cosine_match"`` (without the pooler), initialised to read ``similarity_scale``
+        times the cosine of the pair's text and region means, the similarity the bi-encoder was trained on; with
+        ``cross_modal_bias`` the fused layers get a learned cross-modal attention bias starting there (see the
+        class's ``cross_modal_bias``), so they begin close to reading each modality on its own. Training then
+        learns what attending across the pair adds ("align before fuse", without starting from a random head).
+
+        Args:
+            cross_modal_bias: the bias's start (negative: little attention across the pair at first); ``None``
+                keeps full cross-modal attention from the start.
+            similarity_scale: the head's starting weight on the cosine (an inverse temperature: 20 is InfoNCE's
+                0.05).
+
+        Raises:
+            ValueError: the module was built without a score head (``score_head=False``).
+        """
+        if self.classifier is None:
+            raise ValueError("start_cross_encoder needs a score head; this module was built with score_head=False")
+        hidden_size = self.backbone.config.hidden_size
+        reference = self.classifier.weight
+        self.head_input, self.head_pooler = "cosine_match", False
+        self.classifier = nn.Linear(4 * hidden_size, 1).to(device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            self.classifier.weight.zero_()
+            self.classifier.bias.zero_()
+            # [t ; r ; t * r ; |t - r|]: the third block summed is cos(t, r) for unit t and r.
+            self.classifier.weight[0, 2 * hidden_size : 3 * hidden_size] = similarity_scale
+        self.cross_modal_bias = None if cross_modal_bias is None else float(cross_modal_bias)
+        self.cross_modal_attention_bias = None
+        if cross_modal_bias is not None:
+            fused = len(self.backbone.encoder.layer) - self.fusion_layer
+            self.cross_modal_attention_bias = nn.Parameter(
+                torch.full((fused,), float(cross_modal_bias), device=reference.device)
+            )
 
     # ------------------------------------------------------------------ persistence
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import asdict, dataclass, field, fields
 from numbers import Integral, Real
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from mm_sbert.image_features.region_features import BoxFormat
 RegionOrder = Literal["text_first", "regions_first"]
 EmbeddingMode = Literal["separate", "joint"]
 ImageOnlyText = Literal["cls_sep", "cls"]
-HeadInput = Literal["first_token", "mean", "text_image_match"]
+HeadInput = Literal["first_token", "mean", "text_image_match", "cosine_match"]
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MultimodalTransformerConfig:
     max_seq_length: int = field(default=70, metadata={"min": 2})
     max_regions: int = field(default=50, metadata={"min": 1})
     score_head: bool = True
+    cross_modal_bias: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +53,11 @@ class MultimodalTransformerConfig:
         hints = get_type_hints(type(self))
         for item in fields(self):
             value, hint = getattr(self, item.name), hints[item.name]
+            if get_origin(hint) in (Union, types.UnionType):
+                # An optional option: None, or a value of the one other type.
+                if value is None:
+                    continue
+                hint = next(arg for arg in get_args(hint) if arg is not type(None))
             if get_origin(hint) is Literal:
                 if value not in get_args(hint):
                     raise ValueError(f"{item.name} must be one of {get_args(hint)}{where}, got {value!r}")

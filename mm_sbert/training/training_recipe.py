@@ -14,7 +14,7 @@ from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper
 BiEncoderLossName = Literal["triplet", "infonce"]
 CrossEncoderLossName = Literal["bce", "listwise"]
 # The layers that are new on top of a text checkpoint: the image projection, its LayerNorm, the score head.
-NEW_LAYERS = ("img_embedding", "img_layer_norm", "classifier")
+NEW_LAYERS = ("img_embedding", "img_layer_norm", "classifier", "cross_modal_attention_bias")
 
 
 @dataclass
@@ -154,7 +154,7 @@ class TrainingRecipe:
         }
         if self.new_layer_learning_rate is not None and self.new_layer_learning_rate != learning_rate:
             # A regex over parameter names, e.g. "0.img_embedding.weight"; only the untrained layers.
-            pattern = r"(^|\.)(" + "|".join(self.new_layers) + r")\."
+            pattern = r"(^|\.)(" + "|".join(self.new_layers) + r")(\.|$)"
             kwargs["learning_rate_mapping"] = {pattern: self.new_layer_learning_rate}
         kwargs.update(overrides)
         return paper_training_args(output_dir, self.regime, **kwargs)

@@ -153,3 +153,18 @@ def build_parser_args(argv: list[str]):
     from mm_sbert.cli.main import build_parser
 
     return build_parser().parse_args(argv)
+
+
+def test_train_ce_with_a_similarity_start(capsys, tmp_path):
+    output = tmp_path / "run"
+    argv = ["train", "ce", "--model", tiny_model_dir(), "--synthetic", "8", "--steps", "2", "--batch-size", "4"]
+    code, _, err = run_cli(capsys, *argv, "--similarity-start", "--cross-modal-bias", "-3", "--output-dir", output)
+    assert code == 0, err
+    trained = MMCrossEncoder(str(output / "final"))[0]
+    assert (trained.head_input, trained.cross_modal_bias) == ("cosine_match", -3.0)
+    bias = trained.cross_modal_attention_bias
+    assert bias.shape == (len(trained.backbone.encoder.layer) - trained.fusion_layer,)
+    assert not torch.equal(bias, torch.full_like(bias, -3.0)), "the bias is trained"
+    # A new model has no bi-encoder similarity to start from.
+    code, _, err = run_cli(capsys, "train", "ce", "--synthetic", "8", "--similarity-start", "--output-dir", output)
+    assert code == 2 and "--similarity-start needs" in err

@@ -158,6 +158,19 @@ def test_export_then_load_from_the_model_folder_with_int8(views, tmp_path):
     assert os.path.getsize(written[1]) < os.path.getsize(written[0])
 
 
+def test_a_similarity_started_cross_encoder_exports_with_its_learned_bias(tmp_path):
+    pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    from conftest import build_views
+
+    _, cross_encoder = build_views(fusion_layer=1)
+    cross_encoder[0].start_cross_encoder(cross_modal_bias=-1.5)
+    (path,) = export_cross_encoder_onnx(cross_encoder, str(tmp_path))
+    pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
+    expected = eager_logits(cross_encoder, pairs)
+    fast = OnnxCrossEncoder(cross_encoder, path)
+    torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=5), expected, atol=FP32_ATOL, rtol=0)
+
+
 if __name__ == "__main__":  # regenerate the fixture
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from conftest import build_views

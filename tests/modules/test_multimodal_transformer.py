@@ -165,12 +165,14 @@ def reference_score(module, features):
         else:
             text = pool(states[row, :text_width][mask[row, :text_width]].mean(0))
             image = pool(states[row, text_width:][mask[row, text_width:]].mean(0))
+            if module.head_input == "cosine_match":
+                text, image = torch.nn.functional.normalize(text, dim=0), torch.nn.functional.normalize(image, dim=0)
             head_in = torch.cat([text, image, text * image, (text - image).abs()])
         logits.append(module.classifier(head_in))
     return torch.stack(logits)
 
 
-@pytest.mark.parametrize("head_input", ["first_token", "mean", "text_image_match"])
+@pytest.mark.parametrize("head_input", ["first_token", "mean", "text_image_match", "cosine_match"])
 @pytest.mark.parametrize("head_pooler", [True, False])
 def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler):
     module = build_module("bert", featurizer=False, head_input=head_input, head_pooler=head_pooler)
@@ -178,7 +180,7 @@ def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler)
     inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
     features = run(module, inputs)
     hidden = module.backbone.config.hidden_size
-    assert module.classifier.in_features == (4 * hidden if head_input == "text_image_match" else hidden)
+    assert module.classifier.in_features == (4 * hidden if head_input.endswith("_match") else hidden)
     with torch.no_grad():
         expected = reference_score(module, features)
     torch.testing.assert_close(features["scores"], expected, atol=1e-5, rtol=1e-5)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import build_views
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -127,7 +129,12 @@ def test_the_demo_trains_through_training_recipe(monkeypatch, tmp_path):
     assert (joint.bi_encoder_loss, joint.infonce_directions) == ("infonce", ("query_to_doc",))
     assert (joint.cross_encoder_loss, joint.negatives, joint.steps_ratio) == ("listwise", 3, (1, 2))
     assert joint_args.learning_rate == 1e-4 and joint_args.seed == 7 and joint_args.disable_tqdm
-    assert joint_args.learning_rate_mapping == {r"(^|\.)(img_embedding|img_layer_norm|classifier)\.": 1e-3}
+    ((pattern, new_rate),) = joint_args.learning_rate_mapping.items()
+    assert new_rate == 1e-3
+    new = ["0.img_embedding.weight", "0.img_layer_norm.bias", "0.classifier.weight", "0.cross_modal_attention_bias"]
+    assert all(re.search(pattern, name) for name in new)
+    pretrained = ["0.backbone.encoder.layer.0.attention.self.query.weight", "0.backbone.embeddings.LayerNorm.bias"]
+    assert not any(re.search(pattern, name) for name in pretrained)
 
 
 def test_the_demo_model_is_built_by_new_model(monkeypatch):
