@@ -54,19 +54,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def require_component(module: str, names: list[str], what: str) -> list[Any]:
-    """Import ``names`` from ``module`` or fail with exit code 3 and a message saying what is missing."""
-    import importlib
+def require_package(package: str, extra: str, what: str) -> None:
+    """Fail with exit code 3 and the install command when the optional third-party ``package`` is not installed."""
+    import importlib.util
 
-    try:
-        imported = importlib.import_module(module)
-        return [getattr(imported, name) for name in names]
-    except (ImportError, AttributeError) as exc:
+    if importlib.util.find_spec(package) is None:
         raise CLIError(
-            f"{what} needs {module}.{', '.join(names)}, which this installation of mm_sbert does not provide "
-            f"({exc}); upgrade mm_sbert",
+            f"{what} needs the optional package `{package}`, which is not installed: pip install 'mm-sbert[{extra}]'",
             EXIT_MISSING_COMPONENT,
-        ) from exc
+        )
 
 
 def existing_path(path: str, what: str, kind: str = "any") -> Path:

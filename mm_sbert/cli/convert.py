@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from mm_sbert.cli.common import require_component
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    (convert_main,) = require_component("mm_sbert.convert", ["main"], "mm-sbert convert")
+    from mm_sbert.convert import main as convert_main
+
     try:
         return convert_main(list(args.converter_args))
     except SystemExit as exc:  # argparse inside the converter exits for --help and bad arguments

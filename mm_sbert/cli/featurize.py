@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from mm_sbert.cli.common import CLIError, input_errors, list_images, load_model, positive_int, require_component
+from mm_sbert.cli.common import CLIError, input_errors, list_images, load_model, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +61,10 @@ def build_featurizer(args: argparse.Namespace):
             raise CLIError(f"The model '{args.model}' has no image featurizer; choose one with --featurizer")
         return featurizer
     if args.featurizer == "mobilenet-grid":
-        (featurizer_class,) = require_component(
-            "mm_sbert.image_features", ["MobileNetV2GridFeaturizer"], "--featurizer mobilenet-grid"
-        )
+        from mm_sbert.image_features import MobileNetV2GridFeaturizer
+
         try:
-            return featurizer_class(grid_size=args.grid_size)
+            return MobileNetV2GridFeaturizer(grid_size=args.grid_size)
         except ValueError as error:
             raise CLIError(f"--grid-size: {error}") from error
     from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
@@ -77,7 +76,8 @@ def build_featurizer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    (feature_store,) = require_component("mm_sbert.image_features", ["FeatureStore"], "mm-sbert featurize")
+    from mm_sbert.image_features import FeatureStore
+
     images = list_images(args.images)
     stems = [path.stem for path in images]
     if len(set(stems)) != len(stems):
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         with input_errors(), warnings.catch_warnings():
             # The failures are listed below, one line per image, instead of the library's summary warning.
             warnings.filterwarnings("ignore", message=r".* images could not be read", category=UserWarning)
-            store = feature_store.build(
+            store = FeatureStore.build(
                 args.output,
                 [str(path) for path in images],
                 featurizer,

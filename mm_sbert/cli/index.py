@@ -12,7 +12,7 @@ from mm_sbert.cli.common import (
     list_images,
     load_model,
     positive_int,
-    require_component,
+    require_package,
     set_threads,
 )
 
@@ -91,16 +91,17 @@ def _previous_config(config_path: str) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.image_features import ImageLoadError
-    from mm_sbert.retrieval import IndexWriter, encoder_fingerprint
+    from mm_sbert.retrieval import CooperativeRetriever, IndexWriter, MilvusIndex, encoder_fingerprint
     from mm_sbert.storage import atomic_write_json
 
     set_threads(args.threads)
-    (retriever_class,) = require_component("mm_sbert.retrieval", ["CooperativeRetriever"], "mm-sbert index")
     milvus = args.backend == "milvus"
     if not milvus and args.uri is not None:
         raise CLIError("--uri is for --backend milvus")
     if milvus and (args.precision != "float32" or args.ann):
         raise CLIError("--precision and --ann choose the local index's search; with --backend milvus, Milvus does")
+    if milvus:
+        require_package("pymilvus", "milvus", "mm-sbert index --backend milvus")
     images = [str(path.resolve()) for path in list_images(args.images)]
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise CLIError(f"--output '{args.output}' is a file, not a folder")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
         uri = os.path.abspath(uri)
     model = load_model(args.model)
-    retriever = retriever_class(model, batch_size=args.batch_size, show_progress_bar=True)
+    retriever = CooperativeRetriever(model, batch_size=args.batch_size, show_progress_bar=True)
     os.makedirs(args.output, exist_ok=True)
     embeddings_path = os.path.join(args.output, INDEX_SUBFOLDER)
     # What an earlier run killed mid-write left behind (its temporary folder / config file)
@@ -138,15 +139,12 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(config_path, config, indent=2)
     try:
         if milvus:
-            (milvus_class,) = require_component(
-                "mm_sbert.retrieval", ["MilvusIndex"], "mm-sbert index --backend milvus"
-            )
             # Re-indexing replaces only the collection this output folder wrote, never another one at that URI.
             own = previous is not None and (previous.get("uri"), previous.get("collection")) == (uri, args.collection)
             with input_errors(ImageLoadError):
                 embedding_index = retriever.index(images, ids=images)
             try:
-                milvus_class.from_index(embedding_index, uri, collection_name=args.collection, overwrite=own).close()
+                MilvusIndex.from_index(embedding_index, uri, collection_name=args.collection, overwrite=own).close()
             except ValueError as error:
                 raise CLIError(str(error)) from error
         else:

@@ -17,7 +17,7 @@ from mm_sbert.cli.common import (
     input_errors,
     load_model,
     positive_int,
-    require_component,
+    require_package,
     set_threads,
 )
 from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE
@@ -89,13 +89,12 @@ def html_target(path: str, folder: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.retrieval import check_encoder_fingerprint
+    from mm_sbert.retrieval import CooperativeRetriever, MilvusIndex, check_encoder_fingerprint
     from mm_sbert.storage import resolve_stored_path
 
     set_threads(args.threads)
     if args.top_k < 1 or args.rerank_k < 1:
         raise CLIError("--top-k and --rerank-k must be >= 1")
-    (retriever_class,) = require_component("mm_sbert.retrieval", ["CooperativeRetriever"], "mm-sbert search")
     folder = existing_path(args.index, "Index folder", "dir")
     config = read_index_config(folder)
     html_path = html_target(args.html, folder) if args.html else None
@@ -115,11 +114,11 @@ def run(args: argparse.Namespace) -> int:
         with input_errors():
             check_encoder_fingerprint(fingerprint, model, what=f"the index '{args.index}'")
 
-    retriever = retriever_class(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
+    retriever = CooperativeRetriever(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
     if config.get("backend") == "milvus":
-        (milvus_class,) = require_component("mm_sbert.retrieval", ["MilvusIndex"], "mm-sbert search")
+        require_package("pymilvus", "milvus", "Searching a Milvus-backed index")
         try:
-            embedding_index = milvus_class(config["uri"], config["collection"])
+            embedding_index = MilvusIndex(config["uri"], config["collection"])
         except (KeyError, ValueError) as error:
             raise CLIError(f"The Milvus collection of the index '{args.index}' cannot be opened: {error}") from error
     else:

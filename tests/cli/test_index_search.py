@@ -312,3 +312,16 @@ def test_index_backend_option_errors(capsys, tmp_path):
     assert code == 2 and "--precision and --ann choose the local index's search" in err
     code, _, err = run_cli(capsys, *base, "--precision", "int4")
     assert code == 2 and "invalid choice: 'int4'" in err
+
+
+def test_milvus_backend_without_pymilvus_exits_3_with_the_install_command(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pymilvus" else find_spec(name))
+    folder = tmp_path / "milvus.index"
+    images = f"{scene_folder()}/images"
+    argv = ["index", images, "--model", tiny_model_dir(), "--output", folder, "--backend", "milvus"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 3 and "pip install 'mm-sbert[milvus]'" in err
+    assert not folder.exists(), "nothing is written before the check"
