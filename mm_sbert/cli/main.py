@@ -15,7 +15,7 @@ SUBCOMMANDS = (demo, featurize, train, evaluate, index, search, convert, push)
 
 EPILOG = """\
 exit codes: 0 success, 1 unexpected failure, 2 bad arguments or missing/invalid input files,
-            3 a component this installation lacks, 130 interrupted.
+            3 an optional package not installed, 130 interrupted.
 Run `mm-sbert COMMAND --help` for a command's options."""
 
 

@@ -17,7 +17,7 @@ shows progress bars. Add `--debug` before the command for full tracebacks, `--ve
 | {EXIT_OK} | success |
 | {EXIT_FAILURE} | unexpected failure (one line; `--debug` shows the traceback) |
 | {EXIT_USAGE} | bad arguments, or a missing / invalid input file or folder (the message names it) |
-| {EXIT_MISSING_COMPONENT} | this installation lacks a component the command needs |
+| {EXIT_MISSING_COMPONENT} | an optional package the command needs is missing (the message says what to install) |
 | {EXIT_INTERRUPTED} | interrupted (Ctrl-C) |
 
 This page is generated from the command definitions (`python -m mm_sbert.cli.reference > docs/cli.md`).
