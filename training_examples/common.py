@@ -1,6 +1,7 @@
-"""Shared parts of the three training examples: arguments, data, model, trainer, evaluation.
+"""Shared parts of the three training examples: arguments, data, evaluation.
 
-Each example trains one regime of "Retrieve Fast, Rerank Smart" with :class:`mm_sbert.training.JointTrainer`:
+Each example trains one regime of "Retrieve Fast, Rerank Smart" through the library's one builder
+(:func:`mm_sbert.training.new_model` and :class:`mm_sbert.training.TrainingRecipe`, the same as ``mm-sbert train``):
 
 - without ``--data`` it runs a small offline demo in a couple of minutes on a CPU: 24 generated colour-swatch
   images (or, with ``--demo-data coco-mini``, the 80 COCO photos of ``../shared/data/coco-mini-train``); MiniLM
@@ -16,22 +17,21 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 import torch
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
 from mm_sbert.data import ImageCaptionCorpus, color_swatches
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
-from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
-from mm_sbert.training import PAPER_HYPERPARAMETERS, JointTrainer, paper_training_args
+from mm_sbert.training import PAPER_HYPERPARAMETERS, TrainingRecipe, new_model
 
 SHARED_DATA = os.environ.get(
     "MM_SBERT_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 )
 COCO_MINI = os.path.join(SHARED_DATA, "coco-mini-train", "captions_train2017.json")
 # The small demo: few steps at a higher learning rate, so something is learned in a couple of minutes.
-DEMO = {"per_device_train_batch_size": 16, "max_steps": 40, "learning_rate": 2e-4, "logging_steps": 10}
+DEMO = {"batch_size": 16, "steps": 40, "learning_rate": 2e-4, "logging_steps": 10}
+PAPER_BATCH_SIZE = 128
 
 logger = logging.getLogger("mm_sbert.training_examples")
 
@@ -136,45 +136,32 @@ def build_model(args: argparse.Namespace) -> MMSentenceTransformer:
         featurizer = ColorGridFeaturizer()
     # A text-only checkpoint has never seen regions: without the LayerNorm (VinVL / M3P have it) the freshly
     # initialised projection makes regions ~30x smaller than token embeddings, and images all look alike at first.
-    return MMSentenceTransformer.from_backbone(
-        model_path,
-        featurizer=featurizer,
-        region_feature_dim=featurizer.feature_dim,
-        use_img_layernorm=args.img_layernorm,
-    )
+    return new_model(model_path, featurizer, use_img_layernorm=args.img_layernorm)
 
 
-def build_losses(args: argparse.Namespace, model: MMSentenceTransformer) -> dict[str, torch.nn.Module]:
-    losses: dict[str, torch.nn.Module] = {}
-    if args.regime in ("bi_encoder", "joint"):
-        if args.infonce:
-            from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-            losses["bi_encoder_loss"] = MultipleNegativesRankingLoss(
-                model, directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"
-            )
-        else:
-            losses["bi_encoder_loss"] = HardNegativeTripletLoss(
-                model, margin=args.margin, hardest=not args.all_negatives
-            )
-    if args.regime in ("cross_encoder", "joint"):
-        losses["cross_encoder_loss"] = CrossEncoderBCELoss(
-            model, negatives_per_positive=args.negatives_per_positive, hard_negatives=args.hard_negatives
-        )
-    return losses
-
-
-def training_args(args: argparse.Namespace, demo: bool) -> Any:
-    overrides: dict[str, Any] = dict(DEMO) if demo else {}
-    for name, value in (
-        ("per_device_train_batch_size", args.batch_size),
-        ("learning_rate", args.lr),
-        ("max_steps", args.max_steps),
-    ):
+def training_recipe(args: argparse.Namespace, demo: bool) -> TrainingRecipe:
+    """The paper's settings for the regime (or the small demo's), with what the command line overrides."""
+    settings = dict(DEMO) if demo else {"batch_size": PAPER_BATCH_SIZE, "steps": None, "learning_rate": None}
+    for name, value in (("batch_size", args.batch_size), ("learning_rate", args.lr), ("steps", args.max_steps)):
         if value is not None:
-            overrides[name] = value
-    overrides["save_steps"] = overrides["max_steps"] if demo and args.max_steps is None else args.save_steps
-    return paper_training_args(args.output_dir, args.regime, seed=args.seed, **overrides)
+            settings[name] = value
+    steps = settings["steps"] or PAPER_HYPERPARAMETERS[args.regime]["max_steps"]
+    return TrainingRecipe(
+        regime=args.regime,
+        steps=steps,
+        batch_size=settings["batch_size"],
+        learning_rate=settings["learning_rate"],
+        bi_encoder_loss="infonce" if getattr(args, "infonce", False) else "triplet",
+        margin=getattr(args, "margin", 0.1),
+        hardest_negative=not getattr(args, "all_negatives", False),
+        infonce_partition_mode="per_direction",
+        negatives=getattr(args, "negatives_per_positive", None),
+        hard_negatives=getattr(args, "hard_negatives", False),
+        steps_ratio=tuple(int(part) for part in getattr(args, "steps_ratio", "1:1").split(":")),
+        seed=args.seed,
+        save_steps=steps if demo and args.max_steps is None else args.save_steps,
+        logging_steps=settings.get("logging_steps", 100),
+    )
 
 
 def evaluate(model: MMSentenceTransformer, corpus: ImageCaptionCorpus, regime: str) -> dict[str, float]:
@@ -194,14 +181,7 @@ def run(regime: str, description: str) -> dict[str, float]:
     train, evaluation, demo = load_data(args)
     logger.info(f"Training data: {train}; evaluation data: {evaluation}")
     model = build_model(args)
-    steps_ratio = tuple(int(part) for part in getattr(args, "steps_ratio", "1:1").split(":"))
-    trainer = JointTrainer(
-        model,
-        train_dataset=train.to_dataset(),
-        args=training_args(args, demo),
-        steps_ratio=steps_ratio,
-        **build_losses(args, model),
-    )
+    trainer = training_recipe(args, demo).trainer(model, train.to_dataset(), args.output_dir)
     before = evaluate(model, evaluation, regime)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = evaluate(model, evaluation, regime)

@@ -38,8 +38,12 @@ class TrainingRecipe:
             :class:`~mm_sbert.losses.HardNegativeTripletLoss`) or ``"infonce"`` (in-batch softmax in both directions,
             the host's ``MultipleNegativesRankingLoss``).
         margin: the triplet loss's margin.
+        hardest_negative: the triplet loss on the hardest negative in the batch (the paper's, VSE++); ``False`` sums
+            over all negatives (VSE).
         infonce_directions: the directions of ``"infonce"`` (the host's ``MultipleNegativesRankingLoss``): both by
             default; ``("query_to_doc",)`` ranks only images for a caption, as the demo does.
+        infonce_partition_mode: the host's ``partition_mode`` of ``"infonce"``: ``"joint"`` (one softmax over all
+            directions' candidates) or ``"per_direction"`` (one softmax per direction).
         cross_encoder_loss: ``"bce"`` (the paper's, :class:`~mm_sbert.losses.CrossEncoderBCELoss`) or ``"listwise"``
             (:class:`~mm_sbert.losses.CrossEncoderListwiseLoss`).
         negatives: cross-encoder negatives per positive; ``None``: 1 for ``bce``, 3 for ``listwise``.
@@ -64,7 +68,9 @@ class TrainingRecipe:
     new_layers: tuple[str, ...] = NEW_LAYERS
     bi_encoder_loss: BiEncoderLossName = "triplet"
     margin: float = 0.1
+    hardest_negative: bool = True
     infonce_directions: tuple[str, ...] = ("query_to_doc", "doc_to_query")
+    infonce_partition_mode: Literal["joint", "per_direction"] = "joint"
     cross_encoder_loss: CrossEncoderLossName = "bce"
     negatives: int | None = None
     hard_negatives: bool = False
@@ -79,6 +85,10 @@ class TrainingRecipe:
             raise ValueError(f"regime must be one of {sorted(PAPER_HYPERPARAMETERS)}, got {self.regime!r}")
         if self.bi_encoder_loss not in ("triplet", "infonce"):
             raise ValueError(f"bi_encoder_loss must be 'triplet' or 'infonce', got {self.bi_encoder_loss!r}")
+        if self.infonce_partition_mode not in ("joint", "per_direction"):
+            raise ValueError(
+                f"infonce_partition_mode must be 'joint' or 'per_direction', got {self.infonce_partition_mode!r}"
+            )
         if self.cross_encoder_loss not in ("bce", "listwise"):
             raise ValueError(f"cross_encoder_loss must be 'bce' or 'listwise', got {self.cross_encoder_loss!r}")
         if self.steps < 1:
@@ -120,9 +130,11 @@ class TrainingRecipe:
         bi_encoder_loss = cross_encoder_loss = None
         if self.trains_bi_encoder:
             if self.bi_encoder_loss == "triplet":
-                bi_encoder_loss = HardNegativeTripletLoss(model, margin=self.margin)
+                bi_encoder_loss = HardNegativeTripletLoss(model, margin=self.margin, hardest=self.hardest_negative)
             else:
-                bi_encoder_loss = MultipleNegativesRankingLoss(model, directions=self.infonce_directions)
+                bi_encoder_loss = MultipleNegativesRankingLoss(
+                    model, directions=self.infonce_directions, partition_mode=self.infonce_partition_mode
+                )
         if self.trains_cross_encoder:
             if self.cross_encoder_loss == "listwise":
                 cross_encoder_loss = CrossEncoderListwiseLoss(
