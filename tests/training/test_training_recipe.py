@@ -20,8 +20,16 @@ def test_losses_follow_the_regime_and_the_named_settings():
     be, ce = TrainingRecipe(
         "joint", bi_encoder_loss="infonce", cross_encoder_loss="listwise", hard_negatives=True
     ).losses(model)
-    assert isinstance(be, MultipleNegativesRankingLoss)
+    assert isinstance(be, MultipleNegativesRankingLoss) and be.partition_mode == "joint"
     assert isinstance(ce, CrossEncoderListwiseLoss) and ce.negatives_per_positive == 3 and ce.num_hard_negatives == 3
+    # The training examples' options: VSE (all negatives) and one softmax per InfoNCE direction.
+    be, _ = TrainingRecipe("bi_encoder", hardest_negative=False).losses(model)
+    assert be.hardest is False
+    per_direction = TrainingRecipe("bi_encoder", bi_encoder_loss="infonce", infonce_partition_mode="per_direction")
+    be, _ = per_direction.losses(model)
+    assert be.partition_mode == "per_direction"
+    with pytest.raises(ValueError, match="infonce_partition_mode must be"):
+        TrainingRecipe("bi_encoder", infonce_partition_mode="rows")
 
 
 def test_new_layers_get_their_own_learning_rate_through_the_host_mapping(tmp_path):
