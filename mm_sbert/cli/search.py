@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from mm_sbert.cli.common import (
@@ -110,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
     model = load_model(args.model or config["model"])
     fingerprint = config.get("model_fingerprint")
-    if fingerprint is not None and not args.force_model:
+    if fingerprint is None:
+        print(
+            f"Warning: the index '{args.index}' records no model fingerprint (an older `mm-sbert index` wrote it), "
+            "so the model cannot be checked against the one that built it; re-run `mm-sbert index` to record one",
+            file=sys.stderr,
+        )
+    elif not args.force_model:
         with input_errors():
             check_encoder_fingerprint(fingerprint, model, what=f"the index '{args.index}'")
 

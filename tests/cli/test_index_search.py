@@ -325,3 +325,14 @@ def test_milvus_backend_without_pymilvus_exits_3_with_the_install_command(capsys
     code, _, err = run_cli(capsys, *argv)
     assert code == 3 and "pip install 'mm-sbert[milvus]'" in err
     assert not folder.exists(), "nothing is written before the check"
+
+
+def test_search_on_an_index_without_a_fingerprint_warns_that_the_model_is_unchecked(capsys, fresh_index):
+    config_path = os.path.join(fresh_index, "mm_sbert_index.json")
+    config = json.loads(open(config_path).read())
+    del config["model_fingerprint"]
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    code, out, err = run_cli(capsys, "search", fresh_index, "a red circle")
+    assert code == 0, err
+    assert "records no model fingerprint" in err and out.startswith("Query: a red circle")
