@@ -13,6 +13,8 @@ text retrieval (i2t) with all 1,000 image queries (a hit is any of the image's 5
   a pool of ``--ce-pool`` dev images with all their captions, Table 5 (``--distractors`` train images and one caption
   each added to the search space), Table 8 (Coop with k in ``--top-k``);
 - ``curve``: R@1 / R@10 of BE (full protocol), Coop and pool CE for every checkpoint of a run, and a plot;
+- ``onnx``: Coop with the ``--ce`` model in eager PyTorch, exported to ONNX Runtime float32 and with int8 weights, on
+  ``--onnx-images`` seeded dev images (all their captions as queries): whether int8 keeps recall;
 - ``embeddings``: the ``--be`` model's embeddings of every train + dev image and caption, and of the dev captions as
   queries, as ``.npy`` files in ``--output-dir`` (real vectors for ``benchmarks/retrieval_latency.py --embeddings``);
 - ``render``: rebuild ``benchmarks/results/flickr8k.md`` from the JSON files.
@@ -59,7 +61,7 @@ def default_data_dir() -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["tables", "curve", "embeddings", "render"])
+    parser.add_argument("part", choices=["tables", "curve", "onnx", "embeddings", "render"])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--features", type=Path, help="the feature store the models were trained from")
     parser.add_argument("--be", help="bi-encoder model folder (curve: the fixed retriever of a cross-encoder run)")
@@ -75,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", default="5,10,20", help="Table 8's k values")
     parser.add_argument("--ce-pool", type=int, default=100, help="dev images (x5 captions) fully cross-encoded")
     parser.add_argument("--distractors", type=int, default=1000, help="train images (1 caption each) added (Table 5)")
+    parser.add_argument("--onnx-images", type=int, default=200, help="onnx: dev images (x5 caption queries)")
     parser.add_argument("--checkpoints", default=None, help="curve: only these checkpoint steps, e.g. 100,200")
     parser.add_argument("--curve-queries", type=int, default=1000, help="curve: caption queries for Coop (seeded)")
     parser.add_argument("--score", default="ce", help="Coop score mode: ce, combination, combination_normalized")
@@ -273,6 +276,42 @@ def write_embeddings(args: argparse.Namespace) -> None:
     np.save(args.output_dir / "collection.npy", np.concatenate([images, captions]).astype(np.float32))
     np.save(args.output_dir / "queries.npy", captions[-dev_captions:].astype(np.float32))
     print(f"wrote {len(images) + len(captions)} collection and {dev_captions} query embeddings to {args.output_dir}")
+
+
+def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    """Coop (k = ``--k``) reranked by the ``--ce`` model in eager PyTorch, ONNX float32 and ONNX int8, same queries."""
+    import tempfile
+
+    from mm_sbert import FeatureStore
+    from mm_sbert.export import OnnxCrossEncoder
+
+    store = FeatureStore(args.features)
+    dev_rows = read_split(args.data_dir / "dev")
+    subset = sorted(random.Random(args.seed).sample(range(len(dev_rows)), min(args.onnx_images, len(dev_rows))))
+    images, captions, owners = protocol([dev_rows[i] for i in subset], store)
+    bi_encoder, cross_encoder = load_bi_encoder(args.be, args.device), load_cross_encoder(args.ce, args.device)
+    queries = {"t2i_queries": len(captions), "i2t_queries": len(images)}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        fp32, int8 = cross_encoder.export_onnx(folder, quantize=True)
+        backends = {
+            "eager PyTorch": cross_encoder,
+            "ONNX Runtime fp32": OnnxCrossEncoder(cross_encoder, fp32),
+            "ONNX Runtime int8 (dynamic)": OnnxCrossEncoder(cross_encoder, int8),
+        }
+        for label, reranker in backends.items():
+            metrics = evaluator(images, captions, owners, args, cross_encoder=reranker, modes=("coop",))(bi_encoder)
+            rows.append(row(metrics, "coop", f"Coop k={args.k}, {label}", **queries))
+            print(f"  {label}: {rows[-1]}", flush=True)
+    return {"part": "onnx", "rows": rows, "sizes": {"dev_images": len(images), "dev_captions": len(captions)}}
+
+
+def render_onnx(result: dict[str, Any]) -> str:
+    columns = ["mode", *RECALL_COLUMNS, "t2i_queries", "i2t_queries", "seconds"]
+    return (
+        f"Command: `{result['command']}`  \nCommit: {result['commit']}  \nMachine: {result['machine']}\n\n"
+        + markdown_table(result["rows"], columns)
+    )
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -509,6 +548,10 @@ def render(output: Path) -> str:
         if result.get("part") == "tables":
             title = f"## Tables from `{path.name}` (all-MiniLM-L6-v2 + MobileNetV2 3x3 grid)"
             parts.append(f"{title}\n\n" + render_tables(result))
+    for path in sorted(RESULTS.glob("flickr8k_onnx*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        title = f"## The cross-encoder exported: Coop with eager PyTorch vs ONNX Runtime (`{path.name}`)"
+        parts.append(f"{title}\n\n" + render_onnx(result))
     curves = []
     for path in sorted(RESULTS.glob("flickr8k_curve_*.json")):
         curve = json.loads(path.read_text(encoding="utf-8"))
@@ -549,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
             write_embeddings(args)
             return
         start = time.perf_counter()
-        result = run_tables(args) if args.part == "tables" else run_curve(args)
+        result = {"tables": run_tables, "curve": run_curve, "onnx": run_onnx}[args.part](args)
         result |= {
             "command": "python "
             + " ".join([os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])]),
@@ -559,11 +602,15 @@ def main(argv: list[str] | None = None) -> None:
             "total_seconds": time.perf_counter() - start,
             "args": {k: str(v) for k, v in vars(args).items()},
         }
-        print(render_tables(result) if args.part == "tables" else render_curve(result))
+        print({"tables": render_tables, "curve": render_curve, "onnx": render_onnx}[args.part](result))
         if args.no_write:
             return
         RESULTS.mkdir(parents=True, exist_ok=True)
-        name = f"flickr8k_{args.name}.json" if args.part == "tables" else f"flickr8k_curve_{result['label']}.json"
+        name = {
+            "tables": f"flickr8k_{args.name}.json",
+            "curve": f"flickr8k_curve_{result.get('label')}.json",
+            "onnx": f"flickr8k_onnx_{args.name}.json",
+        }[args.part]
         (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     output.write_text(render(output), encoding="utf-8")
     print(f"wrote {output}")

@@ -83,3 +83,34 @@ def test_row_turns_evaluator_metrics_into_percentages(bench):
         "seconds": 12.3,
         "k": 20,
     }
+
+
+def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    import csv
+    from collections import defaultdict
+
+    from cli_helpers import run_cli, scene_folder, tiny_model_dir
+
+    store, model = tmp_path / "store", tiny_model_dir()
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", model)
+    assert code == 0, err
+    captions = defaultdict(list)
+    with open(f"{scene_folder()}/captions.csv", encoding="utf-8") as f:
+        for line in csv.DictReader(f):
+            captions[line["image"]].append(line["caption"])
+    (tmp_path / "dev").mkdir()
+    rows = [{"image": image, "en": texts} for image, texts in sorted(captions.items())]
+    (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["onnx", "--features", str(store), "--be", model, "--ce", model, "--data-dir", str(tmp_path)]
+    result = bench.run_onnx(bench.parse_args([*argv, "--onnx-images", "8", "--k", "5", "--threads", "1"]))
+    eager, fp32, int8 = result["rows"]
+    assert [row["mode"] for row in result["rows"]] == [
+        "Coop k=5, eager PyTorch",
+        "Coop k=5, ONNX Runtime fp32",
+        "Coop k=5, ONNX Runtime int8 (dynamic)",
+    ]
+    recalls = [key for key in eager if "_r@" in key]
+    assert {key: fp32[key] for key in recalls} == {key: eager[key] for key in recalls}
+    assert eager["t2i_queries"] == sum(len(texts) for texts in captions.values()) and eager["i2t_queries"] == 8
+    assert all(0 <= int8[key] <= 100 for key in recalls)
