@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Flickr8k training runs behind benchmarks/results/flickr8k.md, through the user's own commands.
-# Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint} [extra mm-sbert train arguments]
+# Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint|ce_sim|joint_sim} [extra mm-sbert train arguments]
 # Every run checkpoints every SAVE_STEPS steps and resumes from its newest checkpoint when started again.
 # Environment: DATA (flickr8k folder), RUNS (output folder), STORE (feature store), THREADS, DEVICE, STEPS, BATCH.
 set -euo pipefail
@@ -12,6 +12,12 @@ DEVICE=${DEVICE:-cpu}
 SAVE_STEPS=${SAVE_STEPS:-100}
 what=$1
 shift
+# ce_sim / joint_sim: the ce / joint recipe with the score head started at the BE's cosine and a learned cross-modal
+# attention bias (MultimodalTransformer.start_cross_encoder), in their own output folders.
+similarity=()
+case "$what" in
+  ce_sim|joint_sim) similarity=(--similarity-start --output-dir "$RUNS/$what"); what=${what%_sim} ;;
+esac
 common=(--data "$DATA/train/captions.jsonl" --features "$STORE" --save-steps "$SAVE_STEPS"
         --threads "$THREADS" --device "$DEVICE" --resume)
 case "$what" in
@@ -25,10 +31,11 @@ case "$what" in
   ce)     # cross-encoder initialised from the trained bi-encoder ("align before fuse"), negatives mined by it;
           # a list = the positive + 3 hard negatives, so 32 lists cost about what 128 bi-encoder pairs do
     mm-sbert train ce "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/ce" --ce-loss listwise \
-      --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-400}" --batch-size "${BATCH:-32}" "$@" ;;
+      --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-400}" --batch-size "${BATCH:-32}" \
+      "${similarity[@]}" "$@" ;;
   joint)  # joint model initialised from the trained bi-encoder: both objectives alternating on shared weights
     mm-sbert train joint "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" --be-loss infonce \
       --ce-loss listwise --hard-negatives --lr 3e-5 --new-lr 1e-3 --steps "${STEPS:-600}" --batch-size "${BATCH:-32}" \
-      "$@" ;;
-  *) echo "usage: $0 {store|be|ce|joint} [mm-sbert train arguments]" >&2; exit 2 ;;
+      "${similarity[@]}" "$@" ;;
+  *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim} [mm-sbert train arguments]" >&2; exit 2 ;;
 esac
