@@ -506,7 +506,9 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    # One colour per run, one line style per mode, one marker per cut-off.
+    colors = {curve["label"]: plt.get_cmap("tab10")(index % 10) for index, curve in enumerate(curves)}
     for axis, direction in zip(axes, DIRECTIONS):
         for curve in curves:
             steps = [curve.get("step_offset", 0) + p["step"] for p in curve["points"]]
@@ -519,23 +521,27 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
                     values = [p.get(key.format(m=m)) for p in curve["points"]]
                     if all(v is None for v in values):
                         continue
+                    if what == "BE (full)" and len(values) > 1 and len(set(values)) == 1:
+                        continue  # a cross-encoder run's fixed retriever: drawn by its own run
                     axis.plot(
                         steps,
                         [None if v is None else 100 * v for v in values],
                         style,
                         marker=marker,
-                        label=f"{curve['label']} {what} R@{m}",
+                        color=colors[curve["label"]],
+                        label=f"{curve['label']}: {what} R@{m}",
                     )
         axis.set_title({"t2i": "image retrieval (t2i)", "i2t": "text retrieval (i2t)"}[direction])
         axis.set_xlabel("training step")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("recall (%)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="center right")
     figure.suptitle(
         "Flickr8k dev: recall against training steps (MiniLM-L6 + MobileNetV2 3x3 grid, CPU); CE / joint runs start "
         "from the BE's last step"
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.8, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
