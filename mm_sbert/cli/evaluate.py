@@ -24,6 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="CSV / TSV / JSON-lines file with columns caption, image (paths relative to it)")
     data.add_argument("--synthetic", type=int, metavar="N", help="evaluate on N generated held-out scenes")
+    parser.add_argument(
+        "--features",
+        metavar="STORE",
+        help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
+        "of featurizing them",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of --synthetic (default: 1)")
     parser.add_argument("--modes", default="be,coop", help="comma-separated subset of be, ce, coop (default: be,coop)")
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in coop (paper: 20)")
@@ -31,6 +37,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
+
+
+def stored_regions(store_path: str, images: list[str], featurizer, what: str = "the evaluation data") -> list:
+    """The regions of ``images`` read from the feature store at ``store_path``; exit 2 naming what does not match."""
+    from mm_sbert.cli.train import open_store
+    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+
+    store = open_store(store_path)
+    try:
+        check_store_featurizer(store, featurizer)
+        return StoreImageResolver(store).resolve(images, what=what)
+    except FeatureStoreError as error:
+        raise CLIError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
             args.data, args.synthetic, scratch, captions_per_image=1, seed=args.seed
         )
         featurizer = model[0].featurizer
-        if featurizer is not None:
+        if args.features is not None:
+            images = stored_regions(args.features, images, featurizer)
+        elif featurizer is not None:
             # Featurize each image once; CE pairs would otherwise featurize it again for every caption.
             from mm_sbert.image_features import load_image
 

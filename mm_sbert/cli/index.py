@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", "-m", required=True, help="saved mm_sbert model folder")
     parser.add_argument("--output", "-o", required=True, help="index folder to write")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per bi-encoder batch")
+    parser.add_argument(
+        "--features",
+        metavar="STORE",
+        help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
+        "of featurizing them",
+    )
     parser.add_argument("--ann", default=None, help="also build a FAISS index with this factory string, e.g. HNSW32")
     parser.add_argument(
         "--precision",
@@ -113,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
     if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
         uri = os.path.abspath(uri)
     model = load_model(args.model)
+    items = images
+    if args.features is not None:
+        from mm_sbert.cli.evaluate import stored_regions
+
+        items = stored_regions(args.features, images, model[0].featurizer, what="the images to index")
     retriever = CooperativeRetriever(model, batch_size=args.batch_size, show_progress_bar=True)
     os.makedirs(args.output, exist_ok=True)
     embeddings_path = os.path.join(args.output, INDEX_SUBFOLDER)
@@ -142,14 +153,14 @@ def run(args: argparse.Namespace) -> int:
             # Re-indexing replaces only the collection this output folder wrote, never another one at that URI.
             own = previous is not None and (previous.get("uri"), previous.get("collection")) == (uri, args.collection)
             with input_errors(ImageLoadError):
-                embedding_index = retriever.index(images, ids=images)
+                embedding_index = retriever.index(items, ids=images)
             try:
                 MilvusIndex.from_index(embedding_index, uri, collection_name=args.collection, overwrite=own).close()
             except ValueError as error:
                 raise CLIError(str(error)) from error
         else:
             with input_errors(ImageLoadError):
-                retriever.index(images, ids=images, path=embeddings_path, ann=args.ann, precision=args.precision)
+                retriever.index(items, ids=images, path=embeddings_path, ann=args.ann, precision=args.precision)
     except KeyboardInterrupt:
         print(
             f"mm-sbert index: the index in {args.output} is incomplete; run the same command to rebuild it",

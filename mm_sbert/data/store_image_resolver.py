@@ -56,16 +56,22 @@ class StoreImageResolver:
         self.image_column = image_column
         self.store_key = store_key
 
-    def check(self, images: Iterable[Any]) -> None:
-        """Raise :class:`FeatureStoreError` naming the first images the store lacks (and how many)."""
+    def check(self, images: Iterable[Any], what: str = "the training data") -> None:
+        """Raise :class:`FeatureStoreError` naming the first images of ``what`` the store lacks (and how many)."""
         missing = [image for image in dict.fromkeys(images) if self.store_key(image) not in self.store]
         if missing:
             examples = ", ".join(repr(image) for image in missing[:3])
             raise FeatureStoreError(
-                f"The feature store '{self.store.path}' lacks {len(missing)} image(s) of the training data, e.g. "
+                f"The feature store '{self.store.path}' lacks {len(missing)} image(s) of {what}, e.g. "
                 f"{examples} (looked up as id {self.store_key(missing[0])!r}); featurize them into the store first "
                 "(`mm-sbert featurize ... --output STORE` resumes and adds them)"
             )
+
+    def resolve(self, images: Iterable[Any], what: str = "the data") -> list[Any]:
+        """The stored :class:`RegionFeatures` of ``images`` (paths or ids), after :meth:`check`."""
+        images = list(images)
+        self.check(images, what)
+        return self.store.get_many(self.store_key(image) for image in images)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         batch = dict(batch)

@@ -40,3 +40,27 @@ def test_evaluate_synthetic_and_bad_modes(capsys):
     assert code == 0 and "5 images, 5 captions" in out and "Coop" not in out
     code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir(), "--synthetic", "5", "--modes", "be,xx")
     assert code == 2 and "expected a comma-separated subset of be, ce, coop" in err
+
+
+def test_evaluate_from_a_feature_store_gives_the_metrics_of_featurizing(capsys, tmp_path):
+    store, data, images = tmp_path / "store", f"{scene_folder()}/captions.csv", f"{scene_folder()}/images"
+    code, _, err = run_cli(capsys, "featurize", images, "--output", store, "--model", tiny_model_dir())
+    assert code == 0, err
+    argv = ["evaluate", "--model", tiny_model_dir(), "--data", data, "--modes", "be,coop", "--top-k", "3"]
+    code, _, err = run_cli(capsys, *argv, "--output", tmp_path / "featurized.json")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *argv, "--features", store, "--output", tmp_path / "stored.json")
+    assert code == 0, err
+    featurized, stored = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("featurized", "stored"))
+    recalls = [key for key in featurized if "_r@" in key]
+    assert {key: stored[key] for key in recalls} == {key: featurized[key] for key in recalls}
+
+
+def test_evaluate_features_store_lacking_an_image_exits_2_naming_it(capsys, tmp_path):
+    store = tmp_path / "store"
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", store, "--model", tiny_model_dir())
+    assert code == 0, err
+    argv = ["evaluate", "--model", tiny_model_dir(), "--data", f"{scene_folder()}/captions.csv", "--modes", "be"]
+    code, _, err = run_cli(capsys, *argv, "--features", store)
+    assert code == 2 and "lacks 7 image(s) of the evaluation data" in err and "scene_00001.png" in err

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
@@ -336,3 +337,19 @@ def test_search_on_an_index_without_a_fingerprint_warns_that_the_model_is_unchec
     code, out, err = run_cli(capsys, "search", fresh_index, "a red circle")
     assert code == 0, err
     assert "records no model fingerprint" in err and out.startswith("Query: a red circle")
+
+
+def test_index_from_a_feature_store_stores_the_embeddings_of_featurizing(capsys, tmp_path, index_dir):
+    store, folder, images = tmp_path / "store", str(tmp_path / "stored.index"), f"{scene_folder()}/images"
+    code, _, err = run_cli(capsys, "featurize", images, "--output", store, "--model", tiny_model_dir())
+    assert code == 0, err
+    code, _, err = _index(capsys, folder, None, "--features", store)
+    assert code == 0, err
+    stored, featurized = (np.load(os.path.join(f, "embeddings", "embeddings.npy")) for f in (folder, index_dir))
+    np.testing.assert_allclose(stored, featurized, atol=1e-5, rtol=0)
+    # A store lacking images fails before anything is written, naming one.
+    partial = tmp_path / "partial"
+    image = f"{scene_folder()}/images/scene_00000.png"
+    code, _, err = run_cli(capsys, "featurize", image, "--output", partial, "--model", tiny_model_dir())
+    code, _, err = _index(capsys, str(tmp_path / "other.index"), None, "--features", partial)
+    assert code == 2 and "of the images to index" in err
