@@ -9,11 +9,7 @@ from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
 from mm_sbert.data import SyntheticScenes
-from mm_sbert.image_features import ColorBlobFeaturizer, load_image
-
-FeatureStore = pytest.importorskip("mm_sbert.image_features").__dict__.get("FeatureStore")
-if FeatureStore is None:
-    pytest.skip("mm_sbert.image_features.FeatureStore is not on this branch yet", allow_module_level=True)
+from mm_sbert.image_features import ColorBlobFeaturizer, FeatureStore, load_image
 
 
 def test_featurize_folder_with_color_grid_matches_the_featurizer(capsys, tmp_path):
