@@ -93,8 +93,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--head-input",
         choices=("first_token", "mean", "text_image_match", "cosine_match"),
-        default="first_token",
-        help="what the cross-encoder head of a NEW model reads (default: [CLS], as the paper)",
+        default=None,
+        help="what the cross-encoder head reads: a NEW model's (default: [CLS], as the paper), or, with --model a "
+        "saved model, a new random head of this kind replacing its own (default: keep its head)",
     )
     parser.add_argument(
         "--fusion-layer",
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             featurizer = new_featurizer(args.featurizer, args.grid_size, store)
         model = build_model(
             args.model,
-            head_input=args.head_input,
+            head_input=args.head_input or "first_token",
             fusion_layer=args.fusion_layer,
             featurizer=featurizer,
             img_layernorm=args.img_layernorm,
@@ -305,6 +306,10 @@ def run(args: argparse.Namespace) -> int:
         if _is_saved_model(args.model):
             # A saved model's image projection is trained already; only its score head (and bias) may be new.
             recipe.new_layers = ("classifier", "cross_modal_attention_bias")
+        if args.head_input is not None and _is_saved_model(args.model):
+            if args.similarity_start:
+                raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
+            model[0].reset_score_head(args.head_input)
         if args.similarity_start:
             if not _is_saved_model(args.model) or args.regime == "be":
                 raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")

@@ -549,6 +549,26 @@ class MultimodalTransformer(InputModule):
             pooled = pool(token_embeddings[torch.arange(token_embeddings.size(0), device=first.device), first])
         return self.classifier(self.classifier_dropout(pooled))
 
+    def reset_score_head(self, head_input: HeadInput, head_pooler: bool | None = None) -> None:
+        """Replace the score head by a new, randomly initialised one that reads ``head_input`` (e.g. to fine-tune a
+        trained bi-encoder as a cross-encoder with another head); ``head_pooler`` ``None`` keeps the current one.
+
+        Raises:
+            ValueError: an unknown ``head_input``, or a module built without a score head (``score_head=False``).
+        """
+        if self.classifier is None:
+            raise ValueError("This module was built with score_head=False; it has no score head to replace")
+        MultimodalTransformerConfig(head_input=head_input)  # checks the name
+        reference = self.classifier.weight
+        self.head_input = head_input
+        if head_pooler is not None:
+            self.head_pooler = head_pooler
+        hidden_size = self.backbone.config.hidden_size
+        width = 4 * hidden_size if head_input in MATCH_HEADS else hidden_size
+        self.classifier = nn.Linear(width, 1).to(device=reference.device, dtype=reference.dtype)
+        self.classifier.weight.data.normal_(mean=0.0, std=self.backbone.config.initializer_range)
+        self.classifier.bias.data.zero_()
+
     def start_cross_encoder(self, cross_modal_bias: float | None = -4.0, similarity_scale: float = 20.0) -> None:
         """Prepare a trained bi-encoder for fine-tuning as a cross-encoder that starts out ranking close to it.
 
@@ -567,15 +587,11 @@ class MultimodalTransformer(InputModule):
         Raises:
             ValueError: the module was built without a score head (``score_head=False``).
         """
-        if self.classifier is None:
-            raise ValueError("start_cross_encoder needs a score head; this module was built with score_head=False")
+        self.reset_score_head("cosine_match", head_pooler=False)
         hidden_size = self.backbone.config.hidden_size
         reference = self.classifier.weight
-        self.head_input, self.head_pooler = "cosine_match", False
-        self.classifier = nn.Linear(4 * hidden_size, 1).to(device=reference.device, dtype=reference.dtype)
         with torch.no_grad():
             self.classifier.weight.zero_()
-            self.classifier.bias.zero_()
             # [t ; r ; t * r ; |t - r|]: the third block summed is cos(t, r) for unit t and r.
             self.classifier.weight[0, 2 * hidden_size : 3 * hidden_size] = similarity_scale
         self.cross_modal_bias = None if cross_modal_bias is None else float(cross_modal_bias)

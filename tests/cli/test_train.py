@@ -39,8 +39,13 @@ def test_train_ce_with_the_listwise_loss_and_a_matching_head(capsys, tmp_path):
     before = MMSentenceTransformer(tiny_model_dir())[0]
     trained = MMCrossEncoder(str(output / "final"))[0]
     assert not torch.equal(before.classifier.weight, trained.classifier.weight)
-    # --head-input only shapes a NEW model; a saved folder keeps its own head.
+    # Without --head-input a saved folder keeps its own head; with it, the head is replaced by one of that kind.
     assert trained.head_input == before.head_input
+    code, _, err = run_cli(capsys, *argv, "--head-input", "mean", "--output-dir", tmp_path / "mean")
+    assert code == 0, err
+    assert MMCrossEncoder(str(tmp_path / "mean" / "final"))[0].head_input == "mean" != before.head_input
+    code, _, err = run_cli(capsys, *argv, "--head-input", "mean", "--similarity-start", "--output-dir", output)
+    assert code == 2 and "leave out --head-input" in err
     code, _, err = run_cli(capsys, *argv, "--ce-negatives", "0", "--output-dir", output)
     assert code == 2 and "--ce-negatives must be >= 1" in err
 

@@ -89,5 +89,17 @@ def test_a_started_cross_encoder_saves_and_reloads_bit_identically(tmp_path):
 
 def test_start_cross_encoder_needs_a_score_head():
     module = build_module("bert", featurizer=False, score_head=False)
-    with pytest.raises(ValueError, match="needs a score head"):
+    with pytest.raises(ValueError, match="no score head to replace"):
         module.start_cross_encoder()
+
+
+@pytest.mark.parametrize("head_input, width", [("first_token", 1), ("mean", 1), ("text_image_match", 4)])
+def test_reset_score_head_builds_a_new_head_of_the_named_kind(head_input, width):
+    module = build_module("bert", featurizer=False, head_input="cosine_match")
+    old = module.classifier
+    module.reset_score_head(head_input)
+    assert module.head_input == head_input and module.classifier is not old
+    assert module.classifier.in_features == width * module.backbone.config.hidden_size
+    assert run(module, PAIR)["scores"].shape == (1, 1)
+    with pytest.raises(ValueError, match="head_input must be one of"):
+        module.reset_score_head("cls")
