@@ -182,3 +182,30 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def open_store(path: str | None):
+    """The feature store of ``--features`` (``None`` without it), or a CLIError naming the folder."""
+    if path is None:
+        return None
+    from mm_sbert.image_features import FeatureStore
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+
+    existing_path(path, "Feature store", "dir")
+    try:
+        return FeatureStore(path)
+    except FeatureStoreError as error:
+        raise CLIError(f"--features {path}: {error}") from error
+
+
+def stored_regions(store_path: str, images: list[str], featurizer, what: str = "the evaluation data") -> list:
+    """The regions of ``images`` read from the feature store at ``store_path``; exit 2 naming what does not match."""
+    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
+    from mm_sbert.image_features.feature_store import FeatureStoreError
+
+    store = open_store(store_path)
+    try:
+        check_store_featurizer(store, featurizer)
+        return StoreImageResolver(store).resolve(images, what=what)
+    except FeatureStoreError as error:
+        raise CLIError(str(error)) from error

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, load_model, read_caption_data, set_threads
+from mm_sbert.cli.common import CLIError, load_model, read_caption_data, set_threads, stored_regions
 
 MODES = ("be", "ce", "coop")
 
@@ -37,20 +37,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
-
-
-def stored_regions(store_path: str, images: list[str], featurizer, what: str = "the evaluation data") -> list:
-    """The regions of ``images`` read from the feature store at ``store_path``; exit 2 naming what does not match."""
-    from mm_sbert.cli.train import open_store
-    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
-    from mm_sbert.image_features.feature_store import FeatureStoreError
-
-    store = open_store(store_path)
-    try:
-        check_store_featurizer(store, featurizer)
-        return StoreImageResolver(store).resolve(images, what=what)
-    except FeatureStoreError as error:
-        raise CLIError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from mm_sbert.cli.common import (
     positive_int,
     require_package,
     set_threads,
+    stored_regions,
 )
 
 INDEX_SUBFOLDER = "embeddings"
@@ -121,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     items = images
     if args.features is not None:
-        from mm_sbert.cli.evaluate import stored_regions
-
         items = stored_regions(args.features, images, model[0].featurizer, what="the images to index")
     retriever = CooperativeRetriever(model, batch_size=args.batch_size, show_progress_bar=True)
     os.makedirs(args.output, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, existing_path, read_caption_data, set_threads
+from mm_sbert.cli.common import CLIError, existing_path, open_store, read_caption_data, set_threads
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
@@ -236,19 +236,6 @@ def _is_image_per_line(path: str, caption_key: str) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(row, dict) and isinstance(row.get(caption_key), list)
-
-
-def open_store(path: str | None):
-    if path is None:
-        return None
-    from mm_sbert.image_features import FeatureStore
-    from mm_sbert.image_features.feature_store import FeatureStoreError
-
-    existing_path(path, "Feature store", "dir")
-    try:
-        return FeatureStore(path)
-    except FeatureStoreError as error:
-        raise CLIError(f"--features {path}: {error}") from error
 
 
 def parse_steps_ratio(text: str) -> tuple[int, int]:
