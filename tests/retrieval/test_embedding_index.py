@@ -23,7 +23,8 @@ def random_embeddings(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("corpus_chunk_size, query_chunk_size", [(65536, 256), (37, 2)])
+# query_chunk_size 1: every query goes through the one-query (numpy matrix-vector) path.
+@pytest.mark.parametrize("corpus_chunk_size, query_chunk_size", [(65536, 256), (37, 2), (37, 1), (65536, 1)])
 def test_exact_search_equals_semantic_search(corpus_chunk_size, query_chunk_size):
     corpus, queries = random_embeddings(500), random_embeddings(7, seed=1)
     reference = util.semantic_search(queries, corpus, top_k=10)
@@ -38,6 +39,19 @@ def test_exact_search_equals_semantic_search(corpus_chunk_size, query_chunk_size
     assert rows.tolist() == [[hit["corpus_id"] for hit in hits] for hits in reference]
     expected = torch.tensor([[hit["score"] for hit in hits] for hits in reference])
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_one_query_of_a_float16_memory_mapped_corpus_equals_the_batched_search(tmp_path):
+    corpus = torch.nn.functional.normalize(random_embeddings(300, dim=32), dim=1)
+    path = tmp_path / "corpus.npy"
+    np.save(path, corpus.numpy().astype(np.float16))
+    mapped = np.load(path, mmap_mode="r")
+    queries = torch.nn.functional.normalize(random_embeddings(4, dim=32, seed=3), dim=1)
+    batched_scores, batched_rows = exact_search(queries, mapped, top_k=5, corpus_chunk_size=64)
+    for i in range(4):
+        scores, rows = exact_search(queries[i : i + 1], mapped, top_k=5, corpus_chunk_size=64)
+        assert rows.tolist() == batched_rows[i : i + 1].tolist()
+        torch.testing.assert_close(scores, batched_scores[i : i + 1], rtol=0, atol=1e-6)
 
 
 def test_index_search_normalizes_and_caps_top_k():
