@@ -51,6 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="folder the indexed images are read from; no image outside it is opened (default: the image folder "
         "recorded by `mm-sbert index`; pass it when the images moved)",
     )
+    parser.add_argument(
+        "--ce-backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="where the cross-encoder reranks: eager PyTorch (default, the reference), ONNX Runtime float32, or "
+        "ONNX Runtime with int8 weights (see benchmarks/results/retrieval_latency.md for speed and recall); the "
+        "export is written to the model's onnx/ folder the first time",
+    )
     parser.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML results page")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON lines instead of a table")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
@@ -121,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
         with input_errors():
             check_encoder_fingerprint(fingerprint, model, what=f"the index '{args.index}'")
 
-    retriever = CooperativeRetriever(model, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False)
+    cross_encoder = None
+    if args.ce_backend != "torch" and not args.no_rerank:
+        cross_encoder = onnx_cross_encoder(model, args.model or config["model"], args.ce_backend)
+    retriever = CooperativeRetriever(
+        model, cross_encoder, top_k=max(args.rerank_k, args.top_k), show_progress_bar=False
+    )
     if config.get("backend") == "milvus":
         require_package("pymilvus", "milvus", "Searching a Milvus-backed index")
         try:
@@ -163,6 +176,22 @@ def run(args: argparse.Namespace) -> int:
         write_html(str(html_path), query, hits, images)
         print(f"Wrote {args.html}")
     return 0
+
+
+def onnx_cross_encoder(model, model_folder: str, backend: str):
+    """The model's cross-encoder in ONNX Runtime, from ``<model>/onnx/`` (exported there when missing)."""
+    from mm_sbert.export.onnx_cross_encoder import ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, ensure_onnx_export
+
+    require_package("onnxruntime", "onnx", f"--ce-backend {backend}")
+    file_name = f"{ONNX_FOLDER}/{ONNX_INT8_FILE if backend == 'onnx-int8' else ONNX_FILE}"
+    if not (Path(model_folder) / file_name).is_file():
+        require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {backend}")
+        print(f"Exporting the cross-encoder to {Path(model_folder) / file_name} (once)", file=sys.stderr)
+    from mm_sbert.export import OnnxCrossEncoder
+
+    with input_errors(ValueError):
+        path = ensure_onnx_export(model[0], model_folder, file_name)
+    return OnnxCrossEncoder(model.to_cross_encoder(), path)
 
 
 def _sigmoid(x: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_qint8.onnx"
 TEXT_INPUTS = ("input_ids", "text_mask", "token_type_ids")
 REGION_INPUTS = ("region_features", "region_mask")
+
+logger = logging.getLogger(__name__)
 
 
 class _ScoringForward(nn.Module):
@@ -86,6 +89,8 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
     wrapper = _ScoringForward(module, input_names)
     training = module.training
     module.eval()
+    # A module loaded with backend="onnx" would answer from its old export; trace the PyTorch forward.
+    scorer, module.onnx_scorer = module.onnx_scorer, None
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -100,6 +105,7 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
             )
     finally:
         module.train(training)
+        module.onnx_scorer = scorer
     written = [path]
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -113,6 +119,88 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
 def _boxes(count: int) -> torch.Tensor:
     starts = torch.linspace(0.0, 0.5, count)
     return torch.stack([starts, starts, starts + 0.5, starts + 0.5], dim=1)
+
+
+class OnnxScorer:
+    """An ONNX Runtime session over an exported scoring graph: preprocessed features in, logits ``[B]`` out.
+
+    Both :class:`OnnxCrossEncoder` and ``MMCrossEncoder(..., backend="onnx")`` score through it.
+
+    Args:
+        onnx_path: the file written by :func:`export_cross_encoder_onnx`.
+        threads: intra-op threads (default: ``torch.get_num_threads()``).
+        provider: the ONNX Runtime execution provider.
+    """
+
+    def __init__(self, onnx_path: str, threads: int | None = None, provider: str = "CPUExecutionProvider") -> None:
+        import onnxruntime as ort
+
+        if not os.path.isfile(onnx_path):
+            raise FileNotFoundError(
+                f"No ONNX model at {onnx_path!r}; write one with export_cross_encoder_onnx(cross_encoder, folder)"
+            )
+        self.onnx_path = onnx_path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_path, options, providers=[provider])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    def __repr__(self) -> str:
+        return f"OnnxScorer(onnx_path={self.onnx_path!r}, inputs={self.input_names})"
+
+    def __call__(self, features: dict[str, Any]) -> torch.Tensor:
+        missing = [name for name in self.input_names if name not in features]
+        if missing:
+            raise ValueError(f"The features lack {missing}, which the exported model {self.onnx_path!r} takes")
+        feeds = {name: np.ascontiguousarray(features[name].detach().cpu().numpy()) for name in self.input_names}
+        (scores,) = self.session.run(["scores"], feeds)
+        return torch.from_numpy(scores).float()
+
+
+ONNX_FILES = {f"{ONNX_FOLDER}/{ONNX_FILE}": False, f"{ONNX_FOLDER}/{ONNX_INT8_FILE}": True}
+
+
+def ensure_onnx_export(
+    module: MultimodalTransformer,
+    folder: str,
+    file_name: str = f"{ONNX_FOLDER}/{ONNX_FILE}",
+    export: bool | None = None,
+) -> str:
+    """The path of ``file_name`` inside the model folder ``folder``, exported there first when it is missing (or
+    ``export=True``), as the host does for ``backend="onnx"``: ``onnx/model.onnx`` in float32,
+    ``onnx/model_qint8.onnx`` with int8 weights."""
+    if module.classifier is None:
+        raise ValueError(
+            "backend='onnx' runs the cross-encoder's score head in ONNX Runtime, but this model has no score head "
+            "(a bi-encoder); load it with backend='torch'"
+        )
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(folder, file_name))
+    if os.path.commonpath([path, root]) != root:
+        raise ValueError(f"The ONNX file_name {file_name!r} points outside the model folder {folder!r}")
+    relative = os.path.relpath(path, root).replace(os.sep, "/")
+    if export or (export is None and not os.path.isfile(path)):
+        if relative not in ONNX_FILES:
+            raise FileNotFoundError(
+                f"No ONNX model at {path!r}, and only {sorted(ONNX_FILES)} can be exported on load; pass one of those "
+                "as file_name, or export it yourself"
+            )
+        logger.info("Exporting the cross-encoder to %s", path)
+        export_cross_encoder_onnx(module, folder, quantize=ONNX_FILES[relative])
+    return path
+
+
+def load_onnx_scorer(
+    module: MultimodalTransformer,
+    folder: str,
+    file_name: str = f"{ONNX_FOLDER}/{ONNX_FILE}",
+    provider: str = "CPUExecutionProvider",
+    export: bool | None = None,
+) -> OnnxScorer:
+    """The scorer of ``MultimodalTransformer.load(..., backend="onnx")``, from the host's ``model_kwargs``
+    (``file_name``, ``provider``, ``export``); see :func:`ensure_onnx_export`."""
+    return OnnxScorer(ensure_onnx_export(module, folder, file_name, export), provider=provider)
 
 
 class OnnxCrossEncoder:
@@ -136,8 +224,6 @@ class OnnxCrossEncoder:
     """
 
     def __init__(self, cross_encoder: Any, onnx_path: str | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         if isinstance(cross_encoder, (str, os.PathLike)):
             from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
 
@@ -146,29 +232,27 @@ class OnnxCrossEncoder:
             cross_encoder = MMCrossEncoder(folder, device="cpu")
         if onnx_path is None:
             raise ValueError("onnx_path is required when cross_encoder is a model object, not a folder")
-        if not os.path.isfile(onnx_path):
-            raise FileNotFoundError(
-                f"No ONNX model at {onnx_path!r}; write one with export_cross_encoder_onnx(cross_encoder, folder)"
-            )
         self.module = _module_of(cross_encoder)
-        self.onnx_path = onnx_path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.scorer = OnnxScorer(onnx_path, threads=threads)
+
+    @property
+    def onnx_path(self) -> str:
+        return self.scorer.onnx_path
+
+    @property
+    def session(self) -> Any:
+        return self.scorer.session
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.scorer.input_names
 
     def __repr__(self) -> str:
         return f"OnnxCrossEncoder(onnx_path={self.onnx_path!r}, inputs={self.input_names})"
 
     def logits(self, features: dict[str, Any]) -> torch.Tensor:
         """Logits ``[B]`` of preprocessed features (the output of ``MultimodalTransformer.preprocess``)."""
-        missing = [name for name in self.input_names if name not in features]
-        if missing:
-            raise ValueError(f"The features lack {missing}, which the exported model {self.onnx_path!r} takes")
-        feeds = {name: np.ascontiguousarray(features[name].numpy()) for name in self.input_names}
-        (scores,) = self.session.run(["scores"], feeds)
-        return torch.from_numpy(scores).float()
+        return self.scorer(features)
 
     def predict(
         self,
@@ -229,4 +313,5 @@ def query_candidate_features(
             if name in source:
                 tensor = source[name]
                 features[name] = tensor.expand(k, *tensor.shape[1:]) if source is query_features else tensor
+    features["is_pair"] = torch.ones(k, dtype=torch.bool)
     return features

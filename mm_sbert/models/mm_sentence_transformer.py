@@ -38,6 +38,11 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
     _model_card_model_id_placeholder = "mm_sbert_model_id"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("backend", "torch") != "torch":
+            raise ValueError(
+                f"MMSentenceTransformer embeds in PyTorch only (got backend={kwargs['backend']!r}); backend='onnx' "
+                "is for MMCrossEncoder's pair scores"
+            )
         super().__init__(*args, **kwargs)
 
     @classmethod

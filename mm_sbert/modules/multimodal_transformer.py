@@ -46,6 +46,8 @@ WEIGHTS_NAME = "model.safetensors"
 # Heads that read the text and region halves of a pair separately (and so need the text-position mask).
 MATCH_HEADS = ("text_image_match", "cosine_match")
 HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
+# The host's model_kwargs for backend="onnx".
+ONNX_MODEL_KWARGS = ("file_name", "provider", "export")
 
 
 class MultimodalTransformer(InputModule):
@@ -190,6 +192,8 @@ class MultimodalTransformer(InputModule):
             )
         # Not a registered submodule: a featurizer has its own device and is saved in its own folder.
         self.featurizer = featurizer
+        # Set by load(..., backend="onnx"): pair scores then come from ONNX Runtime (mm_sbert.export.OnnxScorer).
+        self.onnx_scorer: Any = None
 
         config = backbone.config
         hidden_size = config.hidden_size
@@ -255,9 +259,9 @@ class MultimodalTransformer(InputModule):
             "input_ids": encoded["input_ids"],
             "text_mask": encoded["attention_mask"],
         }
-        if self.cross_modal_attention_bias is not None:
-            # Which rows are (caption, image) pairs: only there does the cross-modal bias apply.
-            features["is_pair"] = torch.tensor([text is not None and image is not None for text, image in parsed])
+        # Which rows are (caption, image) pairs: only there does the cross-modal bias apply, and only pairs are scored
+        # by an ONNX backend.
+        features["is_pair"] = torch.tensor([text is not None and image is not None for text, image in parsed])
         if "token_type_ids" in encoded:
             features["token_type_ids"] = encoded["token_type_ids"]
         if self.image_only_text == "cls":
@@ -418,7 +422,22 @@ class MultimodalTransformer(InputModule):
     # ------------------------------------------------------------------ forward
 
     def forward(self, features: dict[str, torch.Tensor | Any], **kwargs) -> dict[str, torch.Tensor | Any]:
-        """Run ``[text ; regions]`` through the backbone; adds ``token_embeddings``, ``attention_mask``, ``scores``."""
+        """Run ``[text ; regions]`` through the backbone; adds ``token_embeddings``, ``attention_mask``, ``scores``.
+
+        Loaded with ``backend="onnx"``, a batch of pairs in eval mode adds only ``scores``, computed by ONNX Runtime;
+        anything else (single captions or images to embed, training) runs in PyTorch.
+        """
+        if self.onnx_scorer is not None and not self.training:
+            is_pair = features.get("is_pair")
+            if is_pair is None or bool(torch.as_tensor(is_pair).all()):
+                scores = self.onnx_scorer(features).to(features["input_ids"].device)
+                if not torch.isfinite(scores).all():
+                    rows = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+                    raise ValueError(
+                        f"The ONNX model produced NaN or infinite scores for input(s) {rows} of this batch"
+                    )
+                features["scores"] = scores
+                return features
         input_ids = features["input_ids"]
         text_mask = features["text_mask"]
         if self.embedding_mode == "joint":
@@ -636,6 +655,7 @@ class MultimodalTransformer(InputModule):
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        backend: str = "torch",
         **kwargs,
     ) -> Self:
         """Load a saved module from a folder or the hub (the hub cache works offline with ``HF_HUB_OFFLINE=1``).
@@ -643,7 +663,17 @@ class MultimodalTransformer(InputModule):
         ``model_kwargs`` reach ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``, ``device_map``, ...),
         ``processor_kwargs`` ``AutoTokenizer.from_pretrained`` and ``config_kwargs`` ``AutoConfig.from_pretrained``.
         Folders saved by mm_sbert 0.1.0 (the backbone's config inside ``mm_transformer_config.json``) load too.
+
+        ``backend="onnx"`` (``MMCrossEncoder(path, backend="onnx")``, the host's convention) scores pairs in ONNX
+        Runtime; the host's ``model_kwargs`` keys ``file_name`` (default ``onnx/model.onnx``; ``onnx/model_qint8.onnx``
+        for int8 weights), ``provider`` and ``export`` choose the file, which is exported into the model folder
+        when it is missing. Embeddings and preprocessing stay in PyTorch.
         """
+        if backend not in ("torch", "onnx"):
+            raise ValueError(
+                f"backend={backend!r} is not supported by mm_sbert's MultimodalTransformer; use 'torch' or 'onnx' "
+                "(ONNX Runtime for the cross-encoder's scores)"
+            )
         directory = cls.load_dir_path(
             model_name_or_path,
             subfolder=subfolder,
@@ -667,6 +697,10 @@ class MultimodalTransformer(InputModule):
         if not isinstance(saved, dict):
             raise ValueError(f"{config_path} must hold a JSON object, got {type(saved).__name__}")
         model_kwargs = dict(model_kwargs or {})
+        # The host's backend options are not from_pretrained arguments.
+        onnx_options = {key: model_kwargs.pop(key) for key in ONNX_MODEL_KWARGS if key in model_kwargs}
+        if onnx_options and backend != "onnx":
+            raise ValueError(f"model_kwargs {sorted(onnx_options)} apply to backend='onnx', not {backend!r}")
         legacy_backbone_config = saved.pop("backbone_config", None)
         options = MultimodalTransformerConfig.from_dict(saved, source=config_path)
         if legacy_backbone_config is None:
@@ -687,6 +721,11 @@ class MultimodalTransformer(InputModule):
             module.load_checkpoint_weights(weights_path, skip_prefix="backbone.")
         else:
             module.load_checkpoint_weights(weights_path)
+        if backend == "onnx":
+            from mm_sbert.export.onnx_cross_encoder import load_onnx_scorer
+
+            module.eval()
+            module.onnx_scorer = load_onnx_scorer(module, directory, **onnx_options)
         return module
 
     def load_checkpoint_weights(self, weights_path: str, skip_prefix: str | None = None) -> None:

@@ -171,6 +171,56 @@ def test_a_similarity_started_cross_encoder_exports_with_its_learned_bias(tmp_pa
     torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=5), expected, atol=FP32_ATOL, rtol=0)
 
 
+def test_backend_onnx_loads_exports_and_scores_like_eager(views, tmp_path):
+    """The host's convention: MMCrossEncoder(folder, backend="onnx", model_kwargs={"file_name": ...})."""
+    pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    from mm_sbert import MMCrossEncoder
+
+    bi_encoder, cross_encoder = views
+    folder = tmp_path / "model"
+    cross_encoder.save(str(folder))
+    pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
+    expected = eager_logits(cross_encoder, pairs)
+    fast = MMCrossEncoder(str(folder), backend="onnx", device="cpu")  # no export yet: written on load
+    assert (folder / "onnx" / "model.onnx").is_file()
+    assert fast[0].onnx_scorer is not None
+    got = torch.as_tensor(fast.predict(pairs, activation_fn=torch.nn.Identity()))
+    torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
+    # The scores really come from ONNX Runtime: a scorer that answers zeros changes them.
+    real = fast[0].onnx_scorer
+    fast[0].onnx_scorer = lambda features: torch.zeros(len(features["input_ids"]))
+    assert not fast.predict(pairs[:3], activation_fn=torch.nn.Identity()).any()
+    fast[0].onnx_scorer = real
+    # Embedding single captions stays PyTorch, so the bi-encoder view of the same module still encodes.
+    embeddings = fast.to_bi_encoder().encode(CAPTIONS, convert_to_tensor=True)
+    torch.testing.assert_close(embeddings, bi_encoder.encode(CAPTIONS, convert_to_tensor=True), atol=1e-5, rtol=0)
+    int8 = MMCrossEncoder(str(folder), backend="onnx", model_kwargs={"file_name": "onnx/model_qint8.onnx"})
+    assert (folder / "onnx" / "model_qint8.onnx").is_file()
+    assert int8[0].onnx_scorer.onnx_path.endswith("model_qint8.onnx")
+    torch.testing.assert_close(
+        torch.as_tensor(int8.predict(pairs, activation_fn=torch.nn.Identity())), expected, atol=0.05, rtol=0
+    )
+
+
+def test_backend_onnx_refusals(views, tmp_path):
+    from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+
+    bi_encoder, cross_encoder = views
+    folder = tmp_path / "model"
+    cross_encoder.save(str(folder))
+    with pytest.raises(ValueError, match="backend='openvino' is not supported by mm_sbert"):
+        MMCrossEncoder(str(folder), backend="openvino")
+    with pytest.raises(ValueError, match="The ONNX file_name .* points outside the model folder"):
+        MMCrossEncoder(str(folder), backend="onnx", model_kwargs={"file_name": "../elsewhere.onnx"})
+    with pytest.raises(FileNotFoundError, match="only .* can be exported on load"):
+        MMCrossEncoder(str(folder), backend="onnx", model_kwargs={"file_name": "onnx/other.onnx"})
+    with pytest.raises(ValueError, match=r"model_kwargs \['file_name'\] apply to backend='onnx'"):
+        MMCrossEncoder(str(folder), model_kwargs={"file_name": "onnx/model.onnx"})
+    with pytest.raises(ValueError, match="MMSentenceTransformer embeds in PyTorch only"):
+        MMSentenceTransformer(str(folder), backend="onnx")
+    assert not (tmp_path / "elsewhere.onnx").exists()
+
+
 if __name__ == "__main__":  # regenerate the fixture
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from conftest import build_views

@@ -1,4 +1,8 @@
-"""Folders saved by mm_sbert 0.1.0 (backbone config inside mm_transformer_config.json) still load, bit-identically."""
+"""Folders saved by mm_sbert 0.1.0 (backbone config inside mm_transformer_config.json) still load to the same model.
+
+The expected outputs were recorded on another CPU; float32 kernels of other CPUs round differently (1 ulp, ~2e-7
+here), so the comparison allows float32 rounding. A wrong load (a weight missed, a LayerNorm dropped) moves outputs
+by ~1e-1."""
 
 from __future__ import annotations
 
@@ -24,18 +28,26 @@ def images() -> list[Image.Image]:
     return out
 
 
-def test_a_folder_saved_by_release_0_1_0_encodes_and_predicts_bit_identically():
+# Float32 rounding of a 2-layer model across CPUs, with room: observed 2.4e-7.
+ATOL = 1e-5
+
+
+def assert_same(actual, expected) -> None:
+    np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=0)
+
+
+def test_a_folder_saved_by_release_0_1_0_encodes_and_predicts_as_it_did():
     expected = load_file(str(FIXTURE / "expected_outputs.safetensors"))
     regions = [
         RegionFeatures(torch.from_numpy(f), torch.from_numpy(b))
         for f, b in zip(expected["region_features"], expected["boxes"])
     ]
     bi_encoder = MMSentenceTransformer(str(FIXTURE / "model"), device="cpu")
-    np.testing.assert_array_equal(bi_encoder.encode(images()), expected["image_embeddings"])
-    np.testing.assert_array_equal(bi_encoder.encode(regions), expected["region_embeddings"])
-    np.testing.assert_array_equal(bi_encoder.encode(CAPTIONS), expected["caption_embeddings"])
+    assert_same(bi_encoder.encode(images()), expected["image_embeddings"])
+    assert_same(bi_encoder.encode(regions), expected["region_embeddings"])
+    assert_same(bi_encoder.encode(CAPTIONS), expected["caption_embeddings"])
 
     cross_encoder = MMCrossEncoder(str(FIXTURE / "model"), device="cpu")
     pairs = [(c, im) for c in CAPTIONS for im in images()] + [(CAPTIONS[0], regions[0]), (regions[1], CAPTIONS[2])]
-    np.testing.assert_array_equal(cross_encoder.predict(pairs), expected["scores"])
-    np.testing.assert_array_equal(cross_encoder.predict(pairs, activation_fn=torch.nn.Identity()), expected["logits"])
+    assert_same(cross_encoder.predict(pairs), expected["scores"])
+    assert_same(cross_encoder.predict(pairs, activation_fn=torch.nn.Identity()), expected["logits"])
