@@ -297,7 +297,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
         backends = {
             "eager PyTorch": cross_encoder,
             "ONNX Runtime fp32": OnnxCrossEncoder(cross_encoder, fp32),
-            "ONNX Runtime int8 (dynamic)": OnnxCrossEncoder(cross_encoder, int8),
+            "ONNX Runtime int8 weights": OnnxCrossEncoder(cross_encoder, int8),
         }
         for label, reranker in backends.items():
             metrics = evaluator(images, captions, owners, args, cross_encoder=reranker, modes=("coop",))(bi_encoder)

@@ -291,7 +291,7 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
                 start = time.perf_counter()
                 paths = export_cross_encoder_onnx(cross_encoder, folder, quantize=True)
                 notes.append(f"{label}: ONNX export + int8 quantisation took {time.perf_counter() - start:.0f} s")
-                backends += [("ONNX Runtime fp32", paths[0]), ("ONNX Runtime int8 (dynamic)", paths[1])]
+                backends += [("ONNX Runtime fp32", paths[0]), ("ONNX Runtime int8 weights", paths[1])]
             else:
                 notes.append(f"ONNX rows skipped: {missing} (pip install onnx onnxruntime)")
             for backend, path in backends:
@@ -348,7 +348,7 @@ def coop_section(args, corpus: np.ndarray, best: dict) -> list[str]:
     images = region_images(TOP_K)
     index = EmbeddingIndex(corpus, metadata={"modality": "image"}, precision="binary")
     rerankers = [("eager PyTorch", cross_encoder)]
-    for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 (dynamic)"):
+    for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 weights"):
         if info and backend in info:
             rerankers.append((backend, info[backend][1]))
     lines = [

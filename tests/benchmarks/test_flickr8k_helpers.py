@@ -108,7 +108,7 @@ def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_p
     assert [row["mode"] for row in result["rows"]] == [
         "Coop k=5, eager PyTorch",
         "Coop k=5, ONNX Runtime fp32",
-        "Coop k=5, ONNX Runtime int8 (dynamic)",
+        "Coop k=5, ONNX Runtime int8 weights",
     ]
     recalls = [key for key in eager if "_r@" in key]
     assert {key: fp32[key] for key in recalls} == {key: eager[key] for key in recalls}

@@ -158,6 +158,26 @@ def test_export_then_load_from_the_model_folder_with_int8(views, tmp_path):
     assert os.path.getsize(written[1]) < os.path.getsize(written[0])
 
 
+def test_int8_export_quantises_every_weight_per_channel_and_no_attention_product(views, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    fp32, int8 = views[1].export_onnx(str(tmp_path), quantize=True)
+    graph = onnx.load(fp32).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+    with_weights = [node.name for node in matmuls if any(name in weights for name in node.input)]
+    products = sorted(node.name for node in matmuls if not any(name in weights for name in node.input))
+    assert with_weights and products  # the tiny model has both kinds
+    quantized = onnx.load(int8).graph
+    # Weight MatMuls become integer MatMuls; the attention products of two activations stay float MatMuls.
+    still_float = {node.name for node in quantized.node if node.op_type == "MatMul"}
+    assert set(products) <= still_float and not set(with_weights) & still_float
+    assert sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in quantized.node) == len(
+        with_weights
+    )
+    scales = [i for i in quantized.initializer if i.name.endswith("_scale") and i.data_type == onnx.TensorProto.FLOAT]
+    assert scales and all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in scales)  # one per output channel
+
+
 def test_a_similarity_started_cross_encoder_exports_with_its_learned_bias(tmp_path):
     pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
     from conftest import build_views
