@@ -13,8 +13,9 @@ text retrieval (i2t) with all 1,000 image queries (a hit is any of the image's 5
   a pool of ``--ce-pool`` dev images with all their captions, Table 5 (``--distractors`` train images and one caption
   each added to the search space), Table 8 (Coop with k in ``--top-k``);
 - ``curve``: R@1 / R@10 of BE (full protocol), Coop and pool CE for every checkpoint of a run, and a plot;
-- ``onnx``: Coop with the ``--ce`` model in eager PyTorch, exported to ONNX Runtime float32 and with int8 weights, on
-  ``--onnx-images`` seeded dev images (all their captions as queries): whether int8 keeps recall;
+- ``onnx``: Coop with the ``--ce`` model in eager PyTorch (float32 and bfloat16), exported to ONNX Runtime float32 and
+  with int8 weights, on ``--onnx-images`` seeded dev images (all their captions as queries): whether the faster
+  backends keep recall;
 - ``embeddings``: the ``--be`` model's embeddings of every train + dev image and caption, and of the dev captions as
   queries, as ``.npy`` files in ``--output-dir`` (real vectors for ``benchmarks/retrieval_latency.py --embeddings``);
 - ``render``: rebuild ``benchmarks/results/flickr8k.md`` from the JSON files.
@@ -137,10 +138,10 @@ def load_bi_encoder(path: str, device: str):
     return model
 
 
-def load_cross_encoder(path: str, device: str):
+def load_cross_encoder(path: str, device: str, dtype: Any = None):
     from mm_sbert import MMCrossEncoder
 
-    model = MMCrossEncoder(path, device=device)
+    model = MMCrossEncoder(path, device=device, model_kwargs={"dtype": dtype} if dtype is not None else None)
     model.eval()
     return model
 
@@ -279,7 +280,8 @@ def write_embeddings(args: argparse.Namespace) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
-    """Coop (k = ``--k``) reranked by the ``--ce`` model in eager PyTorch, ONNX float32 and ONNX int8, same queries."""
+    """Coop (k = ``--k``) reranked by the ``--ce`` model in eager PyTorch (float32, bfloat16), ONNX float32 and ONNX
+    int8 weights, same queries."""
     import tempfile
 
     from mm_sbert import FeatureStore
@@ -296,6 +298,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
         fp32, int8 = cross_encoder.export_onnx(folder, quantize=True)
         backends = {
             "eager PyTorch": cross_encoder,
+            "eager PyTorch bfloat16": load_cross_encoder(args.ce, args.device, dtype=torch.bfloat16),
             "ONNX Runtime fp32": OnnxCrossEncoder(cross_encoder, fp32),
             "ONNX Runtime int8 weights": OnnxCrossEncoder(cross_encoder, int8),
         }

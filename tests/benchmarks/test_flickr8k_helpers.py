@@ -104,13 +104,14 @@ def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_p
     (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     argv = ["onnx", "--features", str(store), "--be", model, "--ce", model, "--data-dir", str(tmp_path)]
     result = bench.run_onnx(bench.parse_args([*argv, "--onnx-images", "8", "--k", "5", "--threads", "1"]))
-    eager, fp32, int8 = result["rows"]
+    eager, bf16, fp32, int8 = result["rows"]
     assert [row["mode"] for row in result["rows"]] == [
         "Coop k=5, eager PyTorch",
+        "Coop k=5, eager PyTorch bfloat16",
         "Coop k=5, ONNX Runtime fp32",
         "Coop k=5, ONNX Runtime int8 weights",
     ]
     recalls = [key for key in eager if "_r@" in key]
     assert {key: fp32[key] for key in recalls} == {key: eager[key] for key in recalls}
     assert eager["t2i_queries"] == sum(len(texts) for texts in captions.values()) and eager["i2t_queries"] == 8
-    assert all(0 <= int8[key] <= 100 for key in recalls)
+    assert all(0 <= int8[key] <= 100 and 0 <= bf16[key] <= 100 for key in recalls)
