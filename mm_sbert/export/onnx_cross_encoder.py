@@ -118,7 +118,8 @@ def quantize_weights_int8(onnx_path: str, output_path: str) -> None:
     quantisation); the attention products of two activations (query x key, probabilities x value) stay float32.
 
     Quantising those too, with one scale per tensor, cost a trained Flickr8k cross-encoder 3-6 points of Coop R@1;
-    this recipe kept it within 0.5 points of float32 at about the same speed (benchmarks/results/retrieval_latency.md).
+    this recipe moves it by about one point either way, at about the same speed
+    (benchmarks/results/retrieval_latency.md). Eager bfloat16 is closer to float32 where the CPU supports it.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
