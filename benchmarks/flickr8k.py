@@ -509,7 +509,7 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
     # One colour per run, one line style per mode, one marker per cut-off.
     colors = {curve["label"]: plt.get_cmap("tab10")(index % 10) for index, curve in enumerate(curves)}
     for axis, direction in zip(axes, DIRECTIONS):
