@@ -378,6 +378,8 @@ def test_search_reranks_in_onnx_runtime_like_eager_and_exports_once(capsys, tmp_
     code, out, err = run_cli(capsys, "search", index_dir, *query, "--ce-backend", "onnx-int8")
     assert code == 0, err
     assert (model / "onnx" / "model_qint8.onnx").is_file() and len(out.splitlines()) == 4
+    # Int8 weights round the scores: equal scores would mean the exported model was not used.
+    assert [json.loads(line)["ce_score"] for line in out.splitlines()] != [hit["ce_score"] for hit in eager]
 
 
 def test_search_reranks_in_bfloat16_with_a_copy_of_the_cross_encoder(capsys, index_dir):
