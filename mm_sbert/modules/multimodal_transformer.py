@@ -430,13 +430,8 @@ class MultimodalTransformer(InputModule):
         if self.onnx_scorer is not None and not self.training:
             is_pair = features.get("is_pair")
             if is_pair is None or bool(torch.as_tensor(is_pair).all()):
-                scores = self.onnx_scorer(features).to(features["input_ids"].device)
-                if not torch.isfinite(scores).all():
-                    rows = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-                    raise ValueError(
-                        f"The ONNX model produced NaN or infinite scores for input(s) {rows} of this batch"
-                    )
-                features["scores"] = scores
+                features["scores"] = self.onnx_scorer(features).to(features["input_ids"].device)
+                _check_finite(None, None, features["scores"])
                 return features
         input_ids = features["input_ids"]
         text_mask = features["text_mask"]
@@ -784,16 +779,22 @@ def _check_image_path(image: str | os.PathLike, index: int) -> None:
         raise ImageLoadError(f"Input {index}: image file not found: '{image}'{hint}")
 
 
-def _check_finite(token_embeddings: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None) -> None:
-    valid = mask.bool().unsqueeze(-1)
-    bad = (~torch.isfinite(token_embeddings) & valid).flatten(1).any(dim=1)
+def _check_finite(
+    token_embeddings: torch.Tensor | None, mask: torch.Tensor | None, scores: torch.Tensor | None
+) -> None:
+    """Refuse NaN / infinite outputs, naming the batch rows: the valid token embeddings (when given) and the scores
+    (when given; an ONNX backend returns scores only)."""
+    outputs = token_embeddings if token_embeddings is not None else scores
+    bad = torch.zeros(len(outputs), dtype=torch.bool, device=outputs.device)
+    if token_embeddings is not None:
+        bad |= (~torch.isfinite(token_embeddings) & mask.bool().unsqueeze(-1)).flatten(1).any(dim=1)
     if scores is not None:
-        bad |= ~torch.isfinite(scores).flatten(1).all(dim=1)
+        bad |= ~torch.isfinite(scores).reshape(len(scores), -1).all(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten().tolist()
         raise ValueError(
             f"The model produced NaN or infinite outputs for input(s) {rows} of this batch of {len(bad)} "
-            f"(in {str(token_embeddings.dtype).replace('torch.', '')}); their values overflow the model's dtype. "
+            f"(in {str(outputs.dtype).replace('torch.', '')}); their values overflow the model's dtype. "
             "Check the inputs' scale, or load the model in float32"
         )
 

@@ -210,6 +210,10 @@ def test_backend_onnx_loads_exports_and_scores_like_eager(views, tmp_path):
     real = fast[0].onnx_scorer
     fast[0].onnx_scorer = lambda features: torch.zeros(len(features["input_ids"]))
     assert not fast.predict(pairs[:3], activation_fn=torch.nn.Identity()).any()
+    # NaN scores from the session are refused like NaN outputs of the PyTorch forward, naming the row.
+    fast[0].onnx_scorer = lambda features: torch.tensor([0.0, float("nan"), 0.0])
+    with pytest.raises(ValueError, match=r"NaN or infinite outputs for input\(s\) \[1\]"):
+        fast.predict(pairs[:3], batch_size=3)
     fast[0].onnx_scorer = real
     # Embedding single captions stays PyTorch, so the bi-encoder view of the same module still encodes.
     embeddings = fast.to_bi_encoder().encode(CAPTIONS, convert_to_tensor=True)
