@@ -107,10 +107,11 @@ def exact_search(
         best_indices: torch.Tensor | None = None
         for c_start in range(0, num_corpus, corpus_chunk_size):
             corpus_chunk = _as_float_tensor(corpus_embeddings[c_start : c_start + corpus_chunk_size])
-            if len(query_chunk) == 1:
+            if len(query_chunk) == 1 and query_chunk.device.type == corpus_chunk.device.type == "cpu":
                 # One query is a matrix-vector product, bound by memory: numpy's BLAS sgemv reads the chunk at
                 # memory speed on one thread, torch's matmul took twice as long there (retrieval_latency.md).
-                scores = torch.from_numpy(corpus_chunk.numpy() @ query_chunk[0].numpy()).unsqueeze(0)
+                vector = query_chunk[0].detach().numpy()
+                scores = torch.from_numpy(corpus_chunk.detach().numpy() @ vector).unsqueeze(0)
             else:
                 scores = query_chunk @ corpus_chunk.T
             chunk_scores, chunk_indices = scores.topk(min(k, scores.shape[1]), dim=1)

@@ -54,6 +54,15 @@ def test_one_query_of_a_float16_memory_mapped_corpus_equals_the_batched_search(t
         torch.testing.assert_close(scores, batched_scores[i : i + 1], rtol=0, atol=1e-6)
 
 
+def test_one_query_that_requires_grad_is_searched_like_a_plain_one():
+    corpus = torch.nn.functional.normalize(random_embeddings(50), dim=1)
+    query = torch.nn.functional.normalize(random_embeddings(1, seed=4), dim=1)
+    plain = exact_search(query, corpus, top_k=5)
+    tracked = exact_search(query.clone().requires_grad_(True), corpus, top_k=5)
+    assert tracked[1].tolist() == plain[1].tolist()
+    torch.testing.assert_close(tracked[0].detach(), plain[0], rtol=0, atol=0)
+
+
 def test_index_search_normalizes_and_caps_top_k():
     corpus = random_embeddings(30) * 7.0  # not normalised: the index normalises, as cosine similarity needs
     index = EmbeddingIndex(corpus, ids=[f"item{i}" for i in range(30)])
