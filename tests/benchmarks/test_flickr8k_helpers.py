@@ -115,3 +115,9 @@ def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_p
     assert {key: fp32[key] for key in recalls} == {key: eager[key] for key in recalls}
     assert eager["t2i_queries"] == sum(len(texts) for texts in captions.values()) and eager["i2t_queries"] == 8
     assert all(0 <= int8[key] <= 100 and 0 <= bf16[key] <= 100 for key in recalls)
+    # The bfloat16 row's reranker is the same model loaded in bfloat16.
+    import torch
+
+    assert {
+        p.dtype for p in bench.load_cross_encoder(model, "cpu", dtype=torch.bfloat16)[0].backbone.parameters()
+    } == {torch.bfloat16}
