@@ -122,6 +122,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="mine the cross-encoder's negatives with the bi-encoder view in the batch (ce, joint)",
     )
     parser.add_argument(
+        "--neighbour-groups",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="ce, joint: cross-encoder batches of look-alike images, groups of SIZE images that the --model's "
+        "bi-encoder view finds nearest to each other over the whole training set, so the cross-encoder learns on "
+        "the near misses it will rerank (with --hard-negatives they become its negatives; default: random batches)",
+    )
+    parser.add_argument(
         "--steps-ratio",
         default="1:1",
         help="joint training: bi-encoder:cross-encoder steps per round (default: 1:1)",
@@ -256,6 +265,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--ce-negatives must be >= 1, got {args.ce_negatives}")
     if args.save_steps is not None and args.save_steps < 1:
         raise CLIError(f"--save-steps must be >= 1, got {args.save_steps}")
+    if args.neighbour_groups is not None:
+        if args.regime == "be":
+            raise CLIError("--neighbour-groups shapes the cross-encoder's batches: use it with `ce` or `joint`")
+        if args.neighbour_groups < 2 or args.neighbour_groups > args.batch_size:
+            raise CLIError(
+                f"--neighbour-groups must be between 2 and --batch-size ({args.batch_size}), got "
+                f"{args.neighbour_groups}"
+            )
     from mm_sbert.data.store_image_resolver import check_store_featurizer
     from mm_sbert.image_features.feature_store import FeatureStoreError
     from mm_sbert.training.training_recipe import TrainingRecipe
@@ -271,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         cross_encoder_loss=args.ce_loss,
         negatives=args.ce_negatives,
         hard_negatives=args.hard_negatives,
+        neighbour_group_size=args.neighbour_groups,
         steps_ratio=parse_steps_ratio(args.steps_ratio),
         seed=args.seed,
         save_steps=args.save_steps,
@@ -297,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
             if args.similarity_start:
                 raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
             model[0].reset_score_head(args.head_input)
+        if args.neighbour_groups is not None and not _is_saved_model(args.model):
+            raise CLIError("--neighbour-groups groups images by a trained bi-encoder: give --model a saved model")
         if args.similarity_start:
             if not _is_saved_model(args.model) or args.regime == "be":
                 raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")

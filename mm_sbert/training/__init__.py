@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
-from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler
+from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler, image_neighbour_groups, neighbour_groups
 from mm_sbert.training.joint_trainer import JointTrainer
 from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, paper_training_args
 from mm_sbert.training.training_recipe import TrainingRecipe, new_model
@@ -12,6 +12,8 @@ __all__ = [
     "JointTrainer",
     "PAPER_HYPERPARAMETERS",
     "TrainingRecipe",
+    "image_neighbour_groups",
+    "neighbour_groups",
     "new_model",
     "paper_training_args",
 ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
+from torch import Tensor
 
 
 class GroupedBatchSampler(DefaultBatchSampler):
@@ -119,3 +120,99 @@ class GroupedBatchSampler(DefaultBatchSampler):
         if self.drop_last:
             return self.num_rows // self.batch_size
         return (self.num_rows + self.batch_size - 1) // self.batch_size
+
+
+def neighbour_groups(embeddings: Tensor, group_size: int, seed: int = 0) -> list[int]:
+    """A group id per embedding, grouping each item with its nearest neighbours by cosine similarity.
+
+    The groups a :class:`GroupedBatchSampler` needs for a real corpus, whose images come without families: with the
+    bi-encoder's image embeddings, a group holds images the bi-encoder confuses, so the in-batch negatives of a
+    batch of groups are as hard as the bi-encoder's top candidates over the whole corpus, which a cross-encoder
+    reranks later (random batches hold mostly easy ones).
+
+    Items are visited in a random order (``seed``); an item not yet grouped starts a group and takes its most similar
+    items not yet grouped until the group has ``group_size`` items. Every item is in exactly one group; the last
+    groups may be smaller or looser, since their neighbours were taken.
+
+    Args:
+        embeddings: ``[items, dim]`` embeddings (normalised here).
+        group_size: items per group (>= 2).
+        seed: seed of the visiting order.
+
+    Returns:
+        ``groups[i]``: the group id (0, 1, ...) of item ``i``.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (a group of one has no look-alike), got {group_size}")
+    if embeddings.dim() != 2 or embeddings.size(0) == 0:
+        raise ValueError(f"embeddings must be a non-empty [items, dim] matrix, got shape {tuple(embeddings.shape)}")
+    embeddings = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1)
+    if not torch.isfinite(embeddings).all():
+        raise ValueError("embeddings hold NaN or infinite values; groups from them would be arbitrary")
+    num_items = embeddings.size(0)
+    groups = [-1] * num_items
+    generator = torch.Generator().manual_seed(seed)
+    next_group = 0
+    for start in torch.randperm(num_items, generator=generator).tolist():
+        if groups[start] != -1:
+            continue
+        groups[start] = next_group
+        members = 1
+        similarities = embeddings @ embeddings[start]
+        for item in similarities.argsort(descending=True).tolist():
+            if members == group_size:
+                break
+            if groups[item] == -1:
+                groups[item] = next_group
+                members += 1
+        next_group += 1
+    return groups
+
+
+def image_neighbour_groups(
+    model: Any,
+    dataset: Any,
+    group_size: int,
+    seed: int = 0,
+    label_column: str = "label",
+    image_column: str = "image",
+    batch_size: int = 256,
+    show_progress_bar: bool | None = None,
+) -> list[int]:
+    """The group of every row of a training dataset: its image's :func:`neighbour_groups` group under ``model``.
+
+    Each distinct image (``label_column``) is embedded once with the model's bi-encoder view, as the dataset yields
+    it (a feature store's regions when a :class:`~mm_sbert.data.StoreImageResolver` is installed, else the image
+    itself), and grouped with its nearest neighbours. Pass the result to :class:`GroupedBatchSampler`.
+
+    Args:
+        model: an :class:`~mm_sbert.MMSentenceTransformer` (the bi-encoder that ranks the candidates to rerank).
+        dataset: rows with an image and its id; ``datasets.Dataset``.
+        group_size: images per group.
+        seed: seed of the grouping order.
+        label_column / image_column: the columns holding the image id and the image.
+        batch_size: images embedded per forward pass.
+        show_progress_bar: as for ``model.encode``.
+
+    Returns:
+        ``groups[row]`` for every row of ``dataset``.
+    """
+    from tqdm.auto import tqdm
+
+    for column in (label_column, image_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"The dataset has no column {column!r}; its columns are {dataset.column_names}")
+    labels = list(dataset.with_format(None).select_columns([label_column])[label_column])
+    first_row = {label: row for row, label in reversed(list(enumerate(labels)))}
+    rows = sorted(first_row.values())
+    if show_progress_bar is None:
+        show_progress_bar = len(rows) > batch_size
+    chunks = []
+    for start in tqdm(
+        range(0, len(rows), batch_size), desc="Embedding images to group", disable=not show_progress_bar
+    ):
+        images = dataset.select(rows[start : start + batch_size])[image_column]
+        chunks.append(model.encode(images, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False))
+    group_of_image = neighbour_groups(torch.cat(chunks), group_size, seed)
+    group_of_label = {labels[row]: group_of_image[index] for index, row in enumerate(rows)}
+    return [group_of_label[label] for label in labels]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
 
-from mm_sbert.training.joint_trainer import JointTrainer
+from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler, image_neighbour_groups
+from mm_sbert.training.joint_trainer import CROSS_ENCODER, JointTrainer
 from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper_training_args
 
 BiEncoderLossName = Literal["triplet", "infonce"]
@@ -49,6 +51,10 @@ class TrainingRecipe:
         negatives: cross-encoder negatives per positive; ``None``: 1 for ``bce``, 3 for ``listwise``.
         hard_negatives: mine the cross-encoder's negatives with the bi-encoder view in the same batch (as ALBEF's
             image-text matching does) instead of drawing them at random.
+        neighbour_group_size: cross-encoder batches made of groups of this many look-alike images, each image with
+            its nearest neighbours by the model's bi-encoder view at the start of training
+            (:func:`~mm_sbert.training.image_neighbour_groups` into a :class:`~mm_sbert.training.GroupedBatchSampler`),
+            so its in-batch (and mined) negatives are as hard as the candidates it reranks; ``None``: random batches.
         steps_ratio: joint training's bi-encoder : cross-encoder steps per round.
         seed: random seed of the run.
         save_steps: checkpoint every this many steps (``None``: only at the end).
@@ -74,6 +80,7 @@ class TrainingRecipe:
     cross_encoder_loss: CrossEncoderLossName = "bce"
     negatives: int | None = None
     hard_negatives: bool = False
+    neighbour_group_size: int | None = None
     steps_ratio: tuple[int, int] = field(default=(1, 1))
     seed: int = 0
     save_steps: int | None = None
@@ -101,6 +108,8 @@ class TrainingRecipe:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if self.neighbour_group_size is not None and self.neighbour_group_size < 2:
+            raise ValueError(f"neighbour_group_size must be >= 2, got {self.neighbour_group_size}")
         if self.save_steps is not None and self.save_steps < 1:
             raise ValueError(f"save_steps must be >= 1, got {self.save_steps}")
         self.steps_ratio = tuple(self.steps_ratio)
@@ -173,9 +182,19 @@ class TrainingRecipe:
 
     def trainer(self, model: Any, train_dataset: Any, output_dir: str, **trainer_kwargs: Any) -> JointTrainer:
         """A :class:`~mm_sbert.training.JointTrainer` for ``model`` on ``train_dataset`` (columns caption, image,
-        label); ``trainer_kwargs`` go to it (``args`` replaces :meth:`training_args`; ``evaluator``, ``callbacks``)."""
+        label); ``trainer_kwargs`` go to it (``args`` replaces :meth:`training_args`; ``evaluator``, ``callbacks``,
+        ``batch_samplers``)."""
         bi_encoder_loss, cross_encoder_loss = self.losses(model)
         args = trainer_kwargs.pop("args", None) or self.training_args(output_dir)
+        if self.neighbour_group_size is not None and self.trains_cross_encoder:
+            batch_samplers = dict(trainer_kwargs.pop("batch_samplers", None) or {})
+            if CROSS_ENCODER in batch_samplers:
+                raise ValueError(
+                    "Pass either neighbour_group_size or a cross_encoder entry in batch_samplers, not both"
+                )
+            groups = image_neighbour_groups(model, train_dataset, self.neighbour_group_size, seed=self.seed)
+            batch_samplers[CROSS_ENCODER] = functools.partial(GroupedBatchSampler, groups=groups)
+            trainer_kwargs["batch_samplers"] = batch_samplers
         return JointTrainer(
             model,
             train_dataset,

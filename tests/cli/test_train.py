@@ -173,3 +173,32 @@ def test_train_ce_with_a_similarity_start(capsys, tmp_path):
     # A new model has no bi-encoder similarity to start from.
     code, _, err = run_cli(capsys, "train", "ce", "--synthetic", "8", "--similarity-start", "--output-dir", output)
     assert code == 2 and "--similarity-start needs" in err
+
+
+def test_train_ce_with_neighbour_groups_groups_by_the_saved_bi_encoder(capsys, tmp_path, monkeypatch):
+    from mm_sbert.training import grouped_batch_sampler, training_recipe
+
+    calls = []
+
+    def recording(model, dataset, group_size, seed=0):
+        groups = grouped_batch_sampler.image_neighbour_groups(model, dataset, group_size, seed=seed)
+        calls.append((group_size, len(dataset), groups))
+        return groups
+
+    monkeypatch.setattr(training_recipe, "image_neighbour_groups", recording)
+    output = tmp_path / "run"
+    argv = ["train", "ce", "--model", tiny_model_dir(), "--synthetic", "8", "--steps", "2", "--batch-size", "4"]
+    code, _, err = run_cli(capsys, *argv, "--ce-loss", "listwise", "--neighbour-groups", "2", "--output-dir", output)
+    assert code == 0, err
+    ((group_size, rows, groups),) = calls
+    assert (group_size, rows) == (2, 24) and sorted(set(groups)) == [0, 1, 2, 3]
+    code, _, err = run_cli(capsys, *argv, "--neighbour-groups", "5", "--output-dir", output)
+    assert code == 2 and "--neighbour-groups must be between 2 and --batch-size (4), got 5" in err
+    code, _, err = run_cli(
+        capsys, "train", "be", "--synthetic", "8", "--neighbour-groups", "2", "--output-dir", output
+    )
+    assert code == 2 and "use it with `ce` or `joint`" in err
+    code, _, err = run_cli(
+        capsys, "train", "ce", "--synthetic", "8", "--neighbour-groups", "2", "--output-dir", output
+    )
+    assert code == 2 and "give --model a saved model" in err

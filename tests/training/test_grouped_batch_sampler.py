@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from mm_sbert.training import GroupedBatchSampler
+from mm_sbert.training import GroupedBatchSampler, image_neighbour_groups, neighbour_groups
 
 
 def corpus(num_groups: int = 6, images_per_group: int = 4, captions_per_image: int = 5):
@@ -105,3 +105,63 @@ def test_can_be_bound_with_partial_like_the_host_expects():
     factory = functools.partial(GroupedBatchSampler, groups=groups)
     built = factory(dataset, batch_size=8, drop_last=False, valid_label_columns=["label"], generator=None, seed=0)
     assert sorted(row for batch in built for row in batch) == list(range(len(dataset)))
+
+
+def clustered_embeddings(num_clusters: int = 6, per_cluster: int = 4, dim: int = 16, seed: int = 0):
+    """Clusters of near-identical vectors around orthogonal centres, shuffled; the cluster of every row."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.eye(dim)[:num_clusters] * 10
+    clusters = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    order = torch.randperm(len(clusters), generator=generator)
+    clusters = clusters[order]
+    embeddings = centres[clusters] + 0.1 * torch.randn(len(clusters), dim, generator=generator)
+    return embeddings, clusters.tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbour_groups_put_each_item_with_its_nearest_neighbours(seed):
+    embeddings, clusters = clustered_embeddings(seed=seed)
+    groups = neighbour_groups(embeddings, group_size=4, seed=seed)
+    # Every group is exactly one cluster: the same partition up to the group ids.
+    assert len(set(groups)) == 6
+    assert {(group, cluster) for group, cluster in zip(groups, clusters)} == set(
+        {group: cluster for group, cluster in zip(groups, clusters)}.items()
+    )
+    assert sorted(Counter(groups).values()) == [4] * 6
+
+
+def test_neighbour_groups_cover_every_item_once_when_sizes_do_not_divide():
+    embeddings, _ = clustered_embeddings(num_clusters=5, per_cluster=3)
+    groups = neighbour_groups(embeddings, group_size=4)
+    assert len(groups) == 15 and min(groups) == 0
+    sizes = Counter(groups)
+    assert sum(sizes.values()) == 15 and max(sizes.values()) == 4
+    assert sorted(sizes) == list(range(len(sizes)))
+
+
+def test_neighbour_groups_refuse_what_they_cannot_group():
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        neighbour_groups(torch.randn(4, 3), group_size=1)
+    with pytest.raises(ValueError, match=r"non-empty \[items, dim\] matrix, got shape \(4,\)"):
+        neighbour_groups(torch.randn(4), group_size=2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        neighbour_groups(torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]), group_size=2)
+
+
+def test_image_neighbour_groups_group_the_images_the_model_embeds_alike():
+    from conftest import build_views
+
+    from mm_sbert.data import color_swatches
+
+    model, _ = build_views("bert")
+    corpus = color_swatches(num_images=8, captions_per_image=3)
+    dataset = corpus.to_dataset()
+    groups = image_neighbour_groups(model, dataset, group_size=2, seed=3)
+    labels = dataset["label"]
+    # All captions of an image share its group; the groups are those of the model's image embeddings.
+    assert len(groups) == len(dataset)
+    assert all(groups[row] == groups[labels.index(label)] for row, label in enumerate(labels))
+    reference = neighbour_groups(model.encode(corpus.images, convert_to_tensor=True), group_size=2, seed=3)
+    assert [groups[labels.index(image_id)] for image_id in corpus.image_ids] == reference
+    with pytest.raises(ValueError, match="no column 'label'"):
+        image_neighbour_groups(model, dataset.remove_columns("label"), group_size=2)

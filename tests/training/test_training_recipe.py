@@ -155,3 +155,27 @@ def test_the_demo_model_is_built_by_new_model(monkeypatch):
     ((_, featurizer), kwargs) = calls[0]
     assert featurizer.feature_dim > 0
     assert kwargs == {"layers": 1, "device": "cpu", "max_seq_length": 48, "use_img_layernorm": True, "fusion_layer": 0}
+
+
+def test_neighbour_group_size_gives_the_cross_encoder_batches_of_look_alike_images(tmp_path):
+    import functools
+
+    from mm_sbert.training import GroupedBatchSampler, image_neighbour_groups
+
+    model, _ = build_views("bert")
+    dataset = color_swatches(num_images=8, captions_per_image=2).to_dataset()
+    recipe = TrainingRecipe("joint", steps=2, batch_size=4, neighbour_group_size=2, seed=5)
+    trainer = recipe.trainer(model, dataset, str(tmp_path))
+    sampler = trainer.objective_batch_samplers["cross_encoder"]
+    assert sampler.func is GroupedBatchSampler
+    assert sampler.keywords["groups"] == image_neighbour_groups(model, dataset, group_size=2, seed=5)
+    assert "bi_encoder" not in trainer.objective_batch_samplers, "the bi-encoder keeps random batches"
+    # The bi-encoder regime has no cross-encoder batches to group.
+    be_trainer = TrainingRecipe("bi_encoder", steps=2, batch_size=4, neighbour_group_size=2).trainer(
+        model, dataset, str(tmp_path)
+    )
+    assert be_trainer.objective_batch_samplers == {}
+    with pytest.raises(ValueError, match="either neighbour_group_size or a cross_encoder entry"):
+        recipe.trainer(model, dataset, str(tmp_path), batch_samplers={"cross_encoder": functools.partial(list)})
+    with pytest.raises(ValueError, match="neighbour_group_size must be >= 2, got 1"):
+        TrainingRecipe(neighbour_group_size=1)
