@@ -29,6 +29,7 @@ Example (CPU, after benchmarks/flickr8k_train.sh store|be|ce|joint):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -83,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--curve-queries", type=int, default=1000, help="curve: caption queries for Coop (seeded)")
     parser.add_argument("--score", default="ce", help="Coop score mode: ce, combination, combination_normalized")
     parser.add_argument("--lam", type=float, default=0.5, help="Coop combination weight of the BE score")
+    parser.add_argument(
+        "--combination-lams",
+        default="0.25,0.5,0.75",
+        help="tables: the BE-score weights of the score-combination ablation (cross-encoded pairs are reused)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=128, help="encode / cross-encode batch size")
@@ -92,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, help="embeddings: where the .npy files go")
     args = parser.parse_args(argv)
     args.top_k = sorted({int(k) for k in args.top_k.split(",")} | {args.k})
+    args.combination_lams = sorted({float(lam) for lam in args.combination_lams.split(",")})
+    if not all(0 <= lam <= 1 for lam in args.combination_lams):
+        parser.error(f"--combination-lams takes weights in [0, 1], got {args.combination_lams}")
     return args
 
 
@@ -186,7 +195,9 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
     images, captions, owners = protocol(dev_rows, store)
     queries = {"t2i_queries": len(captions), "i2t_queries": len(set(owners))}
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ("table1", "ce_pool", "table5", "table8", "score")}
-    extra_images, extra_captions = distractor_set(store, args.data_dir, args.distractors, args.seed)
+    extra_images, extra_captions = (
+        distractor_set(store, args.data_dir, args.distractors, args.seed) if args.distractors else ([], [])
+    )
     distracted = dict(distractor_images=extra_images, distractor_captions=extra_captions)
 
     def timed(label: str, call):
@@ -219,7 +230,7 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
             tables["table8"].append(row(metrics, "coop", coop_label, k=k, **queries))
             if k == args.k:
                 tables["table1"].append(row(metrics, "coop", coop_label, k=k, **queries))
-        for score, lam in (("combination", 0.5), ("combination_normalized", 0.5)):
+        for score, lam in itertools.product(("combination", "combination_normalized"), args.combination_lams):
             scored = evaluator(images, captions, owners, args, score=score, lam=lam, **shared)(bi_encoder)
             tables["score"].append(row(scored, "coop", coop_label, k=args.k, score=score, lam=lam, **queries))
         if args.distractors:
@@ -235,7 +246,7 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
     pool = sorted(random.Random(args.seed).sample(range(len(dev_rows)), min(args.ce_pool, len(dev_rows))))
     pool_images, pool_captions, pool_owners = protocol([dev_rows[i] for i in pool], store)
     pool_queries = {"t2i_queries": len(pool_captions), "i2t_queries": len(pool)}
-    for _, be_label, bi_encoder, cross_encoder in setups:
+    for _, be_label, bi_encoder, cross_encoder in setups if pool else []:
         ce_label = "CE" if cross_encoder is not None else "Joint+CE"
         pool_evaluator = evaluator(
             pool_images, pool_captions, pool_owners, args, cross_encoder=cross_encoder, modes=("be", "ce")
@@ -253,8 +264,8 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
             "dev_captions": len(captions),
             "ce_pool_images": len(pool),
             "ce_pool_captions": len(pool_captions),
-            "distractor_images": len(extra_images) if args.distractors else 0,
-            "distractor_captions": len(extra_captions) if args.distractors else 0,
+            "distractor_images": len(extra_images),
+            "distractor_captions": len(extra_captions),
         },
         "tables": tables,
     }

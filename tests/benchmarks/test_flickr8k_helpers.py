@@ -121,3 +121,43 @@ def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_p
     assert {
         p.dtype for p in bench.load_cross_encoder(model, "cpu", dtype=torch.bfloat16)[0].backbone.parameters()
     } == {torch.bfloat16}
+
+
+def test_score_combination_rows_reach_the_bi_encoder_at_lam_1_and_the_cross_encoder_at_lam_0(bench, tmp_path, capsys):
+    import csv
+    from collections import defaultdict
+
+    from cli_helpers import run_cli, scene_folder, tiny_model_dir
+
+    store, model = tmp_path / "store", tiny_model_dir()
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", model)
+    assert code == 0, err
+    captions = defaultdict(list)
+    with open(f"{scene_folder()}/captions.csv", encoding="utf-8") as f:
+        for line in csv.DictReader(f):
+            captions[line["image"]].append(line["caption"])
+    (tmp_path / "dev").mkdir()
+    rows = [{"image": image, "en": texts} for image, texts in sorted(captions.items())]
+    (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["tables", "--features", str(store), "--be", model, "--ce", model, "--data-dir", str(tmp_path)]
+    options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "1,0"]
+    tables = bench.run_tables(bench.parse_args([*argv, *options, "--threads", "1"]))["tables"]
+
+    def recalls(row):
+        return {key: value for key, value in row.items() if "_r@" in key}
+
+    be, coop = tables["table1"]
+    assert (be["mode"], coop["mode"]) == ("BE", "Sep+Coop")
+    assert recalls(be) != recalls(coop)  # the model's two views rank differently, so the rows below can fail
+    assert [(row["score"], row["lam"]) for row in tables["score"]] == [
+        ("combination", 0.0),
+        ("combination", 1.0),
+        ("combination_normalized", 0.0),
+        ("combination_normalized", 1.0),
+    ]
+    within_k = [key for key in recalls(be) if int(key.split("@")[1]) <= 5]  # Coop ranks only its top 5
+    for row in tables["score"]:
+        reference = coop if row["lam"] == 0 else be
+        assert [row[key] for key in within_k] == [reference[key] for key in within_k], row
+        if row["lam"] == 0:
+            assert recalls(row) == recalls(coop), row
