@@ -15,6 +15,28 @@ def bench():
     return load_benchmark("flickr8k")
 
 
+@pytest.fixture
+def scene_dev(tmp_path, capsys):
+    """A tiny model, a feature store of the test scenes built with it, and those scenes as a Flickr8k-style dev
+    split under ``tmp_path``: ``(store, model, captions per image)``."""
+    import csv
+    from collections import defaultdict
+
+    from cli_helpers import run_cli, scene_folder, tiny_model_dir
+
+    store, model = tmp_path / "store", tiny_model_dir()
+    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", model)
+    assert code == 0, err
+    captions = defaultdict(list)
+    with open(f"{scene_folder()}/captions.csv", encoding="utf-8") as f:
+        for line in csv.DictReader(f):
+            captions[line["image"]].append(line["caption"])
+    (tmp_path / "dev").mkdir()
+    rows = [{"image": image, "en": texts} for image, texts in sorted(captions.items())]
+    (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return store, model, captions
+
+
 class ListStore:
     """The two things the benchmark asks of a FeatureStore: get_many by id."""
 
@@ -85,23 +107,9 @@ def test_row_turns_evaluator_metrics_into_percentages(bench):
     }
 
 
-def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_path, capsys):
+def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_path, scene_dev):
     pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
-    import csv
-    from collections import defaultdict
-
-    from cli_helpers import run_cli, scene_folder, tiny_model_dir
-
-    store, model = tmp_path / "store", tiny_model_dir()
-    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", model)
-    assert code == 0, err
-    captions = defaultdict(list)
-    with open(f"{scene_folder()}/captions.csv", encoding="utf-8") as f:
-        for line in csv.DictReader(f):
-            captions[line["image"]].append(line["caption"])
-    (tmp_path / "dev").mkdir()
-    rows = [{"image": image, "en": texts} for image, texts in sorted(captions.items())]
-    (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    store, model, captions = scene_dev
     argv = ["onnx", "--features", str(store), "--be", model, "--ce", model, "--data-dir", str(tmp_path)]
     result = bench.run_onnx(bench.parse_args([*argv, "--onnx-images", "8", "--k", "5", "--threads", "1"]))
     eager, bf16, fp32, int8 = result["rows"]
@@ -123,22 +131,8 @@ def test_onnx_part_reranks_with_the_float32_export_exactly_as_eager(bench, tmp_p
     } == {torch.bfloat16}
 
 
-def test_score_combination_rows_reach_the_bi_encoder_at_lam_1_and_the_cross_encoder_at_lam_0(bench, tmp_path, capsys):
-    import csv
-    from collections import defaultdict
-
-    from cli_helpers import run_cli, scene_folder, tiny_model_dir
-
-    store, model = tmp_path / "store", tiny_model_dir()
-    code, _, err = run_cli(capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", model)
-    assert code == 0, err
-    captions = defaultdict(list)
-    with open(f"{scene_folder()}/captions.csv", encoding="utf-8") as f:
-        for line in csv.DictReader(f):
-            captions[line["image"]].append(line["caption"])
-    (tmp_path / "dev").mkdir()
-    rows = [{"image": image, "en": texts} for image, texts in sorted(captions.items())]
-    (tmp_path / "dev" / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+def test_score_combination_ranks_as_the_bi_encoder_at_lam_1_and_as_the_cross_encoder_at_0(bench, tmp_path, scene_dev):
+    store, model, _ = scene_dev
     argv = ["tables", "--features", str(store), "--be", model, "--ce", model, "--data-dir", str(tmp_path)]
     options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "1,0"]
     tables = bench.run_tables(bench.parse_args([*argv, *options, "--threads", "1"]))["tables"]
