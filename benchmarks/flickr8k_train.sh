@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Flickr8k training runs behind benchmarks/results/flickr8k.md, through the user's own commands.
-# Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint|ce_sim|joint_sim} [extra mm-sbert train arguments]
+# Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint|ce_sim|joint_sim|be_part1|ce_crossfit|joint_crossfit}
+#        [extra mm-sbert train arguments]
 # Every run checkpoints every SAVE_STEPS steps and resumes from its newest checkpoint when started again.
 # Environment: DATA (flickr8k folder), RUNS (output folder), STORE (feature store), THREADS, DEVICE, STEPS, BATCH.
 set -euo pipefail
@@ -17,6 +18,15 @@ shift
 similarity=()
 case "$what" in
   ce_sim|joint_sim) similarity=(--similarity-start --output-dir "$RUNS/$what"); what=${what%_sim} ;;
+esac
+# Cross-fitting: a bi-encoder on half of the images (be_part1: 400 steps = as many passes per image as `be`), then
+# the similarity-started cross-encoder or joint model from it on the other half, whose images that bi-encoder never
+# saw, so its mined negatives are the near misses it makes on new photos (on its own images it has memorised them).
+case "$what" in
+  be_part1) set -- --image-part 1/2 --output-dir "$RUNS/be_part1" --steps "${STEPS:-400}" "$@"; what=be ;;
+  ce_crossfit|joint_crossfit)
+    similarity=(--similarity-start --model "$RUNS/be_part1/final" --image-part 2/2 --output-dir "$RUNS/$what")
+    what=${what%_crossfit} ;;
 esac
 common=(--data "$DATA/train/captions.jsonl" --features "$STORE" --save-steps "$SAVE_STEPS"
         --threads "$THREADS" --device "$DEVICE" --resume)
@@ -37,5 +47,6 @@ case "$what" in
     mm-sbert train joint "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" --be-loss infonce \
       --ce-loss listwise --hard-negatives --lr 3e-5 --new-lr 1e-3 --steps "${STEPS:-600}" --batch-size "${BATCH:-32}" \
       "${similarity[@]}" "$@" ;;
-  *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim} [mm-sbert train arguments]" >&2; exit 2 ;;
+  *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim|be_part1|ce_crossfit|joint_crossfit} [arguments]" >&2
+     exit 2 ;;
 esac

@@ -41,6 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with a one-image-a-line JSON-lines --data file: the key of its caption list (default: en)",
     )
     parser.add_argument(
+        "--image-part",
+        metavar="I/K",
+        help="train on part I of K of the --data images only, a split fixed by file name (two parts never share "
+        "an image): cross-fitting, e.g. `be --image-part 1/2`, then `ce --image-part 2/2 --model` that bi-encoder, "
+        "so the cross-encoder's negatives are mined on images the bi-encoder did not memorise",
+    )
+    parser.add_argument(
         "--features",
         metavar="STORE",
         help="a feature store written by `mm-sbert featurize`: training images are read from it (matched by file "
@@ -223,6 +230,12 @@ def training_dataset(args: argparse.Namespace, scratch: str, store):
             args.data, args.synthetic, scratch, captions_per_image=3, seed=args.seed
         )
         corpus = ImageCaptionCorpus(images, list(range(len(images))), captions, caption_image_ids)
+    if args.image_part is not None:
+        part, parts = parse_image_part(args.image_part)
+        try:
+            corpus = corpus.image_part(part, parts)
+        except ValueError as error:
+            raise CLIError(f"--image-part {args.image_part}: {error}") from error
     dataset = corpus.to_dataset()
     if store is not None:
         try:
@@ -245,6 +258,16 @@ def _is_image_per_line(path: str, caption_key: str) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(row, dict) and isinstance(row.get(caption_key), list)
+
+
+def parse_image_part(text: str) -> tuple[int, int]:
+    try:
+        part, parts = (int(number) for number in text.split("/"))
+    except ValueError as error:
+        raise CLIError(f"--image-part must look like 1/2 (part/parts), got {text!r}") from error
+    if parts < 2 or not 1 <= part <= parts:
+        raise CLIError(f"--image-part needs 2 or more parts and a part between 1 and that, got {text!r}")
+    return part, parts
 
 
 def parse_steps_ratio(text: str) -> tuple[int, int]:

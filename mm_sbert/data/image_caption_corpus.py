@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mm_sbert.image_features.region_features import RegionFeatures
@@ -106,6 +108,33 @@ class ImageCaptionCorpus:
             captions=[caption for caption, _ in pairs],
             caption_image_ids=[image_id for _, image_id in pairs],
         )
+
+    def image_part(self, part: int, parts: int) -> ImageCaptionCorpus:
+        """The sub-corpus of the images in part ``part`` (1-based) of ``parts``, with all their captions.
+
+        The split is fixed by each image's name: an image path's file name without extension (a feature store's
+        id for it), else the image id, hashed. The same image lands in the same part in every corpus and every run,
+        whether it is given as a path or read from a store, so two parts of one corpus never share an image. This
+        is what cross-fitting needs: a bi-encoder trained on part 1 mines the cross-encoder's negatives on part 2,
+        images it has not memorised, the kind of near miss it hands the cross-encoder on unseen queries.
+
+        Args:
+            part: which part, 1 to ``parts``.
+            parts: how many parts (>= 2).
+
+        Raises:
+            ValueError: ``part`` outside 1..``parts``, or the part holds no image.
+        """
+        if parts < 2 or not 1 <= part <= parts:
+            raise ValueError(f"The image part must be between 1 and the number of parts (>= 2), got {part}/{parts}")
+        chosen = [
+            index
+            for index, (image, image_id) in enumerate(zip(self.images, self.image_ids))
+            if _part_of(image, image_id, parts) == part - 1
+        ]
+        if not chosen:
+            raise ValueError(f"Image part {part}/{parts} of this corpus of {self.num_images} images holds no image")
+        return self.select_images(chosen)
 
     # ------------------------------------------------------------------ readers
 
@@ -272,6 +301,12 @@ def _default_image_dir(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     candidate = os.path.join(folder, "images")
     return candidate if os.path.isdir(candidate) else folder
+
+
+def _part_of(image: Any, image_id: int, parts: int) -> int:
+    """The part (0-based) of an image under :meth:`ImageCaptionCorpus.image_part`: a stable hash of its name."""
+    name = Path(image).stem if isinstance(image, (str, os.PathLike)) else str(image_id)
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % parts
 
 
 def _image_key(image: Any) -> Any:

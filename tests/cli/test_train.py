@@ -202,3 +202,23 @@ def test_train_ce_with_neighbour_groups_groups_by_the_saved_bi_encoder(capsys, t
         capsys, "train", "ce", "--synthetic", "8", "--neighbour-groups", "2", "--output-dir", output
     )
     assert code == 2 and "give --model a saved model" in err
+
+
+def test_train_on_an_image_part_keeps_only_that_parts_images_and_refuses_a_bad_part(capsys, tmp_path):
+    import json
+
+    from mm_sbert.cli.train import training_dataset
+    from mm_sbert.data import ImageCaptionCorpus
+
+    data = tmp_path / "captions.jsonl"
+    rows = [{"image": f"{scene_folder()}/images/scene_{i:05d}.png", "en": [f"a{i}", f"b{i}"]} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["train", "be", "--data", str(data), "--output-dir", str(tmp_path / "o")]
+    whole = ImageCaptionCorpus.from_flickr8k_jsonl(str(data))
+    for part in (1, 2):
+        dataset = training_dataset(build_parser_args([*argv, "--image-part", f"{part}/2"]), str(tmp_path), None)
+        assert sorted(set(dataset["image"])) == sorted(whole.image_part(part, 2).images)
+        assert 0 < len(set(dataset["image"])) < 8
+    for bad in ("2", "0/2", "3/2", "1/1", "a/b"):
+        code, _, err = run_cli(capsys, *argv, "--image-part", bad, "--steps", "1")
+        assert code == 2 and "--image-part" in err and bad in err, (bad, err)

@@ -127,6 +127,44 @@ def test_select_images_keeps_their_captions():
     assert subset.evaluation_data()[2] == [1, 1, 0]
 
 
+def test_image_parts_split_the_images_by_name_whatever_their_position_or_folder():
+    import hashlib
+
+    names = [f"img_{k}" for k in range(200)]
+    corpus = ImageCaptionCorpus.from_pairs(
+        [f"photos/{name}.jpg" for name in names], [[name, name + "!"] for name in names]
+    )
+    first, second = corpus.image_part(1, 2), corpus.image_part(2, 2)
+    assert set(first.images) | set(second.images) == set(corpus.images) and not set(first.images) & set(second.images)
+    assert 60 < first.num_images < 140  # a hash split, not all in one part
+    assert sorted(first.captions) == sorted(c for image in first.images for c in (image[7:-4], image[7:-4] + "!"))
+    # The part is a hash of the file name (sha256, first 8 bytes, big-endian), computed here independently.
+    expected = [name for name in names if int(hashlib.sha256(name.encode()).hexdigest()[:16], 16) % 2 == 0]
+    assert [image[7:-4] for image in first.images] == expected
+    # Another folder, extension and order, or the bare store ids: the same images in the same part.
+    moved = ImageCaptionCorpus.from_pairs([f"/elsewhere/{name}.png" for name in reversed(names)], ["c"] * 200)
+    ids = ImageCaptionCorpus.from_pairs(names, ["c"] * 200)
+    assert sorted(image[11:-4] for image in moved.image_part(1, 2).images) == sorted(expected)
+    assert sorted(ids.image_part(1, 2).images) == sorted(expected)
+
+
+def _holds_image(corpus, part):
+    try:
+        return corpus.image_part(part, 2).num_images == 1
+    except ValueError as error:
+        assert "holds no image" in str(error)
+        return False
+
+
+def test_an_image_part_outside_the_parts_or_empty_is_refused():
+    corpus = ImageCaptionCorpus.from_pairs(["a.jpg"], ["x"])
+    for part, parts in ((0, 2), (3, 2), (1, 1)):
+        with pytest.raises(ValueError, match=f"between 1 and the number of parts.*{part}/{parts}"):
+            corpus.image_part(part, parts)
+    holding = [part for part in (1, 2) if _holds_image(corpus, part)]
+    assert len(holding) == 1  # one image: one part has it, the other is refused as empty
+
+
 def test_inconsistent_input_is_rejected():
     with pytest.raises(ValueError, match="2 images but 1 image ids"):
         ImageCaptionCorpus(["a", "b"], [0], [], [])
