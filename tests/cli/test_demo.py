@@ -157,7 +157,7 @@ def test_closing_lines_quote_the_measured_real_photo_outcome():
 
     results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     rows = {}
-    for name in ("flickr8k_en_sep_sim.json", "flickr8k_en_joint_sim.json"):
+    for name in ("flickr8k_en_sep_sim_crossfit_unseen.json", "flickr8k_en_joint_sim_ratio13_crossfit.json"):
         for row in json.loads((results / name).read_text(encoding="utf-8"))["tables"]["table1"]:
             rows[row["mode"]] = row
     text = " ".join(REAL_PHOTOS_OUTCOME)
