@@ -54,6 +54,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1] (argparse then exits 2 with the option's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def require_package(package: str, extra: str, what: str) -> None:
     """Fail with exit code 3 and the install command when the optional third-party ``package`` is not installed."""
     import importlib.util

@@ -20,6 +20,7 @@ from mm_sbert.cli.common import (
     positive_int,
     require_package,
     set_threads,
+    unit_interval,
 )
 from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE
 
@@ -38,6 +39,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", "-k", type=int, default=5, help="results to show (default: 5)")
     parser.add_argument("--rerank-k", type=int, default=20, help="BE candidates the CE reranks (default: 20)")
     parser.add_argument("--no-rerank", action="store_true", help="bi-encoder ranking only (no cross-encoder)")
+    parser.add_argument(
+        "--score",
+        choices=["ce", "combination", "combination_normalized"],
+        default="ce",
+        help="how the reranked hits are ordered: the cross-encoder logit (default, the paper's), lam * BE cosine + "
+        "(1 - lam) * CE probability, or the same over scores min-max normalised among the --rerank-k candidates",
+    )
+    parser.add_argument(
+        "--lam",
+        type=unit_interval,
+        default=0.5,
+        help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)",
+    )
     parser.add_argument("--model", "-m", default=None, help="model folder (default: the one the index was built with)")
     parser.add_argument(
         "--force-model",
@@ -105,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.top_k < 1 or args.rerank_k < 1:
         raise CLIError("--top-k and --rerank-k must be >= 1")
+    if args.no_rerank and args.score != "ce":
+        raise CLIError(f"--score {args.score} combines the cross-encoder's score; it cannot be used with --no-rerank")
     folder = existing_path(args.index, "Index folder", "dir")
     config = read_index_config(folder)
     html_path = html_target(args.html, folder) if args.html else None
@@ -167,21 +183,25 @@ def run(args: argparse.Namespace) -> int:
 
         retriever.items = image_path
         with input_errors():
-            hits = retriever.search(query, rerank=not args.no_rerank)[: args.top_k]
+            hits = retriever.search(query, rerank=not args.no_rerank, score=args.score, lam=args.lam)[: args.top_k]
             images = [image_path(hit.corpus_id) for hit in hits]
     finally:
         if hasattr(embedding_index, "close"):
             embedding_index.close()
 
+    combined = args.score != "ce"
     if args.json:
         for rank, (hit, image) in enumerate(zip(hits, images), 1):
-            print(json.dumps({"rank": rank, "image": image, "ce_score": hit.ce_score, "be_score": hit.be_score}))
+            row = {"rank": rank, "image": image, "ce_score": hit.ce_score, "be_score": hit.be_score}
+            print(json.dumps({**row, "score": hit.score} if combined else row))
     else:
         print(f"Query: {query}")
-        print(f"{'rank':>4}  {'CE prob':>7}  {'CE logit':>8}  {'BE cos':>7}  image")
+        score_column = f"  {'score':>7}" if combined else ""
+        print(f"{'rank':>4}{score_column}  {'CE prob':>7}  {'CE logit':>8}  {'BE cos':>7}  image")
         for rank, (hit, image) in enumerate(zip(hits, images), 1):
+            score = f"  {hit.score:7.3f}" if combined else ""
             ce = "" if hit.ce_score is None else f"{_sigmoid(hit.ce_score):7.3f}  {hit.ce_score:8.3f}"
-            print(f"{rank:>4}  {ce or ' ' * 17:>17}  {hit.be_score:7.3f}  {image}")
+            print(f"{rank:>4}{score}  {ce or ' ' * 17:>17}  {hit.be_score:7.3f}  {image}")
     if html_path is not None:
         write_html(str(html_path), query, hits, images)
         print(f"Wrote {args.html}")

@@ -46,7 +46,9 @@ def combine_scores(
         return ce_scores
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    be_scores, ce_probs = be_scores.float(), torch.sigmoid(ce_scores.float())
+    # float64: confident cross-encoders give logits whose float32 sigmoids all round to a handful of values near 1,
+    # which the min-max normalisation would then spread over [0, 1] as ties and steps
+    be_scores, ce_probs = be_scores.double(), torch.sigmoid(ce_scores.double())
     if mode == "combination_normalized":
         be_scores, ce_probs = min_max_normalize(be_scores), min_max_normalize(ce_probs)
-    return lam * be_scores + (1.0 - lam) * ce_probs
+    return (lam * be_scores + (1.0 - lam) * ce_probs).float()

@@ -81,6 +81,39 @@ def test_search_errors(capsys, tmp_path, index_dir):
     assert code == 2 and "--top-k and --rerank-k must be >= 1" in err
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.25, 1.0])
+def test_search_score_combination_orders_by_normalised_mix_of_both_scores(capsys, index_dir, lam):
+    code, out, err = run_cli(
+        capsys, "search", index_dir, "a large blue star", "--json", "--top-k", "6", "--rerank-k", "6",
+        "--score", "combination_normalized", "--lam", str(lam),
+    )  # fmt: skip
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    be = np.array([hit["be_score"] for hit in hits])
+    ce_prob = 1 / (1 + np.exp(-np.array([hit["ce_score"] for hit in hits])))
+    expected = lam * (be - be.min()) / np.ptp(be) + (1 - lam) * (ce_prob - ce_prob.min()) / np.ptp(ce_prob)
+    assert [hit["score"] for hit in hits] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert np.all(np.diff(expected) <= 1e-6), "hits are ordered by the combined score"
+    if lam == 1.0:
+        assert np.all(np.diff(be) <= 1e-6), "lam 1 keeps the bi-encoder's order"
+    if lam == 0.0:
+        assert np.all(np.diff(ce_prob) <= 1e-6), "lam 0 is the cross-encoder's order"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lam", "1.5"], "argument --lam: must be in [0, 1], got 1.5"),
+        (["--lam", "nan"], "argument --lam: must be in [0, 1], got nan"),
+        (["--lam", "half"], "argument --lam: expected a number in [0, 1], got 'half'"),
+        (["--score", "combination", "--no-rerank"], "cannot be used with --no-rerank"),
+    ],
+)
+def test_search_score_options_refuse_bad_values(capsys, index_dir, extra, message):
+    code, _, err = run_cli(capsys, "search", index_dir, "a star", *extra)
+    assert code == 2 and message in err
+
+
 def test_html_page_lists_query_and_thumbnails(capsys, index_dir, tmp_path):
     page = tmp_path / "out" / "results.html"
     code, out, err = run_cli(capsys, "search", index_dir, "a small green square", "--top-k", "3", "--html", page)

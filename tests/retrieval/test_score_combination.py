@@ -33,6 +33,16 @@ def test_combination_normalized_min_max_scales_both_over_the_candidates():
     assert combine_scores(BE, CE, "combination_normalized").argsort(descending=True).tolist() == [[1, 2, 0]]
 
 
+def test_combination_normalized_keeps_confident_logits_apart():
+    # float32 sigmoids of these logits collapse onto fewer values; the combination must not tie them
+    be = torch.zeros(1, 4)
+    ce = torch.tensor([[15.5, 15.8, 16.1, 16.4]])
+    probs = torch.sigmoid(ce.double())
+    expected = ((probs - probs.min()) / (probs.max() - probs.min())).float()
+    assert len(set(torch.sigmoid(ce)[0].tolist())) < 4, "the float32 sigmoid really does tie them"
+    torch.testing.assert_close(combine_scores(be, ce, "combination_normalized", lam=0.0), expected, atol=1e-6, rtol=0)
+
+
 def test_min_max_normalize_rows_independently_and_constant_rows_become_zero():
     scores = torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
     assert min_max_normalize(scores).tolist() == [[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]
