@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mm_sbert.evaluation.image_text_retrieval_evaluator import RECALL_AT, ImageTextRetrievalEvaluator
+from mm_sbert.retrieval.score_combination import ScoreMode
 
 
 def evaluate_modes(
@@ -20,9 +21,12 @@ def evaluate_modes(
     recall_at: Sequence[int] = RECALL_AT,
     batch_size: int = 64,
     show_progress_bar: bool = False,
+    score: ScoreMode = "ce",
+    lam: float = 0.5,
 ) -> dict[str, float]:
     """Run the package's evaluator on a joint model and return ``{mode}_{t2i|i2t}_r@{k}`` in percent, plus
     ``{mode}_seconds`` (wall time, BE encoding included for Coop) and ``{mode}_pairs`` (cross-encoder pairs scored).
+    ``score`` / ``lam`` order Coop's reranked candidates (see :func:`~mm_sbert.retrieval.combine_scores`).
     """
     evaluator = ImageTextRetrievalEvaluator(
         images,
@@ -33,6 +37,8 @@ def evaluate_modes(
         batch_size=batch_size,
         ce_batch_size=batch_size,
         show_progress_bar=show_progress_bar,
+        score=score,
+        lam=lam,
         recall_at=sorted(set(recall_at) | set(RECALL_AT)),
     )
     raw = evaluator(model)

@@ -42,6 +42,27 @@ def test_evaluate_synthetic_and_bad_modes(capsys):
     assert code == 2 and "expected a comma-separated subset of be, ce, coop" in err
 
 
+def test_evaluate_score_combination_weights_coop_between_ce_and_be(capsys, tmp_path):
+    def coop_and_be(*extra) -> tuple[list[float], list[float]]:
+        output = tmp_path / "metrics.json"
+        argv = ["--data", f"{scene_folder()}/captions.csv", "--modes", "be,coop", "--top-k", "3", "--output", output]
+        code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir(), *argv, *extra)
+        assert code == 0, err
+        metrics = json.loads(output.read_text())
+        keys = [f"{d}_r@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)]
+        return [metrics[f"coop_{key}"] for key in keys], [metrics[f"be_{key}"] for key in keys]
+
+    coop_ce, be = coop_and_be()
+    assert coop_ce != be, "the tiny model's cross-encoder reorders the BE's top 3 (else this test proves nothing)"
+    # lam 1 keeps the BE's order inside the top k (so its R@1; R@5 and R@10 stop at the k = 3 reranked), lam 0 the
+    # cross-encoder's (min-max scaling keeps each order)
+    coop_be_order, _ = coop_and_be("--score", "combination_normalized", "--lam", "1")
+    assert [coop_be_order[0], coop_be_order[3]] == [be[0], be[3]] != [coop_ce[0], coop_ce[3]]
+    assert coop_and_be("--score", "combination_normalized", "--lam", "0") == (coop_ce, be)
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir(), "--synthetic", "5", "--lam", "-0.1")
+    assert code == 2 and "argument --lam: must be in [0, 1], got -0.1" in err
+
+
 def test_evaluate_from_a_feature_store_gives_the_metrics_of_featurizing(capsys, tmp_path):
     store, data, images = tmp_path / "store", f"{scene_folder()}/captions.csv", f"{scene_folder()}/images"
     code, _, err = run_cli(capsys, "featurize", images, "--output", store, "--model", tiny_model_dir())
