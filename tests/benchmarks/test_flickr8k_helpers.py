@@ -155,3 +155,33 @@ def test_score_combination_ranks_as_the_bi_encoder_at_lam_1_and_as_the_cross_enc
         assert [row[key] for key in within_k] == [reference[key] for key in within_k], row
         if row["lam"] == 0:
             assert recalls(row) == recalls(coop), row
+
+
+def test_curve_plot_has_one_row_per_run_and_draws_coop_minus_be(bench, tmp_path, monkeypatch):
+    import matplotlib.axes
+    from PIL import Image
+
+    def point(step: int, coop: float | None) -> dict:
+        values = {f"be_{d}_r@{m}@subset": 0.20 for d in ("t2i", "i2t") for m in (1, 10)}
+        values |= {f"coop_{d}_r@{m}@subset": coop for d in ("t2i", "i2t") for m in (1, 10)}
+        values |= {f"ce_{d}_r@{m}@pool": 0.5 for d in ("t2i", "i2t") for m in (1, 10)}
+        return {"step": step, **values}
+
+    be_run = {"label": "be", "points": [{"step": s, "be_t2i_r@1": 0.1, "be_t2i_r@10": 0.4, "be_i2t_r@1": 0.1,
+                                         "be_i2t_r@10": 0.4} for s in (100, 200)]}  # fmt: skip
+    ce_run = {"label": "ce", "step_offset": 200, "points": [point(50, 0.18), point(100, 0.23), point(150, None)]}
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda axis, *a, **k: drawn.append((a, k)) or plot(axis, *a, **k)
+    )
+    heights = []
+    for curves in ([be_run], [be_run, ce_run], [be_run, ce_run, ce_run]):
+        bench.plot_curves(curves, tmp_path / "curves.png")
+        heights.append(Image.open(tmp_path / "curves.png").size[1])
+    assert heights[2] - heights[1] == heights[1] - heights[0] > 0, "each run adds a row"
+    gaps = [args[1] for args, kwargs in drawn if kwargs.get("label") == "Coop - BE, R@1"]
+    assert len(gaps) == 6  # t2i and i2t for each CE row drawn (1 + 2)
+    assert gaps[0][:2] == pytest.approx([-2.0, 3.0]) and gaps[0][2] is None  # in points; a missing point stays a gap
+    steps = [args[0] for args, kwargs in drawn if kwargs.get("label") == "Coop - BE, R@1"][0]
+    assert steps == [250, 300, 350]
