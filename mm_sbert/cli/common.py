@@ -13,6 +13,7 @@ from typing import Any
 
 # Re-exported: the one list of image suffixes lives with the image loading.
 from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS  # noqa: F401
+from mm_sbert.retrieval.score_combination import SCORE_MODES
 
 # Exit codes a shell script can branch on.
 EXIT_OK = 0
@@ -63,6 +64,24 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:
+    """Add ``--score`` and ``--lam``: how Coop orders the reranked candidates (see
+    :func:`~mm_sbert.retrieval.score_combination.combine_scores`); ``candidates`` names them in the help."""
+    parser.add_argument(
+        "--score",
+        choices=[mode for mode in SCORE_MODES if mode != "be"],
+        default="ce",
+        help="how the reranked candidates are ordered: the cross-encoder logit (default, the paper's), lam * BE "
+        f"cosine + (1 - lam) * CE probability, or the same over scores min-max normalised among {candidates}",
+    )
+    parser.add_argument(
+        "--lam",
+        type=unit_interval,
+        default=0.5,
+        help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)",
+    )
 
 
 def require_package(package: str, extra: str, what: str) -> None:

@@ -9,11 +9,11 @@ import tempfile
 
 from mm_sbert.cli.common import (
     CLIError,
+    add_score_arguments,
     load_model,
     read_caption_data,
     set_threads,
     stored_regions,
-    unit_interval,
 )
 
 MODES = ("be", "ce", "coop")
@@ -40,16 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of --synthetic (default: 1)")
     parser.add_argument("--modes", default="be,coop", help="comma-separated subset of be, ce, coop (default: be,coop)")
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in coop (paper: 20)")
-    parser.add_argument(
-        "--score",
-        choices=["ce", "combination", "combination_normalized"],
-        default="ce",
-        help="how coop orders the reranked candidates: the cross-encoder logit (default, the paper's), lam * BE "
-        "cosine + (1 - lam) * CE probability, or the same over scores min-max normalised among the top k",
-    )
-    parser.add_argument(
-        "--lam", type=unit_interval, default=0.5, help="the bi-encoder weight of the --score combinations, in [0, 1]"
-    )
+    add_score_arguments(parser, "the top k")
     parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

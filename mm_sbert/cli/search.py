@@ -14,13 +14,13 @@ from pathlib import Path
 
 from mm_sbert.cli.common import (
     CLIError,
+    add_score_arguments,
     existing_path,
     input_errors,
     load_model,
     positive_int,
     require_package,
     set_threads,
-    unit_interval,
 )
 from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE
 
@@ -39,19 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", "-k", type=int, default=5, help="results to show (default: 5)")
     parser.add_argument("--rerank-k", type=int, default=20, help="BE candidates the CE reranks (default: 20)")
     parser.add_argument("--no-rerank", action="store_true", help="bi-encoder ranking only (no cross-encoder)")
-    parser.add_argument(
-        "--score",
-        choices=["ce", "combination", "combination_normalized"],
-        default="ce",
-        help="how the reranked hits are ordered: the cross-encoder logit (default, the paper's), lam * BE cosine + "
-        "(1 - lam) * CE probability, or the same over scores min-max normalised among the --rerank-k candidates",
-    )
-    parser.add_argument(
-        "--lam",
-        type=unit_interval,
-        default=0.5,
-        help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)",
-    )
+    add_score_arguments(parser, "the --rerank-k candidates")
     parser.add_argument("--model", "-m", default=None, help="model folder (default: the one the index was built with)")
     parser.add_argument(
         "--force-model",
