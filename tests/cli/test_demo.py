@@ -162,6 +162,10 @@ def test_closing_lines_quote_the_measured_real_photo_outcome():
             "flickr8k_en_sep_crossfit_image_part_1000.json",
             "flickr8k_en_joint_crossfit_image_part_1000.json",
         ),
+        "split 2, seed 7": (
+            "flickr8k_en_sep_crossfit_image_part_1000_seed7.json",
+            "flickr8k_en_joint_crossfit_image_part_1000_seed7.json",
+        ),
     }
     lines = {line.split(" (")[0]: line for line in REAL_PHOTOS_OUTCOME if line.startswith("split ")}
     assert sorted(lines) == sorted(splits)
