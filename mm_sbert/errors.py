@@ -25,6 +25,11 @@ class UnsafePathError(StorageError):
     """A file name read from a manifest, index or store points outside the folder it belongs to."""
 
 
+class UnsafeOutputError(MMSbertError, ValueError):
+    """An output path would overwrite or delete something mm_sbert did not write there, or one of the command's own
+    inputs (see :mod:`mm_sbert.storage.ownership`)."""
+
+
 class ModelMismatchError(MMSbertError, ValueError):
     """Embeddings were computed with another model than the one asked to search them."""
 

@@ -18,19 +18,33 @@ from mm_sbert.storage.checked_folder import (
     sha256_file,
     verify_file,
 )
+from mm_sbert.storage.ownership import (
+    check_output_path,
+    mark_owned_folder,
+    output_marker,
+    owned_file_kind,
+    owned_folder_kind,
+    register_legacy_folder_kind,
+)
 
 __all__ = [
     "QUICK_SPAN",
     "atomic_write_bytes",
     "atomic_write_json",
     "bytes_record",
+    "check_output_path",
     "file_record",
     "fsync_dir",
     "fsync_file",
+    "mark_owned_folder",
+    "output_marker",
+    "owned_file_kind",
+    "owned_folder_kind",
     "quick_checksum",
     "quick_checksum_bytes",
     "read_json_file",
     "read_manifest",
+    "register_legacy_folder_kind",
     "resolve_inside",
     "resolve_stored_path",
     "sha256_bytes",
