@@ -30,6 +30,10 @@ class UnsafeOutputError(MMSbertError, ValueError):
     inputs (see :mod:`mm_sbert.storage.ownership`)."""
 
 
+class OutputInUseError(MMSbertError, BlockingIOError):
+    """Another process is writing the same store, index or training output (see :mod:`mm_sbert.storage.locking`)."""
+
+
 class ModelMismatchError(MMSbertError, ValueError):
     """Embeddings were computed with another model than the one asked to search them."""
 

@@ -18,6 +18,7 @@ from mm_sbert.storage.checked_folder import (
     sha256_file,
     verify_file,
 )
+from mm_sbert.storage.locking import exclusive_output, lock_path
 from mm_sbert.storage.ownership import (
     check_output_path,
     mark_owned_folder,
@@ -33,9 +34,11 @@ __all__ = [
     "atomic_write_json",
     "bytes_record",
     "check_output_path",
+    "exclusive_output",
     "file_record",
     "fsync_dir",
     "fsync_file",
+    "lock_path",
     "mark_owned_folder",
     "output_marker",
     "owned_file_kind",
