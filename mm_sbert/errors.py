@@ -8,7 +8,22 @@ class MMSbertError(Exception):
     """Root of the errors mm_sbert raises on purpose; the message names the input and what was expected."""
 
 
-class StorageError(MMSbertError, ValueError, RuntimeError):
+class InvalidFileError(MMSbertError, ValueError):
+    """A file mm_sbert reads (a config, ``modules.json``, a data file, a manifest) is not what it must be: not valid
+    JSON, a missing or wrongly typed field, values that contradict each other. The message names the file and the
+    field."""
+
+
+class ImageLoadError(MMSbertError, ValueError):
+    """An image is missing, unreadable, corrupt, too big (a decompression bomb) or holds values with no meaning as
+    pixels (NaN). The message names the file or the input."""
+
+
+class CheckpointMismatchError(MMSbertError, ValueError):
+    """An original checkpoint does not fit the model it is converted into; nothing was loaded."""
+
+
+class StorageError(InvalidFileError, RuntimeError):
     """A folder written by mm_sbert (embedding index, feature store) is missing, incomplete, corrupt or does not fit
     the request.
 

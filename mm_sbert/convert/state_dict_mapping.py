@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mm_sbert.errors import CheckpointMismatchError
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
 # Names the weights file of an original checkpoint may have inside its folder, in order of preference.
@@ -17,10 +18,6 @@ WEIGHT_FILE_NAMES = ("pytorch_model.bin", "model.safetensors", "m3p_under_weight
 
 # What a converted 2-way softmax head scores (see ``two_way_head_to_logit``).
 HEAD_SCORES = ("softmax", "class1-logit")
-
-
-class CheckpointMismatchError(ValueError):
-    """An original checkpoint does not fit the model it is converted into; nothing was loaded."""
 
 
 @dataclass

@@ -7,11 +7,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mm_sbert.errors import ImageLoadError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class ImageLoadError(ValueError):
-    """An image file is missing, unreadable or corrupt. The message names the file."""
+__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "looks_like_image_path"]
 
 
 def looks_like_image_path(value: str) -> bool:

@@ -17,9 +17,10 @@ Every writer of the package (index, feature store, model, training output, metri
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mm_sbert.errors import UnsafeOutputError
@@ -51,14 +52,17 @@ def output_marker(kind: str) -> str:
     return f"{FILE_MARK_PREFIX}{kind}"
 
 
-def mark_owned_folder(folder: PathLike, kind: str) -> None:
+def mark_owned_folder(folder: PathLike, kind: str, patterns: Sequence[str] = ()) -> None:
     """Record that ``folder`` is mm_sbert's folder of ``kind`` and list its current entries as mm_sbert's.
 
-    Call it last, once every file of the folder is written (the listing is what a later replacement may delete).
+    Call it last, once every file of the folder is written (the listing is what a later replacement may delete). A
+    folder that grows over several runs (a feature store's shards, a training run's checkpoints) is marked when its
+    writer starts, with ``patterns`` (``fnmatch`` patterns such as ``"shard-*"``) naming the entries its writer
+    creates, so what an interrupted run left there is still recognised as mm_sbert's, and anything else is not.
     """
     folder = Path(folder)
-    entries = sorted(name for name in os.listdir(folder) if name != OWNER_FILE)
-    payload = {"written_by": WRITTEN_BY, "kind": kind, "entries": entries}
+    entries = sorted(name for name in os.listdir(folder) if name != OWNER_FILE and not name.startswith(OWNER_FILE))
+    payload = {"written_by": WRITTEN_BY, "kind": kind, "entries": entries, "patterns": list(patterns)}
     tmp = folder / f"{OWNER_FILE}.tmp"
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     os.replace(tmp, folder / OWNER_FILE)
@@ -173,7 +177,12 @@ def check_output_path(
             )
         mark = _read_owner_file(target)
         if mark is not None:
-            foreign = entries - set(mark["entries"]) - {OWNER_FILE}
+            foreign = {
+                name
+                for name in entries - set(mark["entries"])
+                if not name.startswith(OWNER_FILE)
+                if not any(fnmatch.fnmatchcase(name, pattern) for pattern in mark["patterns"])
+            }
             if foreign:
                 raise UnsafeOutputError(
                     f"{what} {str(target)!r} holds files mm_sbert did not write ({_sample(foreign)}); "
@@ -201,6 +210,8 @@ def _read_owner_file(folder: Path) -> dict | None:
         or not isinstance(payload.get("kind"), str)
         or not isinstance(payload.get("entries"), list)
         or not all(isinstance(name, str) for name in payload["entries"])
+        or not isinstance(payload.setdefault("patterns", []), list)
+        or not all(isinstance(pattern, str) for pattern in payload["patterns"])
     ):
         return None
     return payload
