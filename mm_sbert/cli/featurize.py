@@ -77,7 +77,12 @@ def build_featurizer(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.image_features import FeatureStore
+    from mm_sbert.image_features.feature_store import OWNED_KIND
+    from mm_sbert.storage import check_output_path
 
+    with input_errors():
+        # Before any image is read: the store may not be (or hold) the images, the model or a folder of the user's.
+        check_output_path(args.output, OWNED_KIND, folder=True, inputs=[*args.images, args.model], what="--output")
     images = list_images(args.images)
     stems = [path.stem for path in images]
     if len(set(stems)) != len(stems):

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from mm_sbert.cli import convert, demo, evaluate, featurize, index, push, search, train
-from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CLIError
+from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
+from mm_sbert.errors import MMSbertError
 from mm_sbert.version import __version__
 
 SUBCOMMANDS = (demo, featurize, train, evaluate, index, search, convert, push)
@@ -53,11 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args) or EXIT_OK
-    except CLIError as exc:
+    except (CLIError, MMSbertError) as exc:
+        # Every refusal of the package (a bad input file, an unsafe output, an output in use...) is an input error.
         if args.debug:
             raise
         print(f"mm-sbert {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"mm-sbert {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

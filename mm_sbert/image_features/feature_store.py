@@ -11,13 +11,26 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from mm_sbert.errors import FeatureStoreError
+from mm_sbert.errors import FeatureStoreError, StorageError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, load_image
 from mm_sbert.image_features.region_features import RegionFeatures
-from mm_sbert.storage import atomic_write_bytes, bytes_record, read_json_file, read_manifest, verify_file
+from mm_sbert.storage import (
+    StrictSchema,
+    atomic_write_bytes,
+    bytes_record,
+    check_output_path,
+    exclusive_output,
+    mark_owned_folder,
+    read_json_schema,
+    read_manifest,
+    register_legacy_folder_kind,
+    validate_data,
+    verify_file,
+)
 
 MANIFEST_NAME = "manifest.json"
 STORE_FORMAT = "mm_sbert-feature-store"
@@ -29,6 +42,83 @@ SHARD_FILES = ("features.npy", "boxes.npy", "offsets.npy", "sizes.npy", "meta.js
 
 ImageId = int | str
 StoreDtype = Literal["float32", "float16"]
+# What a store's writer creates in its folder (``atomic_write_bytes`` writes ``.NAME.tmp-XXXXXXXX`` first): entries an
+# interrupted run left behind, and nothing else, belong to the store.
+OWNED_KIND = "feature-store"
+OWNED_PATTERNS = (MANIFEST_NAME, f".{MANIFEST_NAME}.tmp-*", "shard-*", ".shard-*.tmp-*")
+
+
+class _FileRecord(StrictSchema):
+    size: int = Field(alias="bytes", ge=0)
+    sha256: str
+    quick_sha256: str | None = None
+
+
+class _ShardEntry(StrictSchema):
+    name: str
+    num_images: int = Field(ge=0)
+    num_regions: int = Field(ge=0)
+    files: dict[Literal[SHARD_FILES], _FileRecord]
+
+    @model_validator(mode="after")
+    def _every_file(self) -> _ShardEntry:
+        if set(self.files) != set(SHARD_FILES):
+            raise ValueError(f"a shard lists the files {sorted(self.files)}, not {list(SHARD_FILES)}")
+        return self
+
+
+class _FeaturizerEntry(StrictSchema):
+    type: str
+    config: dict[str, Any]
+
+
+class _StoreManifest(StrictSchema):
+    format: Literal[STORE_FORMAT]
+    version: int
+    feature_dim: int | None = Field(ge=1)
+    dtype: StoreDtype
+    featurizer: _FeaturizerEntry | None = None
+    shards: list[_ShardEntry]
+    failed: dict[str, str] = {}
+    complete: bool
+
+    @model_validator(mode="after")
+    def _width_known(self) -> _StoreManifest:
+        if self.feature_dim is None and any(shard.num_images for shard in self.shards):
+            raise ValueError("feature_dim is null but the shards hold images")
+        return self
+
+
+class _ShardMeta(StrictSchema):
+    ids: list[int | str]
+    labels: list[list[str] | None]
+
+
+def _is_legacy_store(folder: Path) -> bool:
+    """A store written before the owner mark: its manifest names the store format (nothing else counts)."""
+    manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    return isinstance(manifest, dict) and manifest.get("format") == STORE_FORMAT
+
+
+register_legacy_folder_kind(OWNED_KIND, _is_legacy_store)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file, read from its header only."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f".npy format version {version}")
+            shape, fortran, dtype = readers[version](f)
+        except (ValueError, OSError, SyntaxError, TypeError) as exc:
+            raise StorageError(f"'{path}' is not a valid .npy array file ({exc}); the store is corrupt") from None
+    if fortran or dtype.hasobject:
+        layout = "Fortran-ordered" if fortran else "object"
+        raise StorageError(f"'{path}' holds a {layout} array; the store is corrupt")
+    return tuple(shape), dtype
+
 
 __all__ = ["FeatureStore", "FeatureStoreError"]
 
@@ -105,25 +195,30 @@ class FeatureStore:
         if not manifest_path.is_file():
             raise FeatureStoreError(f"No feature store at '{self.path}': {MANIFEST_NAME} is missing")
         self.manifest = read_manifest(manifest_path, STORE_FORMAT, SUPPORTED_VERSIONS)
-        if not isinstance(self.manifest.get("shards"), list):
-            raise FeatureStoreError(f"'{manifest_path}' lists no shards; the store is corrupt")
-        self.feature_dim: int = self.manifest.get("feature_dim")
-        self.dtype: str = self.manifest.get("dtype")
-        self.failed: dict[str, str] = dict(self.manifest.get("failed", {}))
-        self.complete: bool = bool(self.manifest.get("complete"))
+        checked = validate_data(_StoreManifest, self.manifest, manifest_path, "feature store manifest", StorageError)
+        self.feature_dim: int = checked.feature_dim
+        self.dtype: str = checked.dtype
+        self.failed: dict[str, str] = dict(checked.failed)
+        self.complete: bool = checked.complete
         self._paths = self._check_files(verify)
         self._ids: list[ImageId] = []
         self._index: dict[str, tuple[int, int]] = {}
         self._labels: list[list[list[str] | None]] = []
-        for shard_number, paths in enumerate(self._paths):
-            meta = read_json_file(paths["meta.json"], "feature store shard list")
-            for local, image_id in enumerate(meta["ids"]):
+        for shard_number, (paths, shard) in enumerate(zip(self._paths, checked.shards)):
+            meta = read_json_schema(paths["meta.json"], _ShardMeta, "feature store shard list", StorageError)
+            if len(meta.ids) != shard.num_images or len(meta.labels) != shard.num_images:
+                raise StorageError(
+                    f"'{paths['meta.json']}' lists {len(meta.ids)} ids and {len(meta.labels)} label lists, but the "
+                    f"manifest says the shard holds {shard.num_images} images; the store is corrupt"
+                )
+            self._check_arrays(paths, shard)
+            for local, image_id in enumerate(meta.ids):
                 key = _key(image_id)
                 if key in self._index:
                     raise FeatureStoreError(f"The feature store '{self.path}' lists the image id {image_id!r} twice")
                 self._index[key] = (shard_number, local)
                 self._ids.append(image_id)
-            self._labels.append(meta["labels"])
+            self._labels.append(meta.labels)
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         if not self.complete:
             warnings.warn(
@@ -136,9 +231,7 @@ class FeatureStore:
         """Every shard's files, checked against the manifest; returns their resolved paths, per shard."""
         paths = []
         for shard in self.manifest["shards"]:
-            files = shard.get("files", {}) if isinstance(shard, dict) else {}
-            if set(files) != set(SHARD_FILES) or not isinstance(shard.get("name"), str):
-                raise FeatureStoreError(f"A shard entry of '{self.path / MANIFEST_NAME}' is malformed: {shard!r:.200}")
+            files = shard["files"]
             paths.append(
                 {
                     suffix: verify_file(self.path, f"{shard['name']}.{suffix}", expected, full=verify)
@@ -146,6 +239,30 @@ class FeatureStore:
                 }
             )
         return paths
+
+    def _check_arrays(self, paths: dict[str, Path], shard: _ShardEntry) -> None:
+        """The shard's arrays agree with each other and with the manifest: shapes, dtypes and region offsets (each
+        image's regions lie inside the features, in order), so no image reads another's regions or past the end."""
+        images, regions = shard.num_images, shard.num_regions
+        expected = {
+            "features.npy": ((regions, self.feature_dim), np.dtype(self.dtype)),
+            "boxes.npy": ((regions, 4), np.dtype(np.float32)),
+            "offsets.npy": ((images + 1,), np.dtype(np.int64)),
+            "sizes.npy": ((images, 2), np.dtype(np.int32)),
+        }
+        for name, (shape, dtype) in expected.items():
+            found_shape, found_dtype = _npy_header(paths[name])
+            if found_shape != shape or found_dtype != dtype:
+                raise StorageError(
+                    f"'{paths[name]}' holds a {found_dtype} array of shape {found_shape}, but the manifest describes "
+                    f"{dtype} {shape}; the store is corrupt"
+                )
+        offsets = np.load(paths["offsets.npy"], allow_pickle=False)
+        if offsets[0] != 0 or offsets[-1] != regions or (np.diff(offsets) < 0).any():
+            raise StorageError(
+                f"'{paths['offsets.npy']}' does not split the shard's {regions} regions among its {images} images "
+                "(offsets must start at 0, never decrease and end at the number of regions); the store is corrupt"
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -264,7 +381,20 @@ class FeatureStore:
             FeatureStoreError: an id repeats within ``records``, or a record does not fit the store. What was
                 written before it stays stored (the store is marked incomplete).
         """
-        writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=None)
+        with _StoreWriter.open(path, [], dtype=dtype, shard_size=shard_size, featurizer_config=None) as writer:
+            skipped = cls._write_records(writer, path, records, show_progress_bar)
+        if skipped:
+            warnings.warn(
+                f"{len(skipped)} record(s) were not written because the store '{path}' already holds their ids "
+                f"(e.g. {skipped[:3]}); stored records are kept, not replaced. Write to a new folder to replace them.",
+                stacklevel=2,
+            )
+        return cls(path)
+
+    @staticmethod
+    def _write_records(
+        writer: _StoreWriter, path: Any, records: Iterable[tuple[ImageId, RegionFeatures]], show_progress_bar: bool
+    ) -> list[str]:
         stored_before = set(writer.done)
         seen: set[str] = set()
         skipped = []
@@ -283,13 +413,7 @@ class FeatureStore:
                     skipped.append(key)
                 else:
                     writer.add(image_id, regions)
-        if skipped:
-            warnings.warn(
-                f"{len(skipped)} record(s) were not written because the store '{path}' already holds their ids "
-                f"(e.g. {skipped[:3]}); stored records are kept, not replaced. Write to a new folder to replace them.",
-                stacklevel=2,
-            )
-        return cls(path)
+        return skipped
 
     @classmethod
     def build(
@@ -327,7 +451,28 @@ class FeatureStore:
         shard_size = _positive_int(shard_size, "shard_size")
         ids = cls._default_ids(images, ids)
         config = _featurizer_identity(featurizer)
-        writer = _StoreWriter(Path(path), dtype=dtype, shard_size=shard_size, featurizer_config=config)
+        inputs = [image for image in images if isinstance(image, (str, os.PathLike))]
+        with _StoreWriter.open(path, inputs, dtype=dtype, shard_size=shard_size, featurizer_config=config) as writer:
+            failed = cls._featurize_into(writer, path, images, ids, featurizer, batch_size, show_progress_bar)
+        if failed:
+            listed = "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:5])
+            warnings.warn(
+                f"{len(failed)} of {len(images)} images could not be read and are not in the store '{path}' "
+                f"(see store.failed): {listed}{' ...' if len(failed) > 5 else ''}",
+                stacklevel=2,
+            )
+        return cls(path)
+
+    @staticmethod
+    def _featurize_into(
+        writer: _StoreWriter,
+        path: Any,
+        images: Sequence[Any],
+        ids: Sequence[ImageId],
+        featurizer: ImageFeaturizer,
+        batch_size: int,
+        show_progress_bar: bool,
+    ) -> dict[str, str]:
         if writer.feature_dim is not None and writer.feature_dim != featurizer.feature_dim:
             raise FeatureStoreError(
                 f"The store at '{path}' holds {writer.feature_dim}-d features; {featurizer!r} yields "
@@ -355,14 +500,7 @@ class FeatureStore:
                     for image_id, regions in zip(loaded_ids, results):
                         writer.add(image_id, regions)
                 bar.update(len(pending[start : start + batch_size]))
-        if failed:
-            listed = "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:5])
-            warnings.warn(
-                f"{len(failed)} of {len(images)} images could not be read and are not in the store '{path}' "
-                f"(see store.failed): {listed}{' ...' if len(failed) > 5 else ''}",
-                stacklevel=2,
-            )
-        return cls(path)
+        return failed
 
     @staticmethod
     def _default_ids(images: Sequence[Any], ids: Sequence[ImageId] | None) -> list[ImageId]:
@@ -395,6 +533,22 @@ def _load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
 class _StoreWriter:
     """Appends shards to a (possibly partly written) store and rewrites the manifest after each one."""
 
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls,
+        path: str | os.PathLike,
+        inputs: Sequence[str | os.PathLike],
+        dtype: StoreDtype,
+        shard_size: int,
+        featurizer_config: dict[str, Any] | None,
+    ) -> Iterator[_StoreWriter]:
+        """The writer of the store at ``path``, once the path may be written (a new or empty folder, or a store;
+        never an input nor a folder of the user's) and while this process alone writes it."""
+        target = check_output_path(path, OWNED_KIND, folder=True, inputs=inputs, what="The feature store")
+        with exclusive_output(target, what="The feature store"):
+            yield cls(target, dtype=dtype, shard_size=shard_size, featurizer_config=featurizer_config)
+
     def __init__(
         self, path: Path, dtype: StoreDtype, shard_size: int, featurizer_config: dict[str, Any] | None
     ) -> None:
@@ -405,6 +559,12 @@ class _StoreWriter:
         self.shard_size = shard_size
         self.buffer: list[tuple[ImageId, RegionFeatures]] = []
         path.mkdir(parents=True, exist_ok=True)
+        # We hold the lock: temporary files in the folder are a killed writer's, never another live one's.
+        for pattern in OWNED_PATTERNS:
+            if ".tmp-" in pattern:
+                for leftover in path.glob(pattern):
+                    leftover.unlink()
+        mark_owned_folder(path, OWNED_KIND, patterns=OWNED_PATTERNS)
         manifest_path = path / MANIFEST_NAME
         if manifest_path.is_file():
             # Opening validates every file's size: never append to a damaged store.

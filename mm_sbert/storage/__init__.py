@@ -18,6 +18,7 @@ from mm_sbert.storage.checked_folder import (
     sha256_file,
     verify_file,
 )
+from mm_sbert.storage.file_schema import StrictSchema, describe_validation_error, read_json_schema, validate_data
 from mm_sbert.storage.locking import exclusive_output, lock_path
 from mm_sbert.storage.ownership import (
     check_output_path,
@@ -30,10 +31,12 @@ from mm_sbert.storage.ownership import (
 
 __all__ = [
     "QUICK_SPAN",
+    "StrictSchema",
     "atomic_write_bytes",
     "atomic_write_json",
     "bytes_record",
     "check_output_path",
+    "describe_validation_error",
     "exclusive_output",
     "file_record",
     "fsync_dir",
@@ -46,11 +49,13 @@ __all__ = [
     "quick_checksum",
     "quick_checksum_bytes",
     "read_json_file",
+    "read_json_schema",
     "read_manifest",
     "register_legacy_folder_kind",
     "resolve_inside",
     "resolve_stored_path",
     "sha256_bytes",
     "sha256_file",
+    "validate_data",
     "verify_file",
 ]
