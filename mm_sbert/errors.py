@@ -14,6 +14,11 @@ class InvalidFileError(MMSbertError, ValueError):
     field."""
 
 
+class InvalidInputError(MMSbertError, ValueError):
+    """An input given in memory is ambiguous or has no meaning for the model (an image with no regions...); the
+    message names the input by its index."""
+
+
 class ImageLoadError(MMSbertError, ValueError):
     """An image is missing, unreadable, corrupt, too big (a decompression bomb) or holds values with no meaning as
     pixels (NaN). The message names the file or the input."""

@@ -488,7 +488,7 @@ class FeatureStore:
                 loaded_ids, loaded = [], []
                 for image_id, image in pending[start : start + batch_size]:
                     try:
-                        loaded.append(_load_image(image))
+                        loaded.append(load_image(image))
                         loaded_ids.append(image_id)
                     except ImageLoadError as exc:
                         failed[_key(image_id)] = str(exc)
@@ -520,14 +520,6 @@ class FeatureStore:
                 seen.add(key)
             raise ValueError(f"Image ids must be unique; duplicated: {duplicates[:5]}")
         return ids
-
-
-def _load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
-    """:func:`load_image`, with Pillow's decompression-bomb refusal reported like any other unreadable file."""
-    try:
-        return load_image(image)
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"Could not read image file '{image}' (refused as a decompression bomb): {exc}") from exc
 
 
 class _StoreWriter:

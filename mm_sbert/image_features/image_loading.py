@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -12,12 +13,37 @@ from mm_sbert.errors import ImageLoadError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "looks_like_image_path"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "check_image_file", "load_image", "looks_like_image_path"]
 
 
 def looks_like_image_path(value: str) -> bool:
     """True for strings that end in a known image file extension (the host's own rule for image paths)."""
     return value.lower().rstrip().endswith(IMAGE_EXTENSIONS)
+
+
+def check_image_file(path: str | os.PathLike, what: str = "Image file") -> Path:
+    """``path`` as a Path when it names a readable file, else :class:`ImageLoadError` with the true cause: not found,
+    a folder, a dangling symbolic link, a symbolic link loop, or not readable."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(f"{what} '{path}' is a symbolic link loop (it leads back to itself)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise ImageLoadError(f"{what} '{path}' cannot be read: permission denied") from None
+        if os.path.islink(path):
+            raise ImageLoadError(
+                f"{what} '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist"
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise ImageLoadError(f"{what} not found: '{path}'") from None
+        raise ImageLoadError(f"{what} '{path}' cannot be read: {exc.strerror}") from None
+    if path.is_dir():
+        raise ImageLoadError(f"{what} '{path}' is a folder, not an image file")
+    if not path.is_file():
+        raise ImageLoadError(f"{what} '{path}' is not a regular file (a device, socket or pipe)")
+    return path
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
@@ -27,21 +53,27 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
     carries its path in ``image.info["source_path"]`` (box sources and caches key on it).
 
     Raises:
-        ImageLoadError: the path does not exist or the file is not a readable image.
+        ImageLoadError: the path names no readable file (not found, a folder, a symbolic link loop, no permission),
+            the file is not a readable image or bigger than Pillow's decompression-bomb limit, or an array holds
+            values with no meaning as pixels (NaN, negative, above its type's range).
     """
     if isinstance(image, Image.Image):
         return _to_rgb(image, "The image")
     if isinstance(image, (np.ndarray, torch.Tensor)):
         return _array_to_image(image)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageLoadError(f"Image file not found: '{path}'")
+        path = check_image_file(image)
         try:
             with Image.open(path) as opened:
                 opened.load()
                 image = _to_rgb(ImageOps.exif_transpose(opened), f"Image file '{path}'")
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(
+                f"Could not read image file '{path}' (refused as a decompression bomb): {exc}"
+            ) from exc
+        except PermissionError as exc:
+            raise ImageLoadError(f"Image file '{path}' cannot be read: permission denied") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageLoadError(f"Could not read image file '{path}' (corrupt or not an image): {exc}") from exc
         image.info["source_path"] = str(path)
         return image
@@ -79,17 +111,39 @@ def _grey_to_rgb(values: np.ndarray) -> Image.Image:
 
 
 def _array_to_image(array: np.ndarray | torch.Tensor) -> Image.Image:
+    """An RGB image from an array, by the documented meaning of its type: ``uint8`` as is, ``uint16`` like a 16-bit
+    PNG (divided by 257), floats in ``[0, 1]`` as intensities and in ``[0, 255]`` as 8-bit values, other integers in
+    ``[0, 255]``. Anything else (NaN, negative values, values above the range, booleans) is refused, not clipped."""
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
+        array = array.detach().cpu().float().numpy() if array.dtype == torch.bfloat16 else array.detach().cpu().numpy()
+    array = np.asarray(array)
     if array.ndim != 3:
-        raise ValueError(f"An image array must have 3 dimensions (H, W, C) or (C, H, W), got shape {array.shape}")
+        raise ImageLoadError(f"An image array must have 3 dimensions (H, W, C) or (C, H, W), got shape {array.shape}")
     if array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = np.transpose(array, (1, 2, 0))
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     if array.shape[-1] != 3:
-        raise ValueError(f"An image array needs 1 or 3 colour channels, got shape {array.shape}")
-    if array.dtype != np.uint8:
-        scale = 255.0 if float(array.max(initial=0)) <= 1.0 else 1.0
-        array = np.clip(array * scale, 0, 255).astype(np.uint8)
-    return Image.fromarray(array, mode="RGB")
+        raise ImageLoadError(f"An image array needs 1 or 3 colour channels, got shape {array.shape}")
+    if not array.size:
+        raise ImageLoadError(f"The image array has no pixels (shape {array.shape})")
+    if array.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+    if array.dtype == np.uint16:
+        return Image.fromarray(np.rint(array / 257.0).astype(np.uint8), mode="RGB")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageLoadError(f"An image array must hold numbers, got dtype {array.dtype}")
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageLoadError(
+            f"The image array holds NaN or infinite values ({int((~np.isfinite(values)).sum())} of {values.size}); "
+            "they are no pixel values: fill or drop them first"
+        )
+    low, peak = float(values.min()), float(values.max())
+    if low < 0 or peak > 255:
+        raise ImageLoadError(
+            f"The {array.dtype} image array holds values in [{low:.6g}, {peak:.6g}]; mm_sbert reads uint8, uint16, "
+            "floats in [0, 1] or [0, 255] and integers in [0, 255]: rescale it first"
+        )
+    scale = 255.0 if np.issubdtype(array.dtype, np.floating) and peak <= 1.0 else 1.0
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8), mode="RGB")

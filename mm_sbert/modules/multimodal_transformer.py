@@ -23,8 +23,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
-from mm_sbert.image_features.image_loading import ImageLoadError, load_image, looks_like_image_path
+from mm_sbert.image_features.image_loading import ImageLoadError, check_image_file, load_image, looks_like_image_path
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
 from mm_sbert.modules.multimodal_transformer_config import (
     EmbeddingMode,
@@ -365,8 +366,12 @@ class MultimodalTransformer(InputModule):
         features = region.features
         if not torch.isfinite(features).all():
             raise ValueError(f"Input {index}: its region features contain NaN or infinite values")
-        if not features.numel():
-            return
+        if not region.num_regions:
+            # Zero regions would embed exactly like the empty caption: an answer about no image at all.
+            raise InvalidInputError(
+                f"Input {index}: its image has no regions (RegionFeatures with 0 rows); the model would embed it like "
+                "an empty caption. Give at least one region (e.g. the whole image's box)"
+            )
         # |W x + b| <= max|W| * (sum of |x|) + max|b|; the box numbers are at most 1.
         weight, bias = self.img_embedding.weight.detach(), self.img_embedding.bias.detach()
         largest = torch.finfo(weight.dtype).max
@@ -774,9 +779,10 @@ def _caption_hint(value: Any) -> str:
 
 
 def _check_image_path(image: str | os.PathLike, index: int) -> None:
-    if not os.path.isfile(image):
+    if not os.path.lexists(image):
         hint = _caption_hint(str(image)) or "; no such file exists"
         raise ImageLoadError(f"Input {index}: image file not found: '{image}'{hint}")
+    check_image_file(image, f"Input {index}: image file")
 
 
 def _check_finite(

@@ -48,3 +48,15 @@ def test_truncate_keeps_the_first_regions():
     assert kept.num_regions == 2 and kept.labels == ["a", "b"]
     torch.testing.assert_close(kept.features, torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
     assert regions.truncate(9) is regions
+
+
+def test_an_image_with_no_regions_is_refused_not_embedded_like_an_empty_caption():
+    from mm_sbert.errors import InvalidInputError
+    from tests.conftest import build_module
+
+    module = build_module("bert", featurizer=False)
+    empty = RegionFeatures(torch.zeros(0, 16), torch.zeros(0, 4))
+    with pytest.raises(InvalidInputError, match="Input 1: its image has no regions"):
+        module.preprocess(["a caption", empty])
+    with pytest.raises(InvalidInputError, match="Input 0: its image has no regions"):
+        module.preprocess([("a caption", empty)])
