@@ -14,6 +14,10 @@ class InvalidFileError(MMSbertError, ValueError):
     field."""
 
 
+class MissingFileError(MMSbertError, FileNotFoundError):
+    """A file or folder mm_sbert needs (a saved model's config, its backbone) is not there; the message names it."""
+
+
 class InvalidInputError(MMSbertError, ValueError):
     """An input given in memory is ambiguous or has no meaning for the model (an image with no regions...); the
     message names the input by its index."""

@@ -9,10 +9,16 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from mm_sbert.image_features.region_features import RegionFeatures
+from mm_sbert.storage.file_schema import StrictSchema
 
 FEATURIZER_CONFIG_NAME = "featurizer_config.json"
 
 FEATURIZER_REGISTRY: dict[str, type[ImageFeaturizer]] = {}
+
+
+class _FeaturizerConfigFile(StrictSchema):
+    type: str
+    config: dict[str, Any] = {}
 
 
 def register_featurizer(cls: type[ImageFeaturizer]) -> type[ImageFeaturizer]:
@@ -52,17 +58,23 @@ class ImageFeaturizer(ABC):
     @classmethod
     def load(cls, input_path: str) -> ImageFeaturizer:
         """Rebuild a saved featurizer of whatever registered type it is."""
+        from mm_sbert.errors import InvalidFileError
+        from mm_sbert.storage import read_json_schema
+
         config_path = os.path.join(input_path, FEATURIZER_CONFIG_NAME)
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
-        type_name = saved.get("type")
-        featurizer_cls = FEATURIZER_REGISTRY.get(type_name)
+        saved = read_json_schema(config_path, _FeaturizerConfigFile, "featurizer config")
+        featurizer_cls = FEATURIZER_REGISTRY.get(saved.type)
         if featurizer_cls is None:
-            raise ValueError(
-                f"{config_path} names featurizer type {type_name!r}, which is not registered; known types: "
+            raise InvalidFileError(
+                f"{config_path} names featurizer type {saved.type!r}, which is not registered; known types: "
                 f"{sorted(FEATURIZER_REGISTRY)}. Import the module that defines it before loading the model."
             )
-        return featurizer_cls._from_saved(input_path, saved.get("config", {}))
+        try:
+            return featurizer_cls._from_saved(input_path, saved.config)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidFileError):
+                raise
+            raise InvalidFileError(f"The featurizer config '{config_path}' does not fit {saved.type}: {exc}") from exc
 
     @classmethod
     def _from_saved(cls, input_path: str, config: dict[str, Any]) -> ImageFeaturizer:

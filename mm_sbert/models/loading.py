@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, Field, RootModel
 from sentence_transformers.util import load_file_path
 
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+from mm_sbert.storage import StrictSchema, read_json_schema, register_legacy_folder_kind
 from mm_sbert.version import __version__
 
 # Only this package's own classes load without trust_remote_code; anything else in modules.json still needs it.
@@ -23,18 +26,64 @@ REQUIREMENTS = {
 }
 
 
+# The kind of folder a saved model is, for the ownership rule (mm_sbert.storage.ownership).
+MODEL_FOLDER_KIND = "model"
+
+
+class _ModuleEntry(StrictSchema):
+    idx: int = Field(ge=0)
+    name: str
+    path: str
+    type: str
+
+
+class _ModuleListFile(RootModel[list[_ModuleEntry]]):
+    """``modules.json``: a list of module entries."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class _SentenceTransformersConfig(StrictSchema):
+    """The keys of ``config_sentence_transformers.json`` the host reads, with the types it expects."""
+
+    prompts: dict[str, str] = {}
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+    model_type: str | None = None
+    # the host writes e.g. {"sentence_transformers": "6.3.0", "transformers": ...}
+    version: dict[str, str] | None = Field(default=None, alias="__version__")
+
+
 def read_modules_json(model_name_or_path: str, **hub_kwargs: Any) -> list[dict[str, Any]] | None:
+    """The module list of a saved model (``None`` when it has no ``modules.json``), checked: a list of entries with
+    ``idx`` (integer), ``name``, ``path`` and ``type`` (strings). Also checks ``config_sentence_transformers.json``
+    when present. A damaged file is an :class:`~mm_sbert.errors.InvalidFileError` naming the file and the field."""
     path = load_file_path(model_name_or_path, "modules.json", **hub_kwargs)
     if path is None:
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    checked = read_json_schema(path, _ModuleListFile, "modules.json file")
+    config_path = load_file_path(model_name_or_path, "config_sentence_transformers.json", **hub_kwargs)
+    if config_path is not None:
+        read_json_schema(config_path, _SentenceTransformersConfig, "sentence-transformers config")
+    return [entry.model_dump() for entry in checked.root]
 
 
 def is_multimodal_folder(model_name_or_path: str, **hub_kwargs: Any) -> bool:
     """True when the saved model's first module is a MultimodalTransformer (a BE, CE or joint folder)."""
     modules = read_modules_json(model_name_or_path, **hub_kwargs)
     return bool(modules) and modules[0]["type"] in MM_SBERT_MODULE_CLASSES
+
+
+def _is_saved_model_folder(folder: Path) -> bool:
+    """A model folder mm_sbert saved: both sentence-transformers files, and ``modules.json`` naming mm_sbert's module
+    first (a folder that merely holds a ``modules.json`` is not one)."""
+    if not (folder / "config_sentence_transformers.json").is_file():
+        return False
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    return isinstance(modules, list) and bool(modules) and modules[0].get("type") in MM_SBERT_MODULE_CLASSES
+
+
+register_legacy_folder_kind(MODEL_FOLDER_KIND, _is_saved_model_folder)
 
 
 def hub_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 
-from mm_sbert.errors import InvalidInputError
+from mm_sbert.errors import InvalidFileError, InvalidInputError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, check_image_file, load_image, looks_like_image_path
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
@@ -33,6 +32,9 @@ from mm_sbert.modules.multimodal_transformer_config import (
     ImageOnlyText,
     MultimodalTransformerConfig,
     RegionOrder,
+    backbone_file_errors,
+    check_backbone_folder,
+    read_module_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -683,19 +685,7 @@ class MultimodalTransformer(InputModule):
             local_files_only=local_files_only,
         )
         config_path = os.path.join(directory, cls.config_file_name)
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(
-                f"{model_name_or_path!r} has no {cls.config_file_name}; it was not saved by mm_sbert's "
-                "MultimodalTransformer. To start from a plain BERT / XLM-R checkpoint use "
-                "MultimodalTransformer(model_name_or_path) instead."
-            )
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{config_path} is not valid JSON ({exc}); re-save or re-download the model") from exc
-        if not isinstance(saved, dict):
-            raise ValueError(f"{config_path} must hold a JSON object, got {type(saved).__name__}")
+        saved = read_module_config(config_path)
         model_kwargs = dict(model_kwargs or {})
         # The host's backend options are not from_pretrained arguments.
         onnx_options = {key: model_kwargs.pop(key) for key in ONNX_MODEL_KWARGS if key in model_kwargs}
@@ -810,7 +800,7 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors_file(path)
     except (SafetensorError, OSError) as exc:
-        raise ValueError(
+        raise InvalidFileError(
             f"Could not read the weights file {path}: it is truncated or corrupt ({exc}); re-save or re-download "
             "the model"
         ) from exc
@@ -824,9 +814,9 @@ def _load_backbone(
     config_kwargs: dict[str, Any],
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The backbone folder the transformers way, so dtype, attention implementation and device map pass through."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"No backbone at {path} (config.json missing); the saved model folder is incomplete")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
+    check_backbone_folder(path)
+    with backbone_file_errors(path):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
     weights = os.path.join(path, WEIGHTS_NAME)
     try:
         backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **model_kwargs)
@@ -834,7 +824,8 @@ def _load_backbone(
         if os.path.isfile(weights):
             read_safetensors(weights)  # names the file when it is the one at fault
         raise
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_kwargs)
+    with backbone_file_errors(path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_kwargs)
     return backbone, tokenizer
 
 
