@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -57,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--modes got {args.modes!r}; expected a comma-separated subset of {', '.join(MODES)}")
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.output:
+        from mm_sbert.storage import check_output_path
+
+        check_output_path(args.output, "metrics", folder=False, inputs=[args.data, args.model, args.features])
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         images, captions, caption_image_ids = read_caption_data(
@@ -85,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(metrics, args.top_k))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+        from mm_sbert.storage import atomic_write_json, output_marker
+
+        # The mark first, within the first bytes: a later run may replace this file, nothing else.
+        atomic_write_json(args.output, {"written_by": output_marker("metrics"), **metrics}, indent=2)
         print(f"Wrote {args.output}")
     return 0

@@ -281,6 +281,13 @@ def parse_steps_ratio(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mm_sbert.training.training_output import training_output
+
+    with training_output(args.output_dir, inputs=[args.data, args.model, args.features]):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.steps < 1 or args.batch_size < 2:
         raise CLIError("--steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two pairs)")
@@ -298,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
             )
     from mm_sbert.data.store_image_resolver import check_store_featurizer
     from mm_sbert.image_features.feature_store import FeatureStoreError
+    from mm_sbert.models.loading import MODEL_FOLDER_KIND
+    from mm_sbert.storage import mark_owned_folder
+    from mm_sbert.training.training_output import last_complete_checkpoint
     from mm_sbert.training.training_recipe import TrainingRecipe
 
     recipe = TrainingRecipe(
@@ -351,10 +361,11 @@ def run(args: argparse.Namespace) -> int:
                 raise CLIError(str(error)) from error
         training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")
         trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
-        resume = args.resume and _has_checkpoint(args.output_dir)
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        resume = last_complete_checkpoint(args.output_dir) if args.resume else None
+        trainer.train(resume_from_checkpoint=resume)
     final = os.path.join(args.output_dir, "final")
     model.save(final)
+    mark_owned_folder(final, MODEL_FOLDER_KIND)
     print(f"Trained a {args.regime} model on {len(dataset)} pairs for {args.steps} steps; saved to {final}")
     return 0
 
@@ -364,7 +375,3 @@ def _is_saved_model(name: str) -> bool:
 
     path = resolve_backbone(name)
     return os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path)
-
-
-def _has_checkpoint(output_dir: str) -> bool:
-    return os.path.isdir(output_dir) and any(name.startswith("checkpoint-") for name in os.listdir(output_dir))

@@ -49,11 +49,17 @@ class ConvertedModel:
     def save(self, output_path: str) -> str:
         """Save a sentence-transformers folder (loads as ``MMSentenceTransformer`` and ``MMCrossEncoder``); its model
         card and ``conversion_report.json`` say what the cross-encoder's score is."""
+        from mm_sbert.models.loading import MODEL_FOLDER_KIND
+        from mm_sbert.storage import check_output_path, mark_owned_folder
+
+        # Refused before anything is written: a folder of the user's, or one mm_sbert wrote as something else.
+        check_output_path(output_path, MODEL_FOLDER_KIND, folder=True)
         bi_encoder = self.bi_encoder()
         bi_encoder.model_card_data.score_note = self.report.score or None
         bi_encoder.save(output_path)
         with open(os.path.join(output_path, REPORT_FILE_NAME), "w", encoding="utf-8") as f:
             json.dump(self.report.to_dict(), f, indent=2)
+        mark_owned_folder(output_path, MODEL_FOLDER_KIND)
         return output_path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,8 @@ from mm_sbert.convert.m3p_converter import M3PConverter
 from mm_sbert.convert.mmt_retrieval_converter import MMTRetrievalConverter
 from mm_sbert.convert.oscar_converter import OscarConverter
 from mm_sbert.convert.state_dict_mapping import HEAD_SCORES, CheckpointMismatchError
+from mm_sbert.models.loading import MODEL_FOLDER_KIND
+from mm_sbert.storage import check_output_path
 
 # docs/cli.md: 1 for a failure, 2 for missing or invalid input.
 EXIT_FAILURE = 1
@@ -98,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     (checkpoint, config, tokenizer, bad arguments), 1 the output could not be written."""
     args = build_parser().parse_args(argv)
     try:
+        # The output may not be the checkpoint, hold it, or be a folder of the user's: checked before any work.
+        check_output_path(
+            args.output,
+            MODEL_FOLDER_KIND,
+            folder=True,
+            inputs=[path for path in (args.checkpoint, args.config, args.tokenizer) if path and os.path.exists(path)],
+        )
         converted = convert(args)
     except (CheckpointMismatchError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

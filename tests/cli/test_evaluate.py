@@ -85,3 +85,24 @@ def test_evaluate_features_store_lacking_an_image_exits_2_naming_it(capsys, tmp_
     argv = ["evaluate", "--model", tiny_model_dir(), "--data", f"{scene_folder()}/captions.csv", "--modes", "be"]
     code, _, err = run_cli(capsys, *argv, "--features", store)
     assert code == 2 and "lacks 7 image(s) of the evaluation data" in err and "scene_00001.png" in err
+
+
+def test_evaluate_output_never_replaces_its_data_or_a_file_it_did_not_write(capsys, tmp_path):
+    import shutil
+
+    data = tmp_path / "scenes"
+    shutil.copytree(scene_folder(), data)
+    captions = (data / "captions.csv").read_bytes()
+    argv = ["evaluate", "--model", tiny_model_dir(), "--data", data / "captions.csv", "--modes", "be"]
+    code, _, err = run_cli(capsys, *argv, "--output", data / "captions.csv")
+    assert code == 2 and "an input of the same command" in err
+    assert (data / "captions.csv").read_bytes() == captions
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    code, _, err = run_cli(capsys, *argv, "--output", tmp_path / "notes.json")
+    assert code == 2 and "a file mm_sbert did not write" in err
+    code, _, err = run_cli(capsys, *argv, "--output", tmp_path / "metrics.json")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *argv, "--output", tmp_path / "metrics.json")  # its own metrics: replaced
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *argv, "--output", f"{tiny_model_dir()}/metrics.json")
+    assert code == 2 and "an input of the same command" in err

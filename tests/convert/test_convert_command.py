@@ -69,5 +69,23 @@ def test_an_output_that_cannot_be_written_exits_1(tmp_path, capsys):
     checkpoint = write_oscar(tmp_path / "checkpoint")
     (tmp_path / "a_file").write_text("")
     argv = ["--format", "oscar", "--checkpoint", checkpoint, "--region-feature-dim", "16"]
-    assert main([*argv, "--output", str(tmp_path / "a_file")]) == 1
-    assert f"could not write the converted model to {tmp_path / 'a_file'}" in capsys.readouterr().err
+    # Beneath a file: nothing can be created there, which shows only when writing (exit 1).
+    assert main([*argv, "--output", str(tmp_path / "a_file" / "model")]) == 1
+    assert f"could not write the converted model to {tmp_path / 'a_file' / 'model'}" in capsys.readouterr().err
+    # An existing file is refused before any work (issue 29: never replace what mm_sbert did not write), exit 2.
+    assert main([*argv, "--output", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == ""
+
+
+def test_convert_refuses_a_foreign_folder_and_the_checkpoint_folder(tmp_path, capsys):
+    checkpoint = write_oscar(tmp_path / "checkpoint")
+    argv = ["--format", "oscar", "--checkpoint", checkpoint, "--region-feature-dim", "16"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("mine")
+    assert main([*argv, "--output", str(tmp_path / "notes")]) == 2
+    assert "did not write and it is not empty (README.md)" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "README.md").read_text() == "mine"
+    assert main([*argv, "--output", str(checkpoint)]) == 2
+    assert "an input of the same command" in capsys.readouterr().err
+    assert main([*argv, "--output", str(tmp_path / "model")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "model")]) == 0  # its own model folder may be replaced
