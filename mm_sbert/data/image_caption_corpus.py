@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mm_sbert.errors import InvalidFileError, MissingFileError, MMSbertError
 from mm_sbert.image_features.region_features import RegionFeatures
+
+
+def _names_the_file(reader: Callable[..., ImageCaptionCorpus]) -> Callable[..., ImageCaptionCorpus]:
+    """A caption-file reader whose every failure on the file's content is an InvalidFileError naming the file (a
+    wrong type or a missing key must not surface as a raw KeyError / TypeError naming nothing)."""
+
+    @functools.wraps(reader)
+    def read(cls: type[ImageCaptionCorpus], path: str, *args: Any, **kwargs: Any) -> ImageCaptionCorpus:
+        try:
+            return reader(cls, path, *args, **kwargs)
+        except MMSbertError:
+            raise
+        except FileNotFoundError as exc:
+            raise MissingFileError(str(exc)) from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError, OSError) as exc:
+            detail = str(exc) if str(path) in str(exc) else f"{type(exc).__name__}: {exc}"
+            raise InvalidFileError(
+                f"The caption file '{path}' is not in the layout {reader.__name__} reads: {detail}"
+            ) from None
+
+    return read
 
 
 @dataclass
@@ -151,6 +174,7 @@ class ImageCaptionCorpus:
         return cls(list(images), list(range(len(images))), all_captions, caption_image_ids)
 
     @classmethod
+    @_names_the_file
     def from_coco_json(
         cls, path: str, image_dir: str | None = None, max_images: int | None = None
     ) -> ImageCaptionCorpus:
@@ -177,6 +201,7 @@ class ImageCaptionCorpus:
         return cls(images, image_ids, captions, [int(a["image_id"]) for a in annotations])
 
     @classmethod
+    @_names_the_file
     def from_karpathy_json(
         cls,
         path: str,
@@ -213,6 +238,7 @@ class ImageCaptionCorpus:
         return cls(images, image_ids, captions, caption_image_ids)
 
     @classmethod
+    @_names_the_file
     def from_flickr8k_jsonl(cls, path: str, language: str = "en", max_images: int | None = None) -> ImageCaptionCorpus:
         """Read the ``captions.jsonl`` layout (one image a line: ``{"image": "images/x.jpg", "en": [...], ...}``).
 

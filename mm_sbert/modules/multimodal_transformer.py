@@ -705,7 +705,10 @@ class MultimodalTransformer(InputModule):
             backbone, tokenizer = _build_legacy_backbone(directory, dict(legacy_backbone_config), model_kwargs)
         featurizer_dir = os.path.join(directory, FEATURIZER_FOLDER)
         featurizer = ImageFeaturizer.load(featurizer_dir) if os.path.isdir(featurizer_dir) else None
-        module = cls(backbone=backbone, tokenizer=tokenizer, featurizer=featurizer, **options.to_dict())
+        try:
+            module = cls(backbone=backbone, tokenizer=tokenizer, featurizer=featurizer, **options.to_dict())
+        except ValueError as exc:  # options that contradict each other or the backbone / featurizer saved beside
+            raise InvalidFileError(f"{config_path} does not fit the saved model: {exc}") from exc
         weights_path = os.path.join(directory, WEIGHTS_NAME)
         if legacy_backbone_config is None:
             module.load_checkpoint_weights(weights_path, skip_prefix="backbone.")
