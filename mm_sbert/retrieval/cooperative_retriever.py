@@ -513,10 +513,11 @@ class CooperativeRetriever:
         config = read_index_config(path)
         fingerprint = config.get("model_fingerprint")
         if fingerprint is None:
-            logger.warning(
-                "The index '%s' records no model fingerprint (an older `mm-sbert index` wrote it), so the model "
+            warnings.warn(
+                f"The index '{path}' records no model fingerprint (an older `mm-sbert index` wrote it), so the model "
                 "cannot be checked against the one that built it; rebuild the index to record one",
-                path,
+                UserWarning,
+                stacklevel=2,
             )
         else:
             check_encoder_fingerprint(fingerprint, self.bi_encoder, what=f"the index '{path}'")

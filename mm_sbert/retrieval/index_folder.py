@@ -69,7 +69,10 @@ def read_index_config(folder: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise StorageError(f"'{folder}' is not an index folder (no {CONFIG_FILE}); build one with `mm-sbert index`")
+        raise StorageError(
+            f"'{folder}' is not an index written by `mm-sbert index` (no {CONFIG_FILE}); build one with it or "
+            "CooperativeRetriever.index(..., path=...)"
+        )
     config = read_json_file(path, "index config")
     if not isinstance(config, dict):
         raise StorageError(f"'{path}' is not an index config (no model): it holds a JSON {type(config).__name__}")
@@ -226,7 +229,9 @@ def _is_legacy_index_folder(folder: Path) -> bool:
             ".milvus",
         )
         return all(name.startswith(ours) for name in entries)
-    return False
+    # Only the temporary files of an `mm-sbert index` killed before it wrote its config.
+    leftovers = (f".{EMBEDDINGS_FOLDER}.tmp-", f".{CONFIG_FILE}.tmp-")
+    return bool(entries) and all(name.startswith(leftovers) for name in entries)
 
 
 register_legacy_folder_kind(OUTPUT_KIND, _is_legacy_index_folder)
