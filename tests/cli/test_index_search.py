@@ -444,3 +444,61 @@ def test_search_reranks_in_bfloat16_with_a_copy_of_the_cross_encoder(capsys, ind
     assert sorted(hit["be_score"] for hit in fast) == sorted(hit["be_score"] for hit in eager)
     assert sorted(hit["ce_score"] for hit in fast) == pytest.approx(sorted(hit["ce_score"] for hit in eager), abs=0.05)
     assert sorted(hit["ce_score"] for hit in fast) != sorted(hit["ce_score"] for hit in eager)
+
+
+def test_an_index_built_from_a_feature_store_searches_and_reranks_from_the_store(capsys, tmp_path, monkeypatch):
+    store, folder, images = tmp_path / "store", str(tmp_path / "stored.index"), f"{scene_folder()}/images"
+    assert run_cli(capsys, "featurize", images, "--output", store, "--model", tiny_model_dir())[0] == 0
+    code, _, err = _index(capsys, folder, None, "--features", store)
+    assert code == 0, err
+    featurized = search_json(capsys, folder, "a red circle", "4", "8")
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    hits = search_json(capsys, folder, "a red circle", "4", "8")
+    assert opened == [], "the candidates' regions come from the store, no image is decoded"
+    assert [hit["image"] for hit in hits] == [hit["image"] for hit in featurized]
+    assert all(os.path.isfile(hit["image"]) and hit["ce_score"] is not None for hit in hits)
+
+
+def test_search_json_with_html_keeps_stdout_a_json_lines_stream(capsys, index_dir, tmp_path):
+    page = tmp_path / "page.html"
+    code, out, err = run_cli(capsys, "search", index_dir, "a red circle", "--json", "--html", page)
+    assert code == 0, err
+    assert [json.loads(line)["rank"] for line in out.splitlines()] == [1, 2, 3, 4, 5]
+    assert f"Wrote {page}" in err
+    assert "mm_sbert_output=search-page" in page.read_text()[:4096]
+    assert run_cli(capsys, "search", index_dir, "a blue star", "--html", page)[0] == 0, "a rerun replaces its page"
+    assert '<p class="query">a blue star</p>' in page.read_text()
+
+
+def test_search_html_never_overwrites_an_indexed_image_or_a_foreign_file(capsys, fresh_index, tmp_path):
+    config = json.loads(open(os.path.join(fresh_index, "mm_sbert_index.json")).read())
+    moved = tmp_path / "images"
+    shutil.copytree(config["image_root"], moved)
+    image = moved / "scene_00000.png"
+    before = image.read_bytes()
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--image-root", moved, "--html", image)
+    assert code == 2 and "an input of the same command" in err and image.read_bytes() == before
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--html", notes)
+    assert code == 2 and "a file mm_sbert did not write" in err and notes.read_text() == "<p>my notes</p>"
+
+
+def test_search_opens_an_index_folder_written_by_the_old_command_line(capsys, tmp_path):
+    fixture = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "cli_index_v2")
+    folder = tmp_path / "fixture"
+    shutil.copytree(fixture, folder)
+    model = os.path.join(os.path.dirname(fixture), "release_0_1_0_joint", "model")
+    code, out, err = run_cli(
+        capsys, "search", folder / "index", "a red circle", "--model", model, "--image-root", folder / "images",
+        "--json", "--top-k", "3", "--rerank-k", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    expected = [json.loads(line) for line in (folder / "expected_search.jsonl").read_text().splitlines()]
+    assert [os.path.basename(hit["image"]) for hit in hits] == [os.path.basename(hit["image"]) for hit in expected]
+    assert [hit["ce_score"] for hit in hits] == pytest.approx([hit["ce_score"] for hit in expected], abs=1e-5)
