@@ -24,6 +24,7 @@ import torch
 from tqdm.autonotebook import tqdm
 
 from mm_sbert.errors import StorageError
+from mm_sbert.export.onnx_cross_encoder import onnx_module, score_candidates
 from mm_sbert.image_features.image_loading import looks_like_image_path
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
@@ -218,16 +219,18 @@ def rerank(
         def pair(query: int, row: int) -> tuple[Any, Any]:
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
+        fast = onnx_module(cross_encoder)
+
         def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
-            if hasattr(cross_encoder, "score_candidates"):
-                # An exported cross-encoder (OnnxCrossEncoder) scores a query's candidates in one batch with the
+            if fast is not None:
+                # A cross-encoder loaded with backend="onnx" scores a query's candidates in one batch with the
                 # query preprocessed once; logits are put back in the order of ``positions``.
                 by_query: dict[int, list[int]] = {}
                 for slot, (query, _) in enumerate(positions):
                     by_query.setdefault(query, []).append(slot)
                 logits = torch.empty(len(positions))
                 for query, slots in by_query.items():
-                    scores = cross_encoder.score_candidates(queries[query], [item(positions[s][1]) for s in slots])
+                    scores = score_candidates(fast, queries[query], [item(positions[s][1]) for s in slots])
                     logits[slots] = scores.detach().float().cpu().reshape(-1)
                 return logits
             return cross_encoder_logits(
@@ -280,8 +283,8 @@ class CooperativeRetriever:
 
     Args:
         bi_encoder: a :class:`~mm_sbert.MMSentenceTransformer` (or any SentenceTransformer over these inputs).
-        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`, or its ONNX Runtime export
-            (:class:`~mm_sbert.export.OnnxCrossEncoder`, which scores each query's k candidates in one batch).
+        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder` (loaded with ``backend="onnx"``, it scores each query's
+            k candidates in one ONNX Runtime batch, the query preprocessed once).
             Left out, a joint model (a bi-encoder whose ``MultimodalTransformer`` has a score head) reranks with
             its own head; otherwise only ``rerank=False`` searches work.
         top_k: hits returned per query (paper: 20).
