@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mm_sbert.image_features.image_loading import looks_like_image_path
+from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
 
 if TYPE_CHECKING:
@@ -260,8 +260,8 @@ def query_candidate_features(
     """
     if len(candidates) == 0:
         raise ValueError("score_candidates() got no candidates")
-    query_kind = "text" if _is_text(query) else "image"
-    if {"text" if _is_text(candidate) else "image" for candidate in candidates} != {"image", "text"} - {query_kind}:
+    query_kind = "text" if is_text(query) else "image"
+    if {"text" if is_text(candidate) else "image" for candidate in candidates} != {"image", "text"} - {query_kind}:
         raise ValueError(
             f"The query and its candidates are all {query_kind}s; pass a caption with images or an image with captions"
         )
@@ -279,7 +279,3 @@ def query_candidate_features(
                 features[name] = tensor.expand(k, *tensor.shape[1:]) if source is query_features else tensor
     features["is_pair"] = torch.ones(k, dtype=torch.bool)
     return features
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and not looks_like_image_path(value)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,6 +18,16 @@ class ImageLoadError(ValueError):
 def looks_like_image_path(value: str) -> bool:
     """True for strings that end in a known image file extension (the host's own rule for image paths)."""
     return value.lower().rstrip().endswith(IMAGE_EXTENSIONS)
+
+
+# What a retrieval item or query is: a caption, or an image (PIL image, image path, RegionFeatures, array). The host's
+# own ``Modality`` (sentence_transformers.base.modality_types) names what a module accepts; this names one input.
+ItemKind = Literal["text", "image"]
+
+
+def is_text(value: Any) -> bool:
+    """A caption, as opposed to an image (PIL image, image path, RegionFeatures, array)."""
+    return isinstance(value, str) and not looks_like_image_path(value)
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:

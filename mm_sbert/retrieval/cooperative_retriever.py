@@ -25,7 +25,7 @@ from tqdm.autonotebook import tqdm
 
 from mm_sbert.errors import StorageError
 from mm_sbert.export.onnx_cross_encoder import onnx_module, score_candidates
-from mm_sbert.image_features.image_loading import looks_like_image_path
+from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.embedding_index import (
@@ -51,7 +51,6 @@ from mm_sbert.retrieval.vector_search import Precision
 
 logger = logging.getLogger(__name__)
 
-Modality = Literal["text", "image"]
 ItemSource = Sequence[Any] | Callable[[int], Any]
 
 
@@ -83,12 +82,7 @@ class Hit:
         return asdict(self)
 
 
-def is_text(value: Any) -> bool:
-    """A caption, as opposed to an image (PIL image, image path, RegionFeatures, array)."""
-    return isinstance(value, str) and not looks_like_image_path(value)
-
-
-def collection_modality(items: Sequence[Any], what: str = "items") -> Modality:
+def collection_modality(items: Sequence[Any], what: str = "items") -> ItemKind:
     """``"text"`` when every item is a caption, ``"image"`` when none is; a mix is refused."""
     kinds = {is_text(item) for item in items}
     if len(kinds) != 1:
@@ -144,7 +138,7 @@ def rerank(
     *,
     score: ScoreMode = "ce",
     lam: float = 0.5,
-    query_modality: Modality | None = None,
+    query_modality: ItemKind | None = None,
     query_ids: Sequence[Hashable] | None = None,
     candidate_ids: Sequence[Hashable] | None = None,
     cache: PairScoreCache | None = None,
@@ -666,7 +660,7 @@ class CooperativeRetriever:
         be_scores: torch.Tensor,
         score: ScoreMode,
         lam: float,
-        query_modality: Modality | None,
+        query_modality: ItemKind | None,
     ) -> Reranked:
         return rerank(
             self.cross_encoder if score != "be" else None,
@@ -681,7 +675,7 @@ class CooperativeRetriever:
             show_progress_bar=bool(self.show_progress_bar),
         )
 
-    def _check_rerank(self, queries: list[Any]) -> Modality:
+    def _check_rerank(self, queries: list[Any]) -> ItemKind:
         """The queries' modality, after checking that reranking them against this collection is possible."""
         if self.cross_encoder is None:
             raise ValueError(

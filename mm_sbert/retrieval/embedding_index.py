@@ -148,7 +148,7 @@ def _normalize(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def _check_finite(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
+def _check_finite_rows(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
     """A clear error for NaN / infinite rows, which would otherwise come back as NaN scores ranked first."""
     array = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
     # In blocks of rows: a whole-array mask of a 1M x 384 collection would cost 384 MB.
@@ -262,7 +262,7 @@ class EmbeddingIndex(BaseIndex):
             raise ValueError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        _check_finite(embeddings, "The embeddings")
+        _check_finite_rows(embeddings, "The embeddings")
         if normalize:
             embeddings = _normalize(embeddings)
         _check_unique_ids(ids)
@@ -317,7 +317,7 @@ class EmbeddingIndex(BaseIndex):
             raise ValueError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
         if (ids is None) != (self.ids is None) or (items is None) != (self.items is None):
             raise ValueError("Pass ids / items to add() exactly when the index has them")
-        _check_finite(embeddings, "The embeddings added")
+        _check_finite_rows(embeddings, "The embeddings added")
         if self.normalized:
             embeddings = _normalize(embeddings)
         new_ids = None if ids is None else [*self.ids, *ids]
@@ -394,7 +394,7 @@ class EmbeddingIndex(BaseIndex):
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
         if queries.ndim == 2:
-            _check_finite(queries, "The query embeddings")
+            _check_finite_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
         if self.vector_search is not None and not exact:
             if queries.shape[1] != self.dim:
@@ -678,7 +678,7 @@ class IndexWriter:
         end = self.rows_written + len(embeddings)
         if end > self.count:
             raise ValueError(f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows")
-        _check_finite(embeddings, "The embeddings written", first_row=self.rows_written)
+        _check_finite_rows(embeddings, "The embeddings written", first_row=self.rows_written)
         self._file.write(np.ascontiguousarray(embeddings, dtype=self.dtype).tobytes())
         self.rows_written = end
 
