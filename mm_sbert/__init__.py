@@ -66,10 +66,9 @@ def __getattr__(name: str):
 def _onnx_cross_encoder(cross_encoder, onnx_path: str | None = None, threads: int | None = None):
     """What ``OnnxCrossEncoder(cross_encoder, onnx_path)`` made: a cross-encoder scoring pairs in ONNX Runtime (a
     copy of a given model with the ``backend="onnx"`` scorer, or the model folder loaded with that backend)."""
-    import copy
     import os
 
-    from mm_sbert.export import OnnxScorer
+    from mm_sbert.export import with_onnx_scorer
 
     if isinstance(cross_encoder, (str, os.PathLike)):
         folder = str(cross_encoder)
@@ -77,6 +76,4 @@ def _onnx_cross_encoder(cross_encoder, onnx_path: str | None = None, threads: in
         return MMCrossEncoder(folder, device="cpu", backend="onnx", model_kwargs={"file_name": file_name})
     if onnx_path is None:
         raise ValueError("onnx_path is required when cross_encoder is a model object, not a folder")
-    fast = copy.deepcopy(cross_encoder).eval()
-    fast[0].onnx_scorer = OnnxScorer(onnx_path, threads=threads)
-    return fast
+    return with_onnx_scorer(cross_encoder, onnx_path, threads=threads)

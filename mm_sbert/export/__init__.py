@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from mm_sbert.export.onnx_cross_encoder import OnnxScorer, export_cross_encoder_onnx
+from mm_sbert.export.onnx_cross_encoder import OnnxScorer, export_cross_encoder_onnx, with_onnx_scorer
 
-__all__ = ["OnnxScorer", "export_cross_encoder_onnx"]
+__all__ = ["OnnxScorer", "export_cross_encoder_onnx", "with_onnx_scorer"]
 
 
 def __getattr__(name: str):

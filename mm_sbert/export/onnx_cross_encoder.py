@@ -234,6 +234,23 @@ def load_onnx_scorer(
     return OnnxScorer(ensure_onnx_export(module, folder, file_name, export), provider=provider)
 
 
+def with_onnx_scorer(cross_encoder: Any, onnx_path: str, threads: int | None = None) -> Any:
+    """A copy of ``cross_encoder`` whose pair scores come from the exported file ``onnx_path``, as
+    ``MMCrossEncoder(folder, backend="onnx")`` loads it (for a model object, or an export outside its folder).
+
+    Args:
+        cross_encoder: an :class:`~mm_sbert.MMCrossEncoder`; it is not changed.
+        onnx_path: a file written by :func:`export_cross_encoder_onnx`.
+        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+    """
+    import copy
+
+    _module_of(cross_encoder)
+    fast = copy.deepcopy(cross_encoder).eval()
+    fast[0].onnx_scorer = OnnxScorer(onnx_path, threads=threads)
+    return fast
+
+
 def onnx_module(cross_encoder: Any) -> Any | None:
     """The ``MultimodalTransformer`` of a cross-encoder loaded with ``backend="onnx"`` (its ``onnx_scorer`` set),
     else ``None``: reranking then scores each query's candidates in one ONNX batch (:func:`score_candidates`)."""

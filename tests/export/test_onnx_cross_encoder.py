@@ -7,7 +7,6 @@ the ONNX Runtime path is tested where the ``onnx`` package (needed only to expor
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import sys
@@ -17,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mm_sbert.export import OnnxScorer, export_cross_encoder_onnx
+from mm_sbert.export import OnnxScorer, export_cross_encoder_onnx, with_onnx_scorer
 from mm_sbert.export.onnx_cross_encoder import query_candidate_features, score_candidates
 from mm_sbert.image_features import RegionFeatures
 from mm_sbert.retrieval import CooperativeRetriever, PairScoreCache, rerank
@@ -48,9 +47,7 @@ def views():
 
 def onnx_backend(cross_encoder, onnx_path: str):
     """A copy of ``cross_encoder`` scoring pairs through ``onnx_path``, as ``backend="onnx"`` loads it."""
-    fast = copy.deepcopy(cross_encoder).eval()
-    fast[0].onnx_scorer = OnnxScorer(onnx_path)
-    return fast
+    return with_onnx_scorer(cross_encoder, onnx_path)
 
 
 def eager_logits(cross_encoder, pairs) -> torch.Tensor:
