@@ -546,6 +546,8 @@ class CooperativeRetriever:
             store = store if explicit else config.get("store")
             if store is not None and self.cross_encoder is not None and (explicit or os.path.isdir(store)):
                 items = _store_candidates(_as_store(store), self.image_paths, self.cross_encoder, explicit) or items
+            if items is self.image_paths and self.cross_encoder is not None:
+                _check_reads_images(self.cross_encoder)
         return self.use_index(embedding_index, items)
 
     def image_path(self, row: int) -> Any:
@@ -703,6 +705,19 @@ class CooperativeRetriever:
     def _stored_item(self, row: int) -> Any:
         stored = self.embedding_index.items
         return self.embedding_index.row_id(row) if stored is None else stored(row) if callable(stored) else stored[row]
+
+
+def _check_reads_images(cross_encoder: Any) -> None:
+    """What reranking image files needs of a cross-encoder (its own tokenizer reads the captions): a featurizer."""
+    try:
+        module = cross_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return  # not a MultimodalTransformer model: its predict decides what it reads
+    if hasattr(module, "featurizer") and module.featurizer is None:
+        raise ValueError(
+            "The cross-encoder has no image featurizer, so it cannot read the candidate images; pass store= with "
+            "their region features (built by the featurizer it was trained on)"
+        )
 
 
 def _as_store(store: Any) -> Any:

@@ -199,3 +199,13 @@ def test_embedding_index_and_milvus_index_share_one_interface():
     index = EmbeddingIndex.build(np.eye(3, 4, dtype=np.float32), ids=["a", "b", "c"])
     index.add(np.eye(1, 4, 3, dtype=np.float32), ids=["d"])
     assert len(index) == 4 and index.search(np.eye(1, 4, 3, dtype=np.float32), 1)[1].tolist() == [[3]]
+
+
+def test_a_cross_encoder_that_cannot_read_the_images_is_refused_when_opening(index_folder, views):
+    import copy
+
+    blind = copy.deepcopy(views[1])
+    blind[0].featurizer = None  # a model trained on stored features only
+    with pytest.raises(ValueError, match="no image featurizer"):
+        CooperativeRetriever(views[0], blind).open(index_folder)
+    CooperativeRetriever(views[0]).open(index_folder)  # without reranking, nothing to featurize
