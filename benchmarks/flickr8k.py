@@ -296,7 +296,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
     from mm_sbert import FeatureStore
-    from mm_sbert.export import OnnxCrossEncoder
+    from mm_sbert.export import with_onnx_scorer
 
     store = FeatureStore(args.features)
     dev_rows = read_split(args.data_dir / "dev")
@@ -310,8 +310,8 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
         backends = {
             "eager PyTorch": cross_encoder,
             "eager PyTorch bfloat16": load_cross_encoder(args.ce, args.device, dtype=torch.bfloat16),
-            "ONNX Runtime fp32": OnnxCrossEncoder(cross_encoder, fp32),
-            "ONNX Runtime int8 weights": OnnxCrossEncoder(cross_encoder, int8),
+            "ONNX Runtime fp32": with_onnx_scorer(cross_encoder, fp32),
+            "ONNX Runtime int8 weights": with_onnx_scorer(cross_encoder, int8),
         }
         for label, reranker in backends.items():
             metrics = evaluator(images, captions, owners, args, cross_encoder=reranker, modes=("coop",))(bi_encoder)

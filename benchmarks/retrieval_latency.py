@@ -269,7 +269,8 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
     """Markdown rows: per model, eager / ONNX fp32 / ONNX int8 ms per pair, deviation and ranking agreement."""
     from scipy.stats import kendalltau
 
-    from mm_sbert.export import OnnxCrossEncoder, export_cross_encoder_onnx
+    from mm_sbert.export import export_cross_encoder_onnx, with_onnx_scorer
+    from mm_sbert.export.onnx_cross_encoder import score_candidates
 
     missing = onnx_available()
     images = region_images(TOP_K)
@@ -308,15 +309,15 @@ def cross_encoder_section(args, notes: list[str]) -> tuple[list[str], dict]:
                             ce, [(CAPTIONS[i % len(CAPTIONS)], im) for im in images], TOP_K
                         )
                     else:
-                        fast = OnnxCrossEncoder(cross_encoder, path, threads=threads)
-                        score = lambda i, fast=fast: fast.score_candidates(CAPTIONS[i % len(CAPTIONS)], images)  # noqa: E731
+                        fast = with_onnx_scorer(cross_encoder, path, threads=threads)[0]
+                        score = lambda i, fast=fast: score_candidates(fast, CAPTIONS[i % len(CAPTIONS)], images)  # noqa: E731
                     per_pair[threads] = timed(score, args.ce_repeats) / TOP_K
                 deviation = tau = top1 = ""
                 if path is not cross_encoder:
                     set_threads(max(args.threads))
                     if isinstance(path, str):
-                        fast = OnnxCrossEncoder(cross_encoder, path, threads=max(args.threads))
-                        got = [fast.score_candidates(caption, images) for caption in CAPTIONS]
+                        fast = with_onnx_scorer(cross_encoder, path, threads=max(args.threads))[0]
+                        got = [score_candidates(fast, caption, images) for caption in CAPTIONS]
                     else:
                         got = [cross_encoder_logits(path, [(c, im) for im in images], TOP_K) for c in CAPTIONS]
                     deviation = f"{max(float((g - r).abs().max()) for g, r in zip(got, reference)):.1e}"
@@ -344,7 +345,7 @@ def coop_section(args, corpus: np.ndarray, best: dict) -> list[str]:
     """Coop k = 20 end to end with MiniLM: query encoding + binary search (rescored) + rerank of the 20."""
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    from mm_sbert.export import OnnxCrossEncoder
+    from mm_sbert.export import with_onnx_scorer
 
     info = best.get("minilm")
     module = info["_module"] if info else minilm_module()
@@ -380,7 +381,7 @@ def coop_section(args, corpus: np.ndarray, best: dict) -> list[str]:
             retriever.cross_encoder = (
                 reranker
                 if not isinstance(reranker, str)
-                else OnnxCrossEncoder(cross_encoder, reranker, threads=threads)
+                else with_onnx_scorer(cross_encoder, reranker, threads=threads)
             )
             row.setdefault(f"Coop k=20, rerank {backend}", {})[threads] = timed(
                 lambda i, r=retriever: r.search(CAPTIONS[i % len(CAPTIONS)]), args.ce_repeats

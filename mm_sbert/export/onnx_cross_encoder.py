@@ -1,18 +1,26 @@
-"""The cross-encoder's scoring forward exported to ONNX Runtime, optionally with int8 weights."""
+"""The cross-encoder's scoring forward exported to ONNX Runtime, optionally with int8 weights.
+
+This package sits below :mod:`mm_sbert.modules`: ``MultimodalTransformer.load(..., backend="onnx")`` loads its
+:class:`OnnxScorer` from here, and nothing here imports the modules, models or retrieval packages (the module is
+duck-typed: ``preprocess``, ``classifier``, ``region_feature_dim``, ``onnx_scorer``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
-from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+
+if TYPE_CHECKING:
+    from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
 # The host's layout for exported backends: an onnx/ subfolder of the model folder.
 ONNX_FOLDER = "onnx"
@@ -37,8 +45,8 @@ class _ScoringForward(nn.Module):
 
 
 def _module_of(cross_encoder: Any) -> MultimodalTransformer:
-    module = cross_encoder[0] if not isinstance(cross_encoder, MultimodalTransformer) else cross_encoder
-    if not isinstance(module, MultimodalTransformer) or module.classifier is None:
+    module = cross_encoder if hasattr(cross_encoder, "region_feature_dim") else cross_encoder[0]
+    if not hasattr(module, "region_feature_dim") or getattr(module, "classifier", None) is None:
         raise TypeError(
             f"Expected an MMCrossEncoder (or a MultimodalTransformer with a score head), got {type(cross_encoder)}"
         )
@@ -147,7 +155,7 @@ def _boxes(count: int) -> torch.Tensor:
 class OnnxScorer:
     """An ONNX Runtime session over an exported scoring graph: preprocessed features in, logits ``[B]`` out.
 
-    Both :class:`OnnxCrossEncoder` and ``MMCrossEncoder(..., backend="onnx")`` score through it.
+    ``MMCrossEncoder(..., backend="onnx")`` scores through it (``model[0].onnx_scorer``).
 
     Args:
         onnx_path: the file written by :func:`export_cross_encoder_onnx`.
@@ -226,85 +234,37 @@ def load_onnx_scorer(
     return OnnxScorer(ensure_onnx_export(module, folder, file_name, export), provider=provider)
 
 
-class OnnxCrossEncoder:
-    """A cross-encoder whose transformer runs in ONNX Runtime; preprocessing stays the eager module's.
-
-    It answers :meth:`predict` like :class:`~mm_sbert.MMCrossEncoder` (so it drops into
-    :class:`~mm_sbert.CooperativeRetriever` as ``cross_encoder=``), and :meth:`score_candidates` scores one query
-    against its k candidates in one batch, preprocessing the query once and padding only to the longest pair.
-    Eager PyTorch stays the reference: the float32 export reproduces its logits to about 1e-5.
+def with_onnx_scorer(cross_encoder: Any, onnx_path: str, threads: int | None = None) -> Any:
+    """A copy of ``cross_encoder`` whose pair scores come from the exported file ``onnx_path``, as
+    ``MMCrossEncoder(folder, backend="onnx")`` loads it (for a model object, or an export outside its folder).
 
     Args:
-        cross_encoder: the :class:`~mm_sbert.MMCrossEncoder` (or a model folder to load one from) whose tokenizer
-            and featurizer preprocess the inputs.
-        onnx_path: the exported file; default ``<model folder>/onnx/model.onnx`` when ``cross_encoder`` is a folder.
+        cross_encoder: an :class:`~mm_sbert.MMCrossEncoder`; it is not changed.
+        onnx_path: a file written by :func:`export_cross_encoder_onnx`.
         threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
-
-    Example:
-        >>> export_cross_encoder_onnx(cross_encoder, "model-folder", quantize=True)
-        >>> fast = OnnxCrossEncoder("model-folder", onnx_path="model-folder/onnx/model_qint8.onnx")
-        >>> retriever = CooperativeRetriever(bi_encoder, fast, top_k=20)
     """
+    import copy
 
-    def __init__(self, cross_encoder: Any, onnx_path: str | None = None, threads: int | None = None) -> None:
-        if isinstance(cross_encoder, (str, os.PathLike)):
-            from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
+    _module_of(cross_encoder)
+    fast = copy.deepcopy(cross_encoder).eval()
+    fast[0].onnx_scorer = OnnxScorer(onnx_path, threads=threads)
+    return fast
 
-            folder = str(cross_encoder)
-            onnx_path = onnx_path or os.path.join(folder, ONNX_FOLDER, ONNX_FILE)
-            cross_encoder = MMCrossEncoder(folder, device="cpu")
-        if onnx_path is None:
-            raise ValueError("onnx_path is required when cross_encoder is a model object, not a folder")
-        self.module = _module_of(cross_encoder)
-        self.scorer = OnnxScorer(onnx_path, threads=threads)
 
-    @property
-    def onnx_path(self) -> str:
-        return self.scorer.onnx_path
+def onnx_module(cross_encoder: Any) -> Any | None:
+    """The ``MultimodalTransformer`` of a cross-encoder loaded with ``backend="onnx"`` (its ``onnx_scorer`` set),
+    else ``None``: reranking then scores each query's candidates in one ONNX batch (:func:`score_candidates`)."""
+    try:
+        module = cross_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return module if getattr(module, "onnx_scorer", None) is not None and not module.training else None
 
-    @property
-    def session(self) -> Any:
-        return self.scorer.session
 
-    @property
-    def input_names(self) -> list[str]:
-        return self.scorer.input_names
-
-    def __repr__(self) -> str:
-        return f"OnnxCrossEncoder(onnx_path={self.onnx_path!r}, inputs={self.input_names})"
-
-    def logits(self, features: dict[str, Any]) -> torch.Tensor:
-        """Logits ``[B]`` of preprocessed features (the output of ``MultimodalTransformer.preprocess``)."""
-        return self.scorer(features)
-
-    def predict(
-        self,
-        inputs: Sequence[Any],
-        batch_size: int = 32,
-        activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        convert_to_tensor: bool = False,
-        show_progress_bar: bool = False,
-        **kwargs: Any,
-    ) -> np.ndarray | torch.Tensor:
-        """Scores of ``(caption, image)`` pairs, as ``MMCrossEncoder.predict``: sigmoid probabilities by default,
-        raw logits with ``activation_fn=torch.nn.Identity()``."""
-        if len(inputs) == 0:
-            raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
-        logits = torch.cat(
-            [
-                self.logits(self.module.preprocess(list(inputs[start : start + batch_size])))
-                for start in range(0, len(inputs), batch_size)
-            ]
-        )
-        scores = torch.sigmoid(logits) if activation_fn is None else activation_fn(logits)
-        return scores if convert_to_tensor else scores.numpy()
-
-    def score_candidates(self, query: Any, candidates: Sequence[Any]) -> torch.Tensor:
-        """Logits ``[k]`` of the pairs (query, candidate) in one batch: the query preprocessed once.
-
-        The query is a caption and the candidates images, or the query an image and the candidates captions.
-        """
-        return self.logits(query_candidate_features(self.module, query, candidates))
+def score_candidates(module: Any, query: Any, candidates: Sequence[Any]) -> torch.Tensor:
+    """Logits ``[k]`` of the pairs (query, candidate) from ``module.onnx_scorer`` in one batch, the query
+    preprocessed once (a caption with images, or an image with captions)."""
+    return module.onnx_scorer(query_candidate_features(module, query, candidates)).reshape(-1)
 
 
 def query_candidate_features(
@@ -315,12 +275,10 @@ def query_candidate_features(
     The query is tokenised (or featurized) once and its tensors repeated k times; the candidates are preprocessed
     in one call, padded to the longest of them.
     """
-    from mm_sbert.retrieval.cooperative_retriever import collection_modality, is_text
-
     if len(candidates) == 0:
         raise ValueError("score_candidates() got no candidates")
     query_kind = "text" if is_text(query) else "image"
-    if collection_modality(candidates, what="candidates") == query_kind:
+    if {"text" if is_text(candidate) else "image" for candidate in candidates} != {"image", "text"} - {query_kind}:
         raise ValueError(
             f"The query and its candidates are all {query_kind}s; pass a caption with images or an image with captions"
         )

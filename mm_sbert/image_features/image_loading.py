@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +45,16 @@ def check_image_file(path: str | os.PathLike, what: str = "Image file") -> Path:
     if not path.is_file():
         raise ImageLoadError(f"{what} '{path}' is not a regular file (a device, socket or pipe)")
     return path
+
+
+# What a retrieval item or query is: a caption, or an image (PIL image, image path, RegionFeatures, array). The host's
+# own ``Modality`` (sentence_transformers.base.modality_types) names what a module accepts; this names one input.
+ItemKind = Literal["text", "image"]
+
+
+def is_text(value: Any) -> bool:
+    """A caption, as opposed to an image (PIL image, image path, RegionFeatures, array)."""
+    return isinstance(value, str) and not looks_like_image_path(value)
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:

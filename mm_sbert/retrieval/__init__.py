@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit, Reranked, rerank
 from mm_sbert.retrieval.embedding_index import (
     EmbeddingIndex,
@@ -15,6 +16,7 @@ from mm_sbert.retrieval.score_combination import combine_scores, min_max_normali
 from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 
 __all__ = [
+    "BaseIndex",
     "CooperativeRetriever",
     "EmbeddingIndex",
     "Hit",

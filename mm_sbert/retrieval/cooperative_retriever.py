@@ -7,7 +7,9 @@ evaluator, the demo and the benchmarks call it.
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -21,16 +23,34 @@ import numpy as np
 import torch
 from tqdm.autonotebook import tqdm
 
-from mm_sbert.image_features.image_loading import looks_like_image_path
+from mm_sbert.errors import StorageError
+from mm_sbert.export.onnx_cross_encoder import onnx_module, score_candidates
+from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import resolve_views
-from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexWriter, Verify
+from mm_sbert.retrieval.base_index import BaseIndex
+from mm_sbert.retrieval.embedding_index import (
+    EmbeddingIndex,
+    IndexWriter,
+    Verify,
+    check_encoder_fingerprint,
+    encoder_fingerprint,
+)
+from mm_sbert.retrieval.index_folder import (
+    EMBEDDINGS_FOLDER,
+    MILVUS_FILE,
+    confined_paths,
+    image_root_of,
+    is_index_folder,
+    read_index_config,
+    write_index_folder,
+    write_milvus_index_folder,
+)
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
 from mm_sbert.retrieval.vector_search import Precision
 
 logger = logging.getLogger(__name__)
 
-Modality = Literal["text", "image"]
 ItemSource = Sequence[Any] | Callable[[int], Any]
 
 
@@ -62,25 +82,12 @@ class Hit:
         return asdict(self)
 
 
-def is_text(value: Any) -> bool:
-    """A caption, as opposed to an image (PIL image, image path, RegionFeatures, array)."""
-    return isinstance(value, str) and not looks_like_image_path(value)
-
-
-def collection_modality(items: Sequence[Any], what: str = "items") -> Modality:
+def collection_modality(items: Sequence[Any], what: str = "items") -> ItemKind:
     """``"text"`` when every item is a caption, ``"image"`` when none is; a mix is refused."""
     kinds = {is_text(item) for item in items}
     if len(kinds) != 1:
         raise ValueError(f"The {what} mix captions and images; a collection holds one modality only")
     return "text" if kinds.pop() else "image"
-
-
-def resolve_cross_encoder(bi_encoder: Any, cross_encoder: Any | None) -> Any | None:
-    """The given cross-encoder, or the joint model's own CE view when the bi-encoder's module has a score head.
-
-    Kept for existing callers; :func:`mm_sbert.models.views.resolve_views` is the one place that switches views.
-    """
-    return resolve_views(bi_encoder, cross_encoder)[1]
 
 
 def cross_encoder_logits(
@@ -131,7 +138,7 @@ def rerank(
     *,
     score: ScoreMode = "ce",
     lam: float = 0.5,
-    query_modality: Modality | None = None,
+    query_modality: ItemKind | None = None,
     query_ids: Sequence[Hashable] | None = None,
     candidate_ids: Sequence[Hashable] | None = None,
     cache: PairScoreCache | None = None,
@@ -206,16 +213,18 @@ def rerank(
         def pair(query: int, row: int) -> tuple[Any, Any]:
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
+        fast = onnx_module(cross_encoder)
+
         def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
-            if hasattr(cross_encoder, "score_candidates"):
-                # An exported cross-encoder (OnnxCrossEncoder) scores a query's candidates in one batch with the
+            if fast is not None:
+                # A cross-encoder loaded with backend="onnx" scores a query's candidates in one batch with the
                 # query preprocessed once; logits are put back in the order of ``positions``.
                 by_query: dict[int, list[int]] = {}
                 for slot, (query, _) in enumerate(positions):
                     by_query.setdefault(query, []).append(slot)
                 logits = torch.empty(len(positions))
                 for query, slots in by_query.items():
-                    scores = cross_encoder.score_candidates(queries[query], [item(positions[s][1]) for s in slots])
+                    scores = score_candidates(fast, queries[query], [item(positions[s][1]) for s in slots])
                     logits[slots] = scores.detach().float().cpu().reshape(-1)
                 return logits
             return cross_encoder_logits(
@@ -268,18 +277,20 @@ class CooperativeRetriever:
 
     Args:
         bi_encoder: a :class:`~mm_sbert.MMSentenceTransformer` (or any SentenceTransformer over these inputs).
-        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder`, or its ONNX Runtime export
-            (:class:`~mm_sbert.export.OnnxCrossEncoder`, which scores each query's k candidates in one batch).
+        cross_encoder: a :class:`~mm_sbert.MMCrossEncoder` (loaded with ``backend="onnx"``, it scores each query's
+            k candidates in one ONNX Runtime batch, the query preprocessed once).
             Left out, a joint model (a bi-encoder whose ``MultimodalTransformer`` has a score head) reranks with
             its own head; otherwise only ``rerank=False`` searches work.
-        top_k: candidates retrieved by the bi-encoder and reranked (paper: 20).
+        top_k: hits returned per query (paper: 20).
+        rerank_k: candidates the bi-encoder retrieves and the cross-encoder reranks per query (default: ``top_k``,
+            the paper's setting; at least ``top_k``).
         batch_size: bi-encoder batch size.
         ce_batch_size: cross-encoder batch size.
         show_progress_bar: progress bars while encoding / reranking (default: when indexing).
 
     Example:
         >>> retriever = CooperativeRetriever(bi_encoder, cross_encoder, top_k=20)
-        >>> retriever.index(image_paths, path="coco-images.index")  # once
+        >>> retriever.index(image_paths, path="coco-images.index")  # once: an index folder
         >>> retriever = CooperativeRetriever(bi_encoder, cross_encoder).open("coco-images.index")  # later
         >>> hits = retriever.search("A dog catching a frisbee.")  # list[Hit], best first
         >>> hits[0].id, hits[0].ce_score, hits[0].be_score
@@ -293,16 +304,21 @@ class CooperativeRetriever:
         batch_size: int = 32,
         ce_batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        rerank_k: int | None = None,
     ) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if rerank_k is not None and rerank_k < 1:
+            raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+        self.rerank_k = rerank_k
         self.bi_encoder, self.cross_encoder = resolve_views(bi_encoder, cross_encoder)
         self.top_k = top_k
         self.batch_size = batch_size
         self.ce_batch_size = ce_batch_size
         self.show_progress_bar = show_progress_bar
-        self.embedding_index: EmbeddingIndex | None = None
+        self.embedding_index: BaseIndex | None = None
         self.items: ItemSource | None = None
+        self.image_paths: Callable[[int], str] | None = None
 
     # ------------------------------------------------------------------ building / opening a collection
 
@@ -317,27 +333,60 @@ class CooperativeRetriever:
         chunk_size: int = 4096,
         precision: Precision = "float32",
         search_options: dict[str, Any] | None = None,
-    ) -> EmbeddingIndex:
+        *,
+        store: Any | None = None,
+        backend: Literal["local", "milvus"] = "local",
+        uri: str | None = None,
+        collection: str = "mm_sbert",
+        model_path: str | None = None,
+        inputs: Sequence[str | None] = (),
+    ) -> BaseIndex:
         """Encode a collection of images (or captions) with the bi-encoder and keep it for :meth:`search`.
 
         Args:
             items: images (PIL, paths, RegionFeatures) or captions; one modality.
             ids: one id per item (returned in the hits); default the positions.
-            path: persist the index to this folder (atomically; embeddings memory-mapped). Items that are strings
-                (captions, image paths) are saved with it; other items must be passed to :meth:`open` again.
+            path: persist the collection as an index folder (see :mod:`mm_sbert.retrieval.index_folder`): the
+                rows, the bi-encoder's fingerprint, the folder the image paths lie in and the store they were read
+                from, so :meth:`open` can refuse another model and read no image outside that folder. ``path``
+                must be new, empty or an index folder mm_sbert wrote, and none of the items or ``inputs``; a
+                rebuild is published only once complete (the old index stays usable if it fails). Items that are
+                strings (captions, image paths) are saved; other items must be passed to :meth:`open` again.
             batch_size: bi-encoder batch size (default: the retriever's).
             dtype: storage precision of the embeddings.
-            ann: a FAISS factory string (e.g. ``"HNSW32"``) to also build an approximate index; exact by default.
+            ann: deprecated; use ``precision="hnsw"`` / ``"ivf"`` (with ``search_options={"factory": ann}``).
             chunk_size: items encoded between writes, so the collection never has to fit in memory twice.
             precision / search_options: the search the index uses (``"float32"`` exact, ``"int8"``, ``"binary"``,
                 ``"hnsw"``, ``"ivf"``), see :class:`EmbeddingIndex`.
+            store: a :class:`~mm_sbert.FeatureStore` (or its folder) holding the regions of the image paths
+                ``items`` (by file name): they are encoded from it instead of being featurized, and reranking after
+                :meth:`open` reads the candidates' regions from it.
+            backend: ``"local"`` (an :class:`EmbeddingIndex` in the folder) or ``"milvus"`` (a
+                :class:`~mm_sbert.retrieval.MilvusIndex` collection ``collection`` at ``uri``, default
+                ``<path>/milvus.db``; needs ``path``).
+            model_path: the bi-encoder's folder, recorded so a search can load it by default.
+            inputs: more paths the caller reads (data, model), which ``path`` may not be, hold or lie in.
 
         Returns:
-            The :class:`EmbeddingIndex` (also kept as ``self.embedding_index``).
+            The index (also kept as ``self.embedding_index``).
         """
         items = list(items)
         if not items:
             raise ValueError("index() got an empty collection; pass at least one image or caption")
+        if ann is not None:
+            warnings.warn(
+                "index(ann=...) is deprecated: pass precision='hnsw' or 'ivf' (and search_options={'factory': ...})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            precision = "hnsw" if ann.upper().startswith("HNSW") else "ivf"
+            search_options = {**(search_options or {}), "factory": ann}
+        if backend not in ("local", "milvus"):
+            raise ValueError(f"backend must be 'local' or 'milvus', got {backend!r}")
+        if backend == "milvus" and path is None:
+            raise ValueError("backend='milvus' needs path=, the index folder that records the collection")
+        if backend == "milvus" and (precision != "float32" or search_options):
+            raise ValueError("precision and search_options choose the local index's search; with Milvus, Milvus does")
         modality = collection_modality(items)
         metadata = {"modality": modality}
         batch_size = batch_size or self.batch_size
@@ -349,11 +398,15 @@ class CooperativeRetriever:
                 "The collection items are not strings, so they are not saved with the index; pass items= to "
                 "open() to rerank after reopening"
             )
+        to_encode = items
+        if store is not None:
+            store = _as_store(store)
+            to_encode = _stored_regions(store, items, self.bi_encoder)
 
         def chunks():
             with tqdm(total=len(items), desc=f"Encoding {modality}s", unit=modality, disable=not show) as bar:
                 for start in range(0, len(items), chunk_size):
-                    chunk = items[start : start + chunk_size]
+                    chunk = to_encode[start : start + chunk_size]
                     yield self.bi_encoder.encode(
                         chunk,
                         batch_size=batch_size,
@@ -364,7 +417,7 @@ class CooperativeRetriever:
                     bar.update(len(chunk))
 
         if path is None:
-            embedding_index = EmbeddingIndex(
+            embedding_index: BaseIndex = EmbeddingIndex(
                 np.concatenate(list(chunks())),
                 ids=ids,
                 items=items,
@@ -373,39 +426,137 @@ class CooperativeRetriever:
                 precision=precision,
                 search_options=search_options,
             )
-            if ann is not None:
-                embedding_index.build_ann(ann)
         else:
-            with IndexWriter(
-                path, len(items), dim, dtype=dtype, ids=ids, items=items if storable else None, metadata=metadata
-            ) as writer:
-                for embeddings in chunks():
-                    writer.write(embeddings)
-                if ann is not None:
-                    writer.build_ann(ann)
-                if precision != "float32" or search_options:
-                    writer.set_precision(precision, search_options)
-            embedding_index = EmbeddingIndex.open(path)
+            image_paths = [item for item in items if isinstance(item, str) and modality == "image"]
+            inputs = [*inputs, model_path, None if store is None else str(store.path), *image_paths]
+            config = {
+                "model": None if model_path is None else os.path.abspath(model_path),
+                "model_fingerprint": encoder_fingerprint(self.bi_encoder),
+                "image_root": image_root_of(items) if modality == "image" else None,
+                "store": None if store is None else os.path.abspath(store.path),
+                "num_images": len(items),
+                "backend": backend,
+                "precision": precision,
+                "complete": True,
+            }
+            saved_items = items if storable else None
+            if backend == "milvus":
+                from mm_sbert.retrieval.milvus_index import MilvusIndex
+
+                uri = uri or os.path.join(os.path.abspath(path), MILVUS_FILE)
+                if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
+                    uri = os.path.abspath(uri)
+                config.update(uri=uri, collection=collection)
+
+                def write_collection(overwrite: bool) -> None:
+                    rows = EmbeddingIndex(np.concatenate(list(chunks())), ids, saved_items, metadata, normalize=False)
+                    MilvusIndex.from_index(rows, uri, collection_name=collection, overwrite=overwrite).close()
+
+                write_milvus_index_folder(path, config, write_collection, inputs=inputs)
+                embedding_index = MilvusIndex(uri, collection)
+            else:
+
+                def write_rows(folder: str) -> None:
+                    with IndexWriter(
+                        folder, len(items), dim, dtype=dtype, ids=ids, items=saved_items, metadata=metadata, lock=False
+                    ) as writer:
+                        for embeddings in chunks():
+                            writer.write(embeddings)
+                        if precision != "float32" or search_options:
+                            writer.set_precision(precision, search_options)
+
+                write_index_folder(path, config, write_rows, inputs=inputs)
+                embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER))
         self.embedding_index = embedding_index
         self.items = items
+        self.image_paths = None
         return embedding_index
 
-    def open(self, path: str, items: ItemSource | None = None, mmap: bool = True, verify: Verify = "auto") -> Self:
-        """Reopen a collection persisted by :meth:`index`.
+    def open(
+        self,
+        path: str,
+        items: ItemSource | None = None,
+        mmap: bool = True,
+        verify: Verify = "auto",
+        *,
+        image_root: str | None = None,
+        store: Any | None = None,
+    ) -> Self:
+        """Reopen a collection persisted by :meth:`index` (an index folder) or :meth:`EmbeddingIndex.save`.
+
+        An index folder is searched only as safely as ``mm-sbert search`` does: the bi-encoder must embed like the
+        one that built it (:class:`~mm_sbert.errors.ModelMismatchError` otherwise), and every stored image path is
+        read inside ``image_root`` (:class:`~mm_sbert.errors.UnsafePathError` for one that leads elsewhere). With a
+        feature store (given, or the one the index was built from when it still exists and fits the
+        cross-encoder's featurizer), the candidates' regions are read from it instead of featurizing their images.
 
         Args:
             path: the index folder.
             items: the collection items, needed for reranking when they were not saved with the index (PIL images,
                 RegionFeatures): a sequence aligned with the index rows, or a function ``row -> item``.
             mmap / verify: see :meth:`EmbeddingIndex.open`.
+            image_root: the folder the indexed images are read from (default: the one recorded at indexing; pass it
+                when the images moved).
+            store: a :class:`~mm_sbert.FeatureStore` (or folder) with the images' regions, for reranking.
+
+        Raises:
+            ModelMismatchError: the bi-encoder is not the one that built the index.
+            StorageError: the folder is incomplete, corrupt or of an unknown format.
+            FileNotFoundError: no index at ``path``, or no ``image_root`` folder.
         """
-        embedding_index = EmbeddingIndex.open(path, mmap=mmap, verify=verify)
+        self.image_paths = None
+        if not is_index_folder(path):
+            return self.use_index(EmbeddingIndex.open(path, mmap=mmap, verify=verify), items)
+        config = read_index_config(path)
+        fingerprint = config.get("model_fingerprint")
+        if fingerprint is None:
+            warnings.warn(
+                f"The index '{path}' records no model fingerprint (an older `mm-sbert index` wrote it), so the model "
+                "cannot be checked against the one that built it; rebuild the index to record one",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            check_encoder_fingerprint(fingerprint, self.bi_encoder, what=f"the index '{path}'")
+        if config.get("backend") == "milvus":
+            from mm_sbert.retrieval.milvus_index import MilvusIndex
+
+            try:
+                embedding_index: BaseIndex = MilvusIndex(config["uri"], config["collection"])
+            except ValueError as error:
+                raise StorageError(f"The Milvus collection of the index '{path}' cannot be opened: {error}") from error
+        else:
+            embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER), mmap=mmap, verify=verify)
+        stored = embedding_index.items
+        if items is None and stored is not None and embedding_index.metadata.get("modality") == "image":
+            recorded = config.get("image_root")
+            root = image_root or recorded
+            if root is None:
+                raise ValueError(
+                    f"The index '{path}' records no image folder (an older `mm-sbert index` wrote it); pass "
+                    "image_root= (images are read only inside it) or rebuild the index"
+                )
+            if not os.path.isdir(root):
+                raise FileNotFoundError(
+                    f"The image folder '{root}' of the index '{path}' does not exist; pass image_root="
+                )
+            self.image_paths = confined_paths(stored, recorded, root)
+            items = self.image_paths
+            explicit = store is not None
+            store = store if explicit else config.get("store")
+            if store is not None and self.cross_encoder is not None and (explicit or os.path.isdir(store)):
+                items = _store_candidates(_as_store(store), self.image_paths, self.cross_encoder, explicit) or items
+            if items is self.image_paths and self.cross_encoder is not None:
+                _check_reads_images(self.cross_encoder)
         return self.use_index(embedding_index, items)
 
-    def use_index(self, embedding_index: EmbeddingIndex, items: ItemSource | None = None) -> Self:
-        """Search an existing :class:`EmbeddingIndex` (e.g. built from embeddings computed elsewhere), or any index
-        with the same ``search`` / ``row_id`` / ``metadata`` surface, such as a
-        :class:`~mm_sbert.retrieval.MilvusIndex`: the engine retrieves, the cross-encoder reranks here."""
+    def image_path(self, row: int) -> Any:
+        """The file of row ``row`` as :meth:`open` confined it to the image folder (the stored item otherwise)."""
+        return self.image_paths(row) if self.image_paths is not None else self._stored_item(row)
+
+    def use_index(self, embedding_index: BaseIndex, items: ItemSource | None = None) -> Self:
+        """Search an existing index (e.g. an :class:`EmbeddingIndex` built from embeddings computed elsewhere, or a
+        :class:`~mm_sbert.retrieval.MilvusIndex`): the engine retrieves, the cross-encoder reranks here."""
         if items is None:
             items = embedding_index.items
         if items is not None and not callable(items) and len(items) != len(embedding_index):
@@ -413,6 +564,11 @@ class CooperativeRetriever:
         self.embedding_index = embedding_index
         self.items = items
         return self
+
+    def close(self) -> None:
+        """Close the index (a Milvus connection); a no-op for a folder."""
+        if self.embedding_index is not None:
+            self.embedding_index.close()
 
     # ------------------------------------------------------------------ search
 
@@ -425,19 +581,22 @@ class CooperativeRetriever:
         lam: float = 0.5,
         query_embeddings: torch.Tensor | np.ndarray | None = None,
         exact: bool | None = None,
+        rerank_k: int | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Retrieve the top-k items for each query with the bi-encoder, then rerank them with the cross-encoder.
 
         Args:
             queries: one query (a caption for an image collection, an image for a caption collection) or a list.
-            top_k: candidates retrieved and returned per query, >= 1 (default: the retriever's ``top_k``).
+            top_k: hits returned per query, >= 1 (default: the retriever's ``top_k``).
             rerank: rerank with the cross-encoder; ``False`` returns the bi-encoder ranking.
             score: how hits are ordered after reranking: ``"ce"`` (cross-encoder logit, paper default),
                 ``"combination"`` (``lam * s_BE + (1 - lam) * sigmoid(s_CE)``) or ``"combination_normalized"``
                 (both min-max normalised over the k candidates first); see :func:`combine_scores`.
             lam: the bi-encoder weight of the combinations.
             query_embeddings: precomputed bi-encoder embeddings of ``queries`` (skips encoding them).
-            exact: ``True`` forces exact search when the index also has an ANN index.
+            exact: ``True`` forces exact search when the index has a cheaper ``precision``.
+            rerank_k: candidates retrieved and reranked per query (default: the retriever's ``rerank_k``, else
+                ``top_k``); at least ``top_k`` are.
 
         Returns:
             For one query a list of :class:`Hit`, for a list of queries one such list per query; best hit first.
@@ -455,6 +614,9 @@ class CooperativeRetriever:
             raise ValueError(
                 f"top_k must be an integer >= 1 (or None for the retriever's {self.top_k}), got {top_k!r}"
             )
+        if rerank_k is not None and (isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 1):
+            raise ValueError(f"rerank_k must be an integer >= 1, got {rerank_k!r}")
+        candidates = max(top_k, rerank_k or self.rerank_k or top_k)
         score_mode = score if rerank else "be"
         if score_mode not in SCORE_MODES:
             raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
@@ -472,7 +634,7 @@ class CooperativeRetriever:
             query_embeddings = query_embeddings.unsqueeze(0)
         if len(query_embeddings) != len(query_list):
             raise ValueError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
-        be_scores, rows = self.embedding_index.search(query_embeddings, top_k, exact=exact)
+        be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact)
         query_kind = self._check_rerank(query_list) if rerank else None
         reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)
 
@@ -480,7 +642,7 @@ class CooperativeRetriever:
         results = []
         for query_row, rows_of_query in enumerate(reranked.rows.tolist()):
             hits = []
-            for position, row in enumerate(rows_of_query):
+            for position, row in enumerate(rows_of_query[:top_k]):
                 hits.append(
                     Hit(
                         id=self.embedding_index.row_id(row),
@@ -500,7 +662,7 @@ class CooperativeRetriever:
         be_scores: torch.Tensor,
         score: ScoreMode,
         lam: float,
-        query_modality: Modality | None,
+        query_modality: ItemKind | None,
     ) -> Reranked:
         return rerank(
             self.cross_encoder if score != "be" else None,
@@ -515,7 +677,7 @@ class CooperativeRetriever:
             show_progress_bar=bool(self.show_progress_bar),
         )
 
-    def _check_rerank(self, queries: list[Any]) -> Modality:
+    def _check_rerank(self, queries: list[Any]) -> ItemKind:
         """The queries' modality, after checking that reranking them against this collection is possible."""
         if self.cross_encoder is None:
             raise ValueError(
@@ -539,3 +701,62 @@ class CooperativeRetriever:
 
     def _item(self, row: int) -> Any:
         return self.items(row) if callable(self.items) else self.items[row]
+
+    def _stored_item(self, row: int) -> Any:
+        stored = self.embedding_index.items
+        return self.embedding_index.row_id(row) if stored is None else stored(row) if callable(stored) else stored[row]
+
+
+def _check_reads_images(cross_encoder: Any) -> None:
+    """What reranking image files needs of a cross-encoder (its own tokenizer reads the captions): a featurizer."""
+    try:
+        module = cross_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return  # not a MultimodalTransformer model: its predict decides what it reads
+    if hasattr(module, "featurizer") and module.featurizer is None:
+        raise ValueError(
+            "The cross-encoder has no image featurizer, so it cannot read the candidate images; pass store= with "
+            "their region features (built by the featurizer it was trained on)"
+        )
+
+
+def _as_store(store: Any) -> Any:
+    from mm_sbert.image_features import FeatureStore
+
+    return store if isinstance(store, FeatureStore) else FeatureStore(store)
+
+
+def _stored_regions(store: Any, images: list[Any], model: Any) -> list[Any]:
+    """The regions of ``images`` (paths, looked up by file name) read from ``store``, checked against ``model``'s
+    featurizer and region width."""
+    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
+
+    store.check_compatible(model)
+    check_store_featurizer(store, getattr(model[0], "featurizer", None))
+    return StoreImageResolver(store).resolve(images, what="the images to index")
+
+
+def _store_candidates(
+    store: Any, image_paths: Callable[[int], str], cross_encoder: Any, explicit: bool
+) -> Callable[[int], Any] | None:
+    """``row -> regions`` read from ``store`` (the image file where the store lacks it) when the cross-encoder's
+    featurizer made the store; otherwise ``None`` (or, for a store the caller passed, the error)."""
+    from mm_sbert.data.store_image_resolver import check_store_featurizer, default_store_key
+
+    try:
+        store.check_compatible(cross_encoder)
+        check_store_featurizer(store, getattr(cross_encoder[0], "featurizer", None))
+    except (ValueError, TypeError) as error:
+        if explicit:
+            raise
+        logger.info(
+            "Reranking featurizes the images: the index's feature store does not fit the cross-encoder (%s)", error
+        )
+        return None
+
+    def candidate(row: int) -> Any:
+        path = image_paths(row)  # confined first, even when the regions come from the store
+        key = default_store_key(path)
+        return store[key] if key in store else path
+
+    return candidate

@@ -1,7 +1,8 @@
-"""A persisted collection of normalised embeddings with exact (torch) or approximate (FAISS) top-k search."""
+"""A persisted collection of normalised embeddings with exact (torch) or cheaper (``precision``) top-k search."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import numbers
@@ -10,20 +11,25 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from mm_sbert.errors import IndexCorruptedError, ModelMismatchError, StorageError
+from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.vector_search import CONFIG_FILE as VECTOR_SEARCH_CONFIG
 from mm_sbert.retrieval.vector_search import FILES as VECTOR_SEARCH_FILES
 from mm_sbert.retrieval.vector_search import PRECISIONS, Precision, VectorSearch
 from mm_sbert.storage import (
     atomic_write_json,
+    check_output_path,
+    exclusive_output,
     file_record,
     fsync_dir,
     fsync_file,
+    mark_owned_folder,
     read_json_file,
     read_manifest,
     resolve_inside,
@@ -37,7 +43,10 @@ EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.json"
 ITEMS_FILE = "items.json"
 METADATA_FILE = "metadata.json"
+# Written by the retired build_ann; folders holding one are served by the "hnsw" / "ivf" precision.
 ANN_FILE = "faiss.index"
+# What check_output_path / mark_owned_folder call an index folder.
+OUTPUT_KIND = "embedding-index"
 FORMAT_NAME = "mm_sbert.EmbeddingIndex"
 # 2: every file also has a cheap checksum (size + first/last MiB), "normalized" is what the rows are.
 FORMAT_VERSION = 2
@@ -139,7 +148,7 @@ def _normalize(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def _check_finite(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
+def _check_finite_rows(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
     """A clear error for NaN / infinite rows, which would otherwise come back as NaN scores ranked first."""
     array = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
     # In blocks of rows: a whole-array mask of a 1M x 384 collection would cost 384 MB.
@@ -205,23 +214,9 @@ def check_encoder_fingerprint(saved: dict[str, Any], model: Any, what: str = "th
         )
 
 
-def build_faiss_index(embeddings: np.ndarray, factory: str, train_size: int = 100_000, chunk_size: int = 65536) -> Any:
-    """A FAISS inner-product index over normalised rows, trained on a sample when the factory needs training."""
-    import faiss
-
-    ann = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not ann.is_trained:
-        rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(len(embeddings), size=min(train_size, len(embeddings)), replace=False))
-        ann.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
-    for start in range(0, len(embeddings), chunk_size):
-        ann.add(np.ascontiguousarray(embeddings[start : start + chunk_size], dtype=np.float32))
-    return ann
-
-
-class EmbeddingIndex:
-    """Embeddings ``[N, D]`` (normalised by default) with their ids, optional items and metadata; exact or FAISS
-    top-k search.
+class EmbeddingIndex(BaseIndex):
+    """Embeddings ``[N, D]`` (normalised by default) with their ids, optional items and metadata; exact or
+    ``precision`` top-k search.
 
     Exact search (default) is a chunked matrix product + ``topk`` in torch, so even 1M x 384 float32 embeddings
     (1.5 GB) are searched without building an ``N``-wide score matrix per query chunk. On disk the embeddings are an
@@ -267,14 +262,12 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        _check_finite(embeddings, "The embeddings")
+        _check_finite_rows(embeddings, "The embeddings")
         if normalize:
             embeddings = _normalize(embeddings)
         _check_unique_ids(ids)
         self._set(np.ascontiguousarray(embeddings, dtype=dtype), ids, items, metadata or {})
         self.normalized = bool(normalize)
-        self.ann_factory: str | None = None
-        self._ann = None
         self.path: str | None = None
         self.files: dict[str, dict[str, Any]] = {}
         self.vector_search = build_vector_search(self.embeddings, precision, search_options)
@@ -294,6 +287,50 @@ class EmbeddingIndex:
             # Read-only arrays are fine: search never writes to this view.
             warnings.simplefilter("ignore", UserWarning)
             self._tensor = torch.from_numpy(embeddings)
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray | torch.Tensor,
+        ids: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EmbeddingIndex:
+        """``EmbeddingIndex(embeddings, ids, items, metadata, **options)``: the verb every index shares."""
+        return cls(embeddings, ids=ids, items=items, metadata=metadata, **options)
+
+    def add(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        ids: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
+    ) -> None:
+        """Append rows in memory (normalised like the existing ones); the ``precision`` search is rebuilt.
+
+        Ids and items must be given exactly when the index has them. Call :meth:`save` to persist the result.
+        """
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = embeddings.detach().cpu().float().numpy()
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
+        if (ids is None) != (self.ids is None) or (items is None) != (self.items is None):
+            raise ValueError("Pass ids / items to add() exactly when the index has them")
+        _check_finite_rows(embeddings, "The embeddings added")
+        if self.normalized:
+            embeddings = _normalize(embeddings)
+        new_ids = None if ids is None else [*self.ids, *ids]
+        _check_unique_ids(new_ids)
+        new_items = None if items is None else [*self.items, *items]
+        rows = np.concatenate([np.asarray(self.embeddings), embeddings.astype(self.dtype)])
+        self._set(np.ascontiguousarray(rows), new_ids, new_items, self.metadata)
+        if self.vector_search is not None:
+            options = {"rescore_multiplier": self.vector_search.rescore_multiplier}
+            if self.vector_search.precision in ("hnsw", "ivf"):
+                options["factory"] = self.vector_search.factory
+            self.vector_search = build_vector_search(self.embeddings, self.vector_search.precision, options)
+        self.path, self.files = None, {}
 
     # ------------------------------------------------------------------ properties
 
@@ -329,7 +366,7 @@ class EmbeddingIndex:
     def __repr__(self) -> str:
         return (
             f"EmbeddingIndex(count={len(self)}, dim={self.dim}, dtype={self.dtype}, precision={self.precision!r}, "
-            f"ann={self.ann_factory!r}, path={self.path!r})"
+            f"path={self.path!r})"
         )
 
     # ------------------------------------------------------------------ search
@@ -342,8 +379,7 @@ class EmbeddingIndex:
         Args:
             query_embeddings: ``[Q, D]`` or ``[D]``; normalised here; NaN / infinite values are refused.
             top_k: hits per query (capped at the collection size).
-            exact: ``None`` uses the ANN index when one was built, else the ``precision`` search (exact for
-                ``"float32"``); ``True`` forces exact search.
+            exact: ``None`` uses the ``precision`` search (exact for ``"float32"``); ``True`` forces exact search.
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
@@ -358,11 +394,9 @@ class EmbeddingIndex:
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
         if queries.ndim == 2:
-            _check_finite(queries, "The query embeddings")
+            _check_finite_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
-        if self._ann is not None and not exact:
-            scores, rows = self._ann_search(queries, int(top_k))
-        elif self.vector_search is not None and not exact:
+        if self.vector_search is not None and not exact:
             if queries.shape[1] != self.dim:
                 raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
             scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
@@ -377,30 +411,31 @@ class EmbeddingIndex:
             )
         return scores, rows
 
-    # ------------------------------------------------------------------ approximate search
+    # ------------------------------------------------------------------ retired
 
     def build_ann(self, factory: str = "HNSW32") -> None:
-        """Build a FAISS index (inner product over the normalised rows) from a factory string, e.g. ``"HNSW32"``,
-        ``"IVF1024,Flat"`` or ``"Flat"``. It is saved with the index and used by :meth:`search` unless
-        ``exact=True``."""
-        self._ann = build_faiss_index(self.embeddings, factory)
-        self.ann_factory = factory
+        """Deprecated: pass ``precision="hnsw"`` / ``"ivf"`` (and ``search_options={"factory": ...}``) instead.
 
-    def _ann_search(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = min(top_k, len(self))
-        scores, indices = self._ann.search(np.ascontiguousarray(queries.numpy()), k)
-        # FAISS pads with -1 when it finds fewer than k neighbours (e.g. a small IVF probe); drop nothing silently.
-        if (indices < 0).any():
-            raise RuntimeError(
-                f"The ANN index ({self.ann_factory}) returned fewer than {k} neighbours; raise its search breadth "
-                "(e.g. nprobe / efSearch) or search with exact=True"
-            )
-        return torch.from_numpy(scores), torch.from_numpy(indices)
+        Builds that precision's search with this FAISS ``factory``; warns.
+        """
+        warnings.warn(
+            "EmbeddingIndex.build_ann is deprecated: build the index with precision='hnsw' or 'ivf' (and "
+            "search_options={'factory': ...}); it is the one approximate-search setting",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.vector_search = _factory_search(self.embeddings, factory)
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str, extra_files: Mapping[str, bytes] | None = None) -> None:
-        """Write the index atomically to the folder ``path`` (replacing an existing index there).
+    def save(
+        self, path: str, extra_files: Mapping[str, bytes] | None = None, inputs: Sequence[str | None] = ()
+    ) -> None:
+        """Write the index atomically to the folder ``path`` (replacing an index mm_sbert wrote there).
+
+        ``path`` must be new, empty, or an index folder mm_sbert wrote (see
+        :func:`~mm_sbert.storage.check_output_path`); anything else is refused before any work, so a user's folder
+        is never replaced.
 
         Items are saved only when they are all strings (captions, image paths); other items (PIL images,
         ``RegionFeatures``) must be passed again to whatever reranks after :meth:`open`.
@@ -409,6 +444,13 @@ class EmbeddingIndex:
             path: the index folder.
             extra_files: more files to store with the index (name -> content), listed and checked in the manifest
                 like its own; see :meth:`IndexWriter.add_file`.
+            inputs: paths the caller reads (images, a model, a store): ``path`` may not be, hold or lie inside one.
+
+        Raises:
+            UnsafeOutputError: ``path`` is a foreign folder, a file, an input, or inside another mm_sbert folder.
+            OutputInUseError: another process is writing ``path``.
+            OSError: not enough free space for the new copy (checked before writing), or a write failed; an
+                index already at ``path`` stays usable either way.
         """
         items = self.items
         if items is not None and not all(isinstance(item, str) for item in items):
@@ -423,14 +465,13 @@ class EmbeddingIndex:
             items=items,
             metadata=self.metadata,
             normalized=self.normalized,
+            inputs=inputs,
         )
         with writer:
             for start in range(0, len(self), 65536):
                 writer.write(self.embeddings[start : start + 65536])
             for name, data in (extra_files or {}).items():
                 writer.add_file(name, data)
-            writer.ann = self._ann
-            writer.ann_factory = self.ann_factory
             writer.vector_search = self.vector_search
         self.path = os.path.abspath(path)
         self.files = writer.manifest["files"]
@@ -493,15 +534,20 @@ class EmbeddingIndex:
         except ValueError as error:
             raise StorageError(f"The index at {path!r} is inconsistent: {error}; rebuild it") from error
         index.normalized = bool(manifest.get("normalized", True))
-        index.ann_factory = manifest.get("ann_factory")
-        index._ann = None
-        if ANN_FILE in paths:
-            import faiss
-
-            index._ann = faiss.read_index(paths[ANN_FILE])
         index.vector_search = None
         precision = manifest.get("precision", "float32")
-        if precision != "float32":
+        if ANN_FILE in paths:
+            # Written by the retired build_ann: its FAISS index serves as the "hnsw" / "ivf" precision search.
+            try:
+                index.vector_search = VectorSearch.from_faiss_file(paths[ANN_FILE], manifest.get("ann_factory"))
+            except RuntimeError as error:
+                raise StorageError(f"The {ANN_FILE} of the index at {path!r} is unreadable ({error})") from error
+            logger.info(
+                "The index at %r was built with build_ann; its FAISS index serves as precision %r",
+                path,
+                index.vector_search.precision,
+            )
+        elif precision != "float32":
             try:
                 index.vector_search = VectorSearch.load(paths, mmap=mmap)
                 if index.vector_search.precision != precision:
@@ -521,6 +567,26 @@ class IndexWriter:
     Used to encode big collections chunk by chunk without holding all embeddings in memory. Rows must be
     written in order, finite and (unless ``normalized=False``) already normalised.
 
+    Every index folder of the package is written here, and safely:
+
+    - ``path`` must be new, empty, or an index folder mm_sbert wrote, and none of ``inputs``
+      (:func:`~mm_sbert.storage.check_output_path`): checked when the writer is made, before any work;
+    - one writer per ``path`` (:func:`~mm_sbert.storage.exclusive_output`; a second gets
+      :class:`~mm_sbert.errors.OutputInUseError`), and temporary folders carry their writer's process id, so a
+      writer only ever deletes its own or those of a dead process;
+    - free space for the whole new copy is checked before writing (the old index stays until the new one is
+      complete); rows are written with ordinary file writes, so a full disk is an ``OSError``, never a ``SIGBUS``
+      through a memory map; a failed write leaves the old index as it was;
+    - the finished folder is marked as mm_sbert's ``"embedding-index"`` (:func:`~mm_sbert.storage.mark_owned_folder`).
+
+    Args:
+        path: the index folder.
+        count / dim / dtype: the shape and storage type of the rows.
+        ids / items / metadata / normalized: see :class:`EmbeddingIndex`.
+        inputs: paths the caller reads (images, model, store, data), which ``path`` may not be, hold or lie in.
+        lock: take the write lock of ``path``; ``False`` only when the caller holds the lock of a folder that will
+            contain ``path`` (e.g. a retriever's index folder).
+
     Example:
         >>> with IndexWriter("collection", count=len(items), dim=384) as writer:
         ...     for chunk in chunks:
@@ -537,6 +603,8 @@ class IndexWriter:
         items: Sequence[Any] | None = None,
         metadata: dict[str, Any] | None = None,
         normalized: bool = True,
+        inputs: Sequence[str | None] = (),
+        lock: bool = True,
     ) -> None:
         if ids is not None and len(ids) != count:
             raise ValueError(f"Got {len(ids)} ids for {count} rows; pass exactly one id per row")
@@ -545,41 +613,61 @@ class IndexWriter:
         ids = _json_values(ids, "ids") if ids is not None else None
         _check_unique_ids(ids)
         items = _json_values(items, "items") if items is not None else None
-        self.path = os.path.abspath(path)
+        self.path = str(check_output_path(path, OUTPUT_KIND, folder=True, inputs=inputs, what="The index folder"))
         self.count, self.dim, self.dtype = int(count), int(dim), np.dtype(dtype)
         self.ids, self.items, self.metadata = ids, items, dict(metadata or {})
         self.normalized = bool(normalized)
-        self.ann = None
-        self.ann_factory: str | None = None
         self.vector_search: VectorSearch | None = None
         self.rows_written = 0
         self.manifest: dict[str, Any] = {}
         self._extra_files: dict[str, bytes] = {}
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp_path = os.path.join(parent, f"{_tmp_prefix(self.path)}{uuid.uuid4().hex[:8]}")
-        self._embeddings: np.ndarray | None = None
+        self._lock = lock
+        self._stack = ExitStack()
+        self.tmp_path = os.path.join(
+            os.path.dirname(self.path), f"{_tmp_prefix(self.path)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self._file: Any = None
 
     @staticmethod
     def remove_leftovers(path: str) -> list[str]:
-        """Delete what writers of the index ``path`` killed mid-write left next to it (their temporary folders).
+        """Delete the temporary folders that writers of the index ``path`` left next to it when they were killed.
 
-        Only call this when no other process is writing that index. Returns the removed paths.
+        Only folders of writers that are no longer running are removed (their process id is in the name), so a
+        writer never deletes another live writer's work. Returns the removed paths.
         """
         path = os.path.abspath(path)
         pattern = os.path.join(os.path.dirname(path), glob.escape(_tmp_prefix(path)) + "*")
         removed = []
         for leftover in glob.glob(pattern):
+            if _writer_alive(leftover[len(os.path.join(os.path.dirname(path), _tmp_prefix(path))) :]):
+                continue
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
         return removed
 
     def __enter__(self) -> IndexWriter:
-        os.makedirs(self.tmp_path)
-        self._embeddings = np.lib.format.open_memmap(
-            os.path.join(self.tmp_path, EMBEDDINGS_FILE), mode="w+", dtype=self.dtype, shape=(self.count, self.dim)
-        )
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        if self._lock:
+            self._stack.enter_context(exclusive_output(self.path, what="The index folder"))
+        try:
+            self.remove_leftovers(self.path)
+            check_free_space(parent, self._bytes_needed(), f"the index {self.path!r}")
+            os.makedirs(self.tmp_path)
+            # Plain writes, not a memory map: a full disk then fails a write() with ENOSPC instead of killing the
+            # process with SIGBUS when a page of a sparse file cannot be backed.
+            self._file = open(os.path.join(self.tmp_path, EMBEDDINGS_FILE), "wb")
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+            np.lib.format.write_array_header_2_0(self._file, {**header, "shape": (self.count, self.dim)})
+        except BaseException:
+            self._cleanup()
+            raise
         return self
+
+    def _bytes_needed(self) -> int:
+        rows = self.count * self.dim * self.dtype.itemsize
+        labels = sum(len(str(value)) + 4 for values in (self.ids or (), self.items or ()) for value in values)
+        return rows + labels + 1024**2
 
     def write(self, embeddings: np.ndarray | torch.Tensor) -> None:
         """Append the next rows."""
@@ -590,9 +678,15 @@ class IndexWriter:
         end = self.rows_written + len(embeddings)
         if end > self.count:
             raise ValueError(f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows")
-        _check_finite(embeddings, "The embeddings written", first_row=self.rows_written)
-        self._embeddings[self.rows_written : end] = embeddings
+        _check_finite_rows(embeddings, "The embeddings written", first_row=self.rows_written)
+        self._file.write(np.ascontiguousarray(embeddings, dtype=self.dtype).tobytes())
         self.rows_written = end
+
+    def _rows(self) -> np.ndarray:
+        """The rows written so far, read back (memory-mapped read-only from the fully written file)."""
+        self._file.flush()
+        array = np.load(os.path.join(self.tmp_path, EMBEDDINGS_FILE), mmap_mode="r", allow_pickle=False)
+        return array[: self.rows_written]
 
     def add_file(self, name: str, data: bytes) -> None:
         """Store one more file with the index (e.g. a quantised copy of the embeddings): listed in the manifest,
@@ -604,29 +698,44 @@ class IndexWriter:
         self._extra_files[name] = bytes(data)
 
     def build_ann(self, factory: str) -> None:
-        """Also build and save a FAISS index over the rows written so far (call after the last :meth:`write`)."""
-        self.ann = build_faiss_index(self._embeddings[: self.rows_written], factory)
-        self.ann_factory = factory
+        """Deprecated: use :meth:`set_precision` (``"hnsw"`` / ``"ivf"`` with ``{"factory": ...}``); warns."""
+        warnings.warn(
+            "IndexWriter.build_ann is deprecated: use set_precision('hnsw' or 'ivf', {'factory': ...})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if self.rows_written != self.count:
+            raise ValueError("Call build_ann after the last write()")
+        self.vector_search = _factory_search(self._rows(), factory)
 
     def set_precision(self, precision: Precision, search_options: dict[str, Any] | None = None) -> None:
         """Also build and save a :class:`VectorSearch` of this precision (call after the last :meth:`write`)."""
-        self.vector_search = build_vector_search(self._embeddings[: self.rows_written], precision, search_options)
+        self.vector_search = build_vector_search(self._rows(), precision, search_options)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
             if exc_type is None:
                 self._commit()
         finally:
-            self._embeddings = None
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             if os.path.isdir(self.tmp_path):
                 shutil.rmtree(self.tmp_path, ignore_errors=True)
+        finally:
+            self._stack.close()
 
     def _commit(self) -> None:
         if self.rows_written != self.count:
             raise ValueError(f"Only {self.rows_written} of {self.count} rows were written; the index was not saved")
-        self._embeddings.flush()
-        self._embeddings = None
-        fsync_file(os.path.join(self.tmp_path, EMBEDDINGS_FILE))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
         # Files in the temporary folder need no rename of their own: the folder's rename publishes them all.
         if self.ids is not None:
             atomic_write_json(os.path.join(self.tmp_path, IDS_FILE), list(self.ids))
@@ -641,11 +750,6 @@ class IndexWriter:
             with open(os.path.join(self.tmp_path, name), "wb") as f:
                 f.write(data)
             fsync_file(os.path.join(self.tmp_path, name))
-        if self.ann is not None:
-            import faiss
-
-            faiss.write_index(self.ann, os.path.join(self.tmp_path, ANN_FILE))
-            fsync_file(os.path.join(self.tmp_path, ANN_FILE))
 
         files = {name: file_record(os.path.join(self.tmp_path, name)) for name in sorted(os.listdir(self.tmp_path))}
         self.manifest = {
@@ -655,22 +759,60 @@ class IndexWriter:
             "dim": self.dim,
             "dtype": str(self.dtype),
             "normalized": self.normalized,
-            "ann_factory": self.ann_factory,
             "precision": "float32" if self.vector_search is None else self.vector_search.precision,
             "files": files,
         }
         # The manifest is the commit record: written last, after every file it describes is on disk.
         atomic_write_json(os.path.join(self.tmp_path, MANIFEST_FILE), self.manifest)
+        mark_owned_folder(self.tmp_path, OUTPUT_KIND)
         fsync_dir(self.tmp_path)
+        replace_folder(self.tmp_path, self.path)
 
-        old_path = None
-        if os.path.exists(self.path):
-            old_path = f"{self.tmp_path}.old"
-            os.rename(self.path, old_path)
-        os.rename(self.tmp_path, self.path)
-        fsync_dir(os.path.dirname(self.path))
-        if old_path is not None:
-            shutil.rmtree(old_path, ignore_errors=True)
+
+def replace_folder(new: str, path: str) -> None:
+    """Publish the finished folder ``new`` at ``path``: the old folder there is moved aside first and deleted only
+    once the new one is in place."""
+    old_path = None
+    if os.path.exists(path):
+        old_path = f"{new}.old"
+        os.rename(path, old_path)
+    os.rename(new, path)
+    fsync_dir(os.path.dirname(path))
+    if old_path is not None:
+        shutil.rmtree(old_path, ignore_errors=True)
+
+
+def check_free_space(folder: str, needed: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``what`` when ``folder``'s file system has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough free space to write {what}: it needs about {needed / 1024**2:.1f} MiB, {folder!r} has "
+            f"{free / 1024**2:.1f} MiB free; nothing was changed",
+        )
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Whether the writer that named a temporary folder ``<prefix><pid>-<hex>`` (``suffix``) is still running."""
+    pid_text = suffix.split("-", 1)[0]
+    if not pid_text.isdigit() or "-" not in suffix:
+        return False  # a name from before writers recorded their process id
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # this process's own leftovers (an earlier writer of it that failed)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _factory_search(embeddings: np.ndarray, factory: str) -> VectorSearch:
+    precision = "hnsw" if factory.upper().startswith("HNSW") else "ivf"
+    return VectorSearch(precision, factory=factory).build(embeddings)
 
 
 def _tmp_prefix(path: str) -> str:

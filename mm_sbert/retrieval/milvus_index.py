@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mm_sbert.retrieval.base_index import BaseIndex
+
 logger = logging.getLogger(__name__)
 
 METADATA_PROPERTY = "mm_sbert.metadata"
@@ -20,7 +22,7 @@ DEFAULT_COLLECTION = "mm_sbert"
 MAX_VARCHAR = 65535
 
 
-class MilvusIndex:
+class MilvusIndex(BaseIndex):
     """Normalised embeddings in a Milvus collection; :meth:`search` returns ``(scores, rows)`` as
     :meth:`EmbeddingIndex.search` does, so a :class:`~mm_sbert.CooperativeRetriever` retrieves from the engine and
     reranks locally (``retriever.use_index(MilvusIndex(uri))``).
@@ -175,6 +177,66 @@ class MilvusIndex:
         finally:
             client.close()
         return cls(uri, collection_name, token=token)
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray | torch.Tensor,
+        ids: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        uri: str,
+        **options: Any,
+    ) -> MilvusIndex:
+        """:meth:`create` with the arguments in the order every index's ``build`` takes them (``uri`` required)."""
+        return cls.create(uri, embeddings, ids=ids, items=items, metadata=metadata, **options)
+
+    @classmethod
+    def open(cls, path: str, **options: Any) -> MilvusIndex:
+        """``MilvusIndex(path, **options)``: the collection at the URI ``path``."""
+        return cls(path, **options)
+
+    def add(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        ids: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
+    ) -> None:
+        """Insert rows after the existing ones (ids default to the row numbers; items only when the collection
+        stores items)."""
+        from mm_sbert.retrieval.embedding_index import _json_values, _normalize
+
+        embeddings = np.asarray(torch.as_tensor(embeddings).detach().cpu().float().numpy())
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
+        if (items is not None) != self._has_items:
+            raise ValueError("Pass items to add() exactly when the collection stores items")
+        count = len(embeddings)
+        start = self._count
+        stored_ids = _json_values(ids, "ids") if ids is not None else list(range(start, start + count))
+        if len(stored_ids) != count or (items is not None and len(items) != count):
+            raise ValueError(f"Pass exactly one id / item per row ({count} rows)")
+        rows = _normalize(embeddings).astype(np.float32, copy=False)
+        self.client.insert(
+            self.collection_name,
+            [
+                {
+                    "row": start + offset,
+                    "vector": vector,
+                    "item_id": json.dumps(stored_ids[offset]),
+                    "item": _varchar(items[offset], start + offset) if items is not None else "",
+                }
+                for offset, vector in enumerate(rows)
+            ],
+        )
+        self._count += count
+
+    def save(self, path: str | None = None) -> None:
+        """Milvus keeps the rows itself: flush what was inserted (``path``, if given, must be this index's URI)."""
+        if path is not None and path != self.uri:
+            raise ValueError(f"A MilvusIndex lives at its URI {self.uri!r}; it cannot be saved to {path!r}")
+        self.client.flush(self.collection_name)
 
     @classmethod
     def from_index(cls, embedding_index: Any, uri: str, **kwargs: Any) -> MilvusIndex:

@@ -1,4 +1,8 @@
-"""Quantised (int8, binary) and approximate (HNSW, IVF) candidate search over an index's rows, rescored in float32."""
+"""Quantised (int8, binary) and approximate (HNSW, IVF) candidate search over an index's rows, rescored in float32.
+
+This is the one approximate-search path of the package: an index's ``precision`` names it. It imports nothing from
+:mod:`mm_sbert.retrieval.embedding_index` (the index imports it), so the two never form an import circle.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,20 @@ FAISS_FILE = "vector_search.faiss"
 FILES = (CONFIG_FILE, INT8_CODES_FILE, INT8_RANGES_FILE, FAISS_FILE)
 
 
+def build_faiss_index(embeddings: np.ndarray, factory: str, train_size: int = 100_000, chunk_size: int = 65536) -> Any:
+    """A FAISS inner-product index over normalised rows, trained on a sample when the factory needs training."""
+    import faiss
+
+    ann = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not ann.is_trained:
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(len(embeddings), size=min(train_size, len(embeddings)), replace=False))
+        ann.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
+    for start in range(0, len(embeddings), chunk_size):
+        ann.add(np.ascontiguousarray(embeddings[start : start + chunk_size], dtype=np.float32))
+    return ann
+
+
 def default_factory(precision: str, count: int) -> str:
     """The FAISS factory string of ``precision="hnsw"`` / ``"ivf"`` for a collection of ``count`` rows."""
     if precision == "hnsw":
@@ -35,7 +53,7 @@ def default_search_parameters(precision: str, factory: str) -> str:
     probed: a few lists miss many neighbours of a query near list borders (recall@20 0.09 with 1 of 25 lists)."""
     if precision == "hnsw":
         return "efSearch=128"
-    if precision == "ivf":
+    if precision == "ivf" and factory.startswith("IVF"):
         nlist = int(factory.split(",")[0].removeprefix("IVF") or 1)
         return f"nprobe={max(min(nlist, 16), nlist // 8)}"
     return ""
@@ -118,8 +136,6 @@ class VectorSearch:
             for chunk in _chunks(embeddings):
                 self._faiss.add(_as_uint8(quantize_embeddings(chunk, "ubinary")))
         else:
-            from mm_sbert.retrieval.embedding_index import build_faiss_index
-
             self.factory = self.factory or default_factory(self.precision, len(embeddings))
             self._faiss = build_faiss_index(embeddings, self.factory)
         if self.search_parameters is None:
@@ -215,6 +231,17 @@ class VectorSearch:
             write = faiss.serialize_index_binary if self.precision == "binary" else faiss.serialize_index
             files[FAISS_FILE] = write(self._faiss).tobytes()
         return files
+
+    @classmethod
+    def from_faiss_file(cls, path: str, factory: str | None) -> VectorSearch:
+        """The search of an index folder written with the retired ``build_ann`` (a ``faiss.index`` file beside the
+        rows): served as the ``"hnsw"`` (HNSW factories) or ``"ivf"`` precision, with its own search parameters."""
+        import faiss
+
+        precision = "hnsw" if (factory or "").upper().startswith("HNSW") else "ivf"
+        search = cls(precision, factory=factory, search_parameters="")
+        search._faiss = faiss.read_index(path)
+        return search
 
     @classmethod
     def load(cls, paths: Mapping[str, str], mmap: bool = True) -> VectorSearch:

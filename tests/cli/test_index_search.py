@@ -78,7 +78,7 @@ def test_search_errors(capsys, tmp_path, index_dir):
     code, _, err = run_cli(capsys, "search", tmp_path, "x")
     assert code == 2 and "is not an index written by `mm-sbert index`" in err
     code, _, err = run_cli(capsys, "search", index_dir, "x", "--top-k", "0")
-    assert code == 2 and "--top-k and --rerank-k must be >= 1" in err
+    assert code == 2 and "argument --top-k/-k: must be >= 1, got 0" in err
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.25, 1.0])
@@ -176,16 +176,24 @@ def test_index_records_model_fingerprint_image_root_and_completion(index_dir):
     assert len(config["model_fingerprint"]["probe_embedding"]) == 32
 
 
-def test_search_with_another_model_is_refused_unless_forced(capsys, index_dir, tmp_path):
+def test_search_with_another_bi_encoder_is_refused_but_a_separate_cross_encoder_reranks(capsys, index_dir, tmp_path):
     from conftest import build_views
 
     other, _ = build_views("bert", seed=1)  # same 32-d size, other weights
     other.save(str(tmp_path / "other"))
     code, _, err = run_cli(capsys, "search", index_dir, "a red circle", "-m", tmp_path / "other")
     assert code == 2 and "This model is not the one that built the index" in err
-    code, out, err = run_cli(capsys, "search", index_dir, "a red circle", "-m", tmp_path / "other", "--force-model")
+    # The paper's separate setting: the index's bi-encoder retrieves, another model's head reranks (no --force-model).
+    code, out, err = run_cli(
+        capsys, "search", index_dir, "a red circle", "--cross-encoder", tmp_path / "other", "--json", "-k", "8",
+        "--rerank-k", "8",
+    )  # fmt: skip
     assert code == 0, err
-    assert out.startswith("Query: a red circle")
+    separate = [json.loads(line) for line in out.splitlines()]
+    joint = search_json(capsys, index_dir, "a red circle", "8", "8")
+    assert sorted(hit["image"] for hit in separate) == sorted(hit["image"] for hit in joint)
+    assert [hit["ce_score"] for hit in separate] != pytest.approx([hit["ce_score"] for hit in joint], abs=1e-3)
+    assert run_cli(capsys, "search", index_dir, "x", "--force-model")[0] == 2, "--force-model is gone"
 
 
 @pytest.mark.parametrize(
@@ -240,12 +248,12 @@ def test_image_root_relocates_the_collection_and_defaults_to_the_recorded_folder
 def test_html_refuses_to_overwrite_the_index_files(capsys, fresh_index, target):
     config = open(os.path.join(fresh_index, "mm_sbert_index.json")).read()
     code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--html", os.path.join(fresh_index, target))
-    assert code == 2 and ("would overwrite a file of the index" in err or "is a folder" in err)
+    assert code == 2 and "an input of the same command" in err
     assert open(os.path.join(fresh_index, "mm_sbert_index.json")).read() == config
     assert run_cli(capsys, "search", fresh_index, "a red circle")[0] == 0
 
 
-def test_interrupted_index_is_reported_by_search_and_replaced_by_a_rerun(capsys, tmp_path, monkeypatch):
+def test_interrupted_or_failed_rebuild_keeps_the_old_index_and_a_rerun_replaces_it(capsys, tmp_path, monkeypatch):
     from mm_sbert.retrieval import IndexWriter
 
     write = IndexWriter.write
@@ -253,16 +261,25 @@ def test_interrupted_index_is_reported_by_search_and_replaced_by_a_rerun(capsys,
     def interrupted(self, embeddings):
         raise KeyboardInterrupt  # Ctrl-C while the embeddings are written
 
+    def disk_full(self, embeddings):
+        raise OSError(28, "No space left on device")
+
     path = str(tmp_path / "idx")
     monkeypatch.setattr(IndexWriter, "write", interrupted)
     code, _, err = _index(capsys, path)
-    assert code == 130 and "is incomplete; run the same command" in err
-    code, _, err = run_cli(capsys, "search", path, "a red circle")
-    assert code == 2 and "was not completely written" in err
+    assert code == 130 and "was not changed; run the same command" in err
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock"], "nothing published, no temporary folder left"
     monkeypatch.setattr(IndexWriter, "write", write)
-    code, _, err = _index(capsys, path)
-    assert code == 0, err
-    assert run_cli(capsys, "search", path, "a red circle")[0] == 0
+    assert _index(capsys, path)[0] == 0
+    before = search_json(capsys, path)
+    for failure in (interrupted, disk_full):
+        monkeypatch.setattr(IndexWriter, "write", failure)
+        code, _, err = _index(capsys, path)
+        assert code in (1, 130)
+        assert search_json(capsys, path) == before, "the old index still opens and answers the same"
+        assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
+    monkeypatch.setattr(IndexWriter, "write", write)
+    assert _index(capsys, path)[0] == 0
 
 
 def test_index_rerun_over_the_leftovers_of_a_killed_run(capsys, tmp_path):
@@ -273,7 +290,7 @@ def test_index_rerun_over_the_leftovers_of_a_killed_run(capsys, tmp_path):
     (path / ".mm_sbert_index.json.tmp-89abcdef").write_text('{"mod')
     code, _, err = _index(capsys, path)
     assert code == 0, err
-    assert sorted(os.listdir(path)) == ["embeddings", "mm_sbert_index.json"]
+    assert sorted(os.listdir(path)) == [".mm_sbert_owner.json", "embeddings", "mm_sbert_index.json"]
 
 
 def test_index_with_a_corrupt_image_exits_2_naming_it(capsys, tmp_path):
@@ -291,8 +308,8 @@ def test_index_batch_size_below_one_exits_2(capsys, tmp_path):
     assert code == 2 and "argument --batch-size: must be >= 1, got 0" in err
 
 
-def search_json(capsys, folder: str, query: str = "a large blue star") -> list[dict]:
-    code, out, err = run_cli(capsys, "search", folder, query, "--json", "--top-k", "4", "--rerank-k", "6")
+def search_json(capsys, folder: str, query: str = "a large blue star", top_k="4", rerank_k="6") -> list[dict]:
+    code, out, err = run_cli(capsys, "search", folder, query, "--json", "--top-k", top_k, "--rerank-k", rerank_k)
     assert code == 0, err
     return [json.loads(line) for line in out.splitlines()]
 
@@ -347,7 +364,7 @@ def test_index_backend_option_errors(capsys, tmp_path):
     code, _, err = run_cli(capsys, *base, "--uri", tmp_path / "m.db")
     assert code == 2 and "--uri is for --backend milvus" in err
     code, _, err = run_cli(capsys, *base, "--backend", "milvus", "--precision", "int8")
-    assert code == 2 and "--precision and --ann choose the local index's search" in err
+    assert code == 2 and "--precision chooses the local index's search" in err
     code, _, err = run_cli(capsys, *base, "--precision", "int4")
     assert code == 2 and "invalid choice: 'int4'" in err
 
@@ -427,3 +444,61 @@ def test_search_reranks_in_bfloat16_with_a_copy_of_the_cross_encoder(capsys, ind
     assert sorted(hit["be_score"] for hit in fast) == sorted(hit["be_score"] for hit in eager)
     assert sorted(hit["ce_score"] for hit in fast) == pytest.approx(sorted(hit["ce_score"] for hit in eager), abs=0.05)
     assert sorted(hit["ce_score"] for hit in fast) != sorted(hit["ce_score"] for hit in eager)
+
+
+def test_an_index_built_from_a_feature_store_searches_and_reranks_from_the_store(capsys, tmp_path, monkeypatch):
+    store, folder, images = tmp_path / "store", str(tmp_path / "stored.index"), f"{scene_folder()}/images"
+    assert run_cli(capsys, "featurize", images, "--output", store, "--model", tiny_model_dir())[0] == 0
+    code, _, err = _index(capsys, folder, None, "--features", store)
+    assert code == 0, err
+    featurized = search_json(capsys, folder, "a red circle", "4", "8")
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    hits = search_json(capsys, folder, "a red circle", "4", "8")
+    assert opened == [], "the candidates' regions come from the store, no image is decoded"
+    assert [hit["image"] for hit in hits] == [hit["image"] for hit in featurized]
+    assert all(os.path.isfile(hit["image"]) and hit["ce_score"] is not None for hit in hits)
+
+
+def test_search_json_with_html_keeps_stdout_a_json_lines_stream(capsys, index_dir, tmp_path):
+    page = tmp_path / "page.html"
+    code, out, err = run_cli(capsys, "search", index_dir, "a red circle", "--json", "--html", page)
+    assert code == 0, err
+    assert [json.loads(line)["rank"] for line in out.splitlines()] == [1, 2, 3, 4, 5]
+    assert f"Wrote {page}" in err
+    assert "mm_sbert_output=search-page" in page.read_text()[:4096]
+    assert run_cli(capsys, "search", index_dir, "a blue star", "--html", page)[0] == 0, "a rerun replaces its page"
+    assert '<p class="query">a blue star</p>' in page.read_text()
+
+
+def test_search_html_never_overwrites_an_indexed_image_or_a_foreign_file(capsys, fresh_index, tmp_path):
+    config = json.loads(open(os.path.join(fresh_index, "mm_sbert_index.json")).read())
+    moved = tmp_path / "images"
+    shutil.copytree(config["image_root"], moved)
+    image = moved / "scene_00000.png"
+    before = image.read_bytes()
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--image-root", moved, "--html", image)
+    assert code == 2 and "an input of the same command" in err and image.read_bytes() == before
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    code, _, err = run_cli(capsys, "search", fresh_index, "a red circle", "--html", notes)
+    assert code == 2 and "a file mm_sbert did not write" in err and notes.read_text() == "<p>my notes</p>"
+
+
+def test_search_opens_an_index_folder_written_by_the_old_command_line(capsys, tmp_path):
+    fixture = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "cli_index_v2")
+    folder = tmp_path / "fixture"
+    shutil.copytree(fixture, folder)
+    model = os.path.join(os.path.dirname(fixture), "release_0_1_0_joint", "model")
+    code, out, err = run_cli(
+        capsys, "search", folder / "index", "a red circle", "--model", model, "--image-root", folder / "images",
+        "--json", "--top-k", "3", "--rerank-k", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    expected = [json.loads(line) for line in (folder / "expected_search.jsonl").read_text().splitlines()]
+    assert [os.path.basename(hit["image"]) for hit in hits] == [os.path.basename(hit["image"]) for hit in expected]
+    assert [hit["ce_score"] for hit in hits] == pytest.approx([hit["ce_score"] for hit in expected], abs=1e-5)

@@ -1,4 +1,4 @@
-"""The ONNX Runtime cross-encoder against eager PyTorch, the reference.
+"""The ONNX Runtime cross-encoder (``backend="onnx"``) against eager PyTorch, the reference.
 
 ``data/tiny_cross_encoder.onnx`` is the float32 export of ``build_views()``'s cross-encoder (tiny BERT, seed 0), so
 the ONNX Runtime path is tested where the ``onnx`` package (needed only to export) is not installed. Regenerate with:
@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mm_sbert.export import OnnxCrossEncoder, export_cross_encoder_onnx
-from mm_sbert.export.onnx_cross_encoder import query_candidate_features
+from mm_sbert.export import OnnxScorer, export_cross_encoder_onnx, with_onnx_scorer
+from mm_sbert.export.onnx_cross_encoder import query_candidate_features, score_candidates
 from mm_sbert.image_features import RegionFeatures
 from mm_sbert.retrieval import CooperativeRetriever, PairScoreCache, rerank
 from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits
@@ -45,13 +45,18 @@ def views():
     return build_views()
 
 
+def onnx_backend(cross_encoder, onnx_path: str):
+    """A copy of ``cross_encoder`` scoring pairs through ``onnx_path``, as ``backend="onnx"`` loads it."""
+    return with_onnx_scorer(cross_encoder, onnx_path)
+
+
 def eager_logits(cross_encoder, pairs) -> torch.Tensor:
     return cross_encoder_logits(cross_encoder, pairs)
 
 
 def test_float32_export_scores_equal_eager_pairs_and_batches(views):
     _, cross_encoder = views
-    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
+    fast = onnx_backend(cross_encoder, FIXTURE)
     pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
     expected = eager_logits(cross_encoder, pairs)
     torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=7), expected, atol=FP32_ATOL, rtol=0)
@@ -69,8 +74,8 @@ def test_float32_export_scores_equal_eager_pairs_and_batches(views):
 @pytest.mark.parametrize("query_is_caption", [True, False])
 def test_score_candidates_preprocesses_the_query_once_and_equals_the_pairs(views, query_is_caption):
     _, cross_encoder = views
-    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
-    module = cross_encoder[0]
+    fast = onnx_backend(cross_encoder, FIXTURE)
+    module = fast[0]
     calls = []
     original = module.preprocess
     module.preprocess = lambda inputs, *args, **kwargs: calls.append(list(inputs)) or original(inputs, *args, **kwargs)
@@ -79,7 +84,7 @@ def test_score_candidates_preprocesses_the_query_once_and_equals_the_pairs(views
             query, candidates, pairs = CAPTIONS[1], IMAGES, [(CAPTIONS[1], image) for image in IMAGES]
         else:
             query, candidates, pairs = IMAGES[2], CAPTIONS, [(caption, IMAGES[2]) for caption in CAPTIONS]
-        logits = fast.score_candidates(query, candidates)
+        logits = score_candidates(fast[0], query, candidates)
     finally:
         module.preprocess = original
     assert calls == [[query], list(candidates)]
@@ -92,16 +97,16 @@ def test_score_candidates_preprocesses_the_query_once_and_equals_the_pairs(views
 
 
 def test_score_candidates_refuses_one_modality(views):
-    fast = OnnxCrossEncoder(views[1], FIXTURE)
+    fast = onnx_backend(views[1], FIXTURE)
     with pytest.raises(ValueError, match="The query and its candidates are all texts"):
-        fast.score_candidates("a red square", ["a cat", "a dog"])
+        score_candidates(fast[0], "a red square", ["a cat", "a dog"])
 
 
 def test_cooperative_retriever_with_the_onnx_cross_encoder_reranks_like_eager(views):
     bi_encoder, cross_encoder = views
     eager = CooperativeRetriever(bi_encoder, cross_encoder, top_k=4, show_progress_bar=False)
     eager.index(IMAGES)
-    fast = CooperativeRetriever(bi_encoder, OnnxCrossEncoder(cross_encoder, FIXTURE), top_k=4)
+    fast = CooperativeRetriever(bi_encoder, onnx_backend(cross_encoder, FIXTURE), top_k=4)
     fast.use_index(eager.embedding_index, items=IMAGES)
     for expected_hits, hits in zip(eager.search(CAPTIONS), fast.search(CAPTIONS)):
         assert [hit.corpus_id for hit in hits] == [hit.corpus_id for hit in expected_hits]
@@ -111,17 +116,19 @@ def test_cooperative_retriever_with_the_onnx_cross_encoder_reranks_like_eager(vi
 def test_rerank_with_a_cache_scores_each_query_in_one_onnx_batch_like_eager(views, monkeypatch):
     # rerank() is the one rerank path: the ONNX per-query batching sits inside it, cache misses included.
     _, cross_encoder = views
-    fast = OnnxCrossEncoder(cross_encoder, FIXTURE)
+    fast = onnx_backend(cross_encoder, FIXTURE)
     rows = torch.tensor([[0, 1, 2], [3, 4, 5], [5, 0, 2]])
     query_ids = ["q0", "q1", "q2"]
     expected = rerank(cross_encoder, CAPTIONS, IMAGES, rows, query_ids=query_ids, cache=PairScoreCache())
     calls = []
-    score_candidates = OnnxCrossEncoder.score_candidates
+    features = query_candidate_features
+    from mm_sbert.export import onnx_cross_encoder
+
     monkeypatch.setattr(
-        OnnxCrossEncoder,
-        "score_candidates",
-        lambda self, query, candidates: (
-            calls.append((query, len(candidates))) or score_candidates(self, query, candidates)
+        onnx_cross_encoder,
+        "query_candidate_features",
+        lambda module, query, candidates: (
+            calls.append((query, len(candidates))) or features(module, query, candidates)
         ),
     )
     cache = PairScoreCache()
@@ -136,9 +143,23 @@ def test_rerank_with_a_cache_scores_each_query_in_one_onnx_batch_like_eager(view
 
 def test_missing_file_is_a_clear_error(views, tmp_path):
     with pytest.raises(FileNotFoundError, match="No ONNX model at .*; write one with export_cross_encoder_onnx"):
-        OnnxCrossEncoder(views[1], str(tmp_path / "none.onnx"))
-    with pytest.raises(ValueError, match="onnx_path is required"):
-        OnnxCrossEncoder(views[1])
+        OnnxScorer(str(tmp_path / "none.onnx"))
+
+
+def test_the_onnx_cross_encoder_wrapper_is_a_deprecated_alias_of_the_backend_switch(views):
+    import mm_sbert
+
+    with pytest.warns(DeprecationWarning, match="backend='onnx'"):
+        wrapper = mm_sbert.OnnxCrossEncoder
+    fast = wrapper(views[1], FIXTURE)
+    assert fast[0].onnx_scorer is not None and views[1][0].onnx_scorer is None, "the given model is not changed"
+    pairs = [(CAPTIONS[0], image) for image in IMAGES]
+    torch.testing.assert_close(
+        cross_encoder_logits(fast, pairs), eager_logits(views[1], pairs), atol=FP32_ATOL, rtol=0
+    )
+    assert "OnnxCrossEncoder" not in mm_sbert.__all__
+    with pytest.raises(AttributeError, match="backend='onnx'"):
+        mm_sbert.export.OnnxCrossEncoder  # noqa: B018
 
 
 def test_export_then_load_from_the_model_folder_with_int8(views, tmp_path):
@@ -149,9 +170,11 @@ def test_export_then_load_from_the_model_folder_with_int8(views, tmp_path):
     assert written == [str(tmp_path / "model" / "onnx" / name) for name in ("model.onnx", "model_qint8.onnx")]
     pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
     expected = eager_logits(cross_encoder, pairs)
-    fast = OnnxCrossEncoder(str(tmp_path / "model"))  # default: <folder>/onnx/model.onnx
+    from mm_sbert import MMCrossEncoder
+
+    fast = MMCrossEncoder(str(tmp_path / "model"), backend="onnx")  # default: <folder>/onnx/model.onnx
     torch.testing.assert_close(cross_encoder_logits(fast, pairs), expected, atol=FP32_ATOL, rtol=0)
-    int8 = OnnxCrossEncoder(cross_encoder, written[1])
+    int8 = onnx_backend(cross_encoder, written[1])
     # The tiny random model's logits are ~1e-2 apart, below int8 resolution; only closeness is stated here
     # (ranking agreement on real-size models: benchmarks/results/retrieval_latency.md).
     torch.testing.assert_close(cross_encoder_logits(int8, pairs), expected, atol=0.05, rtol=0)
@@ -187,7 +210,7 @@ def test_a_similarity_started_cross_encoder_exports_with_its_learned_bias(tmp_pa
     (path,) = export_cross_encoder_onnx(cross_encoder, str(tmp_path))
     pairs = [(caption, image) for caption in CAPTIONS for image in IMAGES]
     expected = eager_logits(cross_encoder, pairs)
-    fast = OnnxCrossEncoder(cross_encoder, path)
+    fast = onnx_backend(cross_encoder, path)
     torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=5), expected, atol=FP32_ATOL, rtol=0)
 
 

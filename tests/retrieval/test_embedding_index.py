@@ -83,18 +83,42 @@ def test_float16_index_keeps_the_ranking_of_well_separated_scores():
     torch.testing.assert_close(half_scores, exact_scores, atol=2e-3, rtol=0)
 
 
-def test_faiss_flat_index_matches_exact_search_and_is_persisted(tmp_path):
+def test_build_ann_is_a_deprecated_alias_of_the_precision_search(tmp_path):
     corpus, queries = random_embeddings(300), random_embeddings(4, seed=3)
     index = EmbeddingIndex(corpus)
     exact_scores, exact_rows = index.search(queries, top_k=5)
-    index.build_ann("Flat")
+    with pytest.warns(DeprecationWarning, match="precision='hnsw' or 'ivf'"):
+        index.build_ann("Flat")
+    assert index.precision == "ivf" and index.vector_search.factory == "Flat"
     ann_scores, ann_rows = index.search(queries, top_k=5)
     assert ann_rows.tolist() == exact_rows.tolist()
     torch.testing.assert_close(ann_scores, exact_scores, atol=1e-5, rtol=0)
     index.save(str(tmp_path / "index"))
     reopened = EmbeddingIndex.open(str(tmp_path / "index"))
-    assert reopened.ann_factory == "Flat"
+    assert reopened.precision == "ivf"
     assert reopened.search(queries, top_k=5)[1].tolist() == exact_rows.tolist()
+    assert not hasattr(EmbeddingIndex, "_ann_search")
+
+
+def test_a_folder_written_by_the_retired_build_ann_is_served_by_the_precision_search(tmp_path):
+    import faiss
+
+    from mm_sbert.storage import file_record
+
+    corpus, queries = random_embeddings(200), random_embeddings(3, seed=5)
+    path = tmp_path / "old"
+    EmbeddingIndex(corpus).save(str(path))
+    ann = faiss.index_factory(corpus.shape[1], "HNSW8", faiss.METRIC_INNER_PRODUCT)
+    ann.add(np.ascontiguousarray(EmbeddingIndex(corpus).embeddings))
+    faiss.write_index(ann, str(path / "faiss.index"))  # what build_ann + save wrote
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["ann_factory"] = "HNSW8"
+    manifest["files"]["faiss.index"] = file_record(path / "faiss.index")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    reopened = EmbeddingIndex.open(str(path))
+    assert reopened.precision == "hnsw" and reopened.vector_search.factory == "HNSW8"
+    exact = EmbeddingIndex(corpus).search(queries, top_k=5)[1]
+    assert reopened.search(queries, top_k=5)[1].tolist() == exact.tolist()
 
 
 def test_save_open_round_trip_is_bit_exact_and_memory_mapped(tmp_path):
@@ -116,7 +140,7 @@ def test_save_replaces_an_existing_index(tmp_path):
     EmbeddingIndex(random_embeddings(10)).save(path)
     EmbeddingIndex(random_embeddings(20)).save(path)
     assert len(EmbeddingIndex.open(path)) == 20
-    assert os.listdir(tmp_path) == ["index"]  # no temporary folder left behind
+    assert sorted(os.listdir(tmp_path)) == [".index.lock", "index"]  # the write lock, no temporary folder
 
 
 @pytest.fixture
@@ -181,7 +205,7 @@ def test_incomplete_writer_does_not_publish_an_index(tmp_path):
         with IndexWriter(path, count=10, dim=16) as writer:
             writer.write(random_embeddings(5))
     assert not os.path.exists(path)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [".index.lock"]  # the write lock (kept, and free), no temporary folder
 
 
 # The index module needs only numpy and torch: loading it alone keeps each fresh process to a few seconds
@@ -403,5 +427,7 @@ def test_remove_leftovers_deletes_only_the_dead_writers_folders(tmp_path):
     EmbeddingIndex(random_embeddings(4)).save(path)
     os.makedirs(tmp_path / ".index.tmp-deadbeef")
     os.makedirs(tmp_path / ".other.tmp-deadbeef")
+    live = f".index.tmp-{os.getppid()}-0123abcd"  # a writer that is still running (pytest's parent process)
+    os.makedirs(tmp_path / live)
     assert IndexWriter.remove_leftovers(path) == [str(tmp_path / ".index.tmp-deadbeef")]
-    assert sorted(os.listdir(tmp_path)) == [".other.tmp-deadbeef", "index"]
+    assert sorted(os.listdir(tmp_path)) == [".index.lock", live, ".other.tmp-deadbeef", "index"]
