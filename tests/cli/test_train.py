@@ -26,7 +26,7 @@ def test_train_each_regime_changes_the_weights_and_saves_both_views(capsys, tmp_
 
 def test_train_rejects_bad_arguments(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "be", "--synthetic", "8", "--steps", "0", "--output-dir", tmp_path)
-    assert code == 2 and "--steps must be >= 1" in err
+    assert code == 2 and "argument --steps: must be >= 1, got 0" in err
     code, _, err = run_cli(capsys, "train", "be", "--data", tmp_path / "none.csv", "--output-dir", tmp_path)
     assert code == 2 and "Caption file" in err and "does not exist" in err
 
@@ -47,7 +47,7 @@ def test_train_ce_with_the_listwise_loss_and_a_matching_head(capsys, tmp_path):
     code, _, err = run_cli(capsys, *argv, "--head-input", "mean", "--similarity-start", "--output-dir", output)
     assert code == 2 and "leave out --head-input" in err
     code, _, err = run_cli(capsys, *argv, "--ce-negatives", "0", "--output-dir", output)
-    assert code == 2 and "--ce-negatives must be >= 1" in err
+    assert code == 2 and "argument --ce-negatives: must be >= 1, got 0" in err
 
 
 def test_new_model_gets_the_requested_head_input(tmp_path):
