@@ -471,6 +471,28 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 RECALL_COLUMNS = [f"{d}_r@{m}" for d in DIRECTIONS for m in RECALLS]
 
 
+def mark_degenerate(score_rows: list[dict[str, Any]], table1: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``score_rows`` with a ``note`` on each ``combination`` row whose recalls all lie within 0.1 point of the
+    retriever's own (the table-1 row ``X+BE`` for ``X+Coop``, else ``BE``): there the cross-encoder's probabilities
+    were saturated (logits far from 0, sigmoid ~1 for every candidate), so the combination ranked like the
+    bi-encoder and says nothing about the reranker."""
+    marked = []
+    for score_row in score_rows:
+        note = ""
+        if score_row.get("score") == "combination":
+            label = str(score_row["mode"]).replace("Coop", "BE")
+            modes = {r["mode"]: r for r in table1}
+            retriever = modes.get(label, modes.get("BE"))
+            if retriever is not None:
+                gaps = [abs(score_row[column] - retriever[column]) for column in RECALL_COLUMNS]
+                if max(gaps) < 0.05:
+                    note = f"degenerate: = {retriever['mode']}"
+                elif max(gaps) <= 0.1 + 1e-9:
+                    note = f"degenerate: {retriever['mode']} +-0.1"
+        marked.append({**score_row, "note": note})
+    return marked
+
+
 def render_tables(result: dict[str, Any]) -> str:
     sizes = ", ".join(f"{k} = {v}" for k, v in result["sizes"].items())
     training = "\n".join(f"- {name}: `{json.dumps(summary)}`" for name, summary in result["training"].items())
@@ -489,8 +511,15 @@ def render_tables(result: dict[str, Any]) -> str:
         "\n### Table 8 analogue: Coop top-k (full protocol)\n\n",
         markdown_table(tables["table8"], columns),
         "\n### Score combination (Coop k = 20, full protocol): `lam * cos_BE + (1 - lam) * sigmoid(CE)`, and with "
-        "both scores min-max normalised per query\n\n",
-        markdown_table(tables.get("score", []), ["mode", "score", "lam", *columns[1:]]),
+        "both scores min-max normalised per query\n\n"
+        "A `combination` row marked degenerate ranks like the bi-encoder (every recall within 0.1 point of its row "
+        "in table 1): the cross-encoder's logits sit far from 0 (10-12 for a similarity-started head; a listwise "
+        "loss does not pin the offset), so sigmoid(CE) is ~1 for every candidate and only cos_BE orders them. Those "
+        "rows measure nothing about the reranker; `ce` (the logit) and `combination_normalized` do.\n\n",
+        markdown_table(
+            mark_degenerate(tables.get("score", []), tables["table1"]),
+            ["mode", "score", "lam", *columns[1:], "note"],
+        ),
     ]
     return "".join(out)
 
