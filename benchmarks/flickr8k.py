@@ -108,15 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_split(folder: Path) -> list[dict[str, Any]]:
-    """Rows of a ``captions.jsonl`` (one image a line) with the image's store id (its file name, no extension)."""
-    rows = []
-    with open(folder / "captions.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                entry = json.loads(line)
-                entry["id"] = Path(entry["image"]).stem
-                rows.append(entry)
-    return rows
+    """One row per image of a ``captions.jsonl`` (read by the library's one caption reader, as ``mm-sbert train``
+    and ``evaluate`` read it): the image path, its store id (file name, no extension) and its English captions."""
+    from mm_sbert.data import ImageCaptionCorpus
+
+    # The images are read from the feature store: their files need not be there.
+    corpus = ImageCaptionCorpus.from_file(folder / "captions.jsonl", check_images=False)
+    captions: dict[int, list[str]] = {image_id: [] for image_id in corpus.image_ids}
+    for caption, image_id in zip(corpus.captions, corpus.caption_image_ids):
+        captions[image_id].append(caption)
+    return [
+        {"image": image, "id": Path(image).stem, "en": captions[image_id]}
+        for image, image_id in zip(corpus.images, corpus.image_ids)
+    ]
 
 
 def protocol(rows: list[dict[str, Any]], store: Any) -> tuple[list[Any], list[str], list[int]]:

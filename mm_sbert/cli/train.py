@@ -234,6 +234,7 @@ def new_featurizer(name: str | None, grid_size: int | None, store=None):
 
 def build_model(
     name: str,
+    saved: bool | None = None,
     grid_size: int | None = None,
     head_input: str = "first_token",
     fusion_layer: int = 0,
@@ -242,27 +243,30 @@ def build_model(
     layers: int | None = None,
     device: str = "cpu",
 ):
-    """A saved mm_sbert folder as is, or a new joint model on a text checkpoint (default featurizer: color grid),
-    through the library's one builder (:func:`~mm_sbert.training.load_or_new_model`)."""
-    from mm_sbert.training import load_or_new_model
+    """``name`` loaded as it is when it is a saved mm_sbert folder (``saved``; ``None``: find out), else a new joint
+    model on that text checkpoint (default featurizer: color grid) through the library's one builder,
+    :func:`~mm_sbert.training.new_model`."""
+    from mm_sbert.models import MMSentenceTransformer
+    from mm_sbert.training import is_saved_model, new_model
 
     if name != DEFAULT_BACKBONE and not os.path.isdir(name):
         raise CLIError(f"--model '{name}' is neither a folder nor the offline backbone {DEFAULT_BACKBONE!r}")
-    if featurizer is None:
-        featurizer = new_featurizer("color-grid", grid_size)
+    if saved is None:
+        saved = os.path.isdir(name) and is_saved_model(name)
     try:
-        model, _ = load_or_new_model(
+        if saved:
+            return MMSentenceTransformer(name, device=device)
+        return new_model(
             name,
-            device=device,
-            featurizer=featurizer,
+            featurizer or new_featurizer("color-grid", grid_size),
             layers=layers,
+            device=device,
             head_input=head_input,
             fusion_layer=fusion_layer,
             use_img_layernorm=img_layernorm,
         )
     except (ValueError, ImportError) as error:
         raise CLIError(f"--model {name}: {error}") from error
-    return model
 
 
 def training_dataset(args: argparse.Namespace, scratch: str, store):
@@ -364,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
             featurizer = new_featurizer(args.featurizer, args.grid_size, store)
         model = build_model(
             args.model,
+            saved=saved,
             grid_size=args.grid_size,
             head_input=args.head_input or "first_token",
             fusion_layer=args.fusion_layer,
