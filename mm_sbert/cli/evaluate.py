@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     modes = parse_modes(args.modes)
-    existing_path(args.model, "--model", "dir")
+    existing_path(args.model, "Model folder", "dir")
     if args.cross_encoder is not None:
-        existing_path(args.cross_encoder, "--cross-encoder", "dir")
+        existing_path(args.cross_encoder, "Cross-encoder folder", "dir")
     store = open_store(args.features)
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
