@@ -95,8 +95,11 @@ def finite_float(text: str) -> float:
 
 def unit_interval(text: str) -> float:
     """argparse type: a number in [0, 1] (argparse then exits 2 with the option's name)."""
-    value = _number(text, float, "a number in [0, 1]")
-    if not 0.0 <= value <= 1.0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
