@@ -108,15 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_split(folder: Path) -> list[dict[str, Any]]:
-    """Rows of a ``captions.jsonl`` (one image a line) with the image's store id (its file name, no extension)."""
-    rows = []
-    with open(folder / "captions.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                entry = json.loads(line)
-                entry["id"] = Path(entry["image"]).stem
-                rows.append(entry)
-    return rows
+    """One row per image of a ``captions.jsonl`` (read by the library's one caption reader, as ``mm-sbert train``
+    and ``evaluate`` read it): the image path, its store id (file name, no extension) and its English captions."""
+    from mm_sbert.data import ImageCaptionCorpus
+
+    # The images are read from the feature store: their files need not be there.
+    corpus = ImageCaptionCorpus.from_file(folder / "captions.jsonl", check_images=False)
+    captions: dict[int, list[str]] = {image_id: [] for image_id in corpus.image_ids}
+    for caption, image_id in zip(corpus.captions, corpus.caption_image_ids):
+        captions[image_id].append(caption)
+    return [
+        {"image": image, "id": Path(image).stem, "en": captions[image_id]}
+        for image, image_id in zip(corpus.images, corpus.image_ids)
+    ]
 
 
 def protocol(rows: list[dict[str, Any]], store: Any) -> tuple[list[Any], list[str], list[int]]:
@@ -471,6 +475,28 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 RECALL_COLUMNS = [f"{d}_r@{m}" for d in DIRECTIONS for m in RECALLS]
 
 
+def mark_degenerate(score_rows: list[dict[str, Any]], table1: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``score_rows`` with a ``note`` on each ``combination`` row whose recalls all lie within 0.1 point of the
+    retriever's own (the table-1 row ``X+BE`` for ``X+Coop``, else ``BE``): there the cross-encoder's probabilities
+    were saturated (logits far from 0, sigmoid ~1 for every candidate), so the combination ranked like the
+    bi-encoder and says nothing about the reranker."""
+    marked = []
+    for score_row in score_rows:
+        note = ""
+        if score_row.get("score") == "combination":
+            label = str(score_row["mode"]).replace("Coop", "BE")
+            modes = {r["mode"]: r for r in table1}
+            retriever = modes.get(label, modes.get("BE"))
+            if retriever is not None:
+                gaps = [abs(score_row[column] - retriever[column]) for column in RECALL_COLUMNS]
+                if max(gaps) < 0.05:
+                    note = f"degenerate: = {retriever['mode']}"
+                elif max(gaps) <= 0.1 + 1e-9:
+                    note = f"degenerate: {retriever['mode']} +-0.1"
+        marked.append({**score_row, "note": note})
+    return marked
+
+
 def render_tables(result: dict[str, Any]) -> str:
     sizes = ", ".join(f"{k} = {v}" for k, v in result["sizes"].items())
     training = "\n".join(f"- {name}: `{json.dumps(summary)}`" for name, summary in result["training"].items())
@@ -489,8 +515,15 @@ def render_tables(result: dict[str, Any]) -> str:
         "\n### Table 8 analogue: Coop top-k (full protocol)\n\n",
         markdown_table(tables["table8"], columns),
         "\n### Score combination (Coop k = 20, full protocol): `lam * cos_BE + (1 - lam) * sigmoid(CE)`, and with "
-        "both scores min-max normalised per query\n\n",
-        markdown_table(tables.get("score", []), ["mode", "score", "lam", *columns[1:]]),
+        "both scores min-max normalised per query\n\n"
+        "A `combination` row marked degenerate ranks like the bi-encoder (every recall within 0.1 point of its row "
+        "in table 1): the cross-encoder's logits sit far from 0 (10-12 for a similarity-started head; a listwise "
+        "loss does not pin the offset), so sigmoid(CE) is ~1 for every candidate and only cos_BE orders them. Those "
+        "rows measure nothing about the reranker; `ce` (the logit) and `combination_normalized` do.\n\n",
+        markdown_table(
+            mark_degenerate(tables.get("score", []), tables["table1"]),
+            ["mode", "score", "lam", *columns[1:], "note"],
+        ),
     ]
     return "".join(out)
 

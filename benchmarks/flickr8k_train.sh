@@ -34,19 +34,17 @@ case "$what" in
   store)  # MobileNetV2's 7x7 map pooled to 3x3 + the whole image: 10 regions per photo
     mm-sbert featurize "$DATA/train/images" "$DATA/dev/images" --output "$STORE" --featurizer mobilenet-grid \
       --grid-size 3 --batch-size 64 "$@" ;;
-  be)     # bi-encoder from all-MiniLM-L6-v2: in-batch InfoNCE, both directions
-    mm-sbert train be "${common[@]}" --output-dir "$RUNS/be" --be-loss infonce --img-layernorm \
-      --head-input text_image_match --fusion-layer 3 \
-      --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-800}" --batch-size "${BATCH:-128}" "$@" ;;
-  ce)     # cross-encoder initialised from the trained bi-encoder ("align before fuse"), negatives mined by it;
-          # a list = the positive + 3 hard negatives, so 32 lists cost about what 128 bi-encoder pairs do
-    mm-sbert train ce "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/ce" --ce-loss listwise \
-      --hard-negatives --lr 5e-5 --new-lr 1e-3 --steps "${STEPS:-400}" --batch-size "${BATCH:-32}" \
-      "${similarity[@]}" "$@" ;;
+  # The settings of each regime are the named recipe `flickr8k` (mm_sbert/training/published_recipes.py), the one
+  # docs/training.md quotes; STEPS / BATCH override its steps / batch size.
+  be)     # bi-encoder from all-MiniLM-L6-v2: in-batch InfoNCE both ways, text-image-match head, fusion from layer 3
+    mm-sbert train be --recipe flickr8k "${common[@]}" --output-dir "$RUNS/be" ${STEPS:+--steps "$STEPS"} \
+      ${BATCH:+--batch-size "$BATCH"} "$@" ;;
+  ce)     # cross-encoder initialised from the trained bi-encoder ("align before fuse"), listwise on mined negatives
+    mm-sbert train ce --recipe flickr8k "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/ce" \
+      ${STEPS:+--steps "$STEPS"} ${BATCH:+--batch-size "$BATCH"} "${similarity[@]}" "$@" ;;
   joint)  # joint model initialised from the trained bi-encoder: both objectives alternating on shared weights
-    mm-sbert train joint "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" --be-loss infonce \
-      --ce-loss listwise --hard-negatives --lr 3e-5 --new-lr 1e-3 --steps "${STEPS:-600}" --batch-size "${BATCH:-32}" \
-      "${similarity[@]}" "$@" ;;
+    mm-sbert train joint --recipe flickr8k "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" \
+      ${STEPS:+--steps "$STEPS"} ${BATCH:+--batch-size "$BATCH"} "${similarity[@]}" "$@" ;;
   *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim|be_part1|ce_crossfit|joint_crossfit} [arguments]" >&2
      exit 2 ;;
 esac

@@ -66,3 +66,8 @@ class ModelMismatchError(MMSbertError, ValueError):
 # same type whether an index or a feature store holds it.
 IndexCorruptedError = StorageError
 FeatureStoreError = StorageError
+
+
+class IncompatibleModelError(MMSbertError, ValueError):
+    """A model cannot do what it is asked: a view no training objective has trained (e.g. the score head of a
+    bi-encoder), or a reranker whose own featurizer cannot read the images or feature store it is given."""

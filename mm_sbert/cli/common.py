@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 # Re-exported: the one list of image suffixes lives with the image loading.
 from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS  # noqa: F401
@@ -44,15 +43,54 @@ def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
         raise CLIError(str(exc), EXIT_USAGE) from exc
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse then exits 2 with the option's name)."""
+def _number(text: str, kind: type, expected: str) -> int | float:
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``; a bad value exits 2 with the option's name (docs/cli.md)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int, f"an integer >= {minimum}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+# The argument types of every subcommand: a number is checked where it is parsed, so a bad one exits 2 naming the
+# option instead of failing later (or not at all) with exit 1.
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate, a scale)."""
+    value = _number(text, float, "a number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a margin)."""
+    value = _number(text, float, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number (a bias)."""
+    return _number(text, float, "a finite number")
 
 
 def unit_interval(text: str) -> float:
@@ -64,6 +102,26 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def torch_device(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and available in this torch build (``--device cuda``
+    on a CPU-only build exits 2 here, not with a traceback after the data and model have loaded)."""
+    name, _, index = text.partition(":")
+    if name not in ("cpu", "cuda", "mps") or (index and (not index.isdigit() or name != "cuda")):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    if name == "cpu":
+        return text
+    import torch
+
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: this torch build sees no CUDA device (use cpu)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this torch build has no MPS device (use cpu)")
+    return text
 
 
 def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:
@@ -142,43 +200,34 @@ def list_images(paths: list[str]) -> list[Path]:
     return unique
 
 
-def read_caption_file(path: str) -> tuple[list[str], list[str], list[int]]:
-    """Read ``caption`` / ``image`` pairs from a CSV, TSV or JSON-lines file.
+def add_data_arguments(parser: argparse.ArgumentParser, synthetic_help: str) -> None:
+    """``--data`` (or ``--synthetic N``) and ``--caption-key``: the caption data of every command that reads it, in
+    the formats of :meth:`~mm_sbert.data.ImageCaptionCorpus.from_file`."""
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--data",
+        help="caption file: CSV / TSV / JSON lines with columns caption, image (one caption a row; paths relative to "
+        "the file), JSON lines with one image a line and a caption list under --caption-key (the Flickr8k / "
+        "Multi30k layout), a COCO or Karpathy JSON, or a folder holding captions.jsonl",
+    )
+    data.add_argument("--synthetic", type=int_at_least(2), metavar="N", help=synthetic_help)
+    parser.add_argument(
+        "--caption-key",
+        default="en",
+        help="with one-image-a-line JSON lines: the key of the caption list (default: en)",
+    )
 
-    Image paths are taken relative to the file's folder. Returns the distinct images (in first-seen order), the
-    captions, and for each caption the position of its image.
-    """
-    file = existing_path(path, "Caption file", "file")
-    rows: list[dict[str, Any]]
-    with open(file, encoding="utf-8", newline="") as f:
-        if file.suffix.lower() in (".jsonl", ".json"):
-            try:
-                rows = [json.loads(line) for line in f if line.strip()]
-            except json.JSONDecodeError as exc:
-                raise CLIError(f"'{path}' is not valid JSON lines: {exc}") from exc
-        else:
-            rows = list(csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","))
-    if not rows:
-        raise CLIError(f"'{path}' holds no rows; expected columns 'caption' and 'image'")
-    missing = {"caption", "image"} - set(rows[0])
-    if missing:
-        raise CLIError(f"'{path}' lacks the column(s) {sorted(missing)}; found {sorted(rows[0])}")
-    images: list[str] = []
-    position: dict[str, int] = {}
-    captions, caption_image_ids = [], []
-    for row in rows:
-        image = str(row["image"])
-        if not os.path.isabs(image):
-            image = str(file.parent / image)
-        if image not in position:
-            position[image] = len(images)
-            images.append(image)
-        captions.append(str(row["caption"]))
-        caption_image_ids.append(position[image])
-    absent = [image for image in images if not os.path.isfile(image)]
-    if absent:
-        raise CLIError(f"{len(absent)} image(s) listed in '{path}' do not exist, e.g. '{absent[0]}'")
-    return images, captions, caption_image_ids
+
+def read_caption_file(path: str, caption_key: str = "en"):
+    """The :class:`~mm_sbert.data.ImageCaptionCorpus` of a caption file, every image checked to exist; a CLIError
+    (exit 2) naming the file, line and field otherwise. Cheap: call it before loading any model."""
+    from mm_sbert.data import ImageCaptionCorpus
+
+    file = existing_path(path, "Caption file")
+    try:
+        return ImageCaptionCorpus.from_file(file, caption_key=caption_key)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--data {path}: {error}") from error
 
 
 def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, seed: int) -> str:
@@ -196,15 +245,13 @@ def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, s
     return csv_path
 
 
-def read_caption_data(
-    data: str | None, synthetic: int | None, scratch: str, captions_per_image: int, seed: int
-) -> tuple[list[str], list[str], list[int]]:
-    """The ``--data`` caption file, or a ``--synthetic N`` set written into ``scratch`` first."""
-    if synthetic is not None:
-        if synthetic < 2:
-            raise CLIError(f"--synthetic needs at least 2 images, got {synthetic}")
-        data = write_synthetic_set(scratch, synthetic, captions_per_image=captions_per_image, seed=seed)
-    return read_caption_file(data)
+def read_caption_data(args: argparse.Namespace, scratch: str, captions_per_image: int):
+    """The :class:`~mm_sbert.data.ImageCaptionCorpus` of ``--data``, or of a ``--synthetic N`` set written into
+    ``scratch`` first (seeded by ``args.seed``)."""
+    data = args.data
+    if args.synthetic is not None:
+        data = write_synthetic_set(scratch, args.synthetic, captions_per_image=captions_per_image, seed=args.seed)
+    return read_caption_file(data, getattr(args, "caption_key", "en"))
 
 
 def set_threads(threads: int | None) -> None:

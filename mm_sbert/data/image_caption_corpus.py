@@ -239,6 +239,100 @@ class ImageCaptionCorpus:
 
     @classmethod
     @_names_the_file
+    def from_file(
+        cls, path: str | os.PathLike, caption_key: str = "en", check_images: bool = True
+    ) -> ImageCaptionCorpus:
+        """Read any caption file the package documents, told apart by its suffix and content; the one reader every
+        command (``train``, ``evaluate``, ...) and example uses, so a file one of them reads, all of them read.
+
+        - ``.csv`` / ``.tsv``: one caption a row, columns ``caption`` and ``image``;
+        - ``.jsonl``: one caption a line (``{"caption": "...", "image": "..."}``) or one image a line with a list of
+          captions under ``caption_key`` (``{"image": "...", "en": ["...", ...]}``, the Flickr8k / Multi30k layout);
+        - ``.json``: a COCO captions file or a Karpathy split file (its ``"train"`` split);
+        - a folder: its ``captions.jsonl``.
+
+        Relative image paths are relative to the file's folder. Every value is checked (a caption must be a string,
+        a caption list a list of strings: a string where a list belongs is refused, not read one caption per
+        character), and with ``check_images`` every image file must exist, so bad data fails before any model loads.
+
+        Raises:
+            FileNotFoundError: no such file, or (``check_images``) an image it lists is missing.
+            ValueError: the file is not in one of the layouts, or a value has the wrong type; the message names the
+                file, the line or row, and the field.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "captions.jsonl")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No caption file at {path}")
+        suffix = Path(path).suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            corpus = cls._from_caption_rows(path, _read_csv_rows(path, delimiter="\t" if suffix == ".tsv" else ","))
+        elif suffix == ".jsonl":
+            rows = _read_jsonl_rows(path)
+            if "caption" in rows[0][1]:
+                corpus = cls._from_caption_rows(path, rows)
+            else:
+                corpus = cls.from_flickr8k_jsonl(path, language=caption_key)
+        elif suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                try:
+                    head = json.load(f)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path} is not valid JSON: {error}") from None
+            try:
+                if isinstance(head, dict) and "annotations" in head:
+                    corpus = cls.from_coco_json(path)
+                else:
+                    corpus = cls.from_karpathy_json(path)
+            except (KeyError, TypeError, AttributeError) as error:
+                # A field of the wrong type or missing deep inside the layout.
+                raise ValueError(
+                    f"{path}: not a valid COCO / Karpathy caption file ({type(error).__name__}: {error})"
+                ) from None
+        else:
+            raise ValueError(
+                f"{path}: unknown caption file type {suffix!r}; expected .csv, .tsv, .jsonl, .json or a folder with "
+                "captions.jsonl"
+            )
+        if check_images:
+            absent = [image for image in corpus.images if isinstance(image, str) and not os.path.isfile(image)]
+            if absent:
+                raise FileNotFoundError(
+                    f"{len(absent)} image(s) listed in {path} do not exist, e.g. {absent[0]!r} (relative paths are "
+                    "relative to the caption file's folder)"
+                )
+        return corpus
+
+    @classmethod
+    def _from_caption_rows(cls, path: str, rows: list[tuple[str, dict[str, Any]]]) -> ImageCaptionCorpus:
+        """One caption a row (``caption``, ``image``), grouped by image in first-seen order; ids are positions."""
+        missing = {"caption", "image"} - set(rows[0][1])
+        if missing:
+            raise ValueError(
+                f"{path} lacks the column(s) {sorted(missing)}; found {sorted(rows[0][1])} (expected caption and "
+                "image, or JSON lines with one image a line and a caption list)"
+            )
+        root = os.path.dirname(os.path.abspath(path))
+        images: list[str] = []
+        position: dict[str, int] = {}
+        captions, caption_image_ids = [], []
+        for where, row in rows:
+            caption, image = row.get("caption"), row.get("image")
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"{path}:{where}: 'caption' must be a non-empty string, got {caption!r}")
+            if not isinstance(image, str) or not image.strip():
+                raise ValueError(f"{path}:{where}: 'image' must be a non-empty path string, got {image!r}")
+            image = image if os.path.isabs(image) else os.path.join(root, image)
+            if image not in position:
+                position[image] = len(images)
+                images.append(image)
+            captions.append(caption.strip())
+            caption_image_ids.append(position[image])
+        return cls(images, list(range(len(images))), captions, caption_image_ids)
+
+    @classmethod
+    @_names_the_file
     def from_flickr8k_jsonl(cls, path: str, language: str = "en", max_images: int | None = None) -> ImageCaptionCorpus:
         """Read the ``captions.jsonl`` layout (one image a line: ``{"image": "images/x.jpg", "en": [...], ...}``).
 
@@ -258,10 +352,16 @@ class ImageCaptionCorpus:
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                entry = json.loads(line)
-                if "image" not in entry:
-                    raise ValueError(f"{path}:{line_number} has no 'image' key; keys: {sorted(entry)}")
+                entry = _json_line(path, line_number, line)
+                if not isinstance(entry.get("image"), str):
+                    raise ValueError(f"{path}:{line_number}: 'image' must be a path string; keys: {sorted(entry)}")
                 texts = entry.get(language) or []
+                # A string is a list of characters to Python: one caption per character, and training "succeeds".
+                if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+                    raise ValueError(
+                        f"{path}:{line_number}: {language!r} must be a list of caption strings, got "
+                        f"{type(texts).__name__} {texts!r:.60}"
+                    )
                 if not texts:
                     continue
                 image_id = len(images)
@@ -310,6 +410,41 @@ class ImageCaptionCorpus:
             captions.extend(entry)
             caption_image_ids.extend([key_to_id[key]] * len(entry))
         return cls(images, image_ids, captions, caption_image_ids)
+
+
+def _json_line(path: str, line_number: int, line: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}:{line_number} must hold a JSON object, got {type(entry).__name__}")
+    return entry
+
+
+def _read_jsonl_rows(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(line number, object)`` of every non-empty line; at least one."""
+    with open(path, encoding="utf-8") as f:
+        rows = [(str(number), _json_line(path, number, line)) for number, line in enumerate(f, 1) if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    return rows
+
+
+def _read_csv_rows(path: str, delimiter: str) -> list[tuple[str, dict[str, Any]]]:
+    """``("row N", row)`` of a CSV / TSV file with a header; at least one row."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        try:
+            rows = [(f"row {number}", row) for number, row in enumerate(csv.DictReader(f, delimiter=delimiter), 2)]
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file: {error}"
+            ) from None
+    if not rows:
+        raise ValueError(f"{path} holds no rows; expected a header with the columns caption and image")
+    return rows
 
 
 def _read_json(path: str, required: tuple[str, ...], layout: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.cooperative_retriever import Reranked, cross_encoder_logits, rerank
 from mm_sbert.retrieval.embedding_index import exact_search
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
-from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode
+from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, saturated_share
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,16 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         caption_image_ids: for each caption, its image: a position in ``images``, or an element of ``image_ids``.
         cross_encoder: the reranker for ``ce`` / ``coop``. Left out, a joint model evaluated with this evaluator
             reranks with its own head (``model.to_cross_encoder()``).
+        cross_encoder_images: ``images`` as the separate ``cross_encoder`` reads them, when its featurizer is not the
+            bi-encoder's (e.g. the regions of its own featurizer); default: ``images``.
         modes: any of ``"be"``, ``"ce"``, ``"coop"``.
         top_k: candidates the bi-encoder retrieves for ``coop`` (paper: 20).
         distractor_images / distractor_captions: extra items merged into the search space only.
         ce_max_pairs: the largest number of pairs ``ce`` mode cross-encodes.
         score / lam: how ``coop`` orders the reranked candidates (see :func:`~mm_sbert.retrieval.combine_scores`).
+            With ``score="combination"`` the metrics include ``coop_ce_saturated``, the share of queries whose
+            cross-encoder probabilities are all but equal (see
+            :func:`~mm_sbert.retrieval.score_combination.saturated_share`): near 1, it ranks like the bi-encoder.
         image_ids: ids of ``images`` when ``caption_image_ids`` holds ids instead of positions.
         batch_size / ce_batch_size: bi-encoder / cross-encoder batch sizes.
         show_progress_bar: progress bars while encoding and cross-encoding.
@@ -116,6 +121,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         captions: Sequence[str],
         caption_image_ids: Sequence[Any],
         cross_encoder: Any | None = None,
+        cross_encoder_images: Sequence[Any] | None = None,
         modes: Sequence[str] = ("be", "coop"),
         top_k: int = 20,
         distractor_images: Sequence[Any] | None = None,
@@ -147,6 +153,17 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        recall_at = tuple(recall_at)
+        if not recall_at or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in recall_at):
+            raise ValueError(f"recall_at must be integers >= 1 (Recall@M of the first M), got {recall_at}")
+        if cross_encoder_images is not None:
+            cross_encoder_images = list(cross_encoder_images)
+            if len(cross_encoder_images) != len(images):
+                raise ValueError(
+                    f"Got {len(cross_encoder_images)} cross_encoder_images for {len(images)} images; pass one each"
+                )
+            if distractor_images:
+                raise ValueError("cross_encoder_images with distractor_images is not supported")
         if image_ids is not None:
             if len(image_ids) != len(images):
                 raise ValueError(f"Got {len(image_ids)} image_ids for {len(images)} images")
@@ -167,6 +184,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         self.captions = captions
         self.caption_image_ids = gold
         self.cross_encoder = cross_encoder
+        self.cross_encoder_images = cross_encoder_images
         self.modes = tuple(dict.fromkeys(modes))
         self.top_k = top_k
         self.distractor_images = list(distractor_images or [])
@@ -294,7 +312,12 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             )
             for direction in ("t2i", "i2t")
         )
-        return self._metrics("coop", t2i.rows, i2t.rows, retrieval["seconds"] + t2i.ce_seconds + i2t.ce_seconds)
+        metrics = self._metrics("coop", t2i.rows, i2t.rows, retrieval["seconds"] + t2i.ce_seconds + i2t.ce_seconds)
+        if self.score == "combination":
+            queries = len(t2i.rows) + len(i2t.rows)
+            saturated = saturated_share(t2i.ce_scores) * len(t2i.rows) + saturated_share(i2t.ce_scores) * len(i2t.rows)
+            metrics["coop_ce_saturated"] = saturated / queries
+        return metrics
 
     def _full_cross_encoding(self, cross_encoder: Any, cache: PairScoreCache) -> dict[str, float]:
         num_pairs = self.num_ce_pairs
@@ -332,10 +355,12 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         Pairs are keyed by (position in ``all_captions``, position in ``all_images``), so both directions, every k
         and full cross-encoding share one cache.
         """
+        images = self.images if self.cross_encoder_images is None else self.cross_encoder_images
         if direction == "t2i":
-            queries, query_ids, candidates = self.captions, list(range(len(self.captions))), self.all_images
+            candidates = images + self.distractor_images
+            queries, query_ids = self.captions, list(range(len(self.captions)))
         else:
-            queries, query_ids = [self.images[image] for image in self.query_images], self.query_images
+            queries, query_ids = [images[image] for image in self.query_images], self.query_images
             candidates = self.all_captions
         return rerank(
             cross_encoder,

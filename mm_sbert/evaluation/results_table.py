@@ -23,15 +23,21 @@ def evaluate_modes(
     show_progress_bar: bool = False,
     score: ScoreMode = "ce",
     lam: float = 0.5,
+    cross_encoder: Any | None = None,
+    cross_encoder_images: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Run the package's evaluator on a joint model and return ``{mode}_{t2i|i2t}_r@{k}`` in percent, plus
     ``{mode}_seconds`` (wall time, BE encoding included for Coop) and ``{mode}_pairs`` (cross-encoder pairs scored).
     ``score`` / ``lam`` order Coop's reranked candidates (see :func:`~mm_sbert.retrieval.combine_scores`).
+    ``cross_encoder`` reranks instead of ``model``'s own head (the paper's separate setting), reading
+    ``cross_encoder_images`` (default: ``images``) when its featurizer is not ``model``'s.
     """
     evaluator = ImageTextRetrievalEvaluator(
         images,
         captions,
         caption_image_ids,
+        cross_encoder=cross_encoder,
+        cross_encoder_images=cross_encoder_images,
         modes=tuple(modes),
         top_k=top_k,
         batch_size=batch_size,

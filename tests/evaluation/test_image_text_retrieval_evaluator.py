@@ -205,6 +205,9 @@ def test_bad_arguments_are_named():
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, modes=("bm25",))
     with pytest.raises(ValueError, match="need a cross-encoder"):
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, modes=("coop",))(StubBiEncoder(ANGLES))
+    for recall_at in ((0, -1), (1, 0), (), (1.5,)):
+        with pytest.raises(ValueError, match="recall_at must be integers >= 1"):
+            ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, recall_at=recall_at)
     ids = ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, ["a", "a", "b", "b", "c", "c"], image_ids=["a", "b", "c"])
     assert ids.caption_image_ids == GOLD
 

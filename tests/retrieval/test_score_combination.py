@@ -55,3 +55,13 @@ def test_bad_arguments_are_named():
         combine_scores(BE, CE, "combination", lam=1.5)
     with pytest.raises(ValueError, match="needs cross-encoder scores"):
         combine_scores(BE, None, "combination")
+
+
+def test_saturated_share_counts_the_queries_whose_probabilities_all_round_alike():
+    import torch
+
+    from mm_sbert.retrieval.score_combination import saturated_share
+
+    logits = torch.tensor([[10.2, 11.0, 12.1], [-1.0, 0.0, 2.0], [15.0, 15.0, 16.0], [0.0, 0.0, 0.0]])
+    assert saturated_share(logits) == 0.75  # rows 0, 2 (sigmoid ~1) and 3 (equal logits)
+    assert saturated_share(torch.empty(0, 3)) == 0.0

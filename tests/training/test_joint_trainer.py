@@ -253,3 +253,21 @@ def test_single_objective_batch_sampler_leaves_evaluation_batches_alone(tmp_path
     assert isinstance(trainer.get_train_dataloader().batch_sampler, GroupedBatchSampler)
     assert not isinstance(trainer.get_eval_dataloader().batch_sampler, GroupedBatchSampler)
     assert trainer.evaluate()["eval_loss"] > 0
+
+
+def test_data_that_does_not_fill_one_batch_is_refused_not_trained_for_zero_steps(tmp_path):
+    # 12 swatches x 3 captions = 36 rows; the last incomplete batch is dropped, so a batch of 37 never runs.
+    with pytest.raises(ValueError, match="holds 36 pairs, fewer than one batch of 37, so no training step could run"):
+        make_trainer(tmp_path, per_device_train_batch_size=37, dataloader_drop_last=True)
+    # Kept, the incomplete batch trains.
+    trainer = make_trainer(tmp_path, objectives=(BE,), per_device_train_batch_size=37, max_steps=1)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("objectives", [(BE,), (CE,), (BE, CE)])
+def test_each_objective_that_steps_records_its_view(tmp_path, objectives):
+    trainer = make_trainer(tmp_path, objectives=objectives, max_steps=2)
+    trainer.model[0].trained_views = []
+    trainer.train()
+    assert trainer.model[0].trained_views == sorted(objectives)

@@ -179,3 +179,30 @@ def test_neighbour_group_size_gives_the_cross_encoder_batches_of_look_alike_imag
         recipe.trainer(model, dataset, str(tmp_path), batch_samplers={"cross_encoder": functools.partial(list)})
     with pytest.raises(ValueError, match="neighbour_group_size must be >= 2, got 1"):
         TrainingRecipe(neighbour_group_size=1)
+
+
+def test_new_model_starts_with_nothing_trained_and_refuses_a_saved_model(tmp_path):
+    from mm_sbert import ColorGridFeaturizer
+    from mm_sbert.training import load_or_new_model
+
+    model, _ = build_views("bert")
+    backbone = tmp_path / "backbone"
+    model[0].backbone.save_pretrained(str(backbone))
+    model[0].tokenizer.save_pretrained(str(backbone))
+    new = new_model(str(backbone), ColorGridFeaturizer(grid_size=2))
+    assert new[0].trained_views == []
+    new.save(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match="is a saved mm_sbert model"):
+        new_model(str(tmp_path / "saved"))
+    loaded, saved = load_or_new_model(str(tmp_path / "saved"))
+    assert saved and loaded[0].trained_views == []
+    _, saved = load_or_new_model(str(backbone), featurizer=ColorGridFeaturizer(grid_size=2))
+    assert not saved
+
+
+def test_offline_backbone_names_resolve_in_one_place(monkeypatch):
+    from mm_sbert.backbones import DEFAULT_BACKBONE, OFFLINE_BACKBONES, all_minilm_l6_v2_path, resolve_backbone
+
+    assert resolve_backbone(DEFAULT_BACKBONE) == all_minilm_l6_v2_path()
+    assert set(OFFLINE_BACKBONES) == {"all-MiniLM-L6-v2", "multilingual-e5-small"}
+    assert resolve_backbone("some/folder") == "some/folder"
