@@ -128,7 +128,8 @@ def _trained(regime: str, grid_size: int = 2) -> str:
         start = tiny_model_dir() if regime == "be" else _trained("be")
         extra = []
     else:
-        start = os.path.join(folder, "backbone")
+        # Beside the output folder, not inside it: a command's input is never inside its output.
+        start = os.path.join(tempfile.mkdtemp(dir=_SCRATCH), "backbone")
         module = MMSentenceTransformer(tiny_model_dir())[0]
         module.backbone.save_pretrained(start)
         module.tokenizer.save_pretrained(start)
