@@ -12,7 +12,6 @@ from mm_sbert.cli.common import (
     add_score_arguments,
     load_model,
     read_caption_data,
-    set_threads,
     stored_regions,
 )
 
@@ -43,14 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_score_arguments(parser, "the top k")
     parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.evaluation.results_table import evaluate_modes, format_table
 
-    set_threads(args.threads)
     modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:

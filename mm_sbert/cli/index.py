@@ -13,7 +13,6 @@ from mm_sbert.cli.common import (
     load_model,
     positive_int,
     require_package,
-    set_threads,
     stored_regions,
 )
 
@@ -66,7 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"http://host:19530 (default: {MILVUS_FILE} in the output folder)",
     )
     parser.add_argument("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -101,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval import CooperativeRetriever, IndexWriter, MilvusIndex, encoder_fingerprint
     from mm_sbert.storage import atomic_write_json
 
-    set_threads(args.threads)
     milvus = args.backend == "milvus"
     if not milvus and args.uri is not None:
         raise CLIError("--uri is for --backend milvus")

@@ -18,9 +18,7 @@ from mm_sbert.cli.common import (
     existing_path,
     input_errors,
     load_model,
-    positive_int,
     require_package,
-    set_threads,
 )
 from mm_sbert.cli.index import CLI_CONFIG, INDEX_SUBFOLDER, MILVUS_FILE
 
@@ -64,7 +62,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML results page")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON lines instead of a table")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -104,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval import CooperativeRetriever, MilvusIndex, check_encoder_fingerprint
     from mm_sbert.storage import resolve_stored_path
 
-    set_threads(args.threads)
     if args.top_k < 1 or args.rerank_k < 1:
         raise CLIError("--top-k and --rerank-k must be >= 1")
     if args.no_rerank and args.score != "ce":

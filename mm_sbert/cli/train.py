@@ -6,7 +6,7 @@ import argparse
 import os
 import tempfile
 
-from mm_sbert.cli.common import CLIError, existing_path, open_store, read_caption_data, set_threads
+from mm_sbert.cli.common import CLIError, existing_path, open_store, read_caption_data
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 REGIMES = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
@@ -148,7 +148,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -281,7 +280,6 @@ def parse_steps_ratio(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     if args.steps < 1 or args.batch_size < 2:
         raise CLIError("--steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two pairs)")
     if args.ce_negatives is not None and args.ce_negatives < 1:

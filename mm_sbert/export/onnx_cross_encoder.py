@@ -13,6 +13,7 @@ from torch import nn
 
 from mm_sbert.image_features.region_features import RegionFeatures
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
+from mm_sbert.thread_policy import get_thread_policy
 
 # The host's layout for exported backends: an onnx/ subfolder of the model folder.
 ONNX_FOLDER = "onnx"
@@ -151,7 +152,7 @@ class OnnxScorer:
 
     Args:
         onnx_path: the file written by :func:`export_cross_encoder_onnx`.
-        threads: intra-op threads (default: ``torch.get_num_threads()``).
+        threads: intra-op threads (default: the free cores, see :class:`~mm_sbert.ThreadPolicy`).
         provider: the ONNX Runtime execution provider.
     """
 
@@ -164,7 +165,8 @@ class OnnxScorer:
             )
         self.onnx_path = onnx_path
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Fixed for the session's life: the free cores when it is created (mm_sbert.ThreadPolicy).
+        options.intra_op_num_threads = get_thread_policy().threads_for("rerank", threads=threads)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(onnx_path, options, providers=[provider])
         self.input_names = [node.name for node in self.session.get_inputs()]
@@ -238,7 +240,7 @@ class OnnxCrossEncoder:
         cross_encoder: the :class:`~mm_sbert.MMCrossEncoder` (or a model folder to load one from) whose tokenizer
             and featurizer preprocess the inputs.
         onnx_path: the exported file; default ``<model folder>/onnx/model.onnx`` when ``cross_encoder`` is a folder.
-        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+        threads: ONNX Runtime intra-op threads (default: the free cores, see :class:`~mm_sbert.ThreadPolicy`).
 
     Example:
         >>> export_cross_encoder_onnx(cross_encoder, "model-folder", quantize=True)
