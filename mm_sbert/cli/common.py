@@ -254,13 +254,6 @@ def read_caption_data(args: argparse.Namespace, scratch: str, captions_per_image
     return read_caption_file(data, getattr(args, "caption_key", "en"))
 
 
-def set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def open_store(path: str | None):
     """The feature store of ``--features`` (``None`` without it), or a CLIError naming the folder."""
     if path is None:

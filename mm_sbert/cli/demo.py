@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from mm_sbert.cli.common import CLIError, set_threads
+from mm_sbert.cli.common import CLIError
 from mm_sbert.evaluation.demo_report import (
     LATENCY_SIZES,
     REAL_PHOTOS_OUTCOME,
@@ -91,7 +91,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "ColorBlobFeaturizer)",
     )
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     parser.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
     parser.add_argument(
         "--quick", action="store_true", help="a seconds-long smoke run on tiny data (numbers are meaningless)"
@@ -109,7 +108,6 @@ def _setting(args: argparse.Namespace, name: str) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    set_threads(args.threads)
     train_images, eval_images = _setting(args, "train_images"), _setting(args, "eval_images")
     steps, batch_size = _setting(args, "steps"), _setting(args, "batch_size")
     warmup_steps = _setting(args, "warmup_steps")

@@ -16,7 +16,6 @@ from mm_sbert.cli.common import (
     open_store,
     positive_int,
     read_caption_data,
-    set_threads,
     stored_regions,
 )
 
@@ -66,7 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="encoder batch size")
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -115,7 +113,6 @@ def featurized(model, paths: list[str], store, what: str) -> list:
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.evaluation.results_table import evaluate_modes, format_table
 
-    set_threads(args.threads)
     modes = parse_modes(args.modes)
     existing_path(args.model, "Model folder", "dir")
     if args.cross_encoder is not None:

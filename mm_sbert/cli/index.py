@@ -12,7 +12,6 @@ from mm_sbert.cli.common import (
     load_model,
     positive_int,
     require_package,
-    set_threads,
 )
 
 # mm_sbert.retrieval.PRECISIONS, spelled out so `mm-sbert --help` imports no torch.
@@ -60,7 +59,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "http://host:19530 (default: milvus.db in the output folder)",
     )
     parser.add_argument("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -68,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.image_features import ImageLoadError
     from mm_sbert.retrieval import CooperativeRetriever
 
-    set_threads(args.threads)
     if args.backend != "milvus" and args.uri is not None:
         raise CLIError("--uri is for --backend milvus")
     if args.backend == "milvus" and args.precision != "float32":

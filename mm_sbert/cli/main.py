@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from mm_sbert.cli import convert, demo, evaluate, featurize, index, push, search, train
-from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
-from mm_sbert.errors import MMSbertError
 from mm_sbert.version import __version__
 
-SUBCOMMANDS = (demo, featurize, train, evaluate, index, search, convert, push)
+# name -> (module, one-line help, thread-policy stage or None for commands that do not compute). The subcommand
+# modules (and torch, transformers, ... behind them) are imported only for the command that runs, so that
+# `mm-sbert --help` answers at once; tests/cli/test_main.py checks these help lines against the modules' own.
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "demo": (
+        "mm_sbert.cli.demo",
+        "fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
+        "train",
+    ),
+    "featurize": (
+        "mm_sbert.cli.featurize",
+        "featurize images once into a feature store (region features on disk)",
+        "featurize",
+    ),
+    "train": (
+        "mm_sbert.cli.train",
+        "fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)",
+        "train",
+    ),
+    "evaluate": (
+        "mm_sbert.cli.evaluate",
+        "image-text retrieval recall of BE / CE / Coop, both directions, with timings",
+        "compute",
+    ),
+    "index": (
+        "mm_sbert.cli.index",
+        "encode an image folder with the bi-encoder into a searchable index",
+        "encode",
+    ),
+    "search": (
+        "mm_sbert.cli.search",
+        "search an indexed image folder for a caption (BE retrieval + CE reranking)",
+        "compute",
+    ),
+    "convert": (
+        "mm_sbert.cli.convert",
+        "convert an OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder",
+        None,
+    ),
+    "push": ("mm_sbert.cli.push", "upload a saved model folder to the Hugging Face Hub", None),
+}
+SUBCOMMANDS = tuple(COMMANDS)
 
 EPILOG = """\
 exit codes: 0 success, 1 unexpected failure, 2 bad arguments or missing/invalid input files,
@@ -20,7 +59,37 @@ exit codes: 0 success, 1 unexpected failure, 2 bad arguments or missing/invalid 
 Run `mm-sbert COMMAND --help` for a command's options."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def threads_argument(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return value
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, the same on every command that computes."""
+    parser.add_argument(
+        "--threads",
+        type=threads_argument,
+        default=None,
+        help="CPU threads for torch, FAISS, BLAS and ONNX Runtime (default: the cores other processes leave free, "
+        "one per query for search; see mm_sbert.ThreadPolicy)",
+    )
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first argument that is not a global option)."""
+    for argument in argv:
+        if not argument.startswith("-"):
+            return argument if argument in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported and adds its options (``"*"``: every command's)."""
     parser = argparse.ArgumentParser(
         prog="mm-sbert",
         description="Image-text retrieval with sentence-transformers: bi-encoder retrieval, cross-encoder reranking "
@@ -32,14 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress details (INFO level)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on any error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.add_parser(subparsers)
+    for name, (module_name, help_line, stage) in COMMANDS.items():
+        if command in ("*", name):
+            importlib.import_module(module_name).add_parser(subparsers)
+            if stage is not None:
+                add_threads_option(subparsers.choices[name])
+        else:
+            subparsers.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
     # parse_known_args: `convert` hands every argument it does not know to the converter's own parser.
     args, extra = parser.parse_known_args(argv)
     if args.command == "convert":
@@ -52,8 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
+    from mm_sbert.errors import MMSbertError
+    from mm_sbert.thread_policy import get_thread_policy, set_thread_policy
+
+    stage = COMMANDS[args.command][2]
     try:
-        return args.run(args) or EXIT_OK
+        if stage is None:
+            return args.run(args) or EXIT_OK
+        # The one place a command's threads are set: --threads for every stage, or the free cores per stage; the
+        # previous policy and thread counts come back after the command (main() also runs inside other programs).
+        previous = get_thread_policy()
+        try:
+            with set_thread_policy(args.threads).limit(stage):
+                return args.run(args) or EXIT_OK
+        finally:
+            set_thread_policy(previous)
     except (CLIError, MMSbertError) as exc:
         # Every refusal of the package (a bad input file, an unsafe output, an output in use...) is an input error.
         if args.debug:

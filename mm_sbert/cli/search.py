@@ -16,7 +16,6 @@ from mm_sbert.cli.common import (
     load_model,
     positive_int,
     require_package,
-    set_threads,
 )
 
 
@@ -69,7 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML results page")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON lines instead of a table")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -78,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval.index_folder import read_index_config
     from mm_sbert.retrieval.results_page import check_page_path, sigmoid, write_results_page
 
-    set_threads(args.threads)
     if args.no_rerank and args.score != "ce":
         raise CLIError(f"--score {args.score} combines the cross-encoder's score; it cannot be used with --no-rerank")
     query = " ".join(args.query).strip()

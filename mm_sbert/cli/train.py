@@ -18,7 +18,6 @@ from mm_sbert.cli.common import (
     positive_float,
     positive_int,
     read_caption_data,
-    set_threads,
     torch_device,
 )
 
@@ -194,7 +193,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.set_defaults(run=run)
 
 
@@ -318,7 +316,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     applied = apply_recipe(args)
     steps_ratio = parse_steps_ratio(args.steps_ratio)
     if args.neighbour_groups is not None:

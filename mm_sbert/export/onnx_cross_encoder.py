@@ -18,6 +18,7 @@ from torch import nn
 
 from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
+from mm_sbert.thread_policy import get_thread_policy
 
 if TYPE_CHECKING:
     from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
@@ -159,7 +160,7 @@ class OnnxScorer:
 
     Args:
         onnx_path: the file written by :func:`export_cross_encoder_onnx`.
-        threads: intra-op threads (default: ``torch.get_num_threads()``).
+        threads: intra-op threads (default: the free cores, see :class:`~mm_sbert.ThreadPolicy`).
         provider: the ONNX Runtime execution provider.
     """
 
@@ -172,7 +173,8 @@ class OnnxScorer:
             )
         self.onnx_path = onnx_path
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Fixed for the session's life: the free cores when it is created (mm_sbert.ThreadPolicy).
+        options.intra_op_num_threads = get_thread_policy().threads_for("rerank", threads=threads)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(onnx_path, options, providers=[provider])
         self.input_names = [node.name for node in self.session.get_inputs()]
@@ -241,7 +243,7 @@ def with_onnx_scorer(cross_encoder: Any, onnx_path: str, threads: int | None = N
     Args:
         cross_encoder: an :class:`~mm_sbert.MMCrossEncoder`; it is not changed.
         onnx_path: a file written by :func:`export_cross_encoder_onnx`.
-        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+        threads: ONNX Runtime intra-op threads (default: the free cores, see :class:`~mm_sbert.ThreadPolicy`).
     """
     import copy
 

@@ -13,6 +13,7 @@ from mm_sbert.retrieval.embedding_index import (
 from mm_sbert.retrieval.milvus_index import MilvusIndex
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import combine_scores, min_max_normalize
+from mm_sbert.retrieval.streaming_build import build_index_streaming
 from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "PairScoreCache",
     "Reranked",
     "VectorSearch",
+    "build_index_streaming",
     "check_encoder_fingerprint",
     "combine_scores",
     "encoder_fingerprint",

@@ -48,6 +48,7 @@ from mm_sbert.retrieval.index_folder import (
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, combine_scores
 from mm_sbert.retrieval.vector_search import Precision
+from mm_sbert.thread_policy import thread_limit
 
 logger = logging.getLogger(__name__)
 
@@ -582,6 +583,7 @@ class CooperativeRetriever:
         query_embeddings: torch.Tensor | np.ndarray | None = None,
         exact: bool | None = None,
         rerank_k: int | None = None,
+        threads: int | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Retrieve the top-k items for each query with the bi-encoder, then rerank them with the cross-encoder.
 
@@ -597,6 +599,9 @@ class CooperativeRetriever:
             exact: ``True`` forces exact search when the index has a cheaper ``precision``.
             rerank_k: candidates retrieved and reranked per query (default: the retriever's ``rerank_k``, else
                 ``top_k``); at least ``top_k`` are.
+            threads: CPU threads for encoding, search and reranking; default: the process's
+                :class:`~mm_sbert.ThreadPolicy` per stage (the cores other processes leave free; search at most one
+                per query).
 
         Returns:
             For one query a list of :class:`Hit`, for a list of queries one such list per query; best hit first.
@@ -622,21 +627,25 @@ class CooperativeRetriever:
             raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
 
         if query_embeddings is None:
-            query_embeddings = self.bi_encoder.encode(
-                query_list,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_tensor=True,
-                show_progress_bar=bool(self.show_progress_bar),
-            )
+            with thread_limit("encode", len(query_list), threads):
+                query_embeddings = self.bi_encoder.encode(
+                    query_list,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_tensor=True,
+                    show_progress_bar=bool(self.show_progress_bar),
+                )
         query_embeddings = torch.as_tensor(query_embeddings)
         if query_embeddings.ndim == 1:
             query_embeddings = query_embeddings.unsqueeze(0)
         if len(query_embeddings) != len(query_list):
             raise ValueError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
-        be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact)
+        # Other engines (MilvusIndex) run their own threads.
+        search_threads = {"threads": threads} if isinstance(self.embedding_index, EmbeddingIndex) else {}
+        be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact, **search_threads)
         query_kind = self._check_rerank(query_list) if rerank else None
-        reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)
+        with thread_limit("rerank", rows.numel(), threads):
+            reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)
 
         ce_scores = reranked.ce_scores.tolist() if reranked.ce_scores is not None else None
         results = []

@@ -35,6 +35,7 @@ from mm_sbert.storage import (
     resolve_inside,
     verify_file,
 )
+from mm_sbert.thread_policy import thread_limit
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +373,11 @@ class EmbeddingIndex(BaseIndex):
     # ------------------------------------------------------------------ search
 
     def search(
-        self, query_embeddings: torch.Tensor | np.ndarray, top_k: int = 10, exact: bool | None = None
+        self,
+        query_embeddings: torch.Tensor | np.ndarray,
+        top_k: int = 10,
+        exact: bool | None = None,
+        threads: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k rows per query by cosine similarity.
 
@@ -380,6 +385,8 @@ class EmbeddingIndex(BaseIndex):
             query_embeddings: ``[Q, D]`` or ``[D]``; normalised here; NaN / infinite values are refused.
             top_k: hits per query (capped at the collection size).
             exact: ``None`` uses the ``precision`` search (exact for ``"float32"``); ``True`` forces exact search.
+            threads: CPU threads for this search (FAISS, BLAS, torch); default: the process's
+                :class:`~mm_sbert.ThreadPolicy` (at most one per query, and only the cores other processes leave free).
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
@@ -396,12 +403,13 @@ class EmbeddingIndex(BaseIndex):
         if queries.ndim == 2:
             _check_finite_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
-        if self.vector_search is not None and not exact:
-            if queries.shape[1] != self.dim:
-                raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
-            scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
-        else:
-            scores, rows = exact_search(queries, self._tensor, int(top_k))
+        with thread_limit("search", len(queries), threads):
+            if self.vector_search is not None and not exact:
+                if queries.shape[1] != self.dim:
+                    raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
+                scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
+            else:
+                scores, rows = exact_search(queries, self._tensor, int(top_k))
         if torch.isnan(scores).any():
             # Rows are checked when an index is built; NaN rows in a stored index mean it was altered on disk.
             bad = sorted({int(row) for row in rows[torch.isnan(scores)].tolist()})

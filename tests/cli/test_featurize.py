@@ -78,8 +78,21 @@ def test_featurize_mobilenet_grid_pooled_to_grid_size(capsys, tmp_path):
 
     image = f"{scene_folder()}/images/scene_00000.png"
     store_path = tmp_path / "s"
+    # The same threads as the reference below: the command's default follows the free cores, and another thread
+    # count sums the convolutions in another order (features equal to ~1e-6, not bit for bit).
+    threads = str(torch.get_num_threads())
     code, _, err = run_cli(
-        capsys, "featurize", image, "--output", store_path, "--featurizer", "mobilenet-grid", "--grid-size", "3"
+        capsys,
+        "featurize",
+        image,
+        "--output",
+        store_path,
+        "--featurizer",
+        "mobilenet-grid",
+        "--grid-size",
+        "3",
+        "--threads",
+        threads,
     )
     assert code == 0, err
     store = FeatureStore(store_path)

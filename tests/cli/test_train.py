@@ -106,8 +106,19 @@ def test_new_model_from_a_store_keeps_the_store_featurizer(capsys, tmp_path):
 
     store_path = tmp_path / "store"
     image = f"{scene_folder()}/images/scene_00000.png"
+    # --threads as the in-process featurizer below: other thread counts sum in another order (~1e-6 apart)
     code, _, err = run_cli(
-        capsys, "featurize", image, "--output", store_path, "--featurizer", "mobilenet-grid", "--grid-size", "2"
+        capsys,
+        "featurize",
+        image,
+        "--output",
+        store_path,
+        "--featurizer",
+        "mobilenet-grid",
+        "--grid-size",
+        "2",
+        "--threads",
+        str(torch.get_num_threads()),
     )
     assert code == 0, err
     featurizer = new_featurizer(None, None, FeatureStore(store_path))

@@ -153,7 +153,10 @@ def test_bad_precision_and_options_are_refused():
         EmbeddingIndex(clustered(), search_options={"rescore_multiplier": 2})
     with pytest.raises(ValueError, match="rescore_multiplier must be >= 1, got 0"):
         VectorSearch("int8", rescore_multiplier=0)
-    with pytest.raises(ValueError, match="factory= applies to precision 'hnsw' or 'ivf', not 'binary'"):
+    with pytest.raises(ValueError, match="factory= applies to precision 'hnsw', 'ivf' or 'binary', not 'int8'"):
+        VectorSearch("int8", factory="HNSW32")
+    # binary takes a binary IVF (BIVF<n>) only
+    with pytest.raises(ValueError, match="A binary factory is a FAISS binary IVF such as 'BIVF4096', got 'HNSW32'"):
         VectorSearch("binary", factory="HNSW32")
 
 

@@ -1,0 +1,215 @@
+"""Training s/step and featurizing images/s on a quiet and a busy machine, with every core vs the thread policy
+(issue 32.1: "with one competing process, s/step and images/s within 1.5x of the quiet figure").
+
+One run measures, each quiet and with ``--competing-processes`` CPU-bound processes the benchmark starts itself:
+
+- **bi-encoder training**: s/step of the MiniLM multimodal model with ``HardNegativeTripletLoss`` at
+  ``--be-batch`` (caption, 49-region image) pairs, AdamW (forward, backward, optimizer step);
+- **cross-encoder training**: s/step with ``CrossEncoderBCELoss`` (one negative per positive) at ``--ce-batch``;
+- **featurizing**: images/s of ``MobileNetV2GridFeaturizer`` over Flickr8k dev JPEGs (``--images``; random
+  224x224 images when the data is absent);
+
+each with **all cores** (``torch.set_num_threads(cores)``, what the package did before) and with the **policy**
+(``mm_sbert.ThreadPolicy``, as ``mm-sbert train`` / ``featurize`` apply it: the free cores when the stage starts).
+The report names the machine (CPU, cores, AMX), the load average before and after and the run time.
+
+Usage (the issue's sizes, about 10 min on 2 cores):
+    python benchmarks/busy_training.py --output benchmarks/results/busy_training.md
+    # a quick check:
+    python benchmarks/busy_training.py --be-batch 16 --ce-batch 8 --steps 2 --images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from busy_machine import CompetingLoad, load_average, machine, machine_line, write_report  # noqa: E402
+
+from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
+
+# ../shared/data next to the repository; a worktree elsewhere points at it with MM_SBERT_SHARED_DATA (as the tests).
+SHARED_DATA = os.environ.get(
+    "MM_SBERT_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+)
+FLICKR_DEV = os.path.join(SHARED_DATA, "flickr8k", "dev")
+REGION_DIM = 1280
+GRID = 7
+
+
+def region_images(count: int, seed: int = 0):
+    from mm_sbert import RegionFeatures
+
+    generator = torch.Generator().manual_seed(seed)
+    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
+    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
+    return [
+        RegionFeatures(torch.rand(GRID * GRID, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
+        for _ in range(count)
+    ]
+
+
+def captions(count: int) -> list[str]:
+    words = ["dog", "man", "bike", "red", "ball", "grass", "water", "child", "street", "blue", "jumps", "runs"]
+    return [" ".join(["A"] + [words[(i * 7 + j * 3) % len(words)] for j in range(8)]) + "." for i in range(count)]
+
+
+def training_step(kind: str, batch: int):
+    """A function doing one optimizer step of ``kind`` ("be" / "ce") on a fresh MiniLM model at ``batch``."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from mm_sbert import (
+        CrossEncoderBCELoss,
+        HardNegativeTripletLoss,
+        MMCrossEncoder,
+        MMSentenceTransformer,
+        MultimodalTransformer,
+    )
+    from mm_sbert.backbones import all_minilm_l6_v2_path
+
+    torch.manual_seed(0)
+    module = MultimodalTransformer(
+        all_minilm_l6_v2_path(), region_feature_dim=REGION_DIM, head_input="mean", max_regions=GRID * GRID
+    )
+    if kind == "be":
+        model = MMSentenceTransformer(
+            modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device="cpu"
+        )
+        loss = HardNegativeTripletLoss(model, margin=0.1)
+    else:
+        model = MMCrossEncoder(modules=[module], device="cpu")
+        loss = CrossEncoderBCELoss(model)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    features = [module.preprocess(captions(batch)), module.preprocess(region_images(batch))]
+    labels = torch.arange(batch)
+
+    def step(_: int) -> None:
+        optimizer.zero_grad()
+        loss(features, labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def featurize_call(count: int):
+    from PIL import Image
+
+    from mm_sbert import MobileNetV2GridFeaturizer
+
+    folder = os.path.join(FLICKR_DEV, "images")
+    if os.path.isdir(folder):
+        names = sorted(os.listdir(folder))[:count]
+        images = [Image.open(os.path.join(folder, name)).convert("RGB") for name in names]
+        source = f"{len(images)} Flickr8k dev JPEGs"
+    else:
+        generator = torch.Generator().manual_seed(0)
+        images = [
+            Image.fromarray((torch.rand(224, 224, 3, generator=generator) * 255).byte().numpy()) for _ in range(count)
+        ]
+        source = f"{count} random 224x224 images (Flickr8k absent)"
+    featurizer = MobileNetV2GridFeaturizer(show_progress_bar=False)
+    return (lambda _: featurizer(images)), source
+
+
+def timed(function, repeats: int) -> float:
+    """Median seconds of ``function(i)`` after one warm-up call."""
+    function(-1)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        function(i)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(args, stage: str, function, repeats: int) -> dict:
+    """Seconds per call, quiet and busy, with every core and with the policy (decided when the stage starts)."""
+    cores = available_cores()
+    row = {}
+    for condition in ("quiet", "busy"):
+        load = CompetingLoad(args.competing_processes) if condition == "busy" else None
+        if load:
+            load.__enter__()
+        try:
+            for mode, threads in (("all cores", cores), ("policy", None)):
+                with get_thread_policy().limit(stage, threads=threads) as used:
+                    row[f"{condition}, {mode}"] = timed(function, repeats)
+                    row[f"{condition}, {mode}, threads"] = used
+        finally:
+            if load:
+                load.__exit__()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--be-batch", type=int, default=128, help="bi-encoder batch (paper: 128)")
+    parser.add_argument("--ce-batch", type=int, default=32, help="cross-encoder positives per batch")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (median), after a warm-up")
+    parser.add_argument("--images", type=int, default=64, help="images featurized per timed call")
+    parser.add_argument("--featurize-repeats", type=int, default=3)
+    parser.add_argument("--competing-processes", type=int, default=1)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["be", "ce", "featurize"])
+    parser.add_argument("--output", help="write the markdown report here, and its data as JSON beside it")
+    args = parser.parse_args()
+    started, start_load, info = time.time(), load_average(), machine()
+    data: dict = {"command": " ".join(sys.argv), "machine": info, "load_average_start": start_load, "rows": {}}
+    rows: list[tuple[str, str, dict]] = []  # (name, unit, seconds per call)
+    if "be" not in args.skip:
+        name = f"train bi-encoder, batch {args.be_batch} (s/step)"
+        rows.append((name, "s/step", measure(args, "train", training_step("be", args.be_batch), args.steps)))
+    if "ce" not in args.skip:
+        name = f"train cross-encoder, batch {args.ce_batch} (s/step)"
+        rows.append((name, "s/step", measure(args, "train", training_step("ce", args.ce_batch), args.steps)))
+    if "featurize" not in args.skip:
+        call, source = featurize_call(args.images)
+        seconds = measure(args, "featurize", call, args.featurize_repeats)
+        rows.append((f"featurize, MobileNetV2 7x7 grid, {source} (images/s)", f"images/s/{args.images}", seconds))
+    data["load_average_end"] = load_average()
+    data["minutes"] = round((time.time() - started) / 60, 1)
+
+    def cell(seconds: float, unit: str) -> str:
+        return f"{seconds:.2f}" if unit == "s/step" else f"{args.images / seconds:.1f}"
+
+    lines = [
+        "# Training and featurizing on a quiet and a busy machine: every core vs the thread policy",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`",
+        "",
+        f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
+        f"{data['load_average_end']}; the run took {data['minutes']} min. Busy = {args.competing_processes} "
+        "process(es) spinning on one core each, started by the benchmark. Threads used in brackets.",
+        "",
+        "| what | quiet, all cores | busy, all cores | busy / quiet | quiet, policy | busy, policy | busy / quiet |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, unit, row in rows:
+        data["rows"][name] = row
+
+        cells = [
+            f"{cell(row[f'{c}, {m}'], unit)} ({row[f'{c}, {m}, threads']})"
+            for c, m in (("quiet", "all cores"), ("busy", "all cores"))
+        ]
+        cells.append(f"{row['busy, all cores'] / row['quiet, all cores']:.2f}x")
+        cells += [
+            f"{cell(row[f'{c}, {m}'], unit)} ({row[f'{c}, {m}, threads']})"
+            for c, m in (("quiet", "policy"), ("busy", "policy"))
+        ]
+        cells.append(f"{row['busy, policy'] / row['quiet, policy']:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "busy / quiet: time per step or per image, busy over quiet (target <= 1.5 with the policy).", ""]
+    write_report(args.output, "\n".join(lines), data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from mm_sbert import EmbeddingIndex, ThreadPolicy
+from mm_sbert.retrieval import vector_search
+from mm_sbert.thread_policy import get_thread_policy, other_runnable_load, set_thread_policy, thread_limit
+
+
+@pytest.fixture
+def restore_policy():
+    previous, torch_threads, faiss_threads = get_thread_policy(), torch.get_num_threads(), faiss.omp_get_max_threads()
+    yield
+    set_thread_policy(previous)
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "stage", "work", "expected"),
+    [
+        (2, 0.0, "encode", 1, 2),  # quiet: every core
+        (2, 1.0, "encode", 1, 1),  # one competing process on two cores: one thread, not two
+        (2, 3.0, "train", 1, 1),  # overloaded: still one
+        (8, 2.4, "rerank", 1, 6),  # rounded load
+        (2, 0.0, "search", 1, 1),  # one query runs on one thread in FAISS / BLAS sgemv: no spinning partner
+        (4, 0.0, "search", 3, 3),  # a batch: a thread per query up to the free cores
+        (4, 1.0, "search", 100, 3),
+    ],
+)
+def test_decisions_from_cores_load_and_work(cores, load, stage, work, expected):
+    assert ThreadPolicy(cores=cores, other_load=load).threads_for(stage, work) == expected
+
+
+def test_override_wins_over_the_machine_and_the_work():
+    assert ThreadPolicy(threads=3, cores=2, other_load=2.0).threads_for("search", work=1) == 3
+    assert ThreadPolicy(cores=2, other_load=0.0).threads_for("encode", threads=1) == 1
+    # a call's threads= beats the policy's own
+    assert ThreadPolicy(threads=2).threads_for("encode", threads=1) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        ThreadPolicy(threads=bad)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        ThreadPolicy().threads_for("encode", threads=bad)
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(ValueError, match="stage must be one of"):
+        ThreadPolicy().threads_for("nonsense")
+
+
+def test_measured_load_is_a_non_negative_number():
+    assert other_runnable_load() >= 0.0
+    assert ThreadPolicy().free_cores() >= 1
+
+
+def test_limit_reaches_torch_and_faiss_and_restores_them(restore_policy):
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    with ThreadPolicy(cores=2, other_load=1.0).limit("encode") as count:
+        assert count == 1
+        assert torch.get_num_threads() == 1
+        assert faiss.omp_get_max_threads() == 1
+    assert torch.get_num_threads() == 2
+    assert faiss.omp_get_max_threads() == 2
+
+
+def test_limit_reaches_blas(restore_policy):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with thread_limit("encode", threads=1):
+        blas = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    assert blas and set(blas) == {1}
+
+
+def test_index_search_runs_at_the_policy_threads(restore_policy, monkeypatch):
+    seen = []
+    original = vector_search.VectorSearch.candidates
+
+    def recording(self, queries, count):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return original(self, queries, count)
+
+    monkeypatch.setattr(vector_search.VectorSearch, "candidates", recording)
+    rng = np.random.default_rng(0)
+    index = EmbeddingIndex(rng.standard_normal((300, 16)).astype(np.float32), precision="binary")
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+
+    set_thread_policy(ThreadPolicy(cores=2, other_load=0.0))
+    one = index.search(queries[:1], 5)
+    assert seen[-1] == (1, 1)  # one query: one thread although two cores are free
+    index.search(queries, 5)
+    assert seen[-1] == (2, 2)  # four queries: both cores
+    set_thread_policy(ThreadPolicy(cores=2, other_load=1.0))
+    index.search(queries, 5)
+    assert seen[-1] == (1, 1)  # busy machine: one
+    explicit = index.search(queries[:1], 5, threads=2)
+    assert seen[-1] == (2, 2)  # the override wins
+    assert torch.equal(one[1], explicit[1])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)  # restored after each search
+
+
+def test_set_thread_policy_takes_a_count():
+    previous = get_thread_policy()
+    try:
+        assert set_thread_policy(3).threads_for("search") == 3
+        assert set_thread_policy(None).threads is None
+    finally:
+        set_thread_policy(previous)
