@@ -270,12 +270,12 @@ def open_store(path: str | None):
 
 def stored_regions(store_path: str, images: list[str], featurizer, what: str = "the evaluation data") -> list:
     """The regions of ``images`` read from the feature store at ``store_path``; exit 2 naming what does not match."""
-    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
+    from mm_sbert.data.store_image_resolver import StoreImageResolver
     from mm_sbert.image_features.feature_store import FeatureStoreError
 
     store = open_store(store_path)
     try:
-        check_store_featurizer(store, featurizer)
+        store.check_featurizer(featurizer)
         return StoreImageResolver(store).resolve(images, what=what)
     except FeatureStoreError as error:
         raise CLIError(str(error)) from error

@@ -151,12 +151,10 @@ def run(args: argparse.Namespace) -> int:
         regions = featurized(model, images, store, f"--model {args.model}")
         ce_regions = None
         if needs_reranker and args.cross_encoder is not None and not same_featurizer(model, cross_encoder):
-            from mm_sbert.data.store_image_resolver import check_store_featurizer
-
             own_store = store
             if store is not None:
                 try:
-                    check_store_featurizer(store, cross_encoder[0].featurizer)
+                    store.check_featurizer(cross_encoder[0].featurizer)
                 except ValueError:
                     own_store = None  # the store holds the bi-encoder's regions: featurize for the reranker
             try:

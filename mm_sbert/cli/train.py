@@ -337,7 +337,6 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
         if not saved or args.regime == "be":
             raise CLIError("--similarity-start needs `ce` or `joint` and --model a saved (trained) bi-encoder")
-    from mm_sbert.data.store_image_resolver import check_store_featurizer
     from mm_sbert.image_features.feature_store import FeatureStoreError
     from mm_sbert.models.loading import MODEL_FOLDER_KIND
     from mm_sbert.storage import mark_owned_folder
@@ -390,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
             model[0].start_cross_encoder(cross_modal_bias=args.cross_modal_bias)
         if store is not None:
             try:
-                check_store_featurizer(store, model[0].featurizer)
+                store.check_featurizer(model[0].featurizer)
             except FeatureStoreError as error:
                 raise CLIError(str(error)) from error
         training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")

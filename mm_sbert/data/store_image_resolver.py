@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mm_sbert.image_features.feature_store import (
-    _RUNTIME_KEYS,
     FeatureStore,
     FeatureStoreError,
     ImageId,
-    _featurizer_identity,
-    _same_featurizer,
 )
 from mm_sbert.image_features.image_featurizer import FEATURIZER_REGISTRY, ImageFeaturizer
 
@@ -106,23 +103,3 @@ def featurizer_from_store(store: FeatureStore) -> ImageFeaturizer:
         )
     config = {key: value for key, value in recorded["config"].items() if key != "weights_sha256"}
     return featurizer_class(**config)
-
-
-def check_store_featurizer(store: FeatureStore, featurizer: ImageFeaturizer | None) -> None:
-    """Raise :class:`FeatureStoreError` when ``store`` was not built by a featurizer with ``featurizer``'s settings
-    (the model would see other regions in training than for new images)."""
-    recorded = store.featurizer_config
-    if recorded is None or featurizer is None:
-        return
-    # The comparison a resumed FeatureStore.build makes: caching wrappers looked through, speed settings ignored.
-    current = _featurizer_identity(featurizer)
-
-    def settings(entry: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in entry["config"].items() if key not in _RUNTIME_KEYS}
-
-    if not _same_featurizer(recorded, current):
-        raise FeatureStoreError(
-            f"The feature store '{store.path}' was built by {recorded['type']}({settings(recorded)}), but the model "
-            f"featurizes images with {current['type']}({settings(current)}); train on a store built with the model's "
-            "featurizer (`mm-sbert featurize --model MODEL ...`) or start a new model from the store's featurizer"
-        )

@@ -140,6 +140,11 @@ def _featurizer_identity(featurizer: ImageFeaturizer) -> dict[str, Any]:
     return {"type": type(featurizer).__name__, "config": featurizer.get_config_dict()}
 
 
+def same_featurizer(first: ImageFeaturizer, second: ImageFeaturizer) -> bool:
+    """Whether two featurizers turn an image into the same regions (same type and settings, speed settings aside)."""
+    return _same_featurizer(_featurizer_identity(first), _featurizer_identity(second))
+
+
 def _same_featurizer(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
     if saved is None or current is None:
         return saved == current
@@ -347,6 +352,27 @@ class FeatureStore:
                 f"region_feature_dim={expected}. Featurize the images with the model's featurizer "
                 f"({getattr(module, 'featurizer', None)!r}) into a new store, or use a model built for "
                 f"{self.feature_dim}-d features."
+            )
+        self.check_featurizer(getattr(module, "featurizer", None))
+
+    def check_featurizer(self, featurizer: ImageFeaturizer | None) -> None:
+        """Raise :class:`FeatureStoreError` when the store was not built by a featurizer with ``featurizer``'s
+        settings (a model would see other regions from the store than from new images); no check for imported
+        features or a model without a featurizer."""
+        recorded = self.featurizer_config
+        if recorded is None or featurizer is None:
+            return
+        current = _featurizer_identity(featurizer)
+        if not _same_featurizer(recorded, current):
+
+            def settings(entry: dict[str, Any]) -> dict[str, Any]:
+                return {key: value for key, value in entry["config"].items() if key not in _RUNTIME_KEYS}
+
+            raise FeatureStoreError(
+                f"The feature store '{self.path}' was built by {recorded['type']}({settings(recorded)}), but the "
+                f"model featurizes images with {current['type']}({settings(current)}); use a store built with the "
+                "model's featurizer (`mm-sbert featurize --model MODEL ...`) or a model built on the store's "
+                "featurizer"
             )
 
     @property

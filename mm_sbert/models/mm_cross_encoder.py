@@ -7,6 +7,7 @@ from sentence_transformers import CrossEncoder
 
 from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMCrossEncoderModelCardData
+from mm_sbert.models.views import VIEW_CLASSES, to_bi_encoder
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
 
     def to_bi_encoder(self) -> MMSentenceTransformer:
         """The bi-encoder view of this model, sharing the ``MultimodalTransformer`` object."""
-        from mm_sbert.models.views import to_bi_encoder
-
         return to_bi_encoder(self)
 
     def export_onnx(self, output_folder: str, quantize: bool = False) -> list[str]:
@@ -83,3 +82,6 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
         The host would build a text-only sequence classifier, which reads image paths as text.
         """
         return [new_multimodal_transformer(model_name_or_path, **kwargs)], {}
+
+
+VIEW_CLASSES["cross_encoder"] = MMCrossEncoder

@@ -7,6 +7,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 
 from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMSentenceTransformerModelCardData
+from mm_sbert.models.views import VIEW_CLASSES, to_cross_encoder
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
 
     def to_cross_encoder(self) -> MMCrossEncoder:
         """The cross-encoder view of this model, sharing the ``MultimodalTransformer`` object (``ce[0] is st[0]``)."""
-        from mm_sbert.models.views import to_cross_encoder
-
         return to_cross_encoder(self)
 
     def encode(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -82,3 +81,6 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
         """A plain BERT / XLM-R checkpoint: an OSCAR-shaped MultimodalTransformer (2048-d regions) + mean pooling."""
         module = new_multimodal_transformer(model_name_or_path, **kwargs)
         return [module, Pooling(module.get_embedding_dimension(), "mean")], {}
+
+
+VIEW_CLASSES["bi_encoder"] = MMSentenceTransformer

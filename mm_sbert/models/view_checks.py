@@ -100,7 +100,6 @@ def check_reranker(
     check_view_trained(cross_encoder, "cross_encoder", what, allow_untrained=allow_untrained)
     module = multimodal_module(cross_encoder)
     if store is not None:
-        from mm_sbert.data.store_image_resolver import check_store_featurizer
         from mm_sbert.errors import StorageError
 
         if store.feature_dim is not None and store.feature_dim != module.region_feature_dim:
@@ -109,7 +108,7 @@ def check_reranker(
                 f"{store.feature_dim}-d ones; rerank from the images or from a store built with its featurizer"
             )
         try:
-            check_store_featurizer(store, module.featurizer)
+            store.check_featurizer(module.featurizer)
         except StorageError as error:
             raise IncompatibleModelError(f"{what}: {error}") from error
     elif reads_image_files and module.featurizer is None:
@@ -122,9 +121,9 @@ def check_reranker(
 def same_featurizer(first: Any, second: Any) -> bool:
     """Whether two models turn an image into the same regions (same featurizer type and settings, speed settings
     aside), so regions computed for one serve the other."""
-    from mm_sbert.image_features.feature_store import _featurizer_identity, _same_featurizer
+    from mm_sbert.image_features.feature_store import same_featurizer as same_featurizers
 
     first, second = multimodal_module(first).featurizer, multimodal_module(second).featurizer
     if first is None or second is None:
         return first is second
-    return _same_featurizer(_featurizer_identity(first), _featurizer_identity(second))
+    return same_featurizers(first, second)

@@ -5,6 +5,10 @@ pooling (:class:`~mm_sbert.MMSentenceTransformer`), the cross-encoder view is th
 (:class:`~mm_sbert.MMCrossEncoder`). Both views share the module object, so switching costs nothing and training
 one trains the other. This is the only place that builds one view from the other; ``to_cross_encoder`` /
 ``to_bi_encoder``, the retriever and the evaluator call it.
+
+The two view classes register themselves in :data:`VIEW_CLASSES` when they are defined (importing
+``mm_sbert.models`` defines both), so this module builds either view without importing their modules and the two
+classes, which convert into each other, import only this one: no import circle.
 """
 
 from __future__ import annotations
@@ -16,6 +20,17 @@ from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 if TYPE_CHECKING:
     from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
     from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
+
+
+# "bi_encoder" -> MMSentenceTransformer, "cross_encoder" -> MMCrossEncoder; filled by the classes' modules.
+VIEW_CLASSES: dict[str, type] = {}
+
+
+def _view_class(view: str) -> type:
+    if view not in VIEW_CLASSES:
+        import mm_sbert.models  # noqa: F401 - defines (and so registers) both view classes
+
+    return VIEW_CLASSES[view]
 
 
 def multimodal_module(model: Any) -> MultimodalTransformer | None:
@@ -40,14 +55,12 @@ def to_cross_encoder(model: Any) -> MMCrossEncoder:
     Raises:
         ValueError: when ``model``'s first module is not a MultimodalTransformer or has no score head.
     """
-    from mm_sbert.models.mm_cross_encoder import MMCrossEncoder
-
     module = multimodal_module(model)
     if module is None:
         raise ValueError(
             f"{type(model).__name__} has no MultimodalTransformer as its first module, so it has no cross-encoder view"
         )
-    return MMCrossEncoder(modules=[module], device=str(model.device))
+    return _view_class("cross_encoder")(modules=[module], device=str(model.device))
 
 
 def to_bi_encoder(model: Any) -> MMSentenceTransformer:
@@ -59,14 +72,12 @@ def to_bi_encoder(model: Any) -> MMSentenceTransformer:
     """
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    from mm_sbert.models.mm_sentence_transformer import MMSentenceTransformer
-
     module = multimodal_module(model)
     if module is None:
         raise ValueError(
             f"{type(model).__name__} has no MultimodalTransformer as its first module, so it has no bi-encoder view"
         )
-    return MMSentenceTransformer(
+    return _view_class("bi_encoder")(
         modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device=str(model.device)
     )
 

@@ -738,10 +738,9 @@ def _as_store(store: Any) -> Any:
 def _stored_regions(store: Any, images: list[Any], model: Any) -> list[Any]:
     """The regions of ``images`` (paths, looked up by file name) read from ``store``, checked against ``model``'s
     featurizer and region width."""
-    from mm_sbert.data.store_image_resolver import StoreImageResolver, check_store_featurizer
+    from mm_sbert.data.store_image_resolver import StoreImageResolver
 
     store.check_compatible(model)
-    check_store_featurizer(store, getattr(model[0], "featurizer", None))
     return StoreImageResolver(store).resolve(images, what="the images to index")
 
 
@@ -750,11 +749,10 @@ def _store_candidates(
 ) -> Callable[[int], Any] | None:
     """``row -> regions`` read from ``store`` (the image file where the store lacks it) when the cross-encoder's
     featurizer made the store; otherwise ``None`` (or, for a store the caller passed, the error)."""
-    from mm_sbert.data.store_image_resolver import check_store_featurizer, default_store_key
+    from mm_sbert.data.store_image_resolver import default_store_key
 
     try:
         store.check_compatible(cross_encoder)
-        check_store_featurizer(store, getattr(cross_encoder[0], "featurizer", None))
     except (ValueError, TypeError) as error:
         if explicit:
             raise

@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from mm_sbert import ColorGridFeaturizer, FeatureStore, RegionFeatures
 from mm_sbert.data import StoreImageResolver
-from mm_sbert.data.store_image_resolver import check_store_featurizer, default_store_key, featurizer_from_store
+from mm_sbert.data.store_image_resolver import default_store_key, featurizer_from_store
 from mm_sbert.image_features.feature_store import FeatureStoreError
 
 
@@ -56,9 +56,9 @@ def test_featurizer_from_store_rebuilds_the_one_that_built_it(tmp_path):
     built = FeatureStore.build(tmp_path / "s", [str(image)], featurizer, show_progress_bar=False)
     rebuilt = featurizer_from_store(built)
     assert isinstance(rebuilt, ColorGridFeaturizer) and rebuilt.get_config_dict() == featurizer.get_config_dict()
-    check_store_featurizer(built, rebuilt)
+    built.check_featurizer(rebuilt)
     with pytest.raises(FeatureStoreError, match="was built by ColorGridFeaturizer"):
-        check_store_featurizer(built, ColorGridFeaturizer(grid_size=3))
+        built.check_featurizer(ColorGridFeaturizer(grid_size=3))
 
 
 def test_imported_features_record_no_featurizer(store):
