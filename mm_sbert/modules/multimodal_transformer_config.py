@@ -44,6 +44,7 @@ class MultimodalTransformerConfig:
     max_regions: int = field(default=50, metadata={"min": 1})
     score_head: bool = True
     cross_modal_bias: float | None = None
+    add_od_labels: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
