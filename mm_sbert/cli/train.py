@@ -70,6 +70,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "embeddings' scale)",
     )
     parser.add_argument("--layers", type=int, default=None, help="for a NEW model: keep only the first N layers")
+    parser.add_argument(
+        "--tags",
+        choices=("on", "off"),
+        default=None,
+        help="on: the model reads each image's tags (stored by `mm-sbert featurize --tags K`) beside the caption, "
+        "as OSCAR reads object labels ([CLS] caption [SEP] tags [SEP] regions); off: ignores them (default: a "
+        "saved model keeps its setting, a new one starts off)",
+    )
     parser.add_argument("--steps", type=int, default=500, help="optimizer steps (joint: both objectives count)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the regime)")
@@ -338,6 +346,13 @@ def run(args: argparse.Namespace) -> int:
             if args.similarity_start:
                 raise CLIError("--similarity-start chooses the head itself (cosine_match); leave out --head-input")
             model[0].reset_score_head(args.head_input)
+        if args.tags is not None:
+            if args.tags == "on" and not getattr(model[0].featurizer, "num_tags", 0):
+                raise CLIError(
+                    "--tags on needs a model whose featurizer tags images: train on a store written by "
+                    "`mm-sbert featurize --featurizer mobilenet-grid --tags K` (a new model takes its featurizer)"
+                )
+            model[0].add_od_labels = args.tags == "on"
         if args.neighbour_groups is not None and not _is_saved_model(args.model):
             raise CLIError("--neighbour-groups groups images by a trained bi-encoder: give --model a saved model")
         if args.similarity_start:
