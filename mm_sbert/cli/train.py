@@ -154,6 +154,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (same arguments)"
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast (weights and optimizer stay float32): faster steps on CPUs with native bfloat16 "
+        "(Intel AMX / AVX512-BF16, see benchmarks/results/train_step.md) and on GPUs since Ampere",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -364,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
                 check_store_featurizer(store, model[0].featurizer)
             except FeatureStoreError as error:
                 raise CLIError(str(error)) from error
-        training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")
+        if args.bf16 and args.device == "cpu" and not torch_cpu_has_bf16():
+            raise CLIError("--bf16: this CPU has no native bfloat16 support (AMX / AVX512-BF16); leave it out")
+        training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu", bf16=args.bf16)
         trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
         resume = args.resume and _has_checkpoint(args.output_dir)
         trainer.train(resume_from_checkpoint=True if resume else None)
@@ -372,6 +380,13 @@ def run(args: argparse.Namespace) -> int:
     model.save(final)
     print(f"Trained a {args.regime} model on {len(dataset)} pairs for {args.steps} steps; saved to {final}")
     return 0
+
+
+def torch_cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check); elsewhere bf16 autocast is emulated and slower."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _is_saved_model(name: str) -> bool:
