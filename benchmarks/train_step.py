@@ -30,6 +30,8 @@ from mm_sbert.image_features import FeatureStore  # noqa: E402
 from mm_sbert.training import TrainingRecipe, new_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data from the main checkout, ../../shared/data from a worktree one level deeper
+DATA_CANDIDATES = [ROOT.parent / "shared/data/flickr8k", ROOT.parent.parent / "shared/data/flickr8k"]
 
 
 class StepTimer(TrainerCallback):
@@ -100,7 +102,8 @@ def run(regime: str, bf16: bool, args: argparse.Namespace, store: FeatureStore) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="a MobileNetV2 3x3 grid store of the Flickr8k train photos")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/flickr8k/train/captions.jsonl"))
+    default_data = next((c for c in DATA_CANDIDATES if c.is_dir()), DATA_CANDIDATES[0]) / "train/captions.jsonl"
+    parser.add_argument("--data", default=str(default_data), help="the Flickr8k train captions.jsonl")
     parser.add_argument("--steps", type=int, default=6, help="steps per setting (the first is not timed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-images", type=int, default=2000, help="training images to read (speed only)")
