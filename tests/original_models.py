@@ -168,6 +168,40 @@ def oscar_forward(
     return hidden, pooled, logits
 
 
+def oscar_tensorize_example(
+    tokenizer,
+    text_a: str,
+    img_feat: torch.Tensor,
+    text_b: str | None = None,
+    max_seq_len: int = 70,
+    max_img_seq_len: int = 50,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OSCAR's ``RetrievalDataset.tensorize_example`` (run_retrieval.py, ``att_mask_type="CLR"``): ``[CLS] text_a
+    [SEP] (text_b [SEP])`` with segment ids 0 / 1, padded to ``max_seq_len``, then the region vectors padded to
+    ``max_img_seq_len``; returns ``(input_ids, attention_mask, segment_ids, img_feat)`` for one example."""
+    tokens_a = tokenizer.tokenize(text_a)
+    if len(tokens_a) > max_seq_len - 2:
+        tokens_a = tokens_a[: max_seq_len - 2]
+    tokens = [tokenizer.cls_token] + tokens_a + [tokenizer.sep_token]
+    segment_ids = [0] + [0] * (len(tokens_a) + 1)
+    if text_b:
+        tokens_b = tokenizer.tokenize(text_b)
+        if len(tokens_b) > max_seq_len - len(tokens) - 1:
+            tokens_b = tokens_b[: (max_seq_len - len(tokens) - 1)]
+        tokens += tokens_b + [tokenizer.sep_token]
+        segment_ids += [1] * (len(tokens_b) + 1)
+    seq_len = len(tokens)
+    seq_padding_len = max_seq_len - seq_len
+    tokens += [tokenizer.pad_token] * seq_padding_len
+    segment_ids += [0] * seq_padding_len
+    input_ids = tokenizer.convert_tokens_to_ids(tokens)
+    img_len = min(img_feat.shape[0], max_img_seq_len)
+    img_feat = img_feat[:img_len]
+    img_feat = torch.cat([img_feat, torch.zeros(max_img_seq_len - img_len, img_feat.shape[1])], 0)
+    attention_mask = [1] * seq_len + [0] * seq_padding_len + [1] * img_len + [0] * (max_img_seq_len - img_len)
+    return torch.tensor(input_ids), torch.tensor(attention_mask), torch.tensor(segment_ids), img_feat
+
+
 # ---------------------------------------------------------------------------------------------------- M3P
 
 

@@ -101,6 +101,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--layers", type=positive_int, default=None, help="for a NEW model: keep only the first N layers"
     )
     parser.add_argument(
+        "--tags",
+        choices=("on", "off"),
+        default=None,
+        help="on: the model reads each image's tags (stored by `mm-sbert featurize --tags K`) beside the caption, "
+        "as OSCAR reads object labels ([CLS] caption [SEP] tags [SEP] regions); off: ignores them (default: a "
+        "saved model keeps its setting, a new one starts off)",
+    )
+    parser.add_argument(
         "--steps", type=positive_int, default=None, help="optimizer steps (joint: both objectives count; default: 500)"
     )
     parser.add_argument(
@@ -190,6 +198,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (same arguments)"
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast (weights and optimizer stay float32): faster steps on CPUs with native bfloat16 "
+        "(Intel AMX / AVX512-BF16, see benchmarks/results/train_step.md) and on GPUs since Ampere",
     )
     parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
@@ -385,6 +399,13 @@ def _run(args: argparse.Namespace) -> int:
         )
         if saved and args.head_input is not None and not args.similarity_start:
             model[0].reset_score_head(args.head_input)
+        if args.tags is not None:
+            if args.tags == "on" and not getattr(model[0].featurizer, "num_tags", 0):
+                raise CLIError(
+                    "--tags on needs a model whose featurizer tags images: train on a store written by "
+                    "`mm-sbert featurize --featurizer mobilenet-grid --tags K` (a new model takes its featurizer)"
+                )
+            model[0].add_od_labels = args.tags == "on"
         if args.similarity_start:
             model[0].start_cross_encoder(cross_modal_bias=args.cross_modal_bias)
         if store is not None:
@@ -392,7 +413,9 @@ def _run(args: argparse.Namespace) -> int:
                 store.check_featurizer(model[0].featurizer)
             except FeatureStoreError as error:
                 raise CLIError(str(error)) from error
-        training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu")
+        if args.bf16 and args.device == "cpu" and not torch_cpu_has_bf16():
+            raise CLIError("--bf16: this CPU has no native bfloat16 support (AMX / AVX512-BF16); leave it out")
+        training_args = recipe.training_args(args.output_dir, use_cpu=args.device == "cpu", bf16=args.bf16)
         try:
             trainer = recipe.trainer(model, dataset, args.output_dir, args=training_args)
         except ValueError as error:
@@ -410,3 +433,10 @@ def _run(args: argparse.Namespace) -> int:
         f"{trained}); saved to {final}"
     )
     return 0
+
+
+def torch_cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check); elsewhere bf16 autocast is emulated and slower."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -65,6 +65,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "image-text matching head, which otherwise becomes the head)",
     )
     parser.add_argument(
+        "--add-od-labels",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="OSCAR only: the checkpoint was fine-tuned with object labels as a second text segment (OSCAR's "
+        "--add_od_labels), so the model reads image tags the same way; auto (default): as the checkpoint's "
+        "training_args.bin says, else no",
+    )
+    parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="read checkpoints that pickle Python objects besides tensors (unpickling can run code: trusted "
@@ -93,6 +101,10 @@ def convert(args: argparse.Namespace) -> ConvertedModel:
     }
     if args.format == "m3p":
         options["n_heads"] = args.n_heads
+    if args.add_od_labels != "auto":
+        if args.format != "oscar":
+            raise ValueError(f"--add-od-labels applies to --format oscar only, not {args.format}")
+        options["add_od_labels"] = args.add_od_labels == "yes"
     return CONVERTERS[args.format](**options).convert(args.checkpoint, args.config, args.tokenizer)
 
 

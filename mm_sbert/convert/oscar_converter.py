@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from typing import Any
@@ -30,6 +31,9 @@ from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 # OSCAR appends x1, y1, x2, y2, w, h to each 2048-d region feature: img_feature_dim 2054.
 OSCAR_BOX_NUMBERS = 6
 
+# What OSCAR's run_retrieval.py saves beside each checkpoint: its argparse Namespace (add_od_labels among it).
+TRAINING_ARGS_NAME = "training_args.bin"
+
 # The BertConfig fields that shape the backbone; OSCAR's own fields (img_feature_dim ...) are read separately.
 _BERT_CONFIG_FIELDS = (
     "vocab_size",
@@ -57,6 +61,13 @@ class OscarConverter(CheckpointConverter):
     ignored. ``BertImgModel.save_pretrained`` folders without the ``bert.`` prefix (as inside MMT-Retrieval models)
     convert too.
 
+    Args:
+        add_od_labels: whether the checkpoint was fine-tuned with object labels as a second text segment (OSCAR's
+            ``--add_od_labels``); the converted module then reads image tags the same way
+            (:class:`~mm_sbert.MultimodalTransformer`'s ``add_od_labels``). ``None`` (default): read it from the
+            ``training_args.bin`` OSCAR saves beside a checkpoint (loaded without unpickling code), else ``False``.
+        **kwargs: the options of :class:`~mm_sbert.convert.CheckpointConverter`.
+
     Example:
         >>> converted = OscarConverter().convert("oscar-base-ir-finetune/checkpoint-29-132780")
         >>> print(converted.report.summary())
@@ -65,6 +76,10 @@ class OscarConverter(CheckpointConverter):
 
     format_name = "oscar"
 
+    def __init__(self, *, add_od_labels: bool | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_od_labels = add_od_labels
+
     def convert(
         self, checkpoint: str, config: str | None = None, tokenizer: str | PreTrainedTokenizerBase | None = None
     ) -> ConvertedModel:
@@ -72,7 +87,17 @@ class OscarConverter(CheckpointConverter):
         config_path = config or os.path.join(folder, "config.json")
         config_dict = read_json(config_path)
         tokenizer = load_tokenizer(tokenizer, [folder, os.path.dirname(config_path)], "OSCAR")
-        return self.convert_state_dict(read_state_dict(weights_path, self.trust_pickle), config_dict, tokenizer)
+        report = ConversionReport(self.format_name)
+        add_od_labels = self.add_od_labels
+        if add_od_labels is None:
+            add_od_labels = _saved_add_od_labels(os.path.join(folder, TRAINING_ARGS_NAME), report)
+        return self.convert_state_dict(
+            read_state_dict(weights_path, self.trust_pickle),
+            config_dict,
+            tokenizer,
+            report=report,
+            add_od_labels=add_od_labels,
+        )
 
     def convert_state_dict(
         self,
@@ -85,8 +110,12 @@ class OscarConverter(CheckpointConverter):
         max_seq_length: int = 70,
         max_regions: int = 50,
         report: ConversionReport | None = None,
+        add_od_labels: bool | None = None,
     ) -> ConvertedModel:
-        """Convert an in-memory state dict with its config dict; ``head_state_dict`` adds a separate ``classifier``."""
+        """Convert an in-memory state dict with its config dict; ``head_state_dict`` adds a separate ``classifier``;
+        ``add_od_labels`` ``None`` takes the converter's option (``False`` when that is ``None`` too)."""
+        if add_od_labels is None:
+            add_od_labels = bool(self.add_od_labels)
         report = report or ConversionReport(self.format_name)
         state_dict = normalise_layer_norm_names(state_dict)
         if any(re.match(r"classifier\.\d+\.", key) for key in [*state_dict, *(head_state_dict or {})]):
@@ -140,6 +169,7 @@ class OscarConverter(CheckpointConverter):
             embedding_mode="separate",
             image_only_text="cls",
             head_pooler=head_pooler,
+            add_od_labels=add_od_labels,
             **self.module_kwargs(max_seq_length, max_regions),
         )
         if len(tokenizer) > bert_config.vocab_size:
@@ -149,3 +179,21 @@ class OscarConverter(CheckpointConverter):
             )
         load_mapped_weights(module, mapped, report, source_of, allow_unexpected=self.allow_unexpected)
         return ConvertedModel(module.eval(), report)
+
+
+def _saved_add_od_labels(path: str, report: ConversionReport) -> bool:
+    """``add_od_labels`` from OSCAR's ``training_args.bin`` (an argparse Namespace of plain values), else False."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            args = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "unknown": say so, do not guess True
+        report.notes.append(
+            f"{path} could not be read without unpickling code ({type(exc).__name__}); add_od_labels=False. Pass "
+            "add_od_labels=True (--add-od-labels) if the checkpoint was fine-tuned with object labels"
+        )
+        return False
+    value = bool(getattr(args, "add_od_labels", False))
+    report.notes.append(f"add_od_labels={value}, as in {path}")
+    return value

@@ -5,9 +5,15 @@ from mm_sbert.image_features.cached_featurizer import CachedFeaturizer
 from mm_sbert.image_features.color_blob_featurizer import ColorBlobFeaturizer
 from mm_sbert.image_features.color_grid_featurizer import ColorGridFeaturizer
 from mm_sbert.image_features.detector_featurizer import DetectorFeaturizer
+from mm_sbert.image_features.efficientnet_lite_grid_featurizer import (
+    EfficientNetLiteGridFeaturizer,
+    efficientnet_lite2_weights_path,
+    load_efficientnet_lite2,
+)
 from mm_sbert.image_features.feature_store import FeatureStore, FeatureStoreError
 from mm_sbert.image_features.image_featurizer import FEATURIZER_REGISTRY, ImageFeaturizer, register_featurizer
 from mm_sbert.image_features.image_loading import ImageLoadError, load_image, looks_like_image_path
+from mm_sbert.image_features.imagenet_tagger import ImageNetTagger, imagenet_class_names
 from mm_sbert.image_features.mobilenet_v2 import MobileNetV2, load_mobilenet_v2, mobilenet_v2_weights_path
 from mm_sbert.image_features.mobilenet_v2_grid_featurizer import MobileNetV2GridFeaturizer
 from mm_sbert.image_features.precomputed import read_butd_tsv, read_npz_folder, read_oscar_tsv
@@ -22,15 +28,20 @@ __all__ = [
     "ColorBlobFeaturizer",
     "ColorGridFeaturizer",
     "DetectorFeaturizer",
+    "EfficientNetLiteGridFeaturizer",
     "FEATURIZER_REGISTRY",
     "FeatureStore",
     "FeatureStoreError",
     "ImageFeaturizer",
     "ImageLoadError",
+    "ImageNetTagger",
     "MobileNetV2",
     "MobileNetV2GridFeaturizer",
     "RegionFeatures",
     "TorchvisionDetector",
+    "efficientnet_lite2_weights_path",
+    "imagenet_class_names",
+    "load_efficientnet_lite2",
     "load_image",
     "load_mobilenet_v2",
     "looks_like_image_path",

@@ -92,6 +92,8 @@ class _StoreManifest(StrictSchema):
 class _ShardMeta(StrictSchema):
     ids: list[int | str]
     labels: list[list[str] | None]
+    # [tags, scores] or null per image; absent in stores written before tags.
+    tags: list[Any] | None = None
 
 
 def _is_legacy_store(folder: Path) -> bool:
@@ -209,6 +211,8 @@ class FeatureStore:
         self._ids: list[ImageId] = []
         self._index: dict[str, tuple[int, int]] = {}
         self._labels: list[list[list[str] | None]] = []
+        # Per shard: each image's (tags, tag scores), or None for shards written without tags.
+        self._tags: list[list[tuple[list[str], list[float] | None] | None] | None] = []
         for shard_number, (paths, shard) in enumerate(zip(self._paths, checked.shards)):
             meta = read_json_schema(paths["meta.json"], _ShardMeta, "feature store shard list", StorageError)
             if len(meta.ids) != shard.num_images or len(meta.labels) != shard.num_images:
@@ -224,6 +228,7 @@ class FeatureStore:
                 self._index[key] = (shard_number, local)
                 self._ids.append(image_id)
             self._labels.append(meta.labels)
+            self._tags.append(_read_tags({"tags": meta.tags}, len(meta.ids), paths["meta.json"]))
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         if not self.complete:
             warnings.warn(
@@ -323,11 +328,15 @@ class FeatureStore:
         arrays = self._shard_arrays(shard_number)
         start, end = int(arrays["offsets"][local]), int(arrays["offsets"][local + 1])
         width, height = (int(v) for v in arrays["sizes"][local])
+        shard_tags = self._tags[shard_number]
+        tags, tag_scores = (shard_tags[local] or (None, None)) if shard_tags is not None else (None, None)
         return RegionFeatures(
             torch.from_numpy(np.array(arrays["features"][start:end])),
             torch.from_numpy(np.array(arrays["boxes"][start:end])),
             image_size=(width, height) if width > 0 else None,
             labels=self._labels[shard_number][local],
+            tags=tags,
+            tag_scores=tag_scores,
         )
 
     def get_many(self, image_ids: Iterable[ImageId]) -> list[RegionFeatures]:
@@ -548,6 +557,26 @@ class FeatureStore:
         return ids
 
 
+def _read_tags(
+    meta: dict[str, Any], count: int, path: Path
+) -> list[tuple[list[str], list[float] | None] | None] | None:
+    """A shard's ``tags`` entry (``[tags, scores]`` or null per image); None when the shard has none."""
+    tags = meta.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, list) or len(tags) != count:
+        raise FeatureStoreError(
+            f"'{path}' lists tags for {len(tags) if isinstance(tags, list) else 'no'} of its {count} images; "
+            "the store is corrupt"
+        )
+    entries = []
+    for entry in tags:
+        if entry is not None and not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
+            raise FeatureStoreError(f"'{path}' holds a malformed tags entry {entry!r:.100}; the store is corrupt")
+        entries.append(None if entry is None else (entry[0], entry[1]))
+    return entries
+
+
 class _StoreWriter:
     """Appends shards to a (possibly partly written) store and rewrites the manifest after each one."""
 
@@ -658,6 +687,9 @@ class _StoreWriter:
             "sizes": np.array([r.image_size or (-1, -1) for _, r in self.buffer], dtype=np.int32).reshape(-1, 2),
         }
         meta = {"ids": [image_id for image_id, _ in self.buffer], "labels": [r.labels for _, r in self.buffer]}
+        if any(r.tags for _, r in self.buffer):
+            # Whole-image words (RegionFeatures.tags), stored only where some image has them.
+            meta["tags"] = [[r.tags, r.tag_scores] if r.tags else None for _, r in self.buffer]
         contents = {f"{part}.npy": _npy_bytes(array) for part, array in arrays.items()}
         contents["meta.json"] = json.dumps(meta).encode("utf-8")
         name = f"shard-{len(self.manifest['shards']):05d}"

@@ -43,6 +43,10 @@ class RegionFeatures:
         boxes: ``[R, 4]`` region boxes as normalised ``x1, y1, x2, y2`` in ``[0, 1]``.
         image_size: optional ``(width, height)`` of the source image in pixels.
         labels: optional object label per region (kept for inspection; not fed to the model).
+        tags: optional words for the whole image, most confident first (e.g. an ImageNet classifier's top classes
+            from :class:`~mm_sbert.image_features.ImageNetTagger`). A model built with ``add_od_labels=True`` reads
+            them as OSCAR reads its detector's object labels: ``[CLS] caption [SEP] tags [SEP] regions``.
+        tag_scores: optional confidence per tag (e.g. class probabilities), kept for inspection and storage.
 
     Example:
         >>> import torch
@@ -55,6 +59,8 @@ class RegionFeatures:
     boxes: torch.Tensor
     image_size: tuple[int, int] | None = None
     labels: list[str] | None = field(default=None)
+    tags: list[str] | None = field(default=None)
+    tag_scores: list[float] | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.features = _as_float_tensor(self.features, "features")
@@ -91,6 +97,27 @@ class RegionFeatures:
                 f"RegionFeatures has {len(self.features)} regions but {len(self.labels)} labels; give one label per "
                 "region or none"
             )
+        self._check_tags()
+
+    def _check_tags(self) -> None:
+        if self.tags is not None:
+            if isinstance(self.tags, str) or not all(isinstance(tag, str) and tag.strip() for tag in self.tags):
+                raise ValueError(f"RegionFeatures.tags must be a list of non-empty strings, got {self.tags!r:.200}")
+            self.tags = list(self.tags)
+        if self.tag_scores is not None:
+            if self.tags is None or len(self.tag_scores) != len(self.tags):
+                raise ValueError(
+                    f"RegionFeatures has {0 if self.tags is None else len(self.tags)} tags but "
+                    f"{len(self.tag_scores)} tag scores; give one score per tag or none"
+                )
+            self.tag_scores = [float(score) for score in self.tag_scores]
+            if not all(np.isfinite(self.tag_scores)):
+                raise ValueError("RegionFeatures.tag_scores contains NaN or infinite values")
+
+    @property
+    def tag_text(self) -> str | None:
+        """The tags as one text (space-separated, as OSCAR joins its object labels); ``None`` without tags."""
+        return " ".join(self.tags) if self.tags else None
 
     @classmethod
     def from_pixel_boxes(
@@ -137,12 +164,19 @@ class RegionFeatures:
         if self.num_regions <= max_regions:
             return self
         labels = self.labels[:max_regions] if self.labels is not None else None
-        return RegionFeatures(self.features[:max_regions], self.boxes[:max_regions], self.image_size, labels)
+        return RegionFeatures(
+            self.features[:max_regions],
+            self.boxes[:max_regions],
+            self.image_size,
+            labels,
+            tags=self.tags,  # whole-image words: not per region, so all are kept
+            tag_scores=self.tag_scores,
+        )
 
     def __repr__(self) -> str:
         return (
             f"RegionFeatures(num_regions={self.num_regions}, feature_dim={self.feature_dim}, "
-            f"image_size={self.image_size})"
+            f"image_size={self.image_size}{f', tags={self.tags}' if self.tags else ''})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -153,4 +187,6 @@ class RegionFeatures:
             and torch.equal(self.boxes, other.boxes)
             and self.image_size == other.image_size
             and self.labels == other.labels
+            and self.tags == other.tags
+            and self.tag_scores == other.tag_scores
         )

@@ -107,7 +107,17 @@ class MultimodalTransformer(InputModule):
             alone are unaffected.
         head_pooler: whether the cross-encoder head passes its input (the first token, the mean, or ``t`` and ``r``
             each) through the backbone's pooler (dense + tanh) before ``classifier``; ``False`` reads it raw.
-        max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included.
+        add_od_labels: read the image's tags (:attr:`RegionFeatures.tags`, e.g. ImageNet classes from a featurizer
+            built with ``num_tags``) as OSCAR's retrieval fine-tuning reads its detector's object labels
+            (``--add_od_labels``): a pair is ``[CLS] caption [SEP] tags [SEP] regions``, an image alone
+            ``[CLS] [SEP] tags [SEP] regions`` (OSCAR's layout with an empty caption), with token type 0 on ``[CLS]``,
+            the caption and its ``[SEP]``, 1 on the tags and their ``[SEP]``; text positions count from 0 over the
+            whole text part and regions get none. The caption is cut to ``max_seq_length - 2`` tokens first, the
+            tags to what is left (none when the caption leaves no room for one). The tags are on the image's side:
+            the matching heads, ``fusion_layer`` and ``cross_modal_bias`` treat them as part of the image. Images
+            without tags and captions alone keep the plain layout; ``False`` (the default, as for every checkpoint
+            trained without labels) ignores tags.
+        max_seq_length: text tokens kept per input, ``[CLS]`` and ``[SEP]`` included (tags included).
         max_regions: regions kept per image (the first ones: extractors sort them by confidence).
         featurizer: turns PIL images and image paths into :class:`RegionFeatures`; without one, images must be
             given as :class:`RegionFeatures`.
@@ -153,6 +163,7 @@ class MultimodalTransformer(InputModule):
         score_head: bool = True,
         cross_modal_bias: float | None = None,
         trained_views: Sequence[str] | None = None,
+        add_od_labels: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
@@ -261,18 +272,27 @@ class MultimodalTransformer(InputModule):
         regions = self._resolve_regions([image for _, image in parsed])
 
         max_length = kwargs.get("max_length") or self.max_seq_length
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        tag_texts = [region.tag_text if self.add_od_labels and region is not None else None for region in regions]
+        if any(tag_texts):
+            encoded = self._encode_with_tags(texts, tag_texts, max_length)
+        else:
+            encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         features: dict[str, torch.Tensor | Any] = {
             "input_ids": encoded["input_ids"],
             "text_mask": encoded["attention_mask"],
         }
+        if "tag_mask" in encoded:
+            features["tag_mask"] = encoded["tag_mask"]
         # Which rows are (caption, image) pairs: only there does the cross-modal bias apply, and only pairs are scored
         # by an ONNX backend.
         features["is_pair"] = torch.tensor([text is not None and image is not None for text, image in parsed])
         if "token_type_ids" in encoded:
             features["token_type_ids"] = encoded["token_type_ids"]
         if self.image_only_text == "cls":
-            self._keep_only_cls_for_images(features, [text is None for text, _ in parsed])
+            # An image with tags keeps OSCAR's layout of an empty caption: [CLS] [SEP] tags [SEP].
+            self._keep_only_cls_for_images(
+                features, [text is None and not tags for (text, _), tags in zip(parsed, tag_texts)]
+            )
 
         num_regions = [0 if region is None else region.num_regions for region in regions]
         width = max(num_regions)
@@ -285,6 +305,52 @@ class MultimodalTransformer(InputModule):
         features["region_features"] = region_features
         features["region_mask"] = region_mask
         return features
+
+    def _encode_with_tags(self, texts: list[str], tag_texts: list[str | None], max_length: int) -> dict[str, Any]:
+        """Tokenize ``text [+ tags]`` per row as OSCAR's ``tensorize_example`` does (caption as the first segment,
+        tags as the second, the caption cut first), padded on the right; adds ``tag_mask`` (1 on the tags' tokens
+        and their closing special token)."""
+        single_specials = self.tokenizer.num_special_tokens_to_add(pair=False)
+        pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        rows: list[tuple[list[int], list[int], list[int]]] = []
+        for text, tags in zip(texts, tag_texts):
+            caption_length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if tags and min(caption_length, max_length - single_specials) + pair_specials >= max_length:
+                tags = None  # the caption fills the text part: no room for a single tag
+            if not tags:
+                encoded = self.tokenizer(text, truncation=True, max_length=max_length)
+                ids = encoded["input_ids"]
+                rows.append((ids, encoded.get("token_type_ids") or [0] * len(ids), [0] * len(ids)))
+                continue
+            # Untruncated, then cut by segment, so the caption keeps what it would keep alone.
+            encoded = self.tokenizer(text, tags)
+            sequence = encoded.sequence_ids(0)
+            caption_length = min(caption_length, max_length - single_specials)
+            tags_length = max(0, min(sequence.count(1), max_length - caption_length - pair_specials))
+            keep, seen = [], {0: 0, 1: 0}
+            for position, segment in enumerate(sequence):
+                if segment is not None:
+                    seen[segment] += 1
+                    if seen[segment] > (caption_length if segment == 0 else tags_length):
+                        continue
+                keep.append(position)
+            ids = [encoded["input_ids"][i] for i in keep]
+            types = [encoded["token_type_ids"][i] for i in keep] if "token_type_ids" in encoded else [0] * len(ids)
+            # The tags' side starts after the caption's closing special token (the second one: [CLS] ... [SEP]).
+            specials = [n for n, i in enumerate(keep) if sequence[i] is None]
+            first_tag = specials[1] + 1 if len(specials) > 1 else len(ids)
+            tag_mask = [0] * first_tag + [1] * (len(ids) - first_tag)
+            rows.append((ids, types, tag_mask))
+        width = max(len(ids) for ids, _, _ in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        result = {
+            "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in rows]),
+            "tag_mask": torch.tensor([mask + [0] * (width - len(mask)) for _, _, mask in rows]),
+        }
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            result["token_type_ids"] = torch.tensor([types + [0] * (width - len(types)) for _, types, _ in rows])
+        return result
 
     def _keep_only_cls_for_images(self, features: dict[str, torch.Tensor], image_only: list[bool]) -> None:
         """Reduce the text part of image-only rows to the leading ``[CLS]`` (the tokenizer pads on the right)."""
@@ -489,7 +555,11 @@ class MultimodalTransformer(InputModule):
         is_text = None
         layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None
         if layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS):
-            parts = [torch.ones_like(text_mask), torch.zeros_like(region_mask)]
+            # Tags are the image's words: they count with the regions, not with the caption.
+            caption = torch.ones_like(text_mask)
+            if features.get("tag_mask") is not None:
+                caption = caption - features["tag_mask"].to(caption.dtype)
+            parts = [caption, torch.zeros_like(region_mask)]
             is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
         if layer_by_layer:
             token_embeddings = self._late_fusion_encoder(hidden, mask, encoder_mask, is_text, features.get("is_pair"))

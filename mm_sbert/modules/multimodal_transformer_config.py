@@ -56,6 +56,7 @@ class MultimodalTransformerConfig:
     cross_modal_bias: float | None = None
     # The views whose objective has trained this module; None: not recorded (a folder saved before the record).
     trained_views: list[TrainedView] | None = None
+    add_od_labels: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

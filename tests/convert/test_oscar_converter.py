@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
-from original_models import oscar_config, oscar_forward, random_oscar_state_dict
+from original_models import oscar_config, oscar_forward, oscar_tensorize_example, random_oscar_state_dict
 from tiny_models import tiny_bert_tokenizer
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer, RegionFeatures
@@ -233,3 +234,99 @@ def test_head_score_and_fresh_head_options(tmp_path):
     assert fresh.report.score.startswith("none yet")
     with pytest.raises(ValueError, match=r"head_score must be one of \('softmax', 'class1-logit'\), got 'logit'"):
         OscarConverter(head_score="logit")
+
+
+# ---------------------------------------------------------------------------------------------------- object tags
+
+MAX_SEQ, MAX_IMG = 16, 8
+TAGS = [["dog", "man"], ["ball"], ["car", "red", "big", "dog", "man"]]
+
+
+def tagged(count: int, seed: int, tags: list[str]) -> RegionFeatures:
+    plain = regions(count, seed)
+    return RegionFeatures(plain.features, plain.boxes, tags=tags, tag_scores=[0.5] * len(tags))
+
+
+@pytest.fixture
+def oscar_labels_checkpoint(tmp_path):
+    """A retrieval fine-tune saved as OSCAR's run_retrieval.py saves it with --add_od_labels (training_args.bin)."""
+    config = oscar_config(len(tiny_bert_tokenizer()))
+    state_dict = random_oscar_state_dict(config, seed=3)
+    path = write_checkpoint(tmp_path / "checkpoint-9-1000", config, state_dict)
+    args = argparse.Namespace(add_od_labels=True, od_label_type="vg", max_seq_length=MAX_SEQ, att_mask_type="CLR")
+    torch.save(args, tmp_path / "checkpoint-9-1000" / "training_args.bin")
+    return path, config, state_dict
+
+
+def oscar_layout_forward(config, state_dict, captions, images):
+    """The original's outputs on inputs laid out by OSCAR's own tensorize_example (caption '' = image alone)."""
+    examples = [
+        oscar_tensorize_example(
+            tiny_bert_tokenizer(), caption, image.region_vectors("oscar"), image.tag_text, MAX_SEQ, MAX_IMG
+        )
+        for caption, image in zip(captions, images)
+    ]
+    input_ids, mask, segments, img_feats = (torch.stack(parts) for parts in zip(*examples))
+    hidden, _, logits = oscar_forward(
+        state_dict, config, input_ids, segments, mask[:, :MAX_SEQ], img_feats, mask[:, MAX_SEQ:]
+    )
+    return hidden[mask.bool()].split(mask.sum(1).tolist()), logits
+
+
+def test_a_checkpoint_fine_tuned_with_labels_reproduces_the_original_with_tags(oscar_labels_checkpoint):
+    path, config, state_dict = oscar_labels_checkpoint
+    converted = OscarConverter(max_seq_length=MAX_SEQ, max_regions=MAX_IMG).convert(path)
+    module = converted.module
+    assert module.add_od_labels and any("add_od_labels=True" in note for note in converted.report.notes)
+    images = [tagged(5, 0, TAGS[0]), tagged(2, 1, TAGS[1]), tagged(9, 2, TAGS[2])]  # 9 > MAX_IMG: truncated
+    captions = CAPTIONS  # the third leaves room for 3 of its image's 5 tag tokens: OSCAR cuts the tags
+    expected_states, expected_logits = oscar_layout_forward(config, state_dict, captions, images)
+
+    features = module.preprocess(list(zip(captions, images)))
+    with torch.no_grad():
+        out = module(dict(features))
+    states = out["token_embeddings"][out["attention_mask"].bool()].split(out["attention_mask"].sum(1).tolist())
+    for ours, theirs in zip(states, expected_states):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.sigmoid(out["scores"][:, 0]), expected_logits.softmax(-1)[:, 1], atol=1e-6, rtol=1e-5
+    )
+
+    assert features["text_mask"][2].sum() == MAX_SEQ and features["token_type_ids"][2].sum() == 4
+
+    # A caption that fills the text part leaves no room for tags (where OSCAR's own slicing would overrun).
+    long_caption = "the man with a big black dog on the left of a red car and a ball"
+    assert module.preprocess([(long_caption, images[0])])["input_ids"].shape[1] == MAX_SEQ
+
+    # An image alone: OSCAR's layout with an empty caption, [CLS] [SEP] tags [SEP] regions.
+    expected_states, _ = oscar_layout_forward(config, state_dict, ["", ""], images[:2])
+    with torch.no_grad():
+        out = module(module.preprocess(images[:2]))
+    states = out["token_embeddings"][out["attention_mask"].bool()].split(out["attention_mask"].sum(1).tolist())
+    for ours, theirs in zip(states, expected_states):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_tags_change_the_scores_only_when_the_model_reads_them(oscar_labels_checkpoint):
+    path, _, _ = oscar_labels_checkpoint
+    with_labels = OscarConverter().convert(path).module
+    without_labels = OscarConverter(add_od_labels=False).convert(path).module
+    image, plain = tagged(4, 5, ["dog", "ball"]), regions(4, 5)
+
+    def score(module, image):
+        with torch.no_grad():
+            return module(module.preprocess([(CAPTIONS[1], image)]))["scores"].item()
+
+    assert abs(score(with_labels, image) - score(with_labels, plain)) > 1e-4  # dropping the tags changes the score
+    assert score(without_labels, image) == score(without_labels, plain)  # a model without labels ignores them
+
+
+def test_add_od_labels_survives_save_and_load(oscar_labels_checkpoint, tmp_path):
+    path, config, state_dict = oscar_labels_checkpoint
+    OscarConverter(max_seq_length=MAX_SEQ, max_regions=MAX_IMG).convert(path).save(str(tmp_path / "converted"))
+    cross_encoder = MMCrossEncoder(str(tmp_path / "converted"), device="cpu")
+    assert cross_encoder[0].add_od_labels
+    image = tagged(3, 4, TAGS[2])
+    _, logits = oscar_layout_forward(config, state_dict, [CAPTIONS[0]], [image])
+    scores = torch.as_tensor(cross_encoder.predict([(CAPTIONS[0], image)]))
+    torch.testing.assert_close(scores, logits.softmax(-1)[:, 1], atol=1e-6, rtol=1e-5)
