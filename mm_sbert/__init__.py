@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mm_sbert.data import ImageCaptionCorpus, SyntheticScenes
+from mm_sbert.data import ImageCaptionCorpus
+from mm_sbert.demo import SyntheticScenes
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.export import OnnxCrossEncoder
 from mm_sbert.image_features import (

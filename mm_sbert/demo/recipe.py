@@ -1,14 +1,15 @@
 """The demo's training recipe: all-MiniLM-L6-v2 + a colour featurizer, fine-tuned jointly on generated scenes.
 
-``mm-sbert demo`` and ``benchmarks/demo_ablation.py`` build and train their models here. The settings depart from
-the paper's recipe to learn within CPU minutes; :data:`NOTES` says where and why.
+``mm-sbert demo`` (:func:`~mm_sbert.demo.run_demo`) and ``benchmarks/demo_ablation.py`` build and train their
+models here. The settings depart from the paper's recipe to learn within CPU minutes; :data:`NOTES` says where and
+why.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ DEFAULTS = {
     "batch_size": 16,
     "layers": 2,
     "eval_captions": 1,
+    "family_size": 4,
 }
 QUICK = {
     "train_images": 24,
@@ -33,7 +35,10 @@ QUICK = {
     "batch_size": 8,
     "layers": 1,
     "eval_captions": 1,
+    "family_size": 4,
 }
+# What tells the scenes of a family apart (SyntheticScenes' families): only which attribute belongs to which object.
+FAMILIES = "binding"
 # How the demo departs from the paper's recipe to learn within CPU minutes (printed with the results, see NOTES).
 TRAINING = {
     "learning_rate": 3e-4,
@@ -66,9 +71,6 @@ NOTES = (
     " (paper: 5e-5 everywhere), batch {batch_size} (paper: 128), {warmup_steps} warm-up steps + {steps} joint"
     " rounds (paper: 30k rounds).",
 )
-# Deprecated (kept for importers): TrainingRecipe builds this pattern from its new_layers; parameter names matching
-# it learn at the recipe's new_layer_learning_rate.
-NEW_LAYERS = r"(^|\.)(img_embedding|img_layer_norm|classifier)\."
 # --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
 # (docs/quickstart.md, "More training, object regions").
 REGIONS = {"grid": "a 3x3 colour grid", "objects": "one region per object (ColorBlobFeaturizer)"}
@@ -110,7 +112,6 @@ def build_demo_model(
 def fine_tune(
     model,
     train,
-    output_dir: str,
     steps: int,
     batch_size: int,
     seed: int,
@@ -135,8 +136,10 @@ def fine_tune(
     get batches of whole scene families (:class:`~mm_sbert.training.GroupedBatchSampler`), the others random
     batches; the warm-up always draws random batches (look-alikes from a cold start stall the bi-encoder). The layers
     that are new on top of MiniLM (region projection, its LayerNorm, score head) learn at
-    ``new_layer_learning_rate``.
+    ``new_layer_learning_rate``. Nothing is written to disk: the trainer's output folder is a temporary one.
     """
+    import torch
+
     from mm_sbert.training import GroupedBatchSampler, TrainingRecipe
 
     dataset = train.to_dataset()
@@ -165,21 +168,27 @@ def fine_tune(
             seed=seed,
             logging_steps=max(1, phase_steps // 4),
         )
-        # The demo's settings where they differ from the recipe's defaults: its results were measured with them.
-        args = recipe.training_args(
-            os.path.join(output_dir, "checkpoints"),
-            disable_tqdm=not show_progress_bar,
-            dataloader_drop_last=False,
-            data_seed=None,
-        )
-        trainer = recipe.trainer(
-            model,
-            dataset,
-            args.output_dir,
-            args=args,
-            batch_samplers=dict.fromkeys(family_batches, grouped) if joint else None,
-        )
-        trainer.train()
+        # The card data describes the previous phase's single dataset; this phase's trainer has its own datasets (the
+        # host would warn that the counts differ, then drop the stale entry).
+        model.model_card_data.train_datasets = []
+        with tempfile.TemporaryDirectory(prefix="mm_sbert_demo_") as scratch:
+            # The demo's settings where they differ from the recipe's defaults: its results were measured with them.
+            args = recipe.training_args(
+                scratch,
+                disable_tqdm=not show_progress_bar,
+                dataloader_drop_last=False,
+                data_seed=None,
+                # Pinned memory only helps copies to an accelerator; without one torch warns on every epoch.
+                dataloader_pin_memory=torch.cuda.is_available(),
+            )
+            trainer = recipe.trainer(
+                model,
+                dataset,
+                scratch,
+                args=args,
+                batch_samplers=dict.fromkeys(family_batches, grouped) if joint else None,
+            )
+            trainer.train()
         offset = history[-1][0] + 1 if history else 0
         history += [(offset + step, objective, loss) for step, objective, loss in trainer.objective_history]
     model.eval()
