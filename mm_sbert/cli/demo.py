@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from mm_sbert.cli.common import CLIError, set_threads
-from mm_sbert.demo.recipe import DEFAULTS, REGIONS
+from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, REGIONS
+from mm_sbert.demo.synthetic_scenes import FAMILY_KINDS
 
 SIZES = ("train_images", "eval_images", "warmup_steps", "steps", "batch_size", "layers")
 
@@ -20,9 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
         description="Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated "
-        "scenes of coloured shapes whose captions use the same words and differ only in which colour, shape or "
-        "slot belongs to which object, then print recall@1/5/10 and time of "
-        "BE, CE and Coop retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores.",
+        "scenes of coloured shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop "
+        "retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores.",
     )
     parser.add_argument("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default: 0)")
@@ -48,6 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per object, "
         "ColorBlobFeaturizer)",
     )
+    parser.add_argument(
+        "--families",
+        choices=FAMILY_KINDS,
+        default=FAMILIES,
+        help=f"what tells a family's scenes apart: 'details' (one detail each) or 'binding' (the same words, another "
+        f"binding of colours, shapes and slots to objects) (default: {FAMILIES})",
+    )
     parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     parser.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
@@ -72,5 +79,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--layers must be between 1 and 6, got {settings['layers']}")
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
-    run_demo(args.output_dir, settings, args.seed, args.regions, args.top_k, save_model=not args.no_save_model)
+    run_demo(
+        args.output_dir,
+        settings,
+        args.seed,
+        args.regions,
+        args.top_k,
+        save_model=not args.no_save_model,
+        families=args.families,
+    )
     return 0

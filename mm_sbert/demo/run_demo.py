@@ -27,6 +27,7 @@ def run_demo(
     regions: str = "grid",
     top_k: int = 20,
     save_model: bool = True,
+    families: str = FAMILIES,
 ) -> dict[str, Any]:
     """Fine-tune all-MiniLM-L6-v2 + a colour featurizer on generated scenes and compare BE, CE and Coop retrieval.
 
@@ -41,6 +42,7 @@ def run_demo(
         regions: a key of :data:`~mm_sbert.demo.recipe.REGIONS`.
         top_k: bi-encoder candidates the cross-encoder reranks in Coop.
         save_model: save the fine-tuned joint model.
+        families: what tells a family's scenes apart (``families`` of :class:`~mm_sbert.demo.SyntheticScenes`).
 
     Returns:
         The content of ``demo_results.json``.
@@ -57,12 +59,13 @@ def run_demo(
     torch.manual_seed(seed)
     started = time.perf_counter()
 
+    differ = {"details": "in one detail", "binding": "only in which colour, shape or slot belongs to which object"}
     print(
         f"[1/4] Generating {s['train_images']} training and {s['eval_images']} held-out scenes (seed {seed}): "
-        f"families of {s['family_size']} scenes that differ only in which colour, shape or slot belongs to which "
-        "object"
+        f"families of {s['family_size']} scenes that differ {differ[families]}"
     )
-    families = {"family_size": s["family_size"], "families": FAMILIES}
+    kind = families
+    families = {"family_size": s["family_size"], "families": kind}
     train = SyntheticScenes(s["train_images"], captions_per_image=5, seed=seed, **families)
     held_out = SyntheticScenes(
         s["eval_images"], captions_per_image=s["eval_captions"], seed=seed + 1, exclude=train.signatures, **families
@@ -118,7 +121,7 @@ def run_demo(
         "settings": {
             "seed": seed,
             **{key: s[key] for key in DEFAULTS},
-            "families": FAMILIES,
+            "families": kind,
             "regions": regions,
             **TRAINING,
             "top_k": top_k,
