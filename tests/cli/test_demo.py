@@ -87,17 +87,29 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     ).shape == (1,)
 
 
-def test_quick_demo_with_object_regions_trains_and_saves_the_blob_featurizer(capsys, tmp_path):
+def test_quick_demo_with_object_regions_and_binding_families(capsys, tmp_path):
     code, out, err = run_cli(
-        capsys, "demo", "--quick", "--regions", "objects", "--output-dir", tmp_path, "--threads", "1"
+        capsys,
+        "demo",
+        "--quick",
+        "--regions",
+        "objects",
+        "--families",
+        "binding",
+        "--output-dir",
+        tmp_path,
+        "--threads",
+        "1",
     )
     assert code == 0, err
     assert "one region per object (ColorBlobFeaturizer)" in out and "3x3 colour grid" not in out
-    assert json.loads((tmp_path / "demo_results.json").read_text())["settings"]["regions"] == "objects"
+    settings = json.loads((tmp_path / "demo_results.json").read_text())["settings"]
+    assert (settings["regions"], settings["families"]) == ("objects", "binding")
+    assert "only in which colour, shape or slot belongs to which object" in out
     model = MMSentenceTransformer(str(tmp_path / "model"))
     assert isinstance(model[0].featurizer, ColorBlobFeaturizer)
     # The saved model featurizes a held-out scene into its objects: the whole image plus one region per object.
-    families = {"families": FAMILIES, "family_size": QUICK["family_size"]}
+    families = {"families": "binding", "family_size": QUICK["family_size"]}
     train = SyntheticScenes(QUICK["train_images"], captions_per_image=5, seed=0, **families)
     held_out = SyntheticScenes(
         QUICK["eval_images"], captions_per_image=1, seed=1, exclude=train.signatures, **families

@@ -114,3 +114,22 @@ def test_the_demo_model_is_built_by_new_model(monkeypatch):
     ((_, featurizer), kwargs) = calls[0]
     assert featurizer.feature_dim > 0
     assert kwargs == {"layers": 1, "device": "cpu", "max_seq_length": 48, "use_img_layernorm": True, "fusion_layer": 0}
+
+
+def test_similarity_start_turns_the_warmed_up_bi_encoder_into_the_cross_encoders_start(monkeypatch):
+    from types import SimpleNamespace
+
+    events = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        events.append(recipe.regime)
+        return SimpleNamespace(train=lambda: None, objective_history=[])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    module = SimpleNamespace(start_cross_encoder=lambda cross_modal_bias: events.append(("start", cross_modal_bias)))
+    model = type("Model", (), {"__getitem__": lambda self, i: module, "eval": lambda self: None})()
+    model.model_card_data = SimpleNamespace(train_datasets=[])
+    train = SimpleNamespace(to_dataset=lambda: "dataset", families=[0, 0], caption_image_ids=[0, 1])
+    fine_tune(model, train, steps=1, batch_size=2, seed=0, warmup_steps=1, similarity_start=True,
+              cross_modal_bias=-3.0, show_progress_bar=False)  # fmt: skip
+    assert events == ["bi_encoder", ("start", -3.0), "joint"]
