@@ -2,7 +2,7 @@
 
 Every row fine-tunes all-MiniLM-L6-v2 (cut to ``layers`` layers) + the 3x3 colour grid (or the row's ``regions``)
 on generated training scenes (the row's ``train_images``: 200 for the rows that found the recipe, the demo's 1,000
-for the others) with :func:`mm_sbert.training.demo_recipe.fine_tune` (60 bi-encoder warm-up steps, then joint
+for the others) with :func:`mm_sbert.demo.recipe.fine_tune` (60 bi-encoder warm-up steps, then joint
 rounds) and evaluates BE, CE and Coop (k=20) on 100 held-out scenes. The baseline is the first row, measured in
 the same run. Mean recall = mean of R@1/5/10 over both directions, in %.
 
@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm_sbert.data import SyntheticScenes  # noqa: E402
+from mm_sbert.demo import SyntheticScenes  # noqa: E402
+from mm_sbert.demo import recipe as demo_recipe  # noqa: E402
 from mm_sbert.evaluation.results_table import evaluate_modes  # noqa: E402
-from mm_sbert.training import demo_recipe  # noqa: E402
 
 # The recipe the demo had before this ablation: 1 layer, mean head, BCE with random negatives in random batches.
 BASELINE = {
@@ -142,14 +141,19 @@ def run_row(
     full_cross_encoder: bool = True,
 ) -> dict[str, float]:
     torch.manual_seed(seed)
+    families = row.get("families", "details")
     train = SyntheticScenes(
-        row.get("train_images") or demo_recipe.DEFAULTS["train_images"], captions_per_image=5, seed=seed
+        row.get("train_images") or demo_recipe.DEFAULTS["train_images"],
+        captions_per_image=5,
+        seed=seed,
+        families=families,
     )
     held_out = SyntheticScenes(
         held_out_images or ABLATION_HELD_OUT,
         captions_per_image=eval_captions,
         seed=seed + 1,
         exclude=train.signatures,
+        families=families,
     )
     layers = row["layers"] or demo_recipe.DEFAULTS["layers"]
     featurizer = demo_recipe.regions_featurizer(row.get("regions", "grid"))
@@ -164,18 +168,16 @@ def run_row(
     regions = model[0].featurizer.featurize(held_out.images)
     training = {"cross_encoder_steps_per_round": 1, **row["training"]}
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as output_dir:
-        demo_recipe.fine_tune(
-            model,
-            train,
-            output_dir,
-            steps=row["steps"] or demo_recipe.DEFAULTS["steps"],
-            batch_size=demo_recipe.DEFAULTS["batch_size"],
-            seed=seed,
-            warmup_steps=demo_recipe.DEFAULTS["warmup_steps"],
-            show_progress_bar=False,
-            **training,
-        )
+    demo_recipe.fine_tune(
+        model,
+        train,
+        steps=row["steps"] or demo_recipe.DEFAULTS["steps"],
+        batch_size=demo_recipe.DEFAULTS["batch_size"],
+        seed=seed,
+        warmup_steps=demo_recipe.DEFAULTS["warmup_steps"],
+        show_progress_bar=False,
+        **training,
+    )
     train_seconds = time.perf_counter() - start
     modes = ("be", "ce", "coop") if full_cross_encoder else ("be", "coop")
     metrics = evaluate_modes(model, regions, held_out.captions, held_out.caption_image_ids, top_k=20, modes=modes)

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm_sbert.data import SyntheticScenes  # noqa: E402
-from mm_sbert.data.synthetic_scenes import Scene, SceneObject  # noqa: E402
+from mm_sbert.demo import SyntheticScenes  # noqa: E402
+from mm_sbert.demo.recipe import DEFAULTS  # noqa: E402
+from mm_sbert.demo.synthetic_scenes import Scene, SceneObject  # noqa: E402
 from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits  # noqa: E402
-from mm_sbert.training.demo_recipe import DEFAULTS  # noqa: E402
 
 KINDS = ("colour", "size", "swap", "move", "count", "other")
 # The detail exchanged between two objects of a caption, and the SceneObject field that holds it.
@@ -136,13 +136,15 @@ def main() -> None:
     seed = args.seed if args.seed is not None else settings.get("seed", 0)
     train_images = args.train_images or settings.get("train_images", DEFAULTS["train_images"])
     eval_images = args.eval_images or settings.get("eval_images", DEFAULTS["eval_images"])
+    # Runs recorded before the binding world had one-detail families of 4.
+    families = {"families": settings.get("families", "details"), "family_size": settings.get("family_size", 4)}
 
     from mm_sbert import MMSentenceTransformer
 
     model = MMSentenceTransformer(args.model, device="cpu")
     cross_encoder = model.to_cross_encoder()
-    train = SyntheticScenes(train_images, captions_per_image=5, seed=seed)
-    held_out = SyntheticScenes(eval_images, captions_per_image=1, seed=seed + 1, exclude=train.signatures)
+    train = SyntheticScenes(train_images, captions_per_image=5, seed=seed, **families)
+    held_out = SyntheticScenes(eval_images, captions_per_image=1, seed=seed + 1, exclude=train.signatures, **families)
     regions = model[0].featurizer.featurize(held_out.images)
     captions = model.encode(held_out.captions, convert_to_tensor=True, normalize_embeddings=True)
     images = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True)

@@ -14,7 +14,7 @@ from mm_sbert.version import __version__
 # public name -> the subpackage that defines it
 _EXPORTS = {
     "ImageCaptionCorpus": "mm_sbert.data",
-    "SyntheticScenes": "mm_sbert.data",
+    "SyntheticScenes": "mm_sbert.demo",
     "ImageTextRetrievalEvaluator": "mm_sbert.evaluation",
     "CachedFeaturizer": "mm_sbert.image_features",
     "ColorBlobFeaturizer": "mm_sbert.image_features",
@@ -72,7 +72,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mm_sbert.data import ImageCaptionCorpus, SyntheticScenes
+    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.demo import SyntheticScenes
     from mm_sbert.evaluation import ImageTextRetrievalEvaluator
     from mm_sbert.image_features import (
         CachedFeaturizer,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-from mm_sbert.data import color_swatches
+from mm_sbert.demo import color_swatches
 
 
 def swatch_corpus(num_images: int = 12, captions_per_image: int = 3, num_solid: int | None = None):

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"data", "losses"},
     {"retrieval"},
     {"training", "evaluation", "convert"},
+    {"demo"},
     {"cli", "__init__", "__main__"},
 ]
 

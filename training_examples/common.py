@@ -21,7 +21,8 @@ import sys
 import torch
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
-from mm_sbert.data import ImageCaptionCorpus, color_swatches
+from mm_sbert.data import ImageCaptionCorpus
+from mm_sbert.demo import color_swatches
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 from mm_sbert.training import DEFAULT_BACKBONE, PAPER_HYPERPARAMETERS, TrainingRecipe, load_or_new_model
 

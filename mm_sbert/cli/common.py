@@ -231,8 +231,8 @@ def read_caption_file(path: str, caption_key: str = "en"):
 
 
 def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, seed: int) -> str:
-    """Write a :class:`~mm_sbert.data.SyntheticScenes` set as PNGs + ``captions.csv``; returns the CSV path."""
-    from mm_sbert.data import SyntheticScenes
+    """Write a :class:`~mm_sbert.demo.SyntheticScenes` set as PNGs + ``captions.csv``; returns the CSV path."""
+    from mm_sbert.demo import SyntheticScenes
 
     scenes = SyntheticScenes(num_images, captions_per_image=captions_per_image, seed=seed)
     paths = scenes.save_images(os.path.join(folder, "images"))

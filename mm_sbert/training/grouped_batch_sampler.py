@@ -13,7 +13,7 @@ class GroupedBatchSampler(DefaultBatchSampler):
     """Batches made of whole groups of related images, so that in-batch negatives are hard ones.
 
     A *group* is a set of images that look alike and differ in details (the families of
-    :class:`~mm_sbert.data.SyntheticScenes`, near-duplicate clusters of a real corpus). Random batches rarely hold
+    :class:`~mm_sbert.demo.SyntheticScenes`, near-duplicate clusters of a real corpus). Random batches rarely hold
     two images of one group, so in-batch negatives (the bi-encoder's softmax, the cross-encoder's swapped pairs)
     are almost always easy. This sampler puts whole groups into a batch: each group contributes one caption of
     each of its images (a *unit*), and a batch never holds two units of one group, so every image appears at

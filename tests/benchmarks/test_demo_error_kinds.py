@@ -7,8 +7,8 @@ import re
 import pytest
 from benchmark_helpers import load_benchmark
 
-from mm_sbert.data import SyntheticScenes
-from mm_sbert.data.synthetic_scenes import Scene, SceneObject
+from mm_sbert.demo import SyntheticScenes
+from mm_sbert.demo.synthetic_scenes import Scene, SceneObject
 
 
 @pytest.fixture(scope="module")

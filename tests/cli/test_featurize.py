@@ -8,7 +8,7 @@ import torch
 from cli_helpers import run_cli, scene_folder, tiny_model_dir
 
 from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
-from mm_sbert.data import SyntheticScenes
+from mm_sbert.demo import SyntheticScenes
 from mm_sbert.image_features import ColorBlobFeaturizer, FeatureStore, load_image
 
 

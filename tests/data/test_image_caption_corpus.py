@@ -7,7 +7,8 @@ from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from mm_sbert.data import ImageCaptionCorpus, color_swatches
+from mm_sbert.data import ImageCaptionCorpus
+from mm_sbert.demo import color_swatches
 
 
 def write_json(path, data):

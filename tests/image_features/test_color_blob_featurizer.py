@@ -8,7 +8,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from tiny_models import tiny_bert
 
 from mm_sbert import ColorBlobFeaturizer, ImageFeaturizer, MMSentenceTransformer, MultimodalTransformer
-from mm_sbert.data.synthetic_scenes import COLORS, SIZE_RADIUS, Scene, SceneObject, SyntheticScenes
+from mm_sbert.demo.synthetic_scenes import COLORS, SIZE_RADIUS, Scene, SceneObject, SyntheticScenes
 
 
 def _render(*objects: SceneObject, image_size: int = 64) -> Image.Image:

@@ -13,7 +13,7 @@ import torch
 from tiny_models import tiny_bert
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer
-from mm_sbert.data import color_swatches
+from mm_sbert.demo import color_swatches
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -151,7 +151,7 @@ def test_neighbour_groups_refuse_what_they_cannot_group():
 def test_image_neighbour_groups_group_the_images_the_model_embeds_alike():
     from conftest import build_views
 
-    from mm_sbert.data import color_swatches
+    from mm_sbert.demo import color_swatches
 
     model, _ = build_views("bert")
     corpus = color_swatches(num_images=8, captions_per_image=3)

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import re
-
 import pytest
 from conftest import build_views
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from mm_sbert.data import color_swatches
+from mm_sbert.demo import color_swatches
 from mm_sbert.losses import CrossEncoderBCELoss, CrossEncoderListwiseLoss, HardNegativeTripletLoss
 from mm_sbert.training import TrainingRecipe, new_model
 
@@ -92,69 +90,6 @@ def test_infonce_directions_reach_the_host_loss():
     one, _ = TrainingRecipe("bi_encoder", bi_encoder_loss="infonce", infonce_directions=["query_to_doc"]).losses(model)
     assert both.directions == ("query_to_doc", "doc_to_query")
     assert one.directions == ("query_to_doc",)
-
-
-def test_the_demo_trains_through_training_recipe(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
-    import torch
-
-    from mm_sbert.training.demo_recipe import fine_tune
-
-    built = []
-
-    def record(recipe, model, dataset, output_dir, **kwargs):
-        built.append((recipe, kwargs["args"], kwargs["batch_samplers"]))
-        return SimpleNamespace(train=lambda: None, objective_history=[(0, "bi_encoder", 1.0)])
-
-    monkeypatch.setattr(TrainingRecipe, "trainer", record)
-    train = SimpleNamespace(to_dataset=lambda: "dataset", families=[0, 0], caption_image_ids=[0, 1])
-    history = fine_tune(
-        torch.nn.Linear(1, 1),
-        train,
-        str(tmp_path),
-        steps=3,
-        batch_size=4,
-        seed=7,
-        warmup_steps=2,
-        learning_rate=1e-4,
-        new_layer_learning_rate=1e-3,
-        cross_encoder_steps_per_round=2,
-        family_batches=("cross_encoder",),
-        negatives_per_positive=3,
-        listwise=True,
-        show_progress_bar=False,
-    )
-    assert history == [(0, "bi_encoder", 1.0), (1, "bi_encoder", 1.0)]
-    (warm_up, warm_args, warm_samplers), (joint, joint_args, joint_samplers) = built
-    assert (warm_up.regime, warm_up.steps, warm_args.max_steps, warm_samplers) == ("bi_encoder", 2, 2, None)
-    assert (joint.regime, joint.steps, joint_args.max_steps, list(joint_samplers)) == (
-        "joint",
-        9,
-        9,
-        ["cross_encoder"],
-    )
-    assert (joint.bi_encoder_loss, joint.infonce_directions) == ("infonce", ("query_to_doc",))
-    assert (joint.cross_encoder_loss, joint.negatives, joint.steps_ratio) == ("listwise", 3, (1, 2))
-    assert joint_args.learning_rate == 1e-4 and joint_args.seed == 7 and joint_args.disable_tqdm
-    ((pattern, new_rate),) = joint_args.learning_rate_mapping.items()
-    assert new_rate == 1e-3
-    new = ["0.img_embedding.weight", "0.img_layer_norm.bias", "0.classifier.weight", "0.cross_modal_attention_bias"]
-    assert all(re.search(pattern, name) for name in new)
-    pretrained = ["0.backbone.encoder.layer.0.attention.self.query.weight", "0.backbone.embeddings.LayerNorm.bias"]
-    assert not any(re.search(pattern, name) for name in pretrained)
-
-
-def test_the_demo_model_is_built_by_new_model(monkeypatch):
-    import mm_sbert.training
-    from mm_sbert.training.demo_recipe import build_demo_model
-
-    calls = []
-    monkeypatch.setattr(mm_sbert.training, "new_model", lambda *args, **kwargs: calls.append((args, kwargs)) or "m")
-    assert build_demo_model(32, layers=1, fusion_layer=1) == "m"
-    ((_, featurizer), kwargs) = calls[0]
-    assert featurizer.feature_dim > 0
-    assert kwargs == {"layers": 1, "device": "cpu", "max_seq_length": 48, "use_img_layernorm": True, "fusion_layer": 0}
 
 
 def test_neighbour_group_size_gives_the_cross_encoder_batches_of_look_alike_images(tmp_path):

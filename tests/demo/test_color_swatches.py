@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mm_sbert.data import color_swatches
-from mm_sbert.data.color_swatches import SWATCH_COLORS
+from mm_sbert.demo import color_swatches
+from mm_sbert.demo.color_swatches import SWATCH_COLORS
 
 
 def test_pixels_match_the_captions():

@@ -6,7 +6,7 @@ from itertools import permutations
 import numpy as np
 import pytest
 
-from mm_sbert.data.synthetic_scenes import COLORS, SLOTS, SceneObject, SyntheticScenes
+from mm_sbert.demo.synthetic_scenes import COLORS, SLOTS, SceneObject, SyntheticScenes
 
 _OBJECT = re.compile(r"(small|large) (red|green|blue|yellow|purple|orange) (circle|square|triangle|star)")
 
@@ -126,3 +126,40 @@ def test_describe_names_the_objects_as_the_generator_does_and_binds_each_detail_
         SyntheticScenes.describe([red], template=5)
     with pytest.raises(ValueError, match="1-4 objects"):
         SyntheticScenes.describe([])
+
+
+def test_binding_families_share_every_word_and_differ_in_which_attribute_belongs_to_which_object():
+    scenes = SyntheticScenes(80, captions_per_image=1, seed=0, family_size=4, families="binding")
+    families: dict[int, list] = {}
+    for scene in scenes.scenes:
+        families.setdefault(scene.family, []).append(scene)
+    assert len(families) == 20 and len({scene.signature for scene in scenes.scenes}) == 80
+    kinds = set()
+    for members in families.values():
+        base = members[0]
+        assert len({o.shape for o in base.objects}) == len({o.color for o in base.objects}) == len(base.objects)
+        for variant in members[1:]:
+            # The same colours, shapes, sizes and slots: one caption's words describe every member ...
+            for attribute in ("color", "shape", "size", "slot"):
+                assert sorted(getattr(o, attribute) for o in variant.objects) == sorted(
+                    getattr(o, attribute) for o in base.objects
+                )
+            # ... and two objects exchanged one attribute (a whole object when they exchanged slots).
+            changed = [(a, b) for a, b in zip(base.objects, variant.objects) if a != b]
+            assert len(changed) == 2
+            (a, b), (c, d) = changed
+            if (a.color, c.color) == (d.color, b.color) and a.shape == b.shape:
+                kinds.add("colour")
+            elif (a.shape, c.shape) == (d.shape, b.shape) and a.color == b.color:
+                kinds.add("shape")
+            else:
+                assert (a.slot, c.slot) == (d.slot, b.slot) and (a.shape, a.color) == (b.shape, b.color)
+                kinds.add("slot")
+    assert kinds == {"colour", "shape", "slot"}
+    held_out = SyntheticScenes(40, seed=1, exclude=scenes.signatures, families="binding")
+    assert not set(held_out.signatures) & set(scenes.signatures)
+
+
+def test_unknown_family_kind_is_refused():
+    with pytest.raises(ValueError, match="families in \\('details', 'binding'\\), got 'colours'"):
+        SyntheticScenes(4, families="colours")

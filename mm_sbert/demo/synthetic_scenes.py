@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from mm_sbert.data.color_swatches import SWATCH_COLORS
+from mm_sbert.demo.color_swatches import SWATCH_COLORS
 
 # The swatches' RGB values, limited to hues far apart, so any colour featurizer (and a pixel test) tells them apart.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -31,6 +31,8 @@ SIZE_RADIUS: dict[str, float] = {"small": 0.075, "large": 0.15}
 BACKGROUND = (245, 245, 240)
 _SLOT_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+# What a family's variants change: one detail each, or only which attribute belongs to which object.
+FAMILY_KINDS = ("details", "binding")
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,17 @@ class SyntheticScenes:
     """A deterministic-by-seed image-caption set of rendered scenes with hard negatives.
 
     Each image shows 2-3 coloured shapes (circle, square, triangle, star; six colours; small or large) in distinct
-    slots (left, right, top, bottom) on a plain background. Images come in *families*: a base scene and variants
-    that change exactly one detail (one object's colour or size, two objects swapping sides, one object moving to
-    an empty slot, or one object more or less). A family shares its global gist, so only the details tell its
-    images apart: the case where the paper finds the cross-encoder stronger than the bi-encoder. Every caption of
-    an image describes all its objects (so each caption identifies its image); captions of one image differ in
-    wording and order.
+    slots (left, right, top, bottom) on a plain background. Images come in *families* of look-alikes, so only
+    details tell a family's images apart: the case where the paper finds the cross-encoder stronger than the
+    bi-encoder. With ``families="details"`` the variants of a base scene change exactly one detail (one object's
+    colour or size, two objects swapping sides, one object moving to an empty slot, or one object more or less).
+    With ``families="binding"`` the objects of a base scene have distinct shapes and colours, and each variant
+    exchanges one attribute between two objects (their colours, their shapes, or their slots): every image of a
+    family shows the same colours, shapes, sizes and slots and its captions use the same words, so only which
+    colour belongs to which shape and which object is where tell them apart ("a red circle on the left and a blue
+    square on the right" vs "a blue circle on the left and a red square on the right"). Every caption of an image
+    describes all its objects (so each caption identifies its image); captions of one image differ in wording and
+    order.
 
     Args:
         num_images: how many images (scenes) to generate. All scenes are distinct.
@@ -84,6 +91,8 @@ class SyntheticScenes:
         family_size: images per family (the base scene and ``family_size - 1`` one-detail variants).
         exclude: scenes that must not occur, e.g. ``train.signatures`` for a held-out set that shares no scene with
             the training set.
+        families: what a family's variants change: ``"details"`` (one detail each) or ``"binding"`` (which
+            attribute belongs to which object, at most 7 variants per base scene).
 
     Example:
         >>> scenes = SyntheticScenes(200, captions_per_image=3, seed=0)
@@ -100,6 +109,7 @@ class SyntheticScenes:
         image_size: int = 64,
         family_size: int = 4,
         exclude: Iterable[tuple[SceneObject, ...]] = (),
+        families: str = "details",
     ) -> None:
         if num_images < 1:
             raise ValueError(f"SyntheticScenes needs num_images >= 1, got {num_images}")
@@ -109,11 +119,14 @@ class SyntheticScenes:
             raise ValueError(f"SyntheticScenes needs image_size >= 16 pixels, got {image_size}")
         if family_size < 1:
             raise ValueError(f"SyntheticScenes needs family_size >= 1, got {family_size}")
+        if families not in FAMILY_KINDS:
+            raise ValueError(f"SyntheticScenes needs families in {FAMILY_KINDS}, got {families!r}")
         self.num_images = num_images
         self.captions_per_image = captions_per_image
         self.seed = seed
         self.image_size = image_size
         self.family_size = family_size
+        self.family_kind = families
 
         rng = random.Random(seed)
         self.scenes = self._generate_scenes(rng, set(exclude))
@@ -213,7 +226,8 @@ class SyntheticScenes:
     def __repr__(self) -> str:
         return (
             f"SyntheticScenes(num_images={self.num_images}, captions_per_image={self.captions_per_image}, "
-            f"seed={self.seed}, image_size={self.image_size}, family_size={self.family_size})"
+            f"seed={self.seed}, image_size={self.image_size}, family_size={self.family_size}, "
+            f"families={self.family_kind!r})"
         )
 
     # ------------------------------------------------------------------ generation
@@ -221,16 +235,21 @@ class SyntheticScenes:
     def _generate_scenes(self, rng: random.Random, seen: set[tuple[SceneObject, ...]]) -> list[Scene]:
         scenes: list[Scene] = []
         family = 0
+        binding = self.family_kind == "binding"
         while len(scenes) < self.num_images:
-            base = Scene(self._random_objects(rng), family)
+            base = Scene(self._random_objects(rng, distinct=binding), family)
             if base.signature in seen:
                 continue
             members = [base]
             seen.add(base.signature)
-            attempts = 0
-            while len(members) < self.family_size and attempts < 50 * self.family_size:
-                attempts += 1
-                variant = Scene(self._mutate(base.objects, rng), family)
+            if binding:
+                variants = [Scene(objects, family) for objects in self._exchanges(base.objects)]
+                rng.shuffle(variants)
+            else:
+                variants = (Scene(self._mutate(base.objects, rng), family) for _ in range(50 * self.family_size))
+            for variant in variants:
+                if len(members) == self.family_size:
+                    break
                 if variant.signature not in seen:
                     seen.add(variant.signature)
                     members.append(variant)
@@ -239,12 +258,38 @@ class SyntheticScenes:
         return scenes
 
     @staticmethod
-    def _random_objects(rng: random.Random) -> tuple[SceneObject, ...]:
+    def _random_objects(rng: random.Random, distinct: bool = False) -> tuple[SceneObject, ...]:
+        """2-3 objects in distinct slots; with ``distinct`` also of distinct shapes and distinct colours."""
         count = rng.choice((2, 2, 3))
         slots = rng.sample(list(SLOTS), count)
+        if distinct:
+            shapes, colors = rng.sample(SHAPES, count), rng.sample(list(COLORS), count)
+        else:
+            shapes, colors = [rng.choice(SHAPES) for _ in slots], [rng.choice(list(COLORS)) for _ in slots]
         return tuple(
-            SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), slot) for slot in slots
+            SceneObject(shape, color, rng.choice(SIZES), slot) for shape, color, slot in zip(shapes, colors, slots)
         )
+
+    @staticmethod
+    def _exchanges(objects: tuple[SceneObject, ...]) -> list[tuple[SceneObject, ...]]:
+        """Every scene made by exchanging one attribute (colour, shape or slot) between two of ``objects``.
+
+        Exchanging slots moves two whole objects; exchanging colours or shapes keeps sizes and slots. The words
+        that describe the scene stay the same, only their binding to objects changes.
+        """
+        variants = []
+        for i in range(len(objects)):
+            for j in range(i + 1, len(objects)):
+                a, b = objects[i], objects[j]
+                for new_a, new_b in (
+                    (SceneObject(a.shape, b.color, a.size, a.slot), SceneObject(b.shape, a.color, b.size, b.slot)),
+                    (SceneObject(b.shape, a.color, a.size, a.slot), SceneObject(a.shape, b.color, b.size, b.slot)),
+                    (SceneObject(a.shape, a.color, a.size, b.slot), SceneObject(b.shape, b.color, b.size, a.slot)),
+                ):
+                    objs = list(objects)
+                    objs[i], objs[j] = new_a, new_b
+                    variants.append(tuple(objs))
+        return variants
 
     @staticmethod
     def _mutate(objects: tuple[SceneObject, ...], rng: random.Random) -> tuple[SceneObject, ...]:

@@ -1,0 +1,161 @@
+"""The whole demo in one call: generate scenes, fine-tune a joint model, compare BE, CE and Coop, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, MODULE_KWARGS, NOTES, QUICK, REGIONS, TRAINING
+
+
+def demo_settings(quick: bool = False, **overrides: int | None) -> dict[str, int]:
+    """The demo's sizes (:data:`DEFAULTS`, or :data:`QUICK` for a smoke run) with the ``overrides`` that are set."""
+    settings = dict(QUICK if quick else DEFAULTS)
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise ValueError(f"Unknown demo settings {sorted(unknown)}; expected some of {sorted(settings)}")
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return settings
+
+
+def run_demo(
+    output_dir: str,
+    settings: dict[str, int],
+    seed: int = 0,
+    regions: str = "grid",
+    top_k: int = 20,
+    save_model: bool = True,
+    families: str = FAMILIES,
+) -> dict[str, Any]:
+    """Fine-tune all-MiniLM-L6-v2 + a colour featurizer on generated scenes and compare BE, CE and Coop retrieval.
+
+    Prints its progress, the comparison table, the verdict and the notes of :mod:`mm_sbert.demo.recipe`; writes
+    ``held_out_images/``, ``demo_results.json``, ``demo_results.png`` and (``save_model``) ``model/`` into
+    ``output_dir``.
+
+    Args:
+        output_dir: where everything goes (created if needed).
+        settings: the sizes, see :func:`demo_settings`.
+        seed: seed of the scenes (held-out scenes: ``seed + 1``) and of training.
+        regions: a key of :data:`~mm_sbert.demo.recipe.REGIONS`.
+        top_k: bi-encoder candidates the cross-encoder reranks in Coop.
+        save_model: save the fine-tuned joint model.
+        families: what tells a family's scenes apart (``families`` of :class:`~mm_sbert.demo.SyntheticScenes`).
+
+    Returns:
+        The content of ``demo_results.json``.
+    """
+    import torch
+
+    from mm_sbert.demo.recipe import build_demo_model, cross_encoder_chance_loss, fine_tune, regions_featurizer
+    from mm_sbert.demo.report import measure_latency, query_ranks, real_photos_outcome, save_plot, verdict
+    from mm_sbert.demo.synthetic_scenes import SyntheticScenes
+    from mm_sbert.evaluation.results_table import evaluate_modes, format_table
+
+    s = settings
+    os.makedirs(output_dir, exist_ok=True)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+
+    differ = {"details": "in one detail", "binding": "only in which colour, shape or slot belongs to which object"}
+    print(
+        f"[1/4] Generating {s['train_images']} training and {s['eval_images']} held-out scenes (seed {seed}): "
+        f"families of {s['family_size']} scenes that differ {differ[families]}"
+    )
+    kind = families
+    families = {"family_size": s["family_size"], "families": kind}
+    train = SyntheticScenes(s["train_images"], captions_per_image=5, seed=seed, **families)
+    held_out = SyntheticScenes(
+        s["eval_images"], captions_per_image=s["eval_captions"], seed=seed + 1, exclude=train.signatures, **families
+    )
+    held_out_paths = held_out.save_images(os.path.join(output_dir, "held_out_images"))
+
+    print(
+        f"[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights, first {s['layers']} layers), image "
+        f"regions: {REGIONS[regions]}"
+    )
+    model = build_demo_model(train.image_size, s["layers"], featurizer=regions_featurizer(regions), **MODULE_KWARGS)
+    eval_regions = model[0].featurizer.featurize(held_out.images)
+
+    print(
+        f"[3/4] Fine-tuning: {s['warmup_steps']} bi-encoder warm-up steps, then {s['steps']} joint rounds of "
+        f"(bi-encoder step, cross-encoder step), {s['batch_size']} captions per batch"
+    )
+    train_start = time.perf_counter()
+    history = fine_tune(
+        model,
+        train,
+        steps=s["steps"],
+        batch_size=s["batch_size"],
+        seed=seed,
+        warmup_steps=s["warmup_steps"],
+        **TRAINING,
+    )
+    train_seconds = time.perf_counter() - train_start
+
+    print(f"[4/4] Evaluating BE, CE and Coop (k={top_k}) on {s['eval_images']} held-out scenes")
+    metrics = evaluate_modes(
+        model, eval_regions, held_out.captions, held_out.caption_image_ids, top_k=top_k, recall_at=range(1, 21)
+    )
+    latency = measure_latency(model, eval_regions, held_out.captions, metrics, top_k)
+    try_it = held_out.captions[0]
+    ranks = query_ranks(model, eval_regions, try_it, held_out.caption_image_ids[0], top_k)
+
+    print()
+    print(f"Held-out retrieval: {s['eval_images']} images, {len(held_out.captions)} captions (recall in %)")
+    print(format_table(metrics, top_k))
+    print()
+    ce_losses = [loss for _, objective, loss in history if objective == "cross_encoder"]
+    ce_chance = cross_encoder_chance_loss(**TRAINING)
+    for line in verdict(metrics, ce_losses[-10:], ce_chance, latency):
+        print(line)
+    print()
+    for line in NOTES:
+        print(line.format(regions=REGIONS[regions], **s, **TRAINING))
+
+    plot_path = os.path.join(output_dir, "demo_results.png")
+    save_plot(plot_path, metrics, latency, top_k)
+    results = {
+        "settings": {
+            "seed": seed,
+            **{key: s[key] for key in DEFAULTS},
+            "families": kind,
+            "regions": regions,
+            **TRAINING,
+            "top_k": top_k,
+            "threads": torch.get_num_threads(),
+        },
+        "metrics": metrics,
+        "latency_per_query_seconds": latency,
+        "try_it": {"caption": try_it, "image": held_out_paths[0], "ranks": ranks},
+        "train_seconds": train_seconds,
+        "objective_steps": {
+            objective: sum(1 for _, name, _ in history if name == objective)
+            for objective in ("bi_encoder", "cross_encoder")
+        },
+        "final_cross_encoder_loss": sum(ce_losses[-10:]) / max(len(ce_losses[-10:]), 1),
+        "cross_encoder_chance_loss": ce_chance,
+        "total_seconds": time.perf_counter() - started,
+    }
+    with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nPlot: {plot_path}")
+    print(
+        f'"{try_it}": its scene ({os.path.basename(held_out_paths[0])}) ranks {ranks["coop"]} with Coop, '
+        f"{ranks['be']} with the bi-encoder alone."
+    )
+    if save_model:
+        model_path = os.path.join(output_dir, "model")
+        model.save(model_path)
+        print(f"Model: {model_path}  (loads as MMSentenceTransformer and MMCrossEncoder)")
+        index_path = os.path.join(output_dir, "index")
+        print("Try it:")
+        print(f"  mm-sbert index {os.path.dirname(held_out_paths[0])} --model {model_path} --output {index_path}")
+        print(f'  mm-sbert search {index_path} "{try_it}" --html {os.path.join(output_dir, "search.html")}')
+    print(f"Done in {results['total_seconds']:.0f} s (training {train_seconds:.0f} s).")
+    print()
+    for line in real_photos_outcome():
+        print(line)
+    return results

@@ -1,0 +1,135 @@
+"""The demo's recipe: how its model is built and trained (through the package's TrainingRecipe)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from mm_sbert.demo import SyntheticScenes
+from mm_sbert.demo.recipe import MODULE_KWARGS, build_demo_model, fine_tune
+from mm_sbert.training import JointTrainer, TrainingRecipe
+
+
+def test_demo_model_fuses_late_when_it_has_a_layer_to_fuse_in():
+    two_layers = build_demo_model(96, 2, **MODULE_KWARGS)[0]
+    assert len(two_layers.backbone.encoder.layer) == 2 and two_layers.fusion_layer == MODULE_KWARGS["fusion_layer"]
+    # --layers 1 (and --quick) keeps one layer, which must attend across text and regions.
+    assert build_demo_model(96, 1, **MODULE_KWARGS)[0].fusion_layer == 0
+    with pytest.raises(ValueError, match="layers must be between 1 and 6, got 0"):
+        build_demo_model(96, 0)
+
+
+def test_the_recipe_gives_the_new_layers_their_learning_rate_through_the_host_mapping(tmp_path, monkeypatch):
+    model = build_demo_model(32, 1, **MODULE_KWARGS)
+    created = []
+
+    def train_captures_optimizer(trainer, *args, **kwargs):
+        created.append(trainer)
+        trainer.create_optimizer()
+
+    monkeypatch.setattr(JointTrainer, "train", train_captures_optimizer)
+    scenes = SyntheticScenes(4, captions_per_image=2, seed=0, image_size=32)
+    fine_tune(model, scenes, steps=1, batch_size=4, seed=0, learning_rate=1e-4, new_layer_learning_rate=1e-2,
+              show_progress_bar=False)  # fmt: skip
+    assert len(created) == 1
+    learning_rates = {
+        id(parameter): group["lr"] for group in created[0].optimizer.param_groups for parameter in group["params"]
+    }
+    module = model[0]
+    new = {
+        id(p) for layer in (module.img_embedding, module.img_layer_norm, module.classifier) for p in layer.parameters()
+    }
+    assert len(learning_rates) == len(list(model.parameters()))
+    assert {learning_rates[i] for i in new} == {1e-2}
+    assert {rate for i, rate in learning_rates.items() if i not in new} == {1e-4}
+
+
+def test_the_demo_trains_through_training_recipe(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    from types import SimpleNamespace
+
+    import torch
+
+    from mm_sbert.demo.recipe import fine_tune
+
+    built = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        built.append((recipe, kwargs["args"], kwargs["batch_samplers"]))
+        return SimpleNamespace(train=lambda: None, objective_history=[(0, "bi_encoder", 1.0)])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    train = SimpleNamespace(to_dataset=lambda: "dataset", families=[0, 0], caption_image_ids=[0, 1])
+    model = torch.nn.Linear(1, 1)
+    # What the previous phase's trainer left in the card: one dataset, where the joint trainer has two.
+    model.model_card_data = SimpleNamespace(train_datasets=[{"name": "stale"}])
+    history = fine_tune(
+        model,
+        train,
+        steps=3,
+        batch_size=4,
+        seed=7,
+        warmup_steps=2,
+        learning_rate=1e-4,
+        new_layer_learning_rate=1e-3,
+        cross_encoder_steps_per_round=2,
+        family_batches=("cross_encoder",),
+        negatives_per_positive=3,
+        listwise=True,
+        show_progress_bar=False,
+    )
+    assert history == [(0, "bi_encoder", 1.0), (1, "bi_encoder", 1.0)]
+    assert model.model_card_data.train_datasets == []
+    (warm_up, warm_args, warm_samplers), (joint, joint_args, joint_samplers) = built
+    # Nothing is kept on disk, and no pinned memory without an accelerator (torch warns about it on every epoch).
+    assert not os.path.exists(joint_args.output_dir) and tmp_path.exists() and not any(tmp_path.iterdir())
+    assert joint_args.dataloader_pin_memory is torch.cuda.is_available()
+    assert (warm_up.regime, warm_up.steps, warm_args.max_steps, warm_samplers) == ("bi_encoder", 2, 2, None)
+    assert (joint.regime, joint.steps, joint_args.max_steps, list(joint_samplers)) == (
+        "joint",
+        9,
+        9,
+        ["cross_encoder"],
+    )
+    assert (joint.bi_encoder_loss, joint.infonce_directions) == ("infonce", ("query_to_doc",))
+    assert (joint.cross_encoder_loss, joint.negatives, joint.steps_ratio) == ("listwise", 3, (1, 2))
+    assert joint_args.learning_rate == 1e-4 and joint_args.seed == 7 and joint_args.disable_tqdm
+    ((pattern, new_rate),) = joint_args.learning_rate_mapping.items()
+    assert new_rate == 1e-3
+    new = ["0.img_embedding.weight", "0.img_layer_norm.bias", "0.classifier.weight", "0.cross_modal_attention_bias"]
+    assert all(re.search(pattern, name) for name in new)
+    pretrained = ["0.backbone.encoder.layer.0.attention.self.query.weight", "0.backbone.embeddings.LayerNorm.bias"]
+    assert not any(re.search(pattern, name) for name in pretrained)
+
+
+def test_the_demo_model_is_built_by_new_model(monkeypatch):
+    import mm_sbert.training
+    from mm_sbert.demo.recipe import build_demo_model
+
+    calls = []
+    monkeypatch.setattr(mm_sbert.training, "new_model", lambda *args, **kwargs: calls.append((args, kwargs)) or "m")
+    assert build_demo_model(32, layers=1, fusion_layer=1) == "m"
+    ((_, featurizer), kwargs) = calls[0]
+    assert featurizer.feature_dim > 0
+    assert kwargs == {"layers": 1, "device": "cpu", "max_seq_length": 48, "use_img_layernorm": True, "fusion_layer": 0}
+
+
+def test_similarity_start_turns_the_warmed_up_bi_encoder_into_the_cross_encoders_start(monkeypatch):
+    from types import SimpleNamespace
+
+    events = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        events.append(recipe.regime)
+        return SimpleNamespace(train=lambda: None, objective_history=[])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    module = SimpleNamespace(start_cross_encoder=lambda cross_modal_bias: events.append(("start", cross_modal_bias)))
+    model = type("Model", (), {"__getitem__": lambda self, i: module, "eval": lambda self: None})()
+    model.model_card_data = SimpleNamespace(train_datasets=[])
+    train = SimpleNamespace(to_dataset=lambda: "dataset", families=[0, 0], caption_image_ids=[0, 1])
+    fine_tune(model, train, steps=1, batch_size=2, seed=0, warmup_steps=1, similarity_start=True,
+              cross_modal_bias=-3.0, show_progress_bar=False)  # fmt: skip
+    assert events == ["bi_encoder", ("start", -3.0), "joint"]
