@@ -97,7 +97,7 @@ class SyntheticScenes:
     Example:
         >>> scenes = SyntheticScenes(200, captions_per_image=3, seed=0)
         >>> scenes.images[0].size, scenes.captions[0], scenes.caption_image_ids[0]
-        ((64, 64), 'there is a large triangle in purple at the bottom and a large star in blue on the left', 0)
+        ((64, 64), 'a large purple triangle at the bottom and a large blue star on the left', 0)
         >>> train_dataset = scenes.to_dataset()  # columns: caption, image, label
     """
 
@@ -243,12 +243,16 @@ class SyntheticScenes:
             members = [base]
             seen.add(base.signature)
             if binding:
-                variants = [Scene(objects, family) for objects in self._exchanges(base.objects)]
-                rng.shuffle(variants)
+                exchanges = [Scene(objects, family) for objects in self._exchanges(base.objects)]
+                rng.shuffle(exchanges)
+                variants = iter(exchanges)
             else:
                 variants = (Scene(self._mutate(base.objects, rng), family) for _ in range(50 * self.family_size))
-            for variant in variants:
-                if len(members) == self.family_size:
+            # The size is checked before the next variant is drawn: drawing one more would consume the random
+            # stream and change every later scene of a seed (the "details" sets must stay as they were).
+            while len(members) < self.family_size:
+                variant = next(variants, None)
+                if variant is None:
                     break
                 if variant.signature not in seen:
                     seen.add(variant.signature)
@@ -262,10 +266,12 @@ class SyntheticScenes:
         """2-3 objects in distinct slots; with ``distinct`` also of distinct shapes and distinct colours."""
         count = rng.choice((2, 2, 3))
         slots = rng.sample(list(SLOTS), count)
-        if distinct:
-            shapes, colors = rng.sample(SHAPES, count), rng.sample(list(COLORS), count)
-        else:
-            shapes, colors = [rng.choice(SHAPES) for _ in slots], [rng.choice(list(COLORS)) for _ in slots]
+        if not distinct:
+            # Drawn object by object, in the order every earlier seed's sets were drawn.
+            return tuple(
+                SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), slot) for slot in slots
+            )
+        shapes, colors = rng.sample(SHAPES, count), rng.sample(list(COLORS), count)
         return tuple(
             SceneObject(shape, color, rng.choice(SIZES), slot) for shape, color, slot in zip(shapes, colors, slots)
         )

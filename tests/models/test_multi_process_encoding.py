@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import build_views
 
-from mm_sbert.data import SyntheticScenes
+from mm_sbert.demo import SyntheticScenes
 from mm_sbert.image_features import ColorGridFeaturizer, FeatureStore
 
 
