@@ -47,6 +47,12 @@ setup(
         "safetensors>=0.4",
         # Connected components of ColorBlobFeaturizer.
         "scipy>=1.10",
+        # One writer per output (storage.locking): an OS lock the kernel releases when its process dies.
+        "filelock>=3.12",
+        # Every file the package reads is checked against a schema that names the file and the field.
+        "pydantic>=2.5",
+        # ThreadPolicy sets the BLAS library's threads per stage.
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         "demo": DEMO,
@@ -56,7 +62,7 @@ setup(
         "milvus": MILVUS,
         "efficientnet": EFFICIENTNET,
         "docs": DOCS,
-        "test": [*DEMO, *SEARCH, *ONNX, *MILVUS, *EFFICIENTNET, *DOCS, "pytest>=8", "ruff>=0.6"],
+        "test": [*DEMO, *SEARCH, *ONNX, *MILVUS, *EFFICIENTNET, *DOCS, "pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["mm-sbert=mm_sbert.cli.main:main"]},
     classifiers=[
