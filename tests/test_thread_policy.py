@@ -26,8 +26,8 @@ def restore_policy():
         (2, 1.0, "encode", 1, 1),  # one competing process on two cores: one thread, not two
         (2, 3.0, "train", 1, 1),  # overloaded: still one
         (8, 2.4, "rerank", 1, 6),  # rounded load
-        (2, 0.0, "search", 1, 1),  # one query runs on one thread in FAISS / BLAS sgemv: no spinning partner
-        (4, 0.0, "search", 3, 3),  # a batch: a thread per query up to the free cores
+        (2, 0.0, "search", 1, 2),  # quiet: one query's exact scan splits its rows over both cores
+        (2, 1.0, "search", 1, 1),  # busy: no thread that would wait for a descheduled partner
         (4, 1.0, "search", 100, 3),
     ],
 )

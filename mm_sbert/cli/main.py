@@ -76,7 +76,7 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
         type=threads_argument,
         default=None,
         help="CPU threads for torch, FAISS, BLAS and ONNX Runtime (default: the cores other processes leave free, "
-        "one per query for search; see mm_sbert.ThreadPolicy)",
+        "see mm_sbert.ThreadPolicy)",
     )
 
 

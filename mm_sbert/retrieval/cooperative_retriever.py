@@ -600,8 +600,7 @@ class CooperativeRetriever:
             rerank_k: candidates retrieved and reranked per query (default: the retriever's ``rerank_k``, else
                 ``top_k``); at least ``top_k`` are.
             threads: CPU threads for encoding, search and reranking; default: the process's
-                :class:`~mm_sbert.ThreadPolicy` per stage (the cores other processes leave free; search at most one
-                per query).
+                :class:`~mm_sbert.ThreadPolicy` per stage (the cores other processes leave free).
 
         Returns:
             For one query a list of :class:`Hit`, for a list of queries one such list per query; best hit first.

@@ -386,7 +386,7 @@ class EmbeddingIndex(BaseIndex):
             top_k: hits per query (capped at the collection size).
             exact: ``None`` uses the ``precision`` search (exact for ``"float32"``); ``True`` forces exact search.
             threads: CPU threads for this search (FAISS, BLAS, torch); default: the process's
-                :class:`~mm_sbert.ThreadPolicy` (at most one per query, and only the cores other processes leave free).
+                :class:`~mm_sbert.ThreadPolicy` (the cores other processes leave free).
 
         Returns:
             ``(scores, row_indices)``, both ``[Q, min(top_k, N)]``, best first.
