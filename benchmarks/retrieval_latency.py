@@ -498,7 +498,7 @@ def main() -> None:
         "",
         f"Columns: **quiet** = nothing started by the benchmark; **busy** = {args.competing_processes} "
         "process(es) spinning on one core each, started by the benchmark; **policy** = the library's default "
-        "threads (mm_sbert.ThreadPolicy: the free cores, one per query for search); **all cores** = "
+        "threads (mm_sbert.ThreadPolicy: the free cores); **all cores** = "
         f"threads={available_cores()} passed explicitly (what the package did before the policy). "
         "busy / quiet is for the policy (target <= 1.5).",
         "",

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"The index '{folder}' records no model; pass --model")
     model = load_model(model_path)
     cross_encoder = None if args.no_rerank else load_cross_encoder(args.cross_encoder, model_path, args.ce_backend)
+    if not args.no_rerank:
+        check_reranker_trained(cross_encoder if cross_encoder is not None else model, args, model_path)
     retriever = CooperativeRetriever(
         model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k, show_progress_bar=False
     )
@@ -125,6 +127,22 @@ def run(args: argparse.Namespace) -> int:
             write_results_page(page, query, hits, images, inputs=inputs)
         print(f"Wrote {args.html}", file=sys.stderr)  # stderr: stdout may be a JSON-lines stream
     return 0
+
+
+def check_reranker_trained(reranker, args: argparse.Namespace, model_path: str) -> None:
+    """Refuse to rerank with a score head no training objective has trained (a bi-encoder's head scores every pair
+    about alike); a model without a head only retrieves."""
+    from mm_sbert.errors import IncompatibleModelError
+    from mm_sbert.models import check_view_trained
+    from mm_sbert.models.views import has_score_head
+
+    if args.cross_encoder is None and not has_score_head(reranker):
+        return
+    what = f"--cross-encoder {args.cross_encoder}" if args.cross_encoder else f"the index's model {model_path}"
+    try:
+        check_view_trained(reranker, "cross_encoder", what)
+    except IncompatibleModelError as error:
+        raise CLIError(f"{error}; search with --no-rerank, or rerank with --cross-encoder CE") from error
 
 
 def load_cross_encoder(path: str | None, model_path: str, backend: str):

@@ -112,3 +112,12 @@ def test_the_walk_indexes_from_the_store_and_searches_with_the_separate_reranker
     out = _cli(capsys, *argv, "--top-k", "2", "--json")
     hits = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(hits) == 2
+
+
+def test_the_walk_refuses_to_rerank_with_the_bi_encoders_untrained_head(capsys, walk):
+    index = walk["root"] / "index_be_only"
+    _cli(capsys, "index", walk["images"], "-m", walk["be"], "-o", index, "--features", walk["store"])
+    code, _, err = run_cli(capsys, "search", index, "two children on a skateboard", "--top-k", "2")
+    assert code == 2 and "never trained" in err and "--no-rerank" in err, err
+    out = _cli(capsys, "search", index, "two children on a skateboard", "--top-k", "2", "--no-rerank", "--json")
+    assert len([line for line in out.splitlines() if line.startswith("{")]) == 2
