@@ -103,3 +103,28 @@ def write_report(output: str | None, markdown: str, data: dict) -> None:
         json.dump(data, f, indent=2)
         f.write("\n")
     print(f"Wrote {output} and {os.path.splitext(output)[0]}.json")
+
+
+# The MobileNetV2 7x7 grid layout the benchmarks' cross-encoders read: 49 regions of 1280-d features.
+REGION_DIM = 1280
+GRID = 7
+
+
+def region_images(count: int, seed: int = 0) -> list:
+    """``count`` images of 49 grid regions with random 1280-d features (MobileNetV2 7x7 grid layout)."""
+    import torch
+
+    from mm_sbert import RegionFeatures
+
+    generator = torch.Generator().manual_seed(seed)
+    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
+    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
+    return [
+        RegionFeatures(torch.rand(GRID * GRID, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
+        for _ in range(count)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- models

@@ -31,7 +31,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from busy_machine import CompetingLoad, load_average, machine, machine_line, write_report  # noqa: E402
+from busy_machine import (  # noqa: E402
+    GRID,
+    REGION_DIM,
+    CompetingLoad,
+    load_average,
+    machine,
+    machine_line,
+    region_images,
+    write_report,
+)
 
 from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
 
@@ -40,22 +49,6 @@ SHARED_DATA = os.environ.get(
     "MM_SBERT_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 )
 FLICKR_DEV = os.path.join(SHARED_DATA, "flickr8k", "dev")
-REGION_DIM = 1280
-GRID = 7
-
-
-def region_images(count: int, seed: int = 0):
-    from mm_sbert import RegionFeatures
-
-    generator = torch.Generator().manual_seed(seed)
-    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
-    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
-    rows, cols = rows.flatten(), cols.flatten()
-    boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
-    return [
-        RegionFeatures(torch.rand(GRID * GRID, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
-        for _ in range(count)
-    ]
 
 
 def captions(count: int) -> list[str]:

@@ -45,9 +45,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from busy_machine import CompetingLoad, load_average, machine, machine_line, write_report  # noqa: E402
+from busy_machine import (  # noqa: E402
+    GRID,
+    REGION_DIM,
+    CompetingLoad,
+    load_average,
+    machine,
+    machine_line,
+    region_images,
+    write_report,
+)
 
-from mm_sbert import MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer, RegionFeatures  # noqa: E402
+from mm_sbert import MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
 from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex, MilvusIndex  # noqa: E402
 from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits  # noqa: E402
 from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
@@ -60,8 +69,6 @@ CAPTIONS = [
     "A plate of pasta with tomatoes and basil.",
     "Children jump into a lake from a wooden pier.",
 ]
-REGION_DIM = 1280
-GRID = 7
 TOP_K = 20
 # Eager in bfloat16: fast where the CPU has bfloat16 matrix units (AMX, AVX512-BF16), slow where it has none.
 EAGER_BF16 = "eager PyTorch bfloat16"
@@ -113,22 +120,6 @@ def load() -> str:
 def recall_at_k(rows: torch.Tensor, exact_rows: torch.Tensor) -> float:
     hits = [len(set(a) & set(b)) / len(b) for a, b in zip(rows.tolist(), exact_rows.tolist())]
     return float(np.mean(hits))
-
-
-def region_images(count: int, seed: int = 0) -> list[RegionFeatures]:
-    """``count`` images of 49 grid regions with random 1280-d features (MobileNetV2 7x7 grid layout)."""
-    generator = torch.Generator().manual_seed(seed)
-    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
-    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
-    rows, cols = rows.flatten(), cols.flatten()
-    boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
-    return [
-        RegionFeatures(torch.rand(GRID * GRID, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
-        for _ in range(count)
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------- models
 
 
 def minilm_module() -> MultimodalTransformer:

