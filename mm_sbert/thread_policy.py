@@ -1,4 +1,4 @@
-"""How many CPU threads each stage uses: chosen from the work size and the cores other processes leave free.
+"""How many CPU threads each stage uses: the cores other processes leave free, or an explicit count.
 
 Every thread pool mm_sbert drives goes through :class:`ThreadPolicy`: torch's intra-op threads (encoding, reranking,
 training, featurizing), FAISS's OpenMP threads, the BLAS library numpy uses (via threadpoolctl) and ONNX Runtime's
@@ -76,7 +76,7 @@ def other_runnable_load() -> float:
 
 
 class ThreadPolicy:
-    """Threads per stage from the work size and the machine's free capacity, or an explicit count.
+    """Threads per stage from the machine's free capacity, or an explicit count.
 
     - ``threads`` set (``--threads`` on the command line, ``threads=`` in the library): that many, for every stage.
     - Otherwise the free cores, ``cores - round(other load)`` (at least 1), where the other load is what other
@@ -90,7 +90,7 @@ class ThreadPolicy:
 
     Example:
         >>> policy = ThreadPolicy(cores=2, other_load=1.0)
-        >>> policy.threads_for("encode"), policy.threads_for("search", work=1)
+        >>> policy.threads_for("encode"), policy.threads_for("search")
         (1, 1)
         >>> with policy.limit("rerank"):  # torch / FAISS / BLAS set for this block, restored after
         ...     scores = cross_encoder.predict(pairs)
@@ -128,9 +128,8 @@ class ThreadPolicy:
         cores = self.cores or available_cores()
         return max(1, min(cores, cores - round(self.load())))
 
-    def threads_for(self, stage: Stage = "compute", work: int = 1, threads: int | None = None) -> int:
-        """The threads for ``stage``; ``threads`` overrides all. ``work`` (the items of the call, e.g. queries) is
-        accepted so callers can state it; the choice does not depend on it today."""
+    def threads_for(self, stage: Stage = "compute", threads: int | None = None) -> int:
+        """The threads for ``stage``; ``threads`` overrides all."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
         explicit = check_threads(threads, "threads") or self.threads
@@ -142,10 +141,10 @@ class ThreadPolicy:
         return self.free_cores()
 
     @contextlib.contextmanager
-    def limit(self, stage: Stage = "compute", work: int = 1, threads: int | None = None) -> Iterator[int]:
+    def limit(self, stage: Stage = "compute", threads: int | None = None) -> Iterator[int]:
         """Run a block with torch, FAISS and BLAS at :meth:`threads_for` threads; the previous counts come back
         after it. Yields the thread count."""
-        count = self.threads_for(stage, work, threads)
+        count = self.threads_for(stage, threads)
         with _LOCK:
             previous = _set_pools(count)
         try:
@@ -153,14 +152,6 @@ class ThreadPolicy:
         finally:
             with _LOCK:
                 _set_pools(None, previous)
-
-    def apply(self, stage: Stage = "compute", work: int = 1) -> int:
-        """Set torch, FAISS and BLAS to :meth:`threads_for` threads for the rest of the process (the command line
-        does this once per command); returns the count."""
-        count = self.threads_for(stage, work)
-        with _LOCK:
-            _set_pools(count)
-        return count
 
 
 def check_threads(value: int | None, name: str) -> int | None:
@@ -241,6 +232,6 @@ def set_thread_policy(policy: ThreadPolicy | int | None) -> ThreadPolicy:
     return _POLICY
 
 
-def thread_limit(stage: Stage = "compute", work: int = 1, threads: int | None = None):
-    """``get_thread_policy().limit(stage, work, threads)``: a block at the process policy's threads."""
-    return _POLICY.limit(stage, max(1, int(work)), threads)
+def thread_limit(stage: Stage = "compute", threads: int | None = None):
+    """``get_thread_policy().limit(stage, threads)``: a block at the process policy's threads."""
+    return _POLICY.limit(stage, threads)

@@ -20,23 +20,23 @@ def restore_policy():
 
 
 @pytest.mark.parametrize(
-    ("cores", "load", "stage", "work", "expected"),
+    ("cores", "load", "stage", "expected"),
     [
-        (2, 0.0, "encode", 1, 2),  # quiet: every core
-        (2, 1.0, "encode", 1, 1),  # one competing process on two cores: one thread, not two
-        (2, 3.0, "train", 1, 1),  # overloaded: still one
-        (8, 2.4, "rerank", 1, 6),  # rounded load
-        (2, 0.0, "search", 1, 2),  # quiet: one query's exact scan splits its rows over both cores
-        (2, 1.0, "search", 1, 1),  # busy: no thread that would wait for a descheduled partner
-        (4, 1.0, "search", 100, 3),
+        (2, 0.0, "encode", 2),  # quiet: every core
+        (2, 1.0, "encode", 1),  # one competing process on two cores: one thread, not two
+        (2, 3.0, "train", 1),  # overloaded: still one
+        (8, 2.4, "rerank", 6),  # rounded load
+        (2, 0.0, "search", 2),  # quiet: one query's exact scan splits its rows over both cores
+        (2, 1.0, "search", 1),  # busy: no thread that would wait for a descheduled partner
+        (4, 1.0, "search", 3),
     ],
 )
-def test_decisions_from_cores_load_and_work(cores, load, stage, work, expected):
-    assert ThreadPolicy(cores=cores, other_load=load).threads_for(stage, work) == expected
+def test_decisions_from_cores_and_load(cores, load, stage, expected):
+    assert ThreadPolicy(cores=cores, other_load=load).threads_for(stage) == expected
 
 
-def test_override_wins_over_the_machine_and_the_work():
-    assert ThreadPolicy(threads=3, cores=2, other_load=2.0).threads_for("search", work=1) == 3
+def test_override_wins_over_the_machine():
+    assert ThreadPolicy(threads=3, cores=2, other_load=2.0).threads_for("search") == 3
     assert ThreadPolicy(cores=2, other_load=0.0).threads_for("encode", threads=1) == 1
     # a call's threads= beats the policy's own
     assert ThreadPolicy(threads=2).threads_for("encode", threads=1) == 1

@@ -626,7 +626,7 @@ class CooperativeRetriever:
             raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
 
         if query_embeddings is None:
-            with thread_limit("encode", len(query_list), threads):
+            with thread_limit("encode", threads):
                 query_embeddings = self.bi_encoder.encode(
                     query_list,
                     batch_size=self.batch_size,
@@ -643,7 +643,7 @@ class CooperativeRetriever:
         search_threads = {"threads": threads} if isinstance(self.embedding_index, EmbeddingIndex) else {}
         be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact, **search_threads)
         query_kind = self._check_rerank(query_list) if rerank else None
-        with thread_limit("rerank", rows.numel(), threads):
+        with thread_limit("rerank", threads):
             reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)
 
         ce_scores = reranked.ce_scores.tolist() if reranked.ce_scores is not None else None

@@ -403,7 +403,7 @@ class EmbeddingIndex(BaseIndex):
         if queries.ndim == 2:
             _check_finite_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
-        with thread_limit("search", len(queries), threads):
+        with thread_limit("search", threads):
             if self.vector_search is not None and not exact:
                 if queries.shape[1] != self.dim:
                     raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
