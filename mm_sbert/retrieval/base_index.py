@@ -50,9 +50,14 @@ class BaseIndex(ABC):
 
     @abstractmethod
     def search(
-        self, query_embeddings: torch.Tensor | np.ndarray, top_k: int = 10, exact: bool | None = None
+        self,
+        query_embeddings: torch.Tensor | np.ndarray,
+        top_k: int = 10,
+        exact: bool | None = None,
+        threads: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores, rows)`` of the ``top_k`` best rows per query, both ``[Q, min(top_k, N)]``, best first."""
+        """``(scores, rows)`` of the ``top_k`` best rows per query, both ``[Q, min(top_k, N)]``, best first;
+        ``threads`` caps this process's CPU threads for the search (default: :class:`~mm_sbert.ThreadPolicy`)."""
 
     @abstractmethod
     def save(self, path: str) -> None:

@@ -639,9 +639,7 @@ class CooperativeRetriever:
             query_embeddings = query_embeddings.unsqueeze(0)
         if len(query_embeddings) != len(query_list):
             raise ValueError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
-        # Other engines (MilvusIndex) run their own threads.
-        search_threads = {"threads": threads} if isinstance(self.embedding_index, EmbeddingIndex) else {}
-        be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact, **search_threads)
+        be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact, threads=threads)
         query_kind = self._check_rerank(query_list) if rerank else None
         with thread_limit("rerank", threads):
             reranked = self._rank(query_list, rows, be_scores, score_mode, lam, query_kind)

@@ -276,7 +276,11 @@ class MilvusIndex(BaseIndex):
         return self._entity(row)[1]
 
     def search(
-        self, query_embeddings: torch.Tensor | np.ndarray, top_k: int = 10, exact: bool | None = None
+        self,
+        query_embeddings: torch.Tensor | np.ndarray,
+        top_k: int = 10,
+        exact: bool | None = None,
+        threads: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k rows per query by cosine similarity, searched by Milvus.
 
@@ -285,6 +289,8 @@ class MilvusIndex(BaseIndex):
             top_k: hits per query (capped at the collection size).
             exact: accepted for :class:`EmbeddingIndex` compatibility; the collection's Milvus index decides
                 (``AUTOINDEX`` on milvus-lite is exact), so ``True`` is refused rather than silently ignored.
+            threads: accepted as every index accepts it; Milvus searches in its own server threads, not in this
+                process's thread pools.
 
         Returns:
             ``(scores, rows)``, both ``[Q, min(top_k, N)]``, best first.
