@@ -28,10 +28,10 @@ def tiny_model_dir() -> str:
 @functools.cache
 def scene_folder() -> str:
     """Eight synthetic scenes as PNG files in images/ plus captions.csv (columns caption, image, label)."""
-    from mm_sbert.cli.common import write_synthetic_set
+    from mm_sbert.demo import SyntheticScenes
 
     folder = os.path.join(_SCRATCH, "scenes")
-    write_synthetic_set(folder, 8, captions_per_image=2, seed=0)
+    SyntheticScenes(8, captions_per_image=2, seed=0).save_caption_file(folder)
     return folder
 
 

@@ -1,17 +1,14 @@
-"""What the subcommands share: user-facing errors, model loading, reading image folders and caption files."""
+"""What the subcommands share: user-facing errors, argument types, model loading, reading caption files."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import math
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-# Re-exported: the one list of image suffixes lives with the image loading.
-from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS  # noqa: F401
 from mm_sbert.retrieval.score_combination import SCORE_MODES
 
 # Exit codes a shell script can branch on.
@@ -43,65 +40,39 @@ def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
         raise CLIError(str(exc), EXIT_USAGE) from exc
 
 
-def _number(text: str, kind: type, expected: str) -> int | float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+def checked_number(kind: type, condition: str = "", accept: Callable[[Any], bool] | None = None) -> Callable:
+    """argparse type: a finite ``kind`` (int or float) for which ``accept`` holds (``condition`` says it in words);
+    a bad value exits 2 with the option's name (docs/cli.md)."""
+    noun = "an integer" if kind is int else "a number" if condition else "a finite number"
+    expected = f"{noun} {condition}".rstrip()
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if accept is not None and not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {condition}, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``; a bad value exits 2 with the option's name (docs/cli.md)."""
-
-    def parse(text: str) -> int:
-        value = _number(text, int, f"an integer >= {minimum}")
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"int_at_least_{minimum}"
-    return parse
+    """argparse type: an integer >= ``minimum``."""
+    return checked_number(int, f">= {minimum}", lambda value: value >= minimum)
 
 
 # The argument types of every subcommand: a number is checked where it is parsed, so a bad one exits 2 naming the
 # option instead of failing later (or not at all) with exit 1.
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a learning rate, a scale)."""
-    value = _number(text, float, "a number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (a margin)."""
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """argparse type: any finite number (a bias)."""
-    return _number(text, float, "a finite number")
-
-
-def unit_interval(text: str) -> float:
-    """argparse type: a number in [0, 1] (argparse then exits 2 with the option's name)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+positive_float = checked_number(float, "> 0", lambda value: value > 0)  # a learning rate, a scale
+non_negative_float = checked_number(float, ">= 0", lambda value: value >= 0)  # a margin
+finite_float = checked_number(float)  # a bias
+unit_interval = checked_number(float, "in [0, 1]", lambda value: 0.0 <= value <= 1.0)  # also refuses nan
 
 
 def torch_device(text: str) -> str:
@@ -127,19 +98,13 @@ def torch_device(text: str) -> str:
 def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:
     """Add ``--score`` and ``--lam``: how Coop orders the reranked candidates (see
     :func:`~mm_sbert.retrieval.score_combination.combine_scores`); ``candidates`` names them in the help."""
-    parser.add_argument(
-        "--score",
-        choices=[mode for mode in SCORE_MODES if mode != "be"],
-        default="ce",
+    # fmt: off
+    parser.add_argument("--score", choices=[mode for mode in SCORE_MODES if mode != "be"], default="ce",
         help="how the reranked candidates are ordered: the cross-encoder logit (default, the paper's), lam * BE "
-        f"cosine + (1 - lam) * CE probability, or the same over scores min-max normalised among {candidates}",
-    )
-    parser.add_argument(
-        "--lam",
-        type=unit_interval,
-        default=0.5,
-        help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)",
-    )
+        f"cosine + (1 - lam) * CE probability, or the same over scores min-max normalised among {candidates}")
+    parser.add_argument("--lam", type=unit_interval, default=0.5,
+        help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)")
+    # fmt: on
 
 
 def require_package(package: str, extra: str, what: str) -> None:
@@ -178,44 +143,19 @@ def load_model(path: str, device: str | None = None):
     return MMSentenceTransformer(str(folder), device=device or "cpu")
 
 
-def list_images(paths: list[str]) -> list[Path]:
-    """Image files from files and folders (folders: their image files, recursively, sorted); a file named twice
-    (e.g. a folder and a file in it) is listed once."""
-    images: list[Path] = []
-    for raw in paths:
-        path = existing_path(raw, "Image path")
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise CLIError(f"The folder '{raw}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            images.extend(found)
-        else:
-            images.append(path)
-    seen: set[Path] = set()
-    unique = []
-    for image in images:
-        if (resolved := image.resolve()) not in seen:
-            seen.add(resolved)
-            unique.append(image)
-    return unique
-
-
 def add_data_arguments(parser: argparse.ArgumentParser, synthetic_help: str) -> None:
     """``--data`` (or ``--synthetic N``) and ``--caption-key``: the caption data of every command that reads it, in
     the formats of :meth:`~mm_sbert.data.ImageCaptionCorpus.from_file`."""
+    # fmt: off
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument(
-        "--data",
+    data.add_argument("--data",
         help="caption file: CSV / TSV / JSON lines with columns caption, image (one caption a row; paths relative to "
         "the file), JSON lines with one image a line and a caption list under --caption-key (the Flickr8k / "
-        "Multi30k layout), a COCO or Karpathy JSON, or a folder holding captions.jsonl",
-    )
+        "Multi30k layout), a COCO or Karpathy JSON, or a folder holding captions.jsonl")
     data.add_argument("--synthetic", type=int_at_least(2), metavar="N", help=synthetic_help)
-    parser.add_argument(
-        "--caption-key",
-        default="en",
-        help="with one-image-a-line JSON lines: the key of the caption list (default: en)",
-    )
+    parser.add_argument("--caption-key", default="en",
+        help="with one-image-a-line JSON lines: the key of the caption list (default: en)")
+    # fmt: on
 
 
 def read_caption_file(path: str, caption_key: str = "en"):
@@ -230,52 +170,13 @@ def read_caption_file(path: str, caption_key: str = "en"):
         raise CLIError(f"--data {path}: {error}") from error
 
 
-def write_synthetic_set(folder: str, num_images: int, captions_per_image: int, seed: int) -> str:
-    """Write a :class:`~mm_sbert.demo.SyntheticScenes` set as PNGs + ``captions.csv``; returns the CSV path."""
-    from mm_sbert.demo import SyntheticScenes
-
-    scenes = SyntheticScenes(num_images, captions_per_image=captions_per_image, seed=seed)
-    paths = scenes.save_images(os.path.join(folder, "images"))
-    csv_path = os.path.join(folder, "captions.csv")
-    with open(csv_path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["caption", "image", "label"])
-        for caption, image_id in zip(scenes.captions, scenes.caption_image_ids):
-            writer.writerow([caption, os.path.relpath(paths[image_id], folder), image_id])
-    return csv_path
-
-
 def read_caption_data(args: argparse.Namespace, scratch: str, captions_per_image: int):
     """The :class:`~mm_sbert.data.ImageCaptionCorpus` of ``--data``, or of a ``--synthetic N`` set written into
     ``scratch`` first (seeded by ``args.seed``)."""
     data = args.data
     if args.synthetic is not None:
-        data = write_synthetic_set(scratch, args.synthetic, captions_per_image=captions_per_image, seed=args.seed)
+        from mm_sbert.demo import SyntheticScenes
+
+        scenes = SyntheticScenes(args.synthetic, captions_per_image=captions_per_image, seed=args.seed)
+        data = scenes.save_caption_file(scratch)
     return read_caption_file(data, getattr(args, "caption_key", "en"))
-
-
-def open_store(path: str | None):
-    """The feature store of ``--features`` (``None`` without it), or a CLIError naming the folder."""
-    if path is None:
-        return None
-    from mm_sbert.image_features import FeatureStore
-    from mm_sbert.image_features.feature_store import FeatureStoreError
-
-    existing_path(path, "Feature store", "dir")
-    try:
-        return FeatureStore(path)
-    except FeatureStoreError as error:
-        raise CLIError(f"--features {path}: {error}") from error
-
-
-def stored_regions(store_path: str, images: list[str], featurizer, what: str = "the evaluation data") -> list:
-    """The regions of ``images`` read from the feature store at ``store_path``; exit 2 naming what does not match."""
-    from mm_sbert.data.store_image_resolver import StoreImageResolver
-    from mm_sbert.image_features.feature_store import FeatureStoreError
-
-    store = open_store(store_path)
-    try:
-        store.check_featurizer(featurizer)
-        return StoreImageResolver(store).resolve(images, what=what)
-    except FeatureStoreError as error:
-        raise CLIError(str(error)) from error

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder",
-        description="Convert an original checkpoint. All arguments go to the converter; "
-        "`mm-sbert convert --help` lists them.",
-        add_help=False,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Convert an original checkpoint. All arguments go to the converter; `mm-sbert convert --help` lists them."
     )
     # No arguments of its own: main() passes everything after `convert` on to the converter.
     parser.set_defaults(run=run, converter_args=[])

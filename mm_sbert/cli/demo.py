@@ -16,50 +16,32 @@ from mm_sbert.demo.synthetic_scenes import FAMILY_KINDS
 SIZES = ("train_images", "eval_images", "warmup_steps", "steps", "batch_size", "layers")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
-        description="Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated "
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated "
         "scenes of coloured shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop "
-        "retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores.",
+        "retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores."
     )
-    parser.add_argument("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default: 0)")
-    parser.add_argument("--train-images", type=int, default=None, help=f"training scenes ({DEFAULTS['train_images']})")
-    parser.add_argument("--eval-images", type=int, default=None, help=f"held-out scenes ({DEFAULTS['eval_images']})")
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=None,
-        help=f"bi-encoder-only steps before the joint rounds ({DEFAULTS['warmup_steps']})",
-    )
-    parser.add_argument("--steps", type=int, default=None, help=f"joint training rounds ({DEFAULTS['steps']})")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help=f"(caption, image) pairs per batch ({DEFAULTS['batch_size']})"
-    )
-    parser.add_argument(
-        "--layers", type=int, default=None, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)"
-    )
-    parser.add_argument(
-        "--regions",
-        choices=sorted(REGIONS),
-        default="grid",
+    # fmt: off
+    add = parser.add_argument
+    add("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
+    add("--seed", type=int, default=0, help="seed of data generation and training (default: 0)")
+    add("--train-images", type=int, help=f"training scenes ({DEFAULTS['train_images']})")
+    add("--eval-images", type=int, help=f"held-out scenes ({DEFAULTS['eval_images']})")
+    add("--warmup-steps", type=int, help=f"bi-encoder-only steps before the joint rounds ({DEFAULTS['warmup_steps']})")
+    add("--steps", type=int, help=f"joint training rounds ({DEFAULTS['steps']})")
+    add("--batch-size", type=int, help=f"(caption, image) pairs per batch ({DEFAULTS['batch_size']})")
+    add("--layers", type=int, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)")
+    add("--regions", choices=sorted(REGIONS), default="grid",
         help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per object, "
-        "ColorBlobFeaturizer)",
-    )
-    parser.add_argument(
-        "--families",
-        choices=FAMILY_KINDS,
-        default=FAMILIES,
+        "ColorBlobFeaturizer)")
+    add("--families", choices=FAMILY_KINDS, default=FAMILIES,
         help=f"what tells a family's scenes apart: 'details' (one detail each) or 'binding' (the same words, another "
-        f"binding of colours, shapes and slots to objects) (default: {FAMILIES})",
-    )
-    parser.add_argument("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
-    parser.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
-    parser.add_argument(
-        "--quick", action="store_true", help="a seconds-long smoke run on tiny data (numbers are meaningless)"
-    )
+        f"binding of colours, shapes and slots to objects) (default: {FAMILIES})")
+    add("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
+    add("--no-save-model", action="store_true", help="do not save the fine-tuned model")
+    add("--quick", action="store_true", help="a seconds-long smoke run on tiny data (numbers are meaningless)")
+    # fmt: on
     parser.set_defaults(run=run)
 
 

@@ -6,98 +6,71 @@ import argparse
 import sys
 import warnings
 
-from mm_sbert.cli.common import CLIError, input_errors, list_images, load_model, positive_int
+from mm_sbert.cli.common import CLIError, input_errors, load_model, positive_int
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "featurize",
-        help="featurize images once into a feature store (region features on disk)",
-        description="Run an image featurizer over image files / folders and store the region features "
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run an image featurizer over image files / folders and store the region features "
         "(memory-mapped shards). Image ids are the file names without extension. Ctrl-C keeps every finished image "
         "(exit 130); running the same command again resumes. Unreadable images (corrupt, empty, decompression "
         "bombs) are skipped and named (exit 1). Exit code 2: bad arguments, or an existing store made with other "
-        "settings or damaged.",
+        "settings or damaged."
     )
-    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--output", "-o", required=True, help="feature store folder to write")
+    # fmt: off
+    add = parser.add_argument
+    add("images", nargs="+", help="image files or folders (searched recursively)")
+    add("--output", "-o", required=True, help="feature store folder to write")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="use this saved model's own featurizer (so the features fit the model)")
-    source.add_argument(
-        "--featurizer",
-        choices=["color-grid", "color-blob", "mobilenet-grid", "efficientnet-grid"],
-        default=None,
+    source.add_argument("--featurizer", choices=["color-grid", "color-blob", "mobilenet-grid", "efficientnet-grid"],
         help="a built-in featurizer (default: color-grid; color-blob: one region per coloured object on a plain "
         "background; mobilenet-grid: ImageNet MobileNetV2, 7 x 7 cells at 224 px; efficientnet-grid: ImageNet "
-        "EfficientNet-Lite2, 9 x 9 cells at 260 px, stronger and about 3x slower)",
-    )
-    parser.add_argument(
-        "--grid-size",
-        type=int,
-        default=None,
+        "EfficientNet-Lite2, 9 x 9 cells at 260 px, stronger and about 3x slower)")
+    add("--grid-size", type=positive_int,
         help="cells per side: color-grid (default: 3), or mobilenet-grid's 7 x 7 (efficientnet-grid's 9 x 9) map "
-        "average-pooled to this many (default: no pooling; fewer regions make training and reranking faster)",
-    )
-    parser.add_argument(
-        "--tags",
-        type=positive_int,
-        default=None,
-        metavar="K",
+        "average-pooled to this many (default: no pooling; fewer regions make training and reranking faster)")
+    add("--tags", type=positive_int, metavar="K",
         help="mobilenet-grid / efficientnet-grid: also store each image's K most probable ImageNet classes as tags "
         "(words a model trained with `mm-sbert train --tags on` reads beside the caption, as OSCAR reads object "
-        "labels); default: no tags",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per featurizer call")
-    parser.add_argument(
-        "--shard-size",
-        type=positive_int,
-        default=1024,
-        help="images per shard file (default: 1024); finished shards survive even a kill -9",
-    )
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
+        "labels); default: no tags")
+    add("--batch-size", type=positive_int, default=32, help="images per featurizer call")
+    add("--shard-size", type=positive_int, default=1024,
+        help="images per shard file (default: 1024); finished shards survive even a kill -9")
+    add("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
+    # fmt: on
     parser.set_defaults(run=run)
 
 
 def build_featurizer(args: argparse.Namespace):
-    grids = ("mobilenet-grid", "efficientnet-grid")
-    if args.tags is not None and (args.model or args.featurizer not in grids):
-        source = f"--model {args.model} (its featurizer keeps its own settings)" if args.model else "this featurizer"
+    """The featurizer of ``--model`` (its own) or of ``--featurizer`` / ``--grid-size`` / ``--tags``."""
+    from mm_sbert.image_features.featurizer_names import GRID_FEATURIZERS, TAGGING_FEATURIZERS, featurizer_from_name
+
+    source = f"--model {args.model}" if args.model else f"--featurizer {args.featurizer}"
+    if args.tags is not None and (args.model or args.featurizer not in TAGGING_FEATURIZERS):
+        source = f"{source} (its featurizer keeps its own settings)" if args.model else "this featurizer"
         raise CLIError(
             f"--tags needs --featurizer mobilenet-grid or efficientnet-grid (an ImageNet classifier), not {source}"
         )
-    if args.grid_size is not None and (args.model or args.featurizer not in (None, "color-grid", *grids)):
+    if args.grid_size is not None and (args.model or args.featurizer not in (None, *GRID_FEATURIZERS)):
         # The other featurizers have no grid to size: say so rather than ignore the flag.
-        source = f"--model {args.model}" if args.model else f"--featurizer {args.featurizer}"
         raise CLIError(
             "--grid-size applies to the color-grid and mobilenet-grid featurizers only (efficientnet-grid too), "
             f"not to {source}"
         )
-    if args.grid_size is not None and args.grid_size < 1:
-        raise CLIError(f"--grid-size must be >= 1, got {args.grid_size}")
-    if args.model:
-        featurizer = load_model(args.model)[0].featurizer
-        if featurizer is None:
-            raise CLIError(f"The model '{args.model}' has no image featurizer; choose one with --featurizer")
-        return featurizer
-    if args.featurizer in grids:
-        from mm_sbert.image_features import EfficientNetLiteGridFeaturizer, MobileNetV2GridFeaturizer
-
-        featurizer_class = (
-            MobileNetV2GridFeaturizer if args.featurizer == "mobilenet-grid" else EfficientNetLiteGridFeaturizer
-        )
+    if not args.model:
         try:
-            return featurizer_class(grid_size=args.grid_size, num_tags=args.tags or 0)
+            return featurizer_from_name(args.featurizer or "color-grid", args.grid_size, num_tags=args.tags or 0)
         except (ValueError, ImportError, FileNotFoundError) as error:
             raise CLIError(f"--featurizer {args.featurizer}: {error}") from error
-    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
-
-    if args.featurizer == "color-blob":
-        return ColorBlobFeaturizer()
-
-    return ColorGridFeaturizer(grid_size=3 if args.grid_size is None else args.grid_size)
+    featurizer = load_model(args.model)[0].featurizer
+    if featurizer is None:
+        raise CLIError(f"The model '{args.model}' has no image featurizer; choose one with --featurizer")
+    return featurizer
 
 
 def run(args: argparse.Namespace) -> int:
+    from mm_sbert.data.image_files import list_image_files
     from mm_sbert.image_features import FeatureStore
     from mm_sbert.image_features.feature_store import OWNED_KIND
     from mm_sbert.storage import check_output_path
@@ -105,11 +78,7 @@ def run(args: argparse.Namespace) -> int:
     with input_errors():
         # Before any image is read: the store may not be (or hold) the images, the model or a folder of the user's.
         check_output_path(args.output, OWNED_KIND, folder=True, inputs=[*args.images, args.model], what="--output")
-    images = list_images(args.images)
-    stems = [path.stem for path in images]
-    if len(set(stems)) != len(stems):
-        duplicate = next(stem for stem in stems if stems.count(stem) > 1)
-        raise CLIError(f"Two images share the file name '{duplicate}' (ids are file names without extension)")
+    images = list_image_files(args.images, unique_names=True)
     featurizer = build_featurizer(args)
     try:
         with input_errors(), warnings.catch_warnings():

@@ -5,65 +5,45 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mm_sbert.cli.common import (
-    CLIError,
-    input_errors,
-    list_images,
-    load_model,
-    positive_int,
-    require_package,
-)
+from mm_sbert.cli.common import CLIError, input_errors, load_model, positive_int, require_package
 
 # mm_sbert.retrieval.PRECISIONS, spelled out so `mm-sbert --help` imports no torch.
 PRECISION_CHOICES = ["float32", "int8", "binary", "hnsw", "ivf"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "index",
-        help="encode an image folder with the bi-encoder into a searchable index",
-        description="Encode every image of the given files / folders once with the model's bi-encoder and store the "
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Encode every image of the given files / folders once with the model's bi-encoder and store the "
         "embeddings (and the image paths) in an index folder, for `mm-sbert search`. The index records the model's "
         "fingerprint (search refuses another model), the image folder (search reads images only inside it) and the "
         "feature store of --features (search reranks from it). A rebuild replaces the folder only once complete; an "
         "interrupted or failed one leaves the old index as it was. Exit code 2: a missing, corrupt or unreadable "
-        "image (named), or an output that is not an index mm-sbert wrote (or is one of the inputs).",
+        "image (named), or an output that is not an index mm-sbert wrote (or is one of the inputs)."
     )
-    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--model", "-m", required=True, help="saved mm_sbert model folder")
-    parser.add_argument("--output", "-o", required=True, help="index folder to write")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per bi-encoder batch")
-    parser.add_argument(
-        "--features",
-        metavar="STORE",
+    # fmt: off
+    add = parser.add_argument
+    add("images", nargs="+", help="image files or folders (searched recursively)")
+    add("--model", "-m", required=True, help="saved mm_sbert model folder")
+    add("--output", "-o", required=True, help="index folder to write")
+    add("--batch-size", type=positive_int, default=32, help="images per bi-encoder batch")
+    add("--features", metavar="STORE",
         help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
-        "of featurizing them; search then reranks from it too",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="float32",
+        "of featurizing them; search then reranks from it too")
+    add("--precision", choices=PRECISION_CHOICES, default="float32",
         help="search of the local index: exact float32 (default), int8 / binary codes rescored in float32, or a "
-        "FAISS hnsw / ivf index rescored in float32",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["local", "milvus"],
-        default="local",
-        help="where the embeddings live: an index folder (default) or a Milvus collection",
-    )
-    parser.add_argument(
-        "--uri",
-        default=None,
+        "FAISS hnsw / ivf index rescored in float32")
+    add("--backend", choices=["local", "milvus"], default="local",
+        help="where the embeddings live: an index folder (default) or a Milvus collection")
+    add("--uri",
         help="Milvus URI for --backend milvus: a .db file (embedded milvus-lite) or a server address such as "
-        "http://host:19530 (default: milvus.db in the output folder)",
-    )
-    parser.add_argument("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
+        "http://host:19530 (default: milvus.db in the output folder)")
+    add("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
+    # fmt: on
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.image_features import ImageLoadError
+    from mm_sbert.data.image_files import list_image_files
     from mm_sbert.retrieval import CooperativeRetriever
 
     if args.backend != "milvus" and args.uri is not None:
@@ -72,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--precision chooses the local index's search; with --backend milvus, Milvus does")
     if args.backend == "milvus":
         require_package("pymilvus", "milvus", "mm-sbert index --backend milvus")
-    images = [str(path.resolve()) for path in list_images(args.images)]
+    images = [str(path.resolve()) for path in list_image_files(args.images)]
     retriever = CooperativeRetriever(load_model(args.model), batch_size=args.batch_size, show_progress_bar=True)
     try:
-        with input_errors(ImageLoadError, ValueError):
+        with input_errors(ValueError):
             retriever.index(
                 images,
                 ids=images,

@@ -10,46 +10,21 @@ from collections.abc import Sequence
 
 from mm_sbert.version import __version__
 
-# name -> (module, one-line help, thread-policy stage or None for commands that do not compute). The subcommand
-# modules (and torch, transformers, ... behind them) are imported only for the command that runs, so that
-# `mm-sbert --help` answers at once; tests/cli/test_main.py checks these help lines against the modules' own.
-COMMANDS: dict[str, tuple[str, str, str | None]] = {
+# name -> (one-line help, thread-policy stage or None for commands that do not compute). Each command's module,
+# mm_sbert.cli.<name>, (and torch, transformers, ... behind it) is imported only for the command that runs, so that
+# `mm-sbert --help` answers at once; the module's add_arguments() fills the command's parser.
+COMMANDS: dict[str, tuple[str, str | None]] = {
     "demo": (
-        "mm_sbert.cli.demo",
         "fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
         "train",
     ),
-    "featurize": (
-        "mm_sbert.cli.featurize",
-        "featurize images once into a feature store (region features on disk)",
-        "featurize",
-    ),
-    "train": (
-        "mm_sbert.cli.train",
-        "fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)",
-        "train",
-    ),
-    "evaluate": (
-        "mm_sbert.cli.evaluate",
-        "image-text retrieval recall of BE / CE / Coop, both directions, with timings",
-        "compute",
-    ),
-    "index": (
-        "mm_sbert.cli.index",
-        "encode an image folder with the bi-encoder into a searchable index",
-        "encode",
-    ),
-    "search": (
-        "mm_sbert.cli.search",
-        "search an indexed image folder for a caption (BE retrieval + CE reranking)",
-        "compute",
-    ),
-    "convert": (
-        "mm_sbert.cli.convert",
-        "convert an OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder",
-        None,
-    ),
-    "push": ("mm_sbert.cli.push", "upload a saved model folder to the Hugging Face Hub", None),
+    "featurize": ("featurize images once into a feature store (region features on disk)", "featurize"),
+    "train": ("fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)", "train"),
+    "evaluate": ("image-text retrieval recall of BE / CE / Coop, both directions, with timings", "compute"),
+    "index": ("encode an image folder with the bi-encoder into a searchable index", "encode"),
+    "search": ("search an indexed image folder for a caption (BE retrieval + CE reranking)", "compute"),
+    "convert": ("convert an OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder", None),
+    "push": ("upload a saved model folder to the Hugging Face Hub", None),
 }
 SUBCOMMANDS = tuple(COMMANDS)
 
@@ -71,13 +46,11 @@ def threads_argument(text: str) -> int:
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads``, the same on every command that computes."""
-    parser.add_argument(
-        "--threads",
-        type=threads_argument,
-        default=None,
+    # fmt: off
+    parser.add_argument("--threads", type=threads_argument, default=None,
         help="CPU threads for torch, FAISS, BLAS and ONNX Runtime (default: the cores other processes leave free, "
-        "see mm_sbert.ThreadPolicy)",
-    )
+        "see mm_sbert.ThreadPolicy)")
+    # fmt: on
 
 
 def chosen_command(argv: Sequence[str]) -> str | None:
@@ -101,13 +74,13 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress details (INFO level)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on any error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_line, stage) in COMMANDS.items():
+    for name, (help_line, stage) in COMMANDS.items():
+        # `convert` hands --help on to the converter's own parser.
+        subparser = subparsers.add_parser(name, help=help_line, add_help=name != "convert")
         if command in ("*", name):
-            importlib.import_module(module_name).add_parser(subparsers)
+            importlib.import_module(f"mm_sbert.cli.{name}").add_arguments(subparser)
             if stage is not None:
-                add_threads_option(subparsers.choices[name])
-        else:
-            subparsers.add_parser(name, help=help_line)
+                add_threads_option(subparser)
     return parser
 
 
@@ -131,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mm_sbert.errors import MMSbertError
     from mm_sbert.thread_policy import get_thread_policy, set_thread_policy
 
-    stage = COMMANDS[args.command][2]
+    stage = COMMANDS[args.command][1]
     try:
         if stage is None:
             return args.run(args) or EXIT_OK

@@ -7,20 +7,21 @@ import argparse
 from mm_sbert.cli.common import EXIT_FAILURE, CLIError, load_model
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "push",
-        help="upload a saved model folder to the Hugging Face Hub",
-        description="Upload a saved mm_sbert model (bi-encoder, cross-encoder or joint folder) with its model card. "
-        "The token comes from --token, HF_TOKEN or `huggingface-cli login`.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Upload a saved mm_sbert model (bi-encoder, cross-encoder or joint folder) with its model card. "
+        "The token comes from --token, HF_TOKEN or `huggingface-cli login`."
     )
-    parser.add_argument("model", help="saved model folder")
-    parser.add_argument("repo_id", help="Hub repository, e.g. your-name/mm-sbert-coco")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in user's)")
-    parser.add_argument("--commit-message", default="Add mm_sbert model", help="commit message")
-    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
-    parser.add_argument("--exist-ok", action="store_true", help="do not fail when the repository exists")
+    # fmt: off
+    add = parser.add_argument
+    add("model", help="saved model folder")
+    add("repo_id", help="Hub repository, e.g. your-name/mm-sbert-coco")
+    add("--private", action="store_true", help="create the repository as private")
+    add("--token", help="Hub token (default: the logged-in user's)")
+    add("--commit-message", default="Add mm_sbert model", help="commit message")
+    add("--revision", help="branch to push to (default: main)")
+    add("--exist-ok", action="store_true", help="do not fail when the repository exists")
+    # fmt: on
     parser.set_defaults(run=run)
 
 

@@ -173,6 +173,21 @@ class SyntheticScenes:
             paths.append(path)
         return paths
 
+    def save_caption_file(self, folder: str) -> str:
+        """Write the images into ``folder/images`` (:meth:`save_images`) and one row per caption into
+        ``folder/captions.csv`` (columns ``caption``, ``image`` relative to ``folder``, ``label`` the image id): the
+        caption-file layout :meth:`~mm_sbert.data.ImageCaptionCorpus.from_file` reads. Returns the CSV's path."""
+        import csv
+
+        paths = self.save_images(os.path.join(folder, "images"))
+        csv_path = os.path.join(folder, "captions.csv")
+        with open(csv_path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["caption", "image", "label"])
+            for caption, image_id in zip(self.captions, self.caption_image_ids):
+                writer.writerow([caption, os.path.relpath(paths[image_id], folder), image_id])
+        return csv_path
+
     def to_dataset(self, image_paths: Sequence[str] | None = None) -> Any:
         """A ``datasets.Dataset`` with one row per (caption, image): columns ``caption``, ``image``, ``label``.
 

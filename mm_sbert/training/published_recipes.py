@@ -8,6 +8,7 @@ options given on the command line win over the recipe.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 PUBLISHED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -59,3 +60,40 @@ def recipe_options(name: str, regime: str) -> dict[str, Any]:
     if name not in PUBLISHED_RECIPES:
         raise ValueError(f"Unknown recipe {name!r}; known: {sorted(PUBLISHED_RECIPES)}")
     return dict(PUBLISHED_RECIPES[name].get(regime, {}))
+
+
+# The defaults of the options a recipe may set; a recipe overrides them, options given explicitly override both.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "steps": 500,
+    "batch_size": 32,
+    "lr": None,
+    "new_lr": None,
+    "be_loss": "triplet",
+    "ce_loss": "bce",
+    "img_layernorm": False,
+    "head_input": None,
+    "fusion_layer": 0,
+    "hard_negatives": False,
+}
+
+
+def resolve_options(
+    given: Mapping[str, Any], recipe: str | None, regime: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(options, applied)``: every option of :data:`OPTION_DEFAULTS`, taken from ``given`` where it is set (not
+    ``None``), else from recipe ``recipe`` for ``regime`` (if any), else the default; ``applied`` holds the options
+    the recipe set.
+
+    Raises:
+        ValueError: an unknown recipe name.
+    """
+    from_recipe = recipe_options(recipe, regime) if recipe else {}
+    options, applied = {}, {}
+    for name, default in OPTION_DEFAULTS.items():
+        if given.get(name) is not None:
+            options[name] = given[name]
+        elif name in from_recipe:
+            options[name] = applied[name] = from_recipe[name]
+        else:
+            options[name] = default
+    return options, applied

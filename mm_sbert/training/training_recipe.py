@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,24 @@ BiEncoderLossName = Literal["triplet", "infonce"]
 CrossEncoderLossName = Literal["bce", "listwise"]
 # The layers that are new on top of a text checkpoint: the image projection, its LayerNorm, the score head.
 NEW_LAYERS = ("img_embedding", "img_layer_norm", "classifier", "cross_modal_attention_bias")
+
+# `mm-sbert train`'s regime names, and its options (the vocabulary of the published recipes) -> recipe fields.
+REGIME_NAMES: dict[str, Regime] = {"be": "bi_encoder", "ce": "cross_encoder", "joint": "joint"}
+OPTION_FIELDS = {
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "new_lr": "new_layer_learning_rate",
+    "be_loss": "bi_encoder_loss",
+    "margin": "margin",
+    "ce_loss": "cross_encoder_loss",
+    "ce_negatives": "negatives",
+    "hard_negatives": "hard_negatives",
+    "neighbour_groups": "neighbour_group_size",
+    "steps_ratio": "steps_ratio",
+    "seed": "seed",
+    "save_steps": "save_steps",
+}
 
 
 @dataclass
@@ -120,6 +139,19 @@ class TrainingRecipe:
         unknown = set(self.new_layers) - set(NEW_LAYERS)
         if unknown or not self.new_layers:
             raise ValueError(f"new_layers must be a non-empty subset of {NEW_LAYERS}, got {self.new_layers}")
+
+    @classmethod
+    def from_options(cls, regime: str, options: Mapping[str, Any]) -> TrainingRecipe:
+        """The recipe of ``mm-sbert train``'s options: ``regime`` ``"be"``, ``"ce"`` or ``"joint"`` (or a full regime
+        name) and the options by their argparse names (``lr``, ``new_lr``, ``be_loss``, ``ce_loss``,
+        ``ce_negatives``, ``neighbour_groups``..., the vocabulary of :data:`~mm_sbert.training.published_recipes.
+        PUBLISHED_RECIPES`); options that are missing or ``None`` keep the field's default, other keys are ignored."""
+        fields = {
+            option: field_name for option, field_name in OPTION_FIELDS.items() if options.get(option) is not None
+        }
+        return cls(
+            regime=REGIME_NAMES.get(regime, regime), **{name: options[option] for option, name in fields.items()}
+        )
 
     @property
     def trains_bi_encoder(self) -> bool:

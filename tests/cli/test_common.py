@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_helpers import run_cli, scene_folder
 
-from mm_sbert.cli.common import CLIError, list_images, read_caption_file
+from mm_sbert.cli.common import CLIError, read_caption_file
 from mm_sbert.cli.main import build_parser
 
 
@@ -59,13 +59,6 @@ def test_a_caption_string_where_a_list_belongs_is_refused_not_split_into_charact
     path.write_text(json.dumps({"image": image, "en": "a red square"}) + "\n")
     with pytest.raises(CLIError, match=r"captions.jsonl:1: 'en' must be a list of caption strings, got str"):
         read_caption_file(str(path))
-
-
-def test_list_images_from_folder_and_empty_folder(tmp_path):
-    assert len(list_images([f"{scene_folder()}/images"])) == 8
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CLIError, match="holds no images"):
-        list_images([str(tmp_path / "empty")])
 
 
 BAD_ARGUMENTS = [

@@ -61,7 +61,7 @@ def test_help_lines_of_the_lazy_table_are_the_commands_own():
 
     full = build_parser()._subparsers._group_actions[0]
     own = {action.dest: action.help for action in full._choices_actions}
-    assert {name: help_line for name, (_, help_line, _) in COMMANDS.items()} == own
+    assert {name: help_line for name, (help_line, _) in COMMANDS.items()} == own
 
 
 def test_help_and_import_do_not_load_torch():

@@ -50,28 +50,30 @@ def test_train_ce_with_the_listwise_loss_and_a_matching_head(capsys, tmp_path):
     assert code == 2 and "argument --ce-negatives: must be >= 1, got 0" in err
 
 
-def test_new_model_gets_the_requested_head_input(tmp_path):
-    from mm_sbert.cli.train import build_model
-
+def _backbone(tmp_path) -> str:
     backbone = tmp_path / "backbone"
     MMSentenceTransformer(tiny_model_dir())[0].backbone.save_pretrained(str(backbone))
     MMSentenceTransformer(tiny_model_dir())[0].tokenizer.save_pretrained(str(backbone))
-    model = build_model(str(backbone), grid_size=2, head_input="text_image_match", fusion_layer=1)
+    return str(backbone)
+
+
+def test_new_model_gets_the_requested_head_input(capsys, tmp_path):
+    argv = ["train", "be", "--model", _backbone(tmp_path), "--synthetic", "8", "--steps", "1", "--batch-size", "4"]
+    code, _, err = run_cli(
+        capsys, *argv, "--head-input", "text_image_match", "--fusion-layer", "1", "-o", tmp_path / "o"
+    )
+    assert code == 0, err
+    model = MMSentenceTransformer(str(tmp_path / "o" / "final"))
     assert model[0].head_input == "text_image_match"
     assert model[0].classifier.in_features == 4 * model[0].backbone.config.hidden_size
     assert model[0].fusion_layer == 1
 
 
-def test_fusion_layer_beyond_the_backbone_is_a_cli_error(tmp_path):
-    from mm_sbert.cli.common import CLIError
-    from mm_sbert.cli.train import build_model
-
-    backbone = tmp_path / "backbone"
-    MMSentenceTransformer(tiny_model_dir())[0].backbone.save_pretrained(str(backbone))
-    MMSentenceTransformer(tiny_model_dir())[0].tokenizer.save_pretrained(str(backbone))
+def test_fusion_layer_beyond_the_backbone_exits_2(capsys, tmp_path):
     layers = MMSentenceTransformer(tiny_model_dir())[0].backbone.config.num_hidden_layers
-    with pytest.raises(CLIError, match=f"fusion_layer must be between 0 and {layers - 1}"):
-        build_model(str(backbone), grid_size=2, fusion_layer=layers)
+    argv = ["train", "be", "--model", _backbone(tmp_path), "--synthetic", "8", "--fusion-layer", str(layers)]
+    code, _, err = run_cli(capsys, *argv, "--output-dir", tmp_path / "o")
+    assert code == 2 and f"fusion_layer must be between 0 and {layers - 1}" in err
 
 
 def _store_of_scenes(capsys, path, *featurizer_args) -> None:
@@ -101,8 +103,8 @@ def test_train_from_a_feature_store_encodes_raw_images_exactly_as_the_store(caps
 
 
 def test_new_model_from_a_store_keeps_the_store_featurizer(capsys, tmp_path):
-    from mm_sbert.cli.train import new_featurizer
     from mm_sbert.image_features import FeatureStore, MobileNetV2GridFeaturizer
+    from mm_sbert.training.training_run import new_model_featurizer
 
     store_path = tmp_path / "store"
     image = f"{scene_folder()}/images/scene_00000.png"
@@ -121,7 +123,7 @@ def test_new_model_from_a_store_keeps_the_store_featurizer(capsys, tmp_path):
         str(torch.get_num_threads()),
     )
     assert code == 0, err
-    featurizer = new_featurizer(None, None, FeatureStore(store_path))
+    featurizer = new_model_featurizer(None, None, FeatureStore(store_path))
     assert isinstance(featurizer, MobileNetV2GridFeaturizer) and featurizer.grid_size == 2
     assert featurizer.featurize([load_image(image)])[0].features.tolist() == (
         FeatureStore(store_path)["scene_00000"].features.tolist()
@@ -153,16 +155,13 @@ def test_train_features_store_from_another_featurizer_exits_2(capsys, tmp_path):
 def test_train_reads_the_one_image_a_line_caption_layout(capsys, tmp_path):
     import json
 
-    from mm_sbert.cli.train import training_dataset
-
     data = tmp_path / "captions.jsonl"
     rows = [{"image": f"{scene_folder()}/images/scene_{i:05d}.png", "en": [f"a{i}", f"b{i}"]} for i in range(3)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    args = build_parser_args(["train", "be", "--data", str(data), "--output-dir", str(tmp_path / "o")])
-    dataset = training_dataset(args, str(tmp_path), store=None)
-    assert dataset["caption"] == ["a0", "b0", "a1", "b1", "a2", "b2"]
-    assert dataset["label"] == [0, 0, 1, 1, 2, 2]
-    assert dataset["image"][2].endswith("scene_00001.png")
+    argv = ["train", "be", "--model", tiny_model_dir(), "--data", data, "--steps", "1", "--batch-size", "2"]
+    code, out, err = run_cli(capsys, *argv, "--output-dir", tmp_path / "o")
+    assert code == 0, err
+    assert "on 6 pairs for 1 steps" in out
 
 
 def build_parser_args(argv: list[str]):
@@ -218,21 +217,24 @@ def test_train_ce_with_neighbour_groups_groups_by_the_saved_bi_encoder(capsys, t
 def test_train_on_an_image_part_keeps_only_that_parts_images_and_refuses_a_bad_part(capsys, tmp_path):
     import json
 
-    from mm_sbert.cli.train import training_dataset
-    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.cli.train import image_part
 
     data = tmp_path / "captions.jsonl"
     rows = [{"image": f"{scene_folder()}/images/scene_{i:05d}.png", "en": [f"a{i}", f"b{i}"]} for i in range(8)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     argv = ["train", "be", "--data", str(data), "--output-dir", str(tmp_path / "o")]
-    whole = ImageCaptionCorpus.from_flickr8k_jsonl(str(data))
-    for part in (1, 2):
-        dataset = training_dataset(build_parser_args([*argv, "--image-part", f"{part}/2"]), str(tmp_path), None)
-        assert sorted(set(dataset["image"])) == sorted(whole.image_part(part, 2).images)
-        assert 0 < len(set(dataset["image"])) < 8
+    assert build_parser_args([*argv, "--image-part", "2/3"]).image_part == (2, 3) == image_part("2/3")
     for bad in ("2", "0/2", "3/2", "1/1", "a/b"):
         code, _, err = run_cli(capsys, *argv, "--image-part", bad, "--steps", "1")
         assert code == 2 and "--image-part" in err and bad in err, (bad, err)
+    # Trained on one part: as many pairs as that part's captions.
+    argv = ["train", "be", "--model", tiny_model_dir(), "--data", data, "--steps", "1", "--batch-size", "2"]
+    code, out, err = run_cli(capsys, *argv, "--image-part", "1/2", "--output-dir", tmp_path / "part")
+    assert code == 0, err
+    from mm_sbert.data import ImageCaptionCorpus
+
+    pairs = len(ImageCaptionCorpus.from_flickr8k_jsonl(str(data)).image_part(1, 2))
+    assert 0 < pairs < 16 and f"on {pairs} pairs" in out
 
 
 def _trained_views(folder) -> list[str] | None:
@@ -284,22 +286,16 @@ def test_training_on_fewer_pairs_than_one_batch_refuses_instead_of_reporting_ste
     assert "on 6 pairs for 3 steps" in out
 
 
-def test_recipe_fills_what_the_command_line_leaves_out():
-    from mm_sbert.cli.train import apply_recipe
+def test_recipe_fills_what_the_command_line_leaves_out(capsys, tmp_path):
     from mm_sbert.training.published_recipes import PUBLISHED_RECIPES
 
-    args = build_parser_args(["train", "be", "--synthetic", "8", "-o", "x", "--recipe", "flickr8k", "--steps", "7"])
-    applied = apply_recipe(args)
-    assert (args.head_input, args.fusion_layer, args.img_layernorm, args.be_loss) == (
-        "text_image_match",
-        3,
-        True,
-        "infonce",
-    )
-    assert (args.lr, args.new_lr, args.batch_size, args.steps) == (5e-5, 1e-3, 128, 7)  # --steps given wins
-    assert applied == {k: v for k, v in PUBLISHED_RECIPES["flickr8k"]["be"].items() if k != "steps"}
-    plain = build_parser_args(["train", "be", "--synthetic", "8", "-o", "x"])
-    assert apply_recipe(plain) == {} and (plain.head_input, plain.fusion_layer, plain.steps) == (None, 0, 500)
+    argv = ["train", "be", "--model", tiny_model_dir(), "--synthetic", "8", "--recipe", "flickr8k", "--steps", "1"]
+    code, out, err = run_cli(capsys, *argv, "--batch-size", "4", "-o", tmp_path / "o")
+    assert code == 0, err
+    applied = {k: v for k, v in PUBLISHED_RECIPES["flickr8k"]["be"].items() if k not in ("steps", "batch_size")}
+    (line,) = [line for line in out.splitlines() if line.startswith("Recipe flickr8k (be): ")]
+    assert all(f"--{name.replace('_', '-')} {value}" in line for name, value in applied.items())
+    assert "--steps" not in line and "--batch-size" not in line  # given on the command line: not the recipe's
 
 
 def test_the_flickr8k_script_trains_with_the_recipe_the_docs_quote():

@@ -6,15 +6,14 @@ import pytest
 import torch
 from cli_helpers import run_cli, tiny_model_dir
 
-from mm_sbert.cli import train as train_command
-from mm_sbert.training import TrainingRecipe
+from mm_sbert.training import TrainingRecipe, training_run
 
 ARGV = ["--model", tiny_model_dir(), "--synthetic", "8", "--steps", "2", "--batch-size", "4"]
 
 
 @pytest.mark.parametrize("regime", ["be", "ce"])
 def test_bf16_runs_the_forward_passes_in_bfloat16(capsys, tmp_path, monkeypatch, regime):
-    if not train_command.torch_cpu_has_bf16():
+    if not training_run.torch_cpu_has_bf16():
         pytest.skip("this CPU has no native bfloat16")
     dtypes = []
     trainer = TrainingRecipe.trainer
@@ -35,6 +34,6 @@ def test_bf16_runs_the_forward_passes_in_bfloat16(capsys, tmp_path, monkeypatch,
 
 
 def test_bf16_is_refused_on_a_cpu_without_it(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_command, "torch_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(training_run, "torch_cpu_has_bf16", lambda: False)
     code, _, err = run_cli(capsys, "train", "be", *ARGV, "--output-dir", tmp_path / "run", "--bf16")
     assert code == 2 and "no native bfloat16" in err
