@@ -76,23 +76,14 @@ unit_interval = checked_number(float, "in [0, 1]", lambda value: 0.0 <= value <=
 
 
 def torch_device(text: str) -> str:
-    """argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and available in this torch build (``--device cuda``
-    on a CPU-only build exits 2 here, not with a traceback after the data and model have loaded)."""
-    name, _, index = text.partition(":")
-    if name not in ("cpu", "cuda", "mps") or (index and (not index.isdigit() or name != "cuda")):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
-    if name == "cpu":
-        return text
-    import torch
+    """argparse type: a device this torch build has (``--device cuda`` on a CPU-only build exits 2 here, not with a
+    traceback after the data and model have loaded); see :func:`~mm_sbert.models.devices.check_device`."""
+    from mm_sbert.models.devices import check_device
 
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: this torch build sees no CUDA device (use cpu)")
-        if index and int(index) >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: this torch build has no MPS device (use cpu)")
-    return text
+    try:
+        return check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:

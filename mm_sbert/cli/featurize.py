@@ -1,4 +1,7 @@
-"""``mm-sbert featurize``: featurize an image collection once into an on-disk feature store."""
+"""Run an image featurizer over image files / folders and store the region features (memory-mapped shards). Image ids
+are the file names without extension. Ctrl-C keeps every finished image (exit 130); running the same command again
+resumes. Unreadable images (corrupt, empty, decompression bombs) are skipped and named (exit 1). Exit code 2: bad
+arguments, or an existing store made with other settings or damaged."""
 
 from __future__ import annotations
 
@@ -10,13 +13,7 @@ from mm_sbert.cli.common import CLIError, input_errors, load_model, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Run an image featurizer over image files / folders and store the region features "
-        "(memory-mapped shards). Image ids are the file names without extension. Ctrl-C keeps every finished image "
-        "(exit 130); running the same command again resumes. Unreadable images (corrupt, empty, decompression "
-        "bombs) are skipped and named (exit 1). Exit code 2: bad arguments, or an existing store made with other "
-        "settings or damaged."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("images", nargs="+", help="image files or folders (searched recursively)")

@@ -1,4 +1,9 @@
-"""``mm-sbert index``: encode an image folder once with the bi-encoder into an index folder (the library's)."""
+"""Encode every image of the given files / folders once with the model's bi-encoder and store the embeddings (and the
+image paths) in an index folder, for `mm-sbert search`. The index records the model's fingerprint (search refuses
+another model), the image folder (search reads images only inside it) and the feature store of --features (search
+reranks from it). A rebuild replaces the folder only once complete; an interrupted or failed one leaves the old
+index as it was. Exit code 2: a missing, corrupt or unreadable image (named), or an output that is not an index
+mm-sbert wrote (or is one of the inputs)."""
 
 from __future__ import annotations
 
@@ -12,14 +17,7 @@ PRECISION_CHOICES = ["float32", "int8", "binary", "hnsw", "ivf"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Encode every image of the given files / folders once with the model's bi-encoder and store the "
-        "embeddings (and the image paths) in an index folder, for `mm-sbert search`. The index records the model's "
-        "fingerprint (search refuses another model), the image folder (search reads images only inside it) and the "
-        "feature store of --features (search reranks from it). A rebuild replaces the folder only once complete; an "
-        "interrupted or failed one leaves the old index as it was. Exit code 2: a missing, corrupt or unreadable "
-        "image (named), or an output that is not an index mm-sbert wrote (or is one of the inputs)."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("images", nargs="+", help="image files or folders (searched recursively)")

@@ -1,4 +1,5 @@
-"""``mm-sbert push``: upload a saved model folder to the Hugging Face Hub (both views load from the repo)."""
+"""Upload a saved mm_sbert model (bi-encoder, cross-encoder or joint folder) with its model card. The token comes from
+--token, HF_TOKEN or `huggingface-cli login`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from mm_sbert.cli.common import EXIT_FAILURE, CLIError, load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Upload a saved mm_sbert model (bi-encoder, cross-encoder or joint folder) with its model card. "
-        "The token comes from --token, HF_TOKEN or `huggingface-cli login`."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("model", help="saved model folder")
@@ -41,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
             replace_model_card=True,
         )
     except Exception as exc:
-        if not _is_unreachable(exc):
+        from mm_sbert.models.hub import is_unreachable
+
+        if not is_unreachable(exc):
             raise
         raise CLIError(
             f"could not reach the Hugging Face Hub to push to {args.repo_id} ({type(exc).__name__}: {exc}); "
@@ -51,19 +51,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"Pushed {args.model} to {url}")
     print(f'Load it with MMSentenceTransformer("{args.repo_id}") or MMCrossEncoder("{args.repo_id}")')
     return 0
-
-
-def _is_unreachable(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or what caused it is a network failure (no DNS, refused, timed out, offline mode).
-
-    The Hub client's transport errors (httpx's ``TransportError``, requests' ``ConnectionError``) are recognised by
-    class name, so no HTTP library is imported here; ``HF_HUB_OFFLINE``'s error is a builtin ``ConnectionError``.
-    """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        if isinstance(exc, ConnectionError | TimeoutError) or names & {"TransportError", "ConnectionError"}:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False

@@ -1,4 +1,8 @@
-"""``mm-sbert search``: cooperative search of an index folder (BE candidates, CE rerank), optional HTML page."""
+"""Retrieve the --rerank-k best images for the query with the bi-encoder, rerank them with the cross-encoder (the
+model's own head, or a separately trained --cross-encoder) and print the best --top-k with both scores. --html
+writes a page with thumbnails. Images are read only inside --image-root. Exit code 2: an incomplete, corrupt or
+edited index, an image path outside --image-root, a --model other than the index's, or an --html path that is not a
+new file or a page of mm-sbert search."""
 
 from __future__ import annotations
 
@@ -19,13 +23,7 @@ from mm_sbert.cli.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Retrieve the --rerank-k best images for the query with the bi-encoder, rerank them with the "
-        "cross-encoder (the model's own head, or a separately trained --cross-encoder) and print the best --top-k "
-        "with both scores. --html writes a page with thumbnails. Images are read only inside --image-root. Exit code "
-        "2: an incomplete, corrupt or edited index, an image path outside --image-root, a --model other than the "
-        "index's, or an --html path that is not a new file or a page of mm-sbert search."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("index", help="index folder written by `mm-sbert index`")

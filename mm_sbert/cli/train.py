@@ -1,5 +1,7 @@
-"""``mm-sbert train be|ce|joint``: fine-tune a bi-encoder, a cross-encoder or a joint model
-(:func:`~mm_sbert.training.training_run.train_model`)."""
+"""Fine-tune on (caption, image) pairs with the paper's losses: triplet loss with in-batch hardest negatives (be),
+binary cross-entropy with one negative per positive (ce), or both alternating on one shared model (joint). The saved
+folder loads as MMSentenceTransformer and MMCrossEncoder, and records which views were trained (a bi-encoder's score
+head is refused as a reranker until `train ce` trains it)."""
 
 from __future__ import annotations
 
@@ -22,17 +24,15 @@ from mm_sbert.cli.common import (
 )
 
 REGIMES = ("be", "ce", "joint")
+# The options train_model() takes under their own names.
+MODEL_OPTIONS = ("store", "image_part", "featurizer", "grid_size", "head_input", "fusion_layer", "img_layernorm")
+MODEL_OPTIONS += ("layers", "similarity_start", "cross_modal_bias", "bf16", "device", "resume")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mm_sbert.training.published_recipes import PUBLISHED_RECIPES
 
-    parser.description = (
-        "Fine-tune on (caption, image) pairs with the paper's losses: triplet loss with in-batch hardest "
-        "negatives (be), binary cross-entropy with one negative per positive (ce), or both alternating on one "
-        "shared model (joint). The saved folder loads as MMSentenceTransformer and MMCrossEncoder, and records "
-        "which views were trained (a bi-encoder's score head is refused as a reranker until `train ce` trains it)."
-    )
+    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("regime", choices=REGIMES, help="what to train")
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on part I of K of the --data images only, a split fixed by file name (two parts never share "
         "an image): cross-fitting, e.g. `be --image-part 1/2`, then `ce --image-part 2/2 --model` that bi-encoder, "
         "so the cross-encoder's negatives are mined on images the bi-encoder did not memorise")
-    add("--features", metavar="STORE",
+    add("--features", metavar="STORE", dest="store",
         help="a feature store written by `mm-sbert featurize`: training images are read from it (matched by file "
         "name without extension, or by id) instead of being decoded and featurized at every step; a new model "
         "takes the store's featurizer, so it later featurizes new photos into the same regions")
@@ -146,27 +146,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
         corpus = read_caption_data(args, scratch, captions_per_image=3)
-        result = train_model(
-            corpus,
-            args.output_dir,
-            TrainingRecipe.from_options(args.regime, vars(args)),
-            args.model,
-            store=args.features,
-            image_part=args.image_part,
-            featurizer=args.featurizer,
-            grid_size=args.grid_size,
-            head_input=args.head_input,
-            fusion_layer=args.fusion_layer,
-            img_layernorm=args.img_layernorm,
-            layers=args.layers,
-            tags=None if args.tags is None else args.tags == "on",
-            similarity_start=args.similarity_start,
-            cross_modal_bias=args.cross_modal_bias,
-            bf16=args.bf16,
-            device=args.device,
-            resume=args.resume,
-            inputs=[args.data],
-        )
+        recipe = TrainingRecipe.from_options(args.regime, vars(args))
+        options = {name: getattr(args, name) for name in MODEL_OPTIONS}
+        tags = None if args.tags is None else args.tags == "on"
+        result = train_model(corpus, args.output_dir, recipe, args.model, **options, tags=tags, inputs=[args.data])
     trained = ", ".join(result.model[0].trained_views or []) or "none"
     # The steps the trainer took (a resumed run counts its checkpoint's), not the ones asked for.
     print(
