@@ -149,25 +149,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, synthetic_help: str) -> 
     # fmt: on
 
 
-def read_caption_file(path: str, caption_key: str = "en"):
-    """The :class:`~mm_sbert.data.ImageCaptionCorpus` of a caption file, every image checked to exist; a CLIError
-    (exit 2) naming the file, line and field otherwise. Cheap: call it before loading any model."""
-    from mm_sbert.data import ImageCaptionCorpus
-
-    file = existing_path(path, "Caption file")
-    try:
-        return ImageCaptionCorpus.from_file(file, caption_key=caption_key)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"--data {path}: {error}") from error
-
-
 def read_caption_data(args: argparse.Namespace, scratch: str, captions_per_image: int):
-    """The :class:`~mm_sbert.data.ImageCaptionCorpus` of ``--data``, or of a ``--synthetic N`` set written into
-    ``scratch`` first (seeded by ``args.seed``)."""
-    data = args.data
-    if args.synthetic is not None:
-        from mm_sbert.demo import SyntheticScenes
+    """The :class:`~mm_sbert.data.ImageCaptionCorpus` of ``--data`` (every image checked to exist: call it before
+    loading any model), or of a ``--synthetic N`` set written into ``scratch`` first (seeded by ``args.seed``)."""
+    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.demo import SyntheticScenes
 
-        scenes = SyntheticScenes(args.synthetic, captions_per_image=captions_per_image, seed=args.seed)
-        data = scenes.save_caption_file(scratch)
-    return read_caption_file(data, getattr(args, "caption_key", "en"))
+    if args.synthetic is None:
+        data = existing_path(args.data, "Caption file")
+    else:
+        data = SyntheticScenes(args.synthetic, captions_per_image, seed=args.seed).save_caption_file(scratch)
+    return ImageCaptionCorpus.from_file(data, caption_key=getattr(args, "caption_key", "en"))

@@ -20,6 +20,8 @@ from mm_sbert.cli.common import (
 )
 
 MODES = ("be", "ce", "coop")
+# The options evaluate_models() takes under their own names.
+OPTIONS = ("store", "modes", "top_k", "batch_size", "score", "lam", "allow_untrained_head")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a separately trained model whose cross-encoder reranks (e.g. `mm-sbert train ce` output); it reads "
         "the images with its own featurizer and the captions with its own tokenizer (default: --model's own head)")
     add_data_arguments(parser, "evaluate on N generated held-out scenes")
-    add("--features", metavar="STORE",
+    add("--features", metavar="STORE", dest="store",
         help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
         "of featurizing them (a --cross-encoder with another featurizer featurizes the images itself)")
     add("--seed", type=non_negative_int, default=1, help="seed of --synthetic (default: 1)")
@@ -56,46 +58,30 @@ def modes_argument(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.evaluation.results_table import (
-        check_metrics_path,
-        evaluate_models,
-        format_table,
-        saturation_warning,
-        write_metrics,
-    )
+    from mm_sbert.evaluation import results_table as results
 
     existing_path(args.model, "Model folder", "dir")
     if args.cross_encoder is not None:
         existing_path(args.cross_encoder, "Cross-encoder folder", "dir")
     if args.output:
-        inputs = [args.data, args.model, args.cross_encoder, args.features]
-        check_metrics_path(args.output, inputs=inputs, what="--output")
+        inputs = [args.data, args.model, args.cross_encoder, args.store]
+        results.check_metrics_path(args.output, inputs=inputs, what="--output")
+    names = {"model_name": f"--model {args.model}", "cross_encoder_name": f"--cross-encoder {args.cross_encoder}"}
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
         corpus = read_caption_data(args, scratch, captions_per_image=1)
-        metrics = evaluate_models(
-            load_model(args.model),
-            corpus,
-            None if args.cross_encoder is None else load_model(args.cross_encoder),
-            store=args.features,
-            modes=args.modes,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            score=args.score,
-            lam=args.lam,
-            allow_untrained_head=args.allow_untrained_head,
-            model_name=f"--model {args.model}",
-            cross_encoder_name=f"--cross-encoder {args.cross_encoder}",
-        )
+        cross_encoder = None if args.cross_encoder is None else load_model(args.cross_encoder)
+        options = {name: getattr(args, name) for name in OPTIONS}
+        metrics = results.evaluate_models(load_model(args.model), corpus, cross_encoder, **options, **names)
     if args.modes is None and "coop_seconds" not in metrics:
         print(f"--model {args.model}: its score head was never trained; evaluating the bi-encoder only (--modes be)")
     print(f"{len(set(corpus.caption_image_ids))} images, {len(corpus)} captions (recall in %)")
     if args.cross_encoder is not None and ("ce_seconds" in metrics or "coop_seconds" in metrics):
         print(f"Bi-encoder {args.model}, reranker {args.cross_encoder} (separately trained)")
-    print(format_table(metrics, args.top_k))
-    if warning := saturation_warning(metrics, args.top_k):
+    print(results.format_table(metrics, args.top_k))
+    if warning := results.saturation_warning(metrics, args.top_k):
         print(warning)
     if args.output:
-        write_metrics(args.output, metrics)
+        results.write_metrics(args.output, metrics)
         print(f"Wrote {args.output}")
     return 0

@@ -35,22 +35,9 @@ Run `mm-sbert COMMAND --help` for a command's options."""
 
 
 def threads_argument(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
-    return value
-
-
-def add_threads_option(parser: argparse.ArgumentParser) -> None:
-    """``--threads``, the same on every command that computes."""
-    # fmt: off
-    parser.add_argument("--threads", type=threads_argument, default=None,
-        help="CPU threads for torch, FAISS, BLAS and ONNX Runtime (default: the cores other processes leave free, "
-        "see mm_sbert.ThreadPolicy)")
-    # fmt: on
+    return int(text)
 
 
 def chosen_command(argv: Sequence[str]) -> str | None:
@@ -79,8 +66,12 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, help=help_line, add_help=name != "convert")
         if command in ("*", name):
             importlib.import_module(f"mm_sbert.cli.{name}").add_arguments(subparser)
-            if stage is not None:
-                add_threads_option(subparser)
+            if stage is not None:  # the same --threads on every command that computes
+                # fmt: off
+                subparser.add_argument("--threads", type=threads_argument,
+                    help="CPU threads for torch, FAISS, BLAS and ONNX Runtime (default: the cores other processes "
+                    "leave free, see mm_sbert.ThreadPolicy)")
+                # fmt: on
     return parser
 
 

@@ -7,7 +7,6 @@ new file or a page of mm-sbert search."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 
@@ -53,9 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval import CooperativeRetriever
+    from mm_sbert.retrieval.hit_text import hits_as_json_lines, hits_as_table
     from mm_sbert.retrieval.index_folder import read_index_config
     from mm_sbert.retrieval.reranker_loading import check_can_rerank, load_cross_encoder, onnx_export_path
-    from mm_sbert.retrieval.results_page import check_page_path, sigmoid, write_results_page
+    from mm_sbert.retrieval.results_page import check_page_path, write_results_page
 
     if args.no_rerank and args.score != "ce":
         raise CLIError(f"--score {args.score} combines the cross-encoder's score; it cannot be used with --no-rerank")
@@ -101,18 +101,9 @@ def run(args: argparse.Namespace) -> int:
         retriever.close()
 
     combined = args.score != "ce"
-    if args.json:
-        for rank, (hit, image) in enumerate(zip(hits, images), 1):
-            row = {"rank": rank, "image": image, "ce_score": hit.ce_score, "be_score": hit.be_score}
-            print(json.dumps({**row, "score": hit.score} if combined else row))
-    else:
-        print(f"Query: {query}")
-        score_column = f"  {'score':>7}" if combined else ""
-        print(f"{'rank':>4}{score_column}  {'CE prob':>7}  {'CE logit':>8}  {'BE cos':>7}  image")
-        for rank, (hit, image) in enumerate(zip(hits, images), 1):
-            score = f"  {hit.score:7.3f}" if combined else ""
-            ce = "" if hit.ce_score is None else f"{sigmoid(hit.ce_score):7.3f}  {hit.ce_score:8.3f}"
-            print(f"{rank:>4}{score}  {ce or ' ' * 17:>17}  {hit.be_score:7.3f}  {image}")
+    text = hits_as_json_lines(hits, images, combined) if args.json else hits_as_table(query, hits, images, combined)
+    if text:  # JSON lines of no hits: no line at all
+        print(text)
     if page is not None:
         with input_errors(OSError):
             write_results_page(page, query, hits, images, inputs=inputs)

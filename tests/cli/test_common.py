@@ -7,8 +7,11 @@ import pytest
 import torch
 from cli_helpers import run_cli, scene_folder
 
-from mm_sbert.cli.common import CLIError, read_caption_file
 from mm_sbert.cli.main import build_parser
+from mm_sbert.data import ImageCaptionCorpus
+from mm_sbert.errors import MMSbertError
+
+read_caption_file = ImageCaptionCorpus.from_file  # the one reader of every command's --data
 
 
 def test_read_caption_file_groups_captions_by_image():
@@ -49,7 +52,7 @@ def test_one_image_a_line_and_one_caption_a_row_read_alike(tmp_path):
 def test_bad_caption_files(tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    with pytest.raises(CLIError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(MMSbertError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         read_caption_file(str(path))
 
 
@@ -57,7 +60,7 @@ def test_a_caption_string_where_a_list_belongs_is_refused_not_split_into_charact
     image = f"{scene_folder()}/images/scene_00000.png"
     path = tmp_path / "captions.jsonl"
     path.write_text(json.dumps({"image": image, "en": "a red square"}) + "\n")
-    with pytest.raises(CLIError, match=r"captions.jsonl:1: 'en' must be a list of caption strings, got str"):
+    with pytest.raises(MMSbertError, match=r"captions.jsonl:1: 'en' must be a list of caption strings, got str"):
         read_caption_file(str(path))
 
 
