@@ -6,9 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
-    # No arguments of its own: main() passes everything after `convert` on to the converter.
-    parser.set_defaults(run=run, converter_args=[])
+    """No arguments of its own: main() passes everything after `convert` on to the converter."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ MINIMUMS = {"train_images": 2, "eval_images": 2, "warmup_steps": 0, "steps": 1, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("--output-dir", "-o", default="mm_sbert_demo", help="where model, plot and results go")
@@ -36,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-save-model", action="store_true", help="do not save the fine-tuned model")
     add("--quick", action="store_true", help="a seconds-long smoke run on tiny data (numbers are meaningless)")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

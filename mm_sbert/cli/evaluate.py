@@ -25,7 +25,6 @@ OPTIONS = ("store", "modes", "top_k", "batch_size", "score", "lam", "allow_untra
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("--model", "-m", required=True, help="saved mm_sbert model folder (its bi-encoder retrieves)")
@@ -46,7 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=positive_int, default=64, help="encoder batch size")
     add("--output", help="also write the metrics to this JSON file")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def modes_argument(text: str) -> tuple[str, ...]:

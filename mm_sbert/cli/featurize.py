@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
-from mm_sbert.cli.common import CLIError, input_errors, load_model, positive_int
+from mm_sbert.cli.common import CLIError, load_model, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("images", nargs="+", help="image files or folders (searched recursively)")
@@ -36,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images per shard file (default: 1024); finished shards survive even a kill -9")
     add("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def build_featurizer(args: argparse.Namespace):
@@ -67,28 +64,15 @@ def build_featurizer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm_sbert.data.image_files import list_image_files
-    from mm_sbert.image_features import FeatureStore
-    from mm_sbert.image_features.feature_store import OWNED_KIND
-    from mm_sbert.storage import check_output_path
+    from mm_sbert.data.image_files import featurize_files
 
-    with input_errors():
-        # Before any image is read: the store may not be (or hold) the images, the model or a folder of the user's.
-        check_output_path(args.output, OWNED_KIND, folder=True, inputs=[*args.images, args.model], what="--output")
-    images = list_image_files(args.images, unique_names=True)
     featurizer = build_featurizer(args)
+    options = {"batch_size": args.batch_size, "shard_size": args.shard_size, "dtype": args.dtype}
     try:
-        with input_errors(), warnings.catch_warnings():
-            # The failures are listed below, one line per image, instead of the library's summary warning.
-            warnings.filterwarnings("ignore", message=r".* images could not be read", category=UserWarning)
-            store = FeatureStore.build(
-                args.output,
-                [str(path) for path in images],
-                featurizer,
-                batch_size=args.batch_size,
-                shard_size=args.shard_size,
-                dtype=args.dtype,
-            )
+        # The failures are listed below, one line per image, instead of the library's summary warning.
+        store = featurize_files(
+            args.images, args.output, featurizer, **options, inputs=[args.model], warn_failures=False
+        )
     except KeyboardInterrupt:
         print(
             f"mm-sbert featurize: the images finished so far are stored in {args.output}; run the same command "

@@ -17,7 +17,6 @@ PRECISION_CHOICES = ["float32", "int8", "binary", "hnsw", "ivf"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("images", nargs="+", help="image files or folders (searched recursively)")
@@ -37,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "http://host:19530 (default: milvus.db in the output folder)")
     add("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,16 +52,9 @@ def run(args: argparse.Namespace) -> int:
     retriever = CooperativeRetriever(load_model(args.model), batch_size=args.batch_size, show_progress_bar=True)
     try:
         with input_errors(ValueError):
+            options = {name: getattr(args, name) for name in ("precision", "backend", "uri", "collection")}
             retriever.index(
-                images,
-                ids=images,
-                path=args.output,
-                precision=args.precision,
-                store=args.features,
-                backend=args.backend,
-                uri=args.uri,
-                collection=args.collection,
-                model_path=args.model,
+                images, ids=images, path=args.output, store=args.features, model_path=args.model, **options
             )
     except KeyboardInterrupt:
         print(f"mm-sbert index: {args.output} was not changed; run the same command to build it", file=sys.stderr)

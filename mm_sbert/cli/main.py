@@ -12,7 +12,7 @@ from mm_sbert.version import __version__
 
 # name -> (one-line help, thread-policy stage or None for commands that do not compute). Each command's module,
 # mm_sbert.cli.<name>, (and torch, transformers, ... behind it) is imported only for the command that runs, so that
-# `mm-sbert --help` answers at once; the module's add_arguments() fills the command's parser.
+# `mm-sbert --help` answers at once; the module's add_arguments() and run() are the command.
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "demo": (
         "fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
@@ -65,7 +65,10 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         # `convert` hands --help on to the converter's own parser.
         subparser = subparsers.add_parser(name, help=help_line, add_help=name != "convert")
         if command in ("*", name):
-            importlib.import_module(f"mm_sbert.cli.{name}").add_arguments(subparser)
+            module = importlib.import_module(f"mm_sbert.cli.{name}")
+            subparser.description = module.__doc__  # a command module's docstring is its --help description
+            subparser.set_defaults(run=module.run)
+            module.add_arguments(subparser)
             if stage is not None:  # the same --threads on every command that computes
                 # fmt: off
                 subparser.add_argument("--threads", type=threads_argument,

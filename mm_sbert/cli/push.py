@@ -9,7 +9,6 @@ from mm_sbert.cli.common import EXIT_FAILURE, CLIError, load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("model", help="saved model folder")
@@ -20,7 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--revision", help="branch to push to (default: main)")
     add("--exist-ok", action="store_true", help="do not fail when the repository exists")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,16 +26,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"repo_id must look like 'user-or-org/name', got '{args.repo_id}'")
     model = load_model(args.model)
     try:
-        url = model.push_to_hub(
-            args.repo_id,
-            token=args.token,
-            private=args.private,
-            commit_message=args.commit_message,
-            revision=args.revision,
-            exist_ok=args.exist_ok,
-            # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
-            replace_model_card=True,
-        )
+        options = {
+            name: getattr(args, name) for name in ("token", "private", "commit_message", "revision", "exist_ok")
+        }
+        # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
+        url = model.push_to_hub(args.repo_id, **options, replace_model_card=True)
     except Exception as exc:
         from mm_sbert.models.hub import is_unreachable
 

@@ -22,7 +22,6 @@ from mm_sbert.cli.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("index", help="index folder written by `mm-sbert index`")
@@ -47,14 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--html", metavar="FILE", help="also write a self-contained HTML results page")
     add("--json", action="store_true", help="print the hits as JSON lines instead of a table")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval import CooperativeRetriever
     from mm_sbert.retrieval.hit_text import hits_as_json_lines, hits_as_table
     from mm_sbert.retrieval.index_folder import read_index_config
-    from mm_sbert.retrieval.reranker_loading import check_can_rerank, load_cross_encoder, onnx_export_path
+    from mm_sbert.retrieval.reranker_loading import load_reranker, onnx_export_path
     from mm_sbert.retrieval.results_page import check_page_path, write_results_page
 
     if args.no_rerank and args.score != "ce":
@@ -72,20 +70,17 @@ def run(args: argparse.Namespace) -> int:
     if model_path is None:
         raise CLIError(f"The index '{folder}' records no model; pass --model")
     model = load_model(model_path)
+    if args.cross_encoder is not None:
+        existing_path(args.cross_encoder, "--cross-encoder", "dir")
+    if not args.no_rerank and args.ce_backend.startswith("onnx"):
+        require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
+        if export := onnx_export_path(args.cross_encoder or model_path, args.ce_backend):
+            require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}")
+            print(f"Exporting the cross-encoder to {export} (once)", file=sys.stderr)
     cross_encoder = None
-    # The bi-encoder model's own head reranks unless a separate model or another backend is asked for.
-    if not args.no_rerank and (args.cross_encoder is not None or args.ce_backend != "torch"):
-        ce_folder = existing_path(args.cross_encoder or model_path, "--cross-encoder", "dir")
-        if args.ce_backend.startswith("onnx"):
-            require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
-            if export := onnx_export_path(ce_folder, args.ce_backend):
-                require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}")
-                print(f"Exporting the cross-encoder to {export} (once)", file=sys.stderr)
-        with input_errors(ValueError, FileNotFoundError):
-            cross_encoder = load_cross_encoder(ce_folder, args.ce_backend)
     if not args.no_rerank:
-        what = f"--cross-encoder {args.cross_encoder}" if args.cross_encoder else f"the index's model {model_path}"
-        check_can_rerank(model if cross_encoder is None else cross_encoder, what, args.cross_encoder is not None)
+        with input_errors(ValueError, FileNotFoundError):
+            cross_encoder = load_reranker(model, model_path, args.cross_encoder, args.ce_backend)
     retriever = CooperativeRetriever(
         model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k, show_progress_bar=False
     )

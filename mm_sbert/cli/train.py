@@ -32,7 +32,6 @@ MODEL_OPTIONS += ("layers", "similarity_start", "cross_modal_bias", "bf16", "dev
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mm_sbert.training.published_recipes import PUBLISHED_RECIPES
 
-    parser.description = __doc__
     # fmt: off
     add = parser.add_argument
     add("regime", choices=REGIMES, help="what to train")
@@ -104,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     add("--seed", type=non_negative_int, default=0, help="random seed")
     # fmt: on
-    parser.set_defaults(run=run)
 
 
 def _two_ints(text: str, separator: str, looks_like: str) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from mm_sbert.errors import InvalidInputError, MissingFileError
 from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS
@@ -50,3 +51,48 @@ def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = Fa
                 f"Two images share the file name '{duplicate}' (ids are file names without extension)"
             )
     return unique
+
+
+def featurize_files(
+    paths: Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    featurizer: Any,
+    *,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    dtype: str = "float32",
+    inputs: Iterable[str | os.PathLike | None] = (),
+    warn_failures: bool = True,
+) -> Any:
+    """Featurize the image files among ``paths`` (:func:`list_image_files`) into the feature store ``output``, as
+    ``mm-sbert featurize`` does: the output is checked before any image is read (it may not be, or hold, one of
+    ``paths`` or ``inputs``, nor a folder mm_sbert did not write), and the images' ids are their file names
+    without extension, so two images may not share one. A store of the same settings resumes
+    (:meth:`~mm_sbert.image_features.FeatureStore.build`).
+
+    Args:
+        warn_failures: warn about unreadable images (they are skipped either way and listed in ``store.failed``).
+
+    Returns:
+        The :class:`~mm_sbert.image_features.FeatureStore`.
+    """
+    import warnings
+
+    from mm_sbert.image_features import FeatureStore
+    from mm_sbert.image_features.feature_store import OWNED_KIND
+    from mm_sbert.storage import check_output_path
+
+    paths = list(paths)
+    check_output_path(output, OWNED_KIND, folder=True, inputs=[*paths, *inputs], what="The feature store")
+    images = list_image_files(paths, unique_names=True)
+    with warnings.catch_warnings():
+        if not warn_failures:
+            warnings.filterwarnings("ignore", message=r".* images could not be read", category=UserWarning)
+        return FeatureStore.build(
+            output,
+            [str(path) for path in images],
+            featurizer,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            dtype=dtype,
+        )

@@ -68,3 +68,25 @@ def check_can_rerank(reranker: Any, what: str, separate: bool = False) -> bool:
     except IncompatibleModelError as error:
         raise IncompatibleModelError(f"{error}; search with --no-rerank, or rerank with --cross-encoder CE") from error
     return True
+
+
+def load_reranker(
+    model: Any, model_folder: str | os.PathLike, cross_encoder: Any = None, backend: str = "torch"
+) -> Any:
+    """The reranker of a search whose bi-encoder is ``model`` (the saved model at ``model_folder``): the separately
+    trained ``cross_encoder`` folder, else ``model``'s own score head, on ``backend`` (:func:`load_cross_encoder`).
+
+    Returns:
+        The cross-encoder, or ``None`` where ``model`` itself reranks (its own head in eager float32, which
+        :class:`~mm_sbert.retrieval.CooperativeRetriever` uses as it is) or only retrieves (it has no score head).
+
+    Raises:
+        IncompatibleModelError: the score head was never trained (:func:`check_can_rerank`).
+    """
+    separate = cross_encoder is not None
+    reranker = None
+    if separate or backend != "torch":
+        reranker = load_cross_encoder(cross_encoder if separate else model_folder, backend)
+    what = f"--cross-encoder {cross_encoder}" if separate else f"the index's model {os.fspath(model_folder)}"
+    check_can_rerank(model if reranker is None else reranker, what, separate=separate)
+    return reranker
