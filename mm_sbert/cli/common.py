@@ -29,8 +29,7 @@ class CLIError(Exception):
 
 @contextlib.contextmanager
 def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
-    """Turn the package's own errors (:class:`~mm_sbert.errors.MMSbertError`: a corrupt index or store, a path
-    outside its folder, a store that does not fit the request...) and ``error_types`` into a :class:`CLIError`
+    """Turn ``error_types`` (and the package's own :class:`~mm_sbert.errors.MMSbertError`) into a :class:`CLIError`
     with exit code 2 and the library's one-line message."""
     from mm_sbert.errors import MMSbertError
 
@@ -109,15 +108,11 @@ def require_package(package: str, extra: str, what: str) -> None:
         )
 
 
-def existing_path(path: str, what: str, kind: str = "any") -> Path:
-    """``path`` as a Path, or a CLIError naming the argument when it does not exist (or has the wrong kind)."""
+def existing_path(path: str, what: str, folder: bool = False) -> Path:
+    """``path`` as a Path, or a CLIError naming the argument when it does not exist (or is not a ``folder``)."""
     resolved = Path(path).expanduser()
-    if not resolved.exists():
-        raise CLIError(f"{what} '{path}' does not exist")
-    if kind == "dir" and not resolved.is_dir():
-        raise CLIError(f"{what} '{path}' is not a folder")
-    if kind == "file" and not resolved.is_file():
-        raise CLIError(f"{what} '{path}' is not a file")
+    if not resolved.exists() or (folder and not resolved.is_dir()):
+        raise CLIError(f"{what} '{path}' {'is not a folder' if resolved.exists() else 'does not exist'}")
     return resolved
 
 
@@ -125,7 +120,7 @@ def load_model(path: str, device: str | None = None):
     """Load a saved mm_sbert model folder as its bi-encoder view (the cross-encoder is ``.to_cross_encoder()``)."""
     from mm_sbert.models import MMSentenceTransformer
 
-    folder = existing_path(path, "Model folder", "dir")
+    folder = existing_path(path, "Model folder", folder=True)
     if not (folder / "modules.json").is_file():
         raise CLIError(
             f"'{path}' is not a saved mm_sbert model (no modules.json); train one with `mm-sbert train` or "

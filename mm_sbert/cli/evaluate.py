@@ -58,9 +58,9 @@ def modes_argument(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.evaluation import results_table as results
 
-    existing_path(args.model, "Model folder", "dir")
+    existing_path(args.model, "Model folder", folder=True)
     if args.cross_encoder is not None:
-        existing_path(args.cross_encoder, "Cross-encoder folder", "dir")
+        existing_path(args.cross_encoder, "Cross-encoder folder", folder=True)
     if args.output:
         inputs = [args.data, args.model, args.cross_encoder, args.store]
         results.check_metrics_path(args.output, inputs=inputs, what="--output")

