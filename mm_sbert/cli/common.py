@@ -9,14 +9,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mm_sbert.retrieval.score_combination import SCORE_MODES
-
-# Exit codes a shell script can branch on.
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_MISSING_COMPONENT = 3
-EXIT_INTERRUPTED = 130
+# Exit codes a shell script can branch on, with what they mean (`mm-sbert --help` and docs/cli.md list them).
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected failure (one line; `--debug` shows the traceback)",
+    2: "bad arguments, or a missing / invalid input file or folder (the message names it)",
+    3: "an optional package the command needs is missing (the message says what to install)",
+    130: "interrupted (Ctrl-C)",
+}
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MISSING_COMPONENT, EXIT_INTERRUPTED = EXIT_CODES
 
 
 class CLIError(Exception):
@@ -88,6 +89,8 @@ def torch_device(text: str) -> str:
 def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:
     """Add ``--score`` and ``--lam``: how Coop orders the reranked candidates (see
     :func:`~mm_sbert.retrieval.score_combination.combine_scores`); ``candidates`` names them in the help."""
+    from mm_sbert.retrieval.score_combination import SCORE_MODES
+
     # fmt: off
     parser.add_argument("--score", choices=[mode for mode in SCORE_MODES if mode != "be"], default="ce",
         help="how the reranked candidates are ordered: the cross-encoder logit (default, the paper's), lam * BE "

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mm_sbert.cli.common import EXIT_CODES
 from mm_sbert.version import __version__
 
 # name -> (one-line help, thread-policy stage or None for commands that do not compute). Each command's module,
@@ -28,10 +29,8 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 }
 SUBCOMMANDS = tuple(COMMANDS)
 
-EPILOG = """\
-exit codes: 0 success, 1 unexpected failure, 2 bad arguments or missing/invalid input files,
-            3 an optional package not installed, 130 interrupted.
-Run `mm-sbert COMMAND --help` for a command's options."""
+EPILOG = "exit codes:\n" + "".join(f"  {code:>3}  {meaning}\n" for code, meaning in EXIT_CODES.items())
+EPILOG += "Run `mm-sbert COMMAND --help` for a command's options."
 
 
 def threads_argument(text: str) -> int:

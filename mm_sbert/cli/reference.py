@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISSING_COMPONENT, EXIT_OK, EXIT_USAGE
+from mm_sbert.cli.common import EXIT_CODES
 
 HEADER = f"""# Command line: `mm-sbert`
 
@@ -14,11 +14,7 @@ shows progress bars. Add `--debug` before the command for full tracebacks, `--ve
 
 | exit code | meaning |
 |---|---|
-| {EXIT_OK} | success |
-| {EXIT_FAILURE} | unexpected failure (one line; `--debug` shows the traceback) |
-| {EXIT_USAGE} | bad arguments, or a missing / invalid input file or folder (the message names it) |
-| {EXIT_MISSING_COMPONENT} | an optional package the command needs is missing (the message says what to install) |
-| {EXIT_INTERRUPTED} | interrupted (Ctrl-C) |
+{chr(10).join(f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items())}
 
 Every numeric option is checked where it is parsed (`--lr -1`, `--batch-size 0`, `--threads -1`, `--device cuda` on
 a CPU-only build exit 2 naming the option), and every input file is read and checked before any model loads.
