@@ -28,6 +28,14 @@ class ImageLoadError(MMSbertError, ValueError):
     pixels (NaN). The message names the file or the input."""
 
 
+class UnknownIdError(MMSbertError, KeyError):
+    """An id or image asked for is not in the collection that was asked (a feature store, COCO annotations). A
+    ``KeyError``, so mapping-style lookups keep their meaning; its message prints as written, without quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class CheckpointMismatchError(MMSbertError, ValueError):
     """An original checkpoint does not fit the model it is converted into; nothing was loaded."""
 

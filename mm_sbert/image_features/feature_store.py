@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from mm_sbert.errors import FeatureStoreError, StorageError
+from mm_sbert.errors import FeatureStoreError, StorageError, UnknownIdError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, load_image
 from mm_sbert.image_features.region_features import RegionFeatures
@@ -315,12 +315,12 @@ class FeatureStore:
         location = self._index.get(key)
         if location is None:
             if key in self.failed:
-                raise KeyError(
+                raise UnknownIdError(
                     f"Image id {image_id!r} is not in the feature store '{self.path}': featurizing it failed "
                     f"({self.failed[key]})"
                 )
             examples = ", ".join(repr(i) for i in self._ids[:3])
-            raise KeyError(
+            raise UnknownIdError(
                 f"Unknown image id {image_id!r} for the feature store '{self.path}' ({len(self)} images, ids like "
                 f"{examples}); ids are matched as strings, e.g. 42 and '42' are the same but '0042' is not"
             )

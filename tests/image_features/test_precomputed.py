@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mm_sbert.errors import MissingFileError
 from mm_sbert.image_features import FeatureStore, read_butd_tsv, read_npz_folder, read_oscar_tsv
 
 
@@ -89,5 +90,5 @@ def test_npz_and_npy_folder(tmp_path, regions):
     assert records["17"].boxes[2].tolist() == pytest.approx([0.25, 0.0, 1.0, 1.0])
     assert records["abc"].boxes.tolist() == [[0, 0, 1, 1], [0.5, 0.5, 1, 1]]
     (tmp_path / "abc.boxes.npy").unlink()
-    with pytest.raises(ValueError, match="abc.boxes.npy"):
+    with pytest.raises(MissingFileError, match="abc.boxes.npy"):
         dict(read_npz_folder(tmp_path))
