@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.evaluation.evaluator import SentenceEvaluator
 
+from mm_sbert.errors import UnsafeOutputError
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.cooperative_retriever import Reranked, cross_encoder_logits, rerank
 from mm_sbert.retrieval.embedding_index import exact_search
@@ -438,7 +439,20 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             output_path, f"image_text_retrieval_evaluation{'_' + self.name if self.name else ''}_results.csv"
         )
         header = ["epoch", "steps", *metrics]
-        new_file = not os.path.isfile(csv_path)
+        new_file = not os.path.lexists(csv_path)
+        if not new_file:
+            # Rows go only into a results file of this evaluator (its exact header), never into a user's file that
+            # merely has the name (the ownership rule of mm_sbert.storage for a file appended to, not replaced).
+            try:
+                with open(csv_path, encoding="utf-8", newline="") as f:
+                    first = next(csv.reader(f), None)
+            except (OSError, UnicodeDecodeError, csv.Error):
+                first = None
+            if os.path.islink(csv_path) or first != header:
+                raise UnsafeOutputError(
+                    f"'{csv_path}' exists and is not this evaluator's results file (its first row is not the header "
+                    f"{header[:3]}...); move it or pass another output_path"
+                )
         with open(csv_path, "a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             if new_file:

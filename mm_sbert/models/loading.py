@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, RootModel
 from sentence_transformers.util import load_file_path
 
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
-from mm_sbert.storage import StrictSchema, read_json_schema, register_legacy_folder_kind
+from mm_sbert.storage import StrictSchema, check_output_path, read_json_schema, register_legacy_folder_kind
 from mm_sbert.version import __version__
 
 # Only this package's own classes load without trust_remote_code; anything else in modules.json still needs it.
@@ -126,6 +126,15 @@ class MultimodalLoadingMixin:
                 ".to_cross_encoder() for the cross-encoder view, whose score head is then new and untrained)."
             )
         return super()._load_modules(model_name_or_path, **kwargs)
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        """The host's ``save`` (and ``save_pretrained``, which calls it), after the ownership rule
+        (:func:`~mm_sbert.storage.check_output_path`): a new or empty folder, or a model folder mm_sbert saved; a
+        user's non-empty folder, a folder of another kind (an index, a feature store) or a path inside one is
+        refused before anything is written."""
+        if path is not None:
+            check_output_path(path, MODEL_FOLDER_KIND, folder=True, what="The model folder")
+        super().save(path, *args, **kwargs)
 
     def _get_model_config(self) -> dict[str, Any]:
         return super()._get_model_config() | {"requirements": REQUIREMENTS}
