@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, MODULE_KWARGS, NOTES, QUICK, REGIONS, TRAINING
+from mm_sbert.errors import InvalidInputError
 
 # The demo's output folder, for the ownership rule (mm_sbert.storage.ownership): what the demo writes there, and
 # where the commands it suggests write (`mm-sbert index ... --output <dir>/index`, `search --html <dir>/search.html`).
@@ -29,7 +30,7 @@ def demo_settings(quick: bool = False, **overrides: int | None) -> dict[str, int
     settings = dict(QUICK if quick else DEFAULTS)
     unknown = set(overrides) - set(settings)
     if unknown:
-        raise ValueError(f"Unknown demo settings {sorted(unknown)}; expected some of {sorted(settings)}")
+        raise InvalidInputError(f"Unknown demo settings {sorted(unknown)}; expected some of {sorted(settings)}")
     settings.update({key: value for key, value in overrides.items() if value is not None})
     return settings
 

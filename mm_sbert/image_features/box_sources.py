@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from pydantic import Field, field_validator
 
-from mm_sbert.errors import InvalidFileError, UnknownIdError
+from mm_sbert.errors import InvalidFileError, InvalidInputError, UnknownIdError
 from mm_sbert.storage import StrictSchema, read_json_file, validate_data
 
 SOURCE_PATH_KEY = "source_path"
@@ -101,7 +101,7 @@ class CocoBoxes:
         if isinstance(image, Image.Image):
             source = image.info.get(SOURCE_PATH_KEY)
             if source is None:
-                raise ValueError(
+                raise InvalidInputError(
                     "CocoBoxes finds an image's boxes by its file name, but this PIL image has no "
                     f"info['{SOURCE_PATH_KEY}']; load it with mm_sbert's load_image(path) or pass the path"
                 )

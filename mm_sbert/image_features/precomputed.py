@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import ConfigDict, Field, RootModel, model_validator
 
-from mm_sbert.errors import InvalidFileError, MissingFileError
+from mm_sbert.errors import InvalidFileError, InvalidInputError, MissingFileError
 from mm_sbert.image_features.region_features import RegionFeatures
 from mm_sbert.storage import StrictSchema, validate_data
 
@@ -179,7 +179,7 @@ def read_oscar_tsv(
         MissingFileError: a TSV file that is not there.
     """
     if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
-        raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}")
+        raise InvalidInputError(f"feature_dim must be a positive integer, got {feature_dim!r}")
     labels = _read_labels(label_tsv) if label_tsv is not None else {}
     for line_number, row in _tsv_rows(feature_tsv):
         where = f"{feature_tsv}:{line_number}"
