@@ -22,7 +22,12 @@ DEMO_PATTERNS = (
     ".*.lock",
     ".*.tmp-*",
 )
-DEMO_CHILDREN = {"model": "model", "index": "embedding-index", "search.html": "search-page"}
+DEMO_CHILDREN = {
+    "held_out_images": "synthetic-scenes",
+    "model": "model",
+    "index": "embedding-index",
+    "search.html": "search-page",
+}
 
 
 def demo_settings(quick: bool = False, **overrides: int | None) -> dict[str, int]:

@@ -95,6 +95,24 @@ def _regions(where: str, build: Callable[..., Result], *args: Any, **kwargs: Any
         raise InvalidFileError(f"{where}: the stored regions are not valid region features: {exc}") from None
 
 
+def _inside_image(boxes: np.ndarray, size: tuple[float, float], where: str) -> np.ndarray:
+    """``boxes`` (``x1, y1, x2, y2``), refused when they reach clearly outside a ``size`` (width, height) image:
+    clipping them would silently turn a wrong image size or a wrong scale into wrong regions. Detectors overshoot
+    the border a little, so 1% (at least 2 pixels when ``size`` is in pixels) is tolerated."""
+    width, height = size
+    slack = np.array([width, height, width, height], dtype=np.float64) * 0.01 + (2.0 if max(size) > 1 else 0.0)
+    limit = np.array([width, height, width, height], dtype=np.float64)
+    outside = ((boxes < -slack) | (boxes > limit + slack)).any(axis=1)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        scale = f"a {width}x{height} image" if max(size) > 1 else "normalised [0, 1] coordinates"
+        raise InvalidFileError(
+            f"{where}: box {row} {boxes[row].tolist()} lies outside {scale} ({int(outside.sum())} box(es) do); "
+            "the image size or the boxes' scale is wrong"
+        )
+    return boxes
+
+
 def _parse_json(text: str, where: str, schema: type[StrictSchema] | type[RootModel], what: str) -> Any:
     try:
         data = json.loads(text)
@@ -207,7 +225,8 @@ def read_oscar_tsv(
             )
         if array.shape[1] == feature_dim + OSCAR_BOX_WIDTH:
             features, boxes = array[:, :feature_dim], array[:, feature_dim : feature_dim + 4]
-            regions = _regions(where, RegionFeatures, features, np.clip(boxes, 0, 1), labels=names)
+            boxes = np.clip(_inside_image(boxes, (1.0, 1.0), where), 0, 1)
+            regions = _regions(where, RegionFeatures, features, boxes, labels=names)
         elif array.shape[1] == feature_dim:
             if not label_info or label_info["image_size"] is None:
                 raise InvalidFileError(
@@ -221,6 +240,7 @@ def read_oscar_tsv(
                 )
             rects = np.array([obj.rect for obj in objects], dtype=np.float32).reshape(-1, 4)
             size = label_info["image_size"]
+            _inside_image(rects, size, where)
             regions = _regions(where, RegionFeatures.from_pixel_boxes, array, rects, size, labels=names)
         else:
             raise InvalidFileError(
@@ -251,6 +271,7 @@ def read_butd_tsv(path: str | os.PathLike) -> Iterator[tuple[int | str, RegionFe
         if boxes.shape[1] != 4:
             raise InvalidFileError(f"{where}: the boxes column holds {boxes.shape[1]} numbers per box, not 4")
         features = _decode(item["features"], num_boxes, where)
+        _inside_image(boxes, (width, height), where)
         yield image_id, _regions(where, RegionFeatures.from_pixel_boxes, features, boxes, (width, height))
 
 
@@ -357,5 +378,5 @@ def _read_array_file(path: Path) -> RegionFeatures:
                 raise
             raise InvalidFileError(f"'{path}': an array in the archive is damaged ({exc})") from None
     if size is not None and boxes.size and boxes.max() > 1.0 + 1e-3:
-        return _regions(where, RegionFeatures.from_pixel_boxes, features, boxes, size)
+        return _regions(where, RegionFeatures.from_pixel_boxes, features, _inside_image(boxes, size, where), size)
     return _regions(where, RegionFeatures, features, boxes, image_size=size)

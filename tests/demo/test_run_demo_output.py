@@ -27,3 +27,20 @@ def test_the_demo_folder_takes_the_model_index_and_page_it_suggests_and_nothing_
         check_output_path(tmp_path / name, kind, folder=kind != "search-page")
     with pytest.raises(UnsafeOutputError, match="demo-output"):
         check_output_path(tmp_path / "model", "feature-store", folder=True)
+
+
+def test_scene_images_never_overwrite_a_users_photos(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mm_sbert.demo import SyntheticScenes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(photos / "scene_00000.png")
+    before = (photos / "scene_00000.png").read_bytes()
+    scenes = SyntheticScenes(2, captions_per_image=1, seed=0)
+    with pytest.raises(UnsafeOutputError, match="did not write and it is not empty"):
+        scenes.save_images(str(photos))
+    assert (photos / "scene_00000.png").read_bytes() == before
+    paths = scenes.save_images(str(tmp_path / "scenes"))
+    assert scenes.save_images(str(tmp_path / "scenes")) == paths  # its own folder: written again
