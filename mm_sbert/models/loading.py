@@ -12,7 +12,13 @@ from sentence_transformers.util import load_file_path
 
 from mm_sbert.errors import InvalidFileError
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
-from mm_sbert.storage import StrictSchema, check_output_path, read_json_schema, register_legacy_folder_kind
+from mm_sbert.storage import (
+    StrictSchema,
+    check_output_path,
+    read_json_schema,
+    register_folder_children,
+    register_legacy_folder_kind,
+)
 from mm_sbert.version import __version__
 
 # Only this package's own classes load without trust_remote_code; anything else in modules.json still needs it.
@@ -101,6 +107,8 @@ def _is_saved_model_folder(folder: Path) -> bool:
 
 
 register_legacy_folder_kind(MODEL_FOLDER_KIND, _is_saved_model_folder)
+# MMCrossEncoder.export_onnx writes <model folder>/onnx/, where MMCrossEncoder(folder, backend="onnx") looks.
+register_folder_children(MODEL_FOLDER_KIND, {"onnx": "onnx-export"})
 
 
 def hub_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ PathLike = str | os.PathLike
 # that owns the format (e.g. the index registers "embedding-index" with a check of its manifest), so this module does
 # not import them.
 _LEGACY_RECOGNIZERS: dict[str, Callable[[Path], bool]] = {}
+# Children every folder of a kind may hold (register_folder_children), besides what one folder's mark declares.
+_KIND_CHILDREN: dict[str, dict[str, str]] = {}
 
 
 def register_legacy_folder_kind(kind: str, recognizer: Callable[[Path], bool]) -> None:
@@ -47,6 +49,12 @@ def register_legacy_folder_kind(kind: str, recognizer: Callable[[Path], bool]) -
     The recognizer must be strict (a manifest naming the exact format), never a mere file or folder name.
     """
     _LEGACY_RECOGNIZERS[kind] = recognizer
+
+
+def register_folder_children(kind: str, children: Mapping[str, str]) -> None:
+    """Let every folder of ``kind`` (marked or recognised) hold outputs of the given kinds at the given direct child
+    patterns, as a mark's ``children`` do for one folder: e.g. a model folder's ``onnx`` export."""
+    _KIND_CHILDREN.setdefault(kind, {}).update(children)
 
 
 def output_marker(kind: str) -> str:
@@ -215,11 +223,13 @@ def check_output_path(
 
 
 def _declared_child(folder: Path, child: Path, kind: str) -> bool:
-    """Whether the mark of ``folder`` names ``child`` (a direct child) as a place for an output of ``kind``."""
+    """Whether the mark of ``folder``, or its kind (:func:`register_folder_children`), names ``child`` (a direct
+    child) as a place for an output of ``kind``."""
     mark = _read_owner_file(folder)
-    return mark is not None and any(
-        fnmatch.fnmatchcase(child.name, pattern) and child_kind == kind
-        for pattern, child_kind in mark["children"].items()
+    declared = dict(_KIND_CHILDREN.get(owned_folder_kind(folder) or "", {}))
+    declared.update(mark["children"] if mark is not None else {})
+    return any(
+        fnmatch.fnmatchcase(child.name, pattern) and child_kind == kind for pattern, child_kind in declared.items()
     )
 
 

@@ -52,3 +52,19 @@ def test_save_replaces_its_own_model_folder_and_saves_checkpoints_a_run_declares
     assert (run / "checkpoint-1" / "modules.json").is_file()
     with pytest.raises(UnsafeOutputError, match="training-output"):
         views[0].save(str(run / "notes"))
+
+
+def test_onnx_export_never_overwrites_a_users_onnx_file_and_goes_into_a_model_folder(views, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    users = tmp_path / "mine"
+    (users / "onnx").mkdir(parents=True)
+    (users / "onnx" / "model.onnx").write_bytes(b"my own model")
+    with pytest.raises(UnsafeOutputError, match="ONNX export folder .* did not write"):
+        views[1].export_onnx(str(users))
+    assert (users / "onnx" / "model.onnx").read_bytes() == b"my own model"
+    model = tmp_path / "model"
+    views[1].save(str(model))
+    first = views[1].export_onnx(str(model))
+    assert views[1].export_onnx(str(model)) == first  # its own export: replaced
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's model folder"):
+        EmbeddingIndex(np.eye(3, 4, dtype=np.float32)).save(str(model / "onnx"))
