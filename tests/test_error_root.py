@@ -144,3 +144,13 @@ def test_a_store_id_without_a_meaning_is_refused_by_the_root(tmp_path):
         with pytest.raises(MMSbertError, match="Image ids must be int or str") as info:
             FeatureStore.write(tmp_path / "store", [(bad, regions)], show_progress_bar=False)
         assert isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (7, 0)])
+def test_an_image_without_pixels_is_refused_like_an_empty_array_not_read_as_black(views, size):
+    from mm_sbert.errors import ImageLoadError
+
+    with pytest.raises(ImageLoadError, match=rf"has no pixels \({size[0]}x{size[1]}\)"):
+        views[0].encode([Image.new("RGB", size)])
+    with pytest.raises(ImageLoadError, match="has no pixels"):
+        views[0].encode([np.zeros((size[1], size[0], 3), np.uint8)])
