@@ -23,9 +23,22 @@ class InvalidInputError(MMSbertError, ValueError):
     message names the input by its index."""
 
 
+class InvalidInputTypeError(InvalidInputError, TypeError):
+    """An input given in memory has a type with no meaning where it is given (an image id that is ``None`` or a
+    float); a ``TypeError`` too, as Python's own checks of types are."""
+
+
 class ImageLoadError(MMSbertError, ValueError):
     """An image is missing, unreadable, corrupt, too big (a decompression bomb) or holds values with no meaning as
     pixels (NaN). The message names the file or the input."""
+
+
+class UnknownIdError(MMSbertError, KeyError):
+    """An id or image asked for is not in the collection that was asked (a feature store, COCO annotations). A
+    ``KeyError``, so mapping-style lookups keep their meaning; its message prints as written, without quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class CheckpointMismatchError(MMSbertError, ValueError):

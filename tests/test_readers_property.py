@@ -3,7 +3,9 @@ one, and the file is never changed by the read (issue 29)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import shutil
 import warnings
@@ -15,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from mm_sbert.errors import MMSbertError
 
@@ -179,5 +182,123 @@ def test_index_files(tmp_path_factory):
     def run(content, name):
         folder = _copy(template, tmp_path_factory)
         _check(folder, name, content, lambda: EmbeddingIndex.open(str(folder)).search(np.ones((1, 4), np.float32)))
+
+    run()
+
+
+TSV_CELL = st.one_of(
+    st.text(max_size=12),
+    JSON.map(json.dumps),
+    st.binary(max_size=40).map(lambda raw: base64.b64encode(raw).decode()),
+    st.integers(-3, 9).map(str),
+    st.dictionaries(
+        st.sampled_from(["num_boxes", "features", "objects", "image_w", "image_h", "rect", "class"]), JSON
+    ).map(json.dumps),
+)
+# Whole files: random bytes, or lines of tab-separated cells that look like the layouts' columns.
+TSV = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.lists(TSV_CELL, max_size=7).map("\t".join), min_size=1, max_size=4).map(
+        lambda lines: "\n".join(lines).encode()
+    ),
+)
+
+
+def _good_oscar_row(key: str = "1") -> str:
+    row = np.concatenate([np.ones((2, 8), np.float32), np.array([[0, 0, 0.5, 0.5, 0.5, 0.5]] * 2, np.float32)], 1)
+    return f"{key}\t" + json.dumps({"num_boxes": 2, "features": base64.b64encode(row.tobytes()).decode()})
+
+
+@pytest.mark.parametrize("reader", ["oscar_features", "oscar_labels", "butd"])
+def test_precomputed_feature_tsv_files(tmp_path_factory, reader):
+    from mm_sbert.image_features import read_butd_tsv, read_oscar_tsv
+
+    @SETTINGS
+    @given(content=TSV)
+    def run(content):
+        folder = tmp_path_factory.mktemp("tsv")
+        if reader == "oscar_labels":
+            (folder / "features.tsv").write_text(_good_oscar_row() + "\n")
+            read = lambda: list(read_oscar_tsv(folder / "features.tsv", folder / "data.tsv", feature_dim=8))  # noqa: E731
+        elif reader == "oscar_features":
+            read = lambda: list(read_oscar_tsv(folder / "data.tsv", feature_dim=8))  # noqa: E731
+        else:
+            read = lambda: list(read_butd_tsv(folder / "data.tsv"))  # noqa: E731
+        _check(folder, "data.tsv", content, read)
+
+    run()
+
+
+NUMERIC_ARRAYS = hnp.arrays(
+    dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8, np.bool_, np.complex64, "U3"]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+)
+
+
+@pytest.mark.parametrize("name", ["regions.npz", "regions.npy", "regions.boxes.npy"])
+def test_precomputed_feature_array_files(tmp_path_factory, name):
+    from mm_sbert.image_features import read_npz_folder
+
+    def save(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
+        buffer = io.BytesIO()
+        if path.suffix == ".npz":
+            np.savez(buffer, **arrays)
+        else:
+            np.save(buffer, next(iter(arrays.values())))
+        return buffer.getvalue()
+
+    keys = st.sampled_from(["features", "x", "feat", "boxes", "bbox", "image_w", "image_h", "image_size", "other"])
+
+    @SETTINGS
+    @given(
+        content=st.one_of(
+            st.binary(max_size=300),
+            st.dictionaries(keys, NUMERIC_ARRAYS, min_size=1, max_size=5).map(lambda arrays: save(Path(name), arrays)),
+        )
+    )
+    def run(content):
+        folder = tmp_path_factory.mktemp("npz")
+        if name == "regions.boxes.npy":
+            np.save(folder / "regions.npy", np.ones((2, 8), np.float32))
+        elif name == "regions.npy":
+            np.save(folder / "regions.boxes.npy", np.array([[0, 0, 1, 1]] * 2, np.float32))
+        _check(folder, name, content, lambda: list(read_npz_folder(folder)))
+
+    run()
+
+
+def test_coco_instance_box_files(tmp_path_factory):
+    from mm_sbert.image_features import CocoBoxes
+
+    entry = st.dictionaries(
+        st.sampled_from(["id", "image_id", "file_name", "width", "height", "bbox", "category_id", "name", "iscrowd"]),
+        JSON,
+        max_size=6,
+    )
+    coco = st.fixed_dictionaries(
+        {"images": st.lists(entry, max_size=3), "annotations": st.lists(entry, max_size=3)},
+        optional={"categories": st.lists(entry, max_size=2)},
+    ).map(lambda value: json.dumps(value).encode())
+
+    # Files that are valid up to one field of a random value, so the reader gets past the first check.
+    value = st.one_of(JSON, st.integers(-2, 3), st.lists(st.floats(-5, 50), min_size=3, max_size=5))
+    near_valid = st.fixed_dictionaries(
+        {
+            "images": st.fixed_dictionaries(
+                {"id": st.just(1), "file_name": st.just("1.jpg"), "width": value, "height": st.just(40)}
+            ).map(lambda image: [image]),
+            "annotations": st.lists(
+                st.fixed_dictionaries({"image_id": st.sampled_from([1, 2]), "category_id": value, "bbox": value}),
+                max_size=2,
+            ),
+            "categories": st.just([{"id": 1, "name": "dog"}]),
+        }
+    ).map(lambda value: json.dumps(value).encode())
+
+    @SETTINGS
+    @given(content=CONTENT | coco | near_valid)
+    def run(content):
+        folder = tmp_path_factory.mktemp("coco")
+        _check(folder, "instances.json", content, lambda: CocoBoxes(folder / "instances.json")("1.jpg"))
 
     run()

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, MODULE_KWARGS, NOTES, QUICK, REGIONS, TRAINING
+from mm_sbert.errors import InvalidInputError
+
+# The demo's output folder, for the ownership rule (mm_sbert.storage.ownership): what the demo writes there, and
+# where the commands it suggests write (`mm-sbert index ... --output <dir>/index`, `search --html <dir>/search.html`).
+DEMO_KIND = "demo-output"
+DEMO_PATTERNS = (
+    "held_out_images",
+    "demo_results.json",
+    "demo_results.png",
+    "model",
+    "index",
+    "search.html",
+    ".*.lock",
+    ".*.tmp-*",
+)
+DEMO_CHILDREN = {
+    "held_out_images": "synthetic-scenes",
+    "model": "model",
+    "index": "embedding-index",
+    "search.html": "search-page",
+}
 
 
 def demo_settings(quick: bool = False, **overrides: int | None) -> dict[str, int]:
@@ -15,7 +35,7 @@ def demo_settings(quick: bool = False, **overrides: int | None) -> dict[str, int
     settings = dict(QUICK if quick else DEFAULTS)
     unknown = set(overrides) - set(settings)
     if unknown:
-        raise ValueError(f"Unknown demo settings {sorted(unknown)}; expected some of {sorted(settings)}")
+        raise InvalidInputError(f"Unknown demo settings {sorted(unknown)}; expected some of {sorted(settings)}")
     settings.update({key: value for key, value in overrides.items() if value is not None})
     return settings
 
@@ -46,13 +66,31 @@ def run_demo(
 
     Returns:
         The content of ``demo_results.json``.
+
+    Raises:
+        UnsafeOutputError: ``output_dir`` is a non-empty folder the demo did not write (or mm_sbert's folder of another
+            kind), refused before any work.
+        OutputInUseError: another demo is writing ``output_dir``.
     """
+    from mm_sbert.storage import check_output_path, exclusive_output, mark_owned_folder
+
+    target = check_output_path(output_dir, DEMO_KIND, folder=True, what="The demo's output folder")
+    with exclusive_output(target, what="The demo's output folder"):
+        target.mkdir(parents=True, exist_ok=True)
+        mark_owned_folder(target, DEMO_KIND, patterns=DEMO_PATTERNS, children=DEMO_CHILDREN)
+        return _run_demo(str(target), settings, seed, regions, top_k, save_model, families)
+
+
+def _run_demo(
+    output_dir: str, settings: dict[str, int], seed: int, regions: str, top_k: int, save_model: bool, families: str
+) -> dict[str, Any]:
     import torch
 
     from mm_sbert.demo.recipe import build_demo_model, cross_encoder_chance_loss, fine_tune, regions_featurizer
     from mm_sbert.demo.report import measure_latency, query_ranks, real_photos_outcome, save_plot, verdict
     from mm_sbert.demo.synthetic_scenes import SyntheticScenes
     from mm_sbert.evaluation.results_table import evaluate_modes, format_table
+    from mm_sbert.storage import atomic_write_json
 
     s = settings
     os.makedirs(output_dir, exist_ok=True)
@@ -139,8 +177,7 @@ def run_demo(
         "cross_encoder_chance_loss": ce_chance,
         "total_seconds": time.perf_counter() - started,
     }
-    with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    atomic_write_json(os.path.join(output_dir, "demo_results.json"), results, indent=2)
     print(f"\nPlot: {plot_path}")
     print(
         f'"{try_it}": its scene ({os.path.basename(held_out_paths[0])}) ranks {ranks["coop"]} with Coop, '

@@ -28,6 +28,8 @@ SLOTS: dict[str, tuple[float, float]] = {
 }
 # Half-side of an object's bounding box as a fraction of the image side (a large object fills most of its cell).
 SIZE_RADIUS: dict[str, float] = {"small": 0.075, "large": 0.15}
+# What save_images writes, for the ownership rule (mm_sbert.storage.ownership).
+SCENES_KIND = "synthetic-scenes"
 BACKGROUND = (245, 245, 240)
 _SLOT_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -164,8 +166,16 @@ class SyntheticScenes:
         return [scene.family for scene in self.scenes]
 
     def save_images(self, folder: str, prefix: str = "scene") -> list[str]:
-        """Write the images as PNG files into ``folder`` and return their paths, in image order."""
+        """Write the images as PNG files into ``folder`` and return their paths, in image order.
+
+        ``folder`` follows the ownership rule (:func:`~mm_sbert.storage.check_output_path`): a new or empty folder, or
+        one this method wrote; a folder of the user's (where ``scene_00000.png`` could be a photo) is refused.
+        """
+        from mm_sbert.storage import check_output_path, mark_owned_folder
+
+        check_output_path(folder, SCENES_KIND, folder=True, what="The scene folder")
         os.makedirs(folder, exist_ok=True)
+        mark_owned_folder(folder, SCENES_KIND, patterns=[f"{prefix}_*.png"])
         paths = []
         for image_id, image in enumerate(self.images):
             path = os.path.join(folder, f"{prefix}_{image_id:05d}.png")

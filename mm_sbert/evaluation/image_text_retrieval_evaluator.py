@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.evaluation.evaluator import SentenceEvaluator
 
+from mm_sbert.errors import InvalidInputError, UnsafeOutputError
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.cooperative_retriever import Reranked, cross_encoder_logits, rerank
 from mm_sbert.retrieval.embedding_index import exact_search
@@ -168,6 +169,11 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             if len(image_ids) != len(images):
                 raise ValueError(f"Got {len(image_ids)} image_ids for {len(images)} images")
             position = {image_id: index for index, image_id in enumerate(image_ids)}
+            if len(position) != len(image_ids):
+                # A caption of a duplicated id would count only one of its images as the right answer.
+                seen: set[Any] = set()
+                twice = [image_id for image_id in image_ids if image_id in seen or seen.add(image_id)]
+                raise InvalidInputError(f"image_ids must be distinct; {twice[:5]} come more than once")
             missing = [image_id for image_id in caption_image_ids if image_id not in position]
             if missing:
                 raise ValueError(f"caption_image_ids {missing[:5]} are not in image_ids")
@@ -433,12 +439,27 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
             logger.info(f"{mode:>4}: {recalls}  ({metrics[f'{mode}_seconds']:.1f} s)")
 
     def _write_csv(self, output_path: str, metrics: dict[str, float], epoch: int, steps: int) -> None:
+        if os.path.lexists(output_path) and not os.path.isdir(output_path):
+            raise UnsafeOutputError(f"output_path '{output_path}' is a file, not a folder; name a folder for results")
         os.makedirs(output_path, exist_ok=True)
         csv_path = os.path.join(
             output_path, f"image_text_retrieval_evaluation{'_' + self.name if self.name else ''}_results.csv"
         )
         header = ["epoch", "steps", *metrics]
-        new_file = not os.path.isfile(csv_path)
+        new_file = not os.path.lexists(csv_path)
+        if not new_file:
+            # Rows go only into a results file of this evaluator (its exact header), never into a user's file that
+            # merely has the name (the ownership rule of mm_sbert.storage for a file appended to, not replaced).
+            try:
+                with open(csv_path, encoding="utf-8", newline="") as f:
+                    first = next(csv.reader(f), None)
+            except (OSError, UnicodeDecodeError, csv.Error):
+                first = None
+            if os.path.islink(csv_path) or first != header:
+                raise UnsafeOutputError(
+                    f"'{csv_path}' exists and is not this evaluator's results file (its first row is not the header "
+                    f"{header[:3]}...); move it or pass another output_path"
+                )
         with open(csv_path, "a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             if new_file:

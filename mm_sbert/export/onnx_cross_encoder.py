@@ -18,6 +18,7 @@ from torch import nn
 
 from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
+from mm_sbert.storage import check_output_path, mark_owned_folder
 from mm_sbert.thread_policy import get_thread_policy
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # The host's layout for exported backends: an onnx/ subfolder of the model folder.
 ONNX_FOLDER = "onnx"
+# What export_cross_encoder_onnx writes, for the ownership rule (mm_sbert.storage.ownership).
+ONNX_EXPORT_KIND = "onnx-export"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_qint8.onnx"
 TEXT_INPUTS = ("input_ids", "text_mask", "token_type_ids")
@@ -80,6 +83,8 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
         ) from error
     module = _module_of(cross_encoder)
     folder = os.path.join(output_folder, ONNX_FOLDER)
+    # The ownership rule (mm_sbert.storage): a new or empty folder, or an ONNX folder this function wrote.
+    check_output_path(folder, ONNX_EXPORT_KIND, folder=True, what="The ONNX export folder")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ONNX_FILE)
 
@@ -119,6 +124,7 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
         int8_path = os.path.join(folder, ONNX_INT8_FILE)
         quantize_weights_int8(path, int8_path)
         written.append(int8_path)
+    mark_owned_folder(folder, ONNX_EXPORT_KIND)
     return written
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -11,8 +10,46 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field, field_validator
+
+from mm_sbert.errors import InvalidFileError, InvalidInputError, UnknownIdError
+from mm_sbert.storage import StrictSchema, read_json_file, validate_data
 
 SOURCE_PATH_KEY = "source_path"
+
+
+class _CocoImage(StrictSchema):
+    id: int
+    file_name: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class _CocoAnnotation(StrictSchema):
+    image_id: int
+    category_id: int
+    bbox: list[float] = Field(min_length=4, max_length=4)
+    iscrowd: int | bool = 0
+
+    @field_validator("bbox")
+    @classmethod
+    def _size_not_negative(cls, bbox: list[float]) -> list[float]:
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError("a bbox is [x, y, width, height] with width, height >= 0")
+        return bbox
+
+
+class _CocoCategory(StrictSchema):
+    id: int
+    name: str
+
+
+class _CocoInstances(StrictSchema):
+    """The keys of a COCO ``instances_*.json`` that :class:`CocoBoxes` reads."""
+
+    images: list[_CocoImage]
+    annotations: list[_CocoAnnotation]
+    categories: list[_CocoCategory]
 
 
 class CocoBoxes:
@@ -36,34 +73,35 @@ class CocoBoxes:
     def __init__(self, annotations_path: str | os.PathLike, include_crowd: bool = False) -> None:
         self.annotations_path = str(annotations_path)
         self.include_crowd = bool(include_crowd)
-        try:
-            with open(self.annotations_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Could not read COCO annotations '{self.annotations_path}': {exc}") from exc
-        missing = {"images", "annotations", "categories"} - set(data)
-        if missing:
-            raise ValueError(
-                f"'{self.annotations_path}' is not a COCO instances file: it lacks {sorted(missing)} (captions files "
-                "have no boxes; use instances_*.json)"
+        data = read_json_file(self.annotations_path, "COCO annotations file")
+        if isinstance(data, dict) and "annotations" in data and "categories" not in data:
+            raise InvalidFileError(
+                f"'{self.annotations_path}' is not a COCO instances file: it has no categories (captions files have "
+                "no boxes; use instances_*.json)"
             )
-        categories = {category["id"]: category["name"] for category in data["categories"]}
-        self._images = {image["id"]: image for image in data["images"]}
-        self._by_file = {image["file_name"]: image["id"] for image in data["images"]}
+        data = validate_data(_CocoInstances, data, self.annotations_path, "COCO annotations file")
+        categories = {category.id: category.name for category in data.categories}
+        self._images = {image.id: {"width": image.width, "height": image.height} for image in data.images}
+        self._by_file = {image.file_name: image.id for image in data.images}
         self._boxes: dict[int, list[tuple[float, list[float], str]]] = {image_id: [] for image_id in self._images}
-        for annotation in data["annotations"]:
-            if annotation.get("iscrowd", 0) and not self.include_crowd:
+        for number, annotation in enumerate(data.annotations):
+            if annotation.iscrowd and not self.include_crowd:
                 continue
-            x, y, w, h = annotation["bbox"]
-            entry = (w * h, [x, y, x + w, y + h], categories.get(annotation["category_id"], "unknown"))
-            self._boxes.setdefault(annotation["image_id"], []).append(entry)
+            if annotation.image_id not in self._images:
+                raise InvalidFileError(
+                    f"The COCO annotations file '{self.annotations_path}' is invalid: field 'annotations.{number}."
+                    f"image_id': image {annotation.image_id} is not in its images"
+                )
+            x, y, w, h = annotation.bbox
+            entry = (w * h, [x, y, x + w, y + h], categories.get(annotation.category_id, "unknown"))
+            self._boxes[annotation.image_id].append(entry)
 
     def image_id(self, image: Image.Image | str | os.PathLike | int) -> int:
         """The COCO image id of an image (by its source path's file name), a path, or an id."""
         if isinstance(image, Image.Image):
             source = image.info.get(SOURCE_PATH_KEY)
             if source is None:
-                raise ValueError(
+                raise InvalidInputError(
                     "CocoBoxes finds an image's boxes by its file name, but this PIL image has no "
                     f"info['{SOURCE_PATH_KEY}']; load it with mm_sbert's load_image(path) or pass the path"
                 )
@@ -76,7 +114,7 @@ class CocoBoxes:
             if image_id is None and Path(name).stem.isdigit():
                 image_id = int(Path(name).stem)
         if image_id not in self._images:
-            raise KeyError(f"Image {image!r} is not in the COCO annotations '{self.annotations_path}'")
+            raise UnknownIdError(f"Image {image!r} is not in the COCO annotations '{self.annotations_path}'")
         return image_id
 
     def __call__(self, image: Image.Image | str | os.PathLike | int) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from PIL import Image
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from mm_sbert.errors import FeatureStoreError, StorageError
+from mm_sbert.errors import (
+    FeatureStoreError,
+    InvalidFileError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    StorageError,
+    UnknownIdError,
+)
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, load_image
 from mm_sbert.image_features.region_features import RegionFeatures
@@ -112,7 +119,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         try:
             version = np.lib.format.read_magic(f)
             if version not in readers:
-                raise ValueError(f".npy format version {version}")
+                raise InvalidFileError(f".npy format version {version}")
             shape, fortran, dtype = readers[version](f)
         except (ValueError, OSError, SyntaxError, TypeError) as exc:
             raise StorageError(f"'{path}' is not a valid .npy array file ({exc}); the store is corrupt") from None
@@ -127,7 +134,7 @@ __all__ = ["FeatureStore", "FeatureStoreError"]
 
 def _key(image_id: Any) -> str:
     if isinstance(image_id, (bool, float)) or not isinstance(image_id, (int, np.integer, str)):
-        raise TypeError(f"Image ids must be int or str, got {type(image_id).__name__}: {image_id!r}")
+        raise InvalidInputTypeError(f"Image ids must be int or str, got {type(image_id).__name__}: {image_id!r}")
     return str(int(image_id)) if isinstance(image_id, (int, np.integer)) else image_id
 
 
@@ -156,7 +163,7 @@ def _same_featurizer(saved: dict[str, Any] | None, current: dict[str, Any] | Non
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -315,12 +322,12 @@ class FeatureStore:
         location = self._index.get(key)
         if location is None:
             if key in self.failed:
-                raise KeyError(
+                raise UnknownIdError(
                     f"Image id {image_id!r} is not in the feature store '{self.path}': featurizing it failed "
                     f"({self.failed[key]})"
                 )
             examples = ", ".join(repr(i) for i in self._ids[:3])
-            raise KeyError(
+            raise UnknownIdError(
                 f"Unknown image id {image_id!r} for the feature store '{self.path}' ({len(self)} images, ids like "
                 f"{examples}); ids are matched as strings, e.g. 42 and '42' are the same but '0042' is not"
             )
@@ -354,7 +361,9 @@ class FeatureStore:
                 module = None
         expected = getattr(module, "region_feature_dim", None)
         if expected is None:
-            raise TypeError(f"{type(model).__name__} is not a MultimodalTransformer (nor a model built on one)")
+            raise InvalidInputTypeError(
+                f"{type(model).__name__} is not a MultimodalTransformer (nor a model built on one)"
+            )
         if expected != self.feature_dim:
             raise FeatureStoreError(
                 f"The feature store '{self.path}' holds {self.feature_dim}-d region features, but the model expects "
@@ -541,11 +550,11 @@ class FeatureStore:
     def _default_ids(images: Sequence[Any], ids: Sequence[ImageId] | None) -> list[ImageId]:
         if ids is None:
             if not all(isinstance(image, (str, os.PathLike)) for image in images):
-                raise ValueError("FeatureStore.build needs ids=... when the images are not all file paths")
+                raise InvalidInputError("FeatureStore.build needs ids=... when the images are not all file paths")
             ids = [Path(image).stem for image in images]
         ids = list(ids)
         if len(ids) != len(images):
-            raise ValueError(f"FeatureStore.build got {len(images)} images but {len(ids)} ids")
+            raise InvalidInputError(f"FeatureStore.build got {len(images)} images but {len(ids)} ids")
         keys = [_key(image_id) for image_id in ids]
         if len(set(keys)) != len(keys):
             seen, duplicates = set(), []
@@ -553,7 +562,7 @@ class FeatureStore:
                 if key in seen:
                     duplicates.append(key)
                 seen.add(key)
-            raise ValueError(f"Image ids must be unique; duplicated: {duplicates[:5]}")
+            raise InvalidInputError(f"Image ids must be unique; duplicated: {duplicates[:5]}")
         return ids
 
 
@@ -600,7 +609,7 @@ class _StoreWriter:
         self, path: Path, dtype: StoreDtype, shard_size: int, featurizer_config: dict[str, Any] | None
     ) -> None:
         if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+            raise InvalidInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         shard_size = _positive_int(shard_size, "shard_size")
         self.path = path
         self.shard_size = shard_size
@@ -650,7 +659,7 @@ class _StoreWriter:
 
     def add(self, image_id: ImageId, regions: RegionFeatures) -> None:
         if not isinstance(regions, RegionFeatures):
-            raise TypeError(f"Image {image_id!r}: expected RegionFeatures, got {type(regions).__name__}")
+            raise InvalidInputTypeError(f"Image {image_id!r}: expected RegionFeatures, got {type(regions).__name__}")
         if self.manifest["feature_dim"] is None:
             self.manifest["feature_dim"] = regions.feature_dim
         elif regions.feature_dim != self.manifest["feature_dim"]:

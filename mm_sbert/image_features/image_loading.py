@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mm_sbert.errors import ImageLoadError
+from mm_sbert.errors import ImageLoadError, InvalidInputTypeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -88,7 +88,7 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray | torch.Tenso
             raise ImageLoadError(f"Could not read image file '{path}' (corrupt or not an image): {exc}") from exc
         image.info["source_path"] = str(path)
         return image
-    raise TypeError(f"Expected an image path, PIL image or array, got {type(image).__name__}")
+    raise InvalidInputTypeError(f"Expected an image path, PIL image or array, got {type(image).__name__}")
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -97,6 +97,9 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     Pillow's own ``convert("RGB")`` clips an ``I;16`` / ``I`` / ``F`` image to 0..255, so a 16-bit PNG (values up to
     65535) comes out all white.
     """
+    if not image.width or not image.height:
+        # As for arrays: a featurizer would read an image without pixels as a black one.
+        raise ImageLoadError(f"{name} has no pixels ({image.width}x{image.height})")
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I;16"):

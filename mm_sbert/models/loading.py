@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field, RootModel
 from sentence_transformers.util import load_file_path
 
+from mm_sbert.errors import InvalidFileError
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
-from mm_sbert.storage import StrictSchema, read_json_schema, register_legacy_folder_kind
+from mm_sbert.storage import (
+    StrictSchema,
+    check_output_path,
+    read_json_schema,
+    register_folder_children,
+    register_legacy_folder_kind,
+)
 from mm_sbert.version import __version__
 
 # Only this package's own classes load without trust_remote_code; anything else in modules.json still needs it.
@@ -62,10 +70,25 @@ def read_modules_json(model_name_or_path: str, **hub_kwargs: Any) -> list[dict[s
     if path is None:
         return None
     checked = read_json_schema(path, _ModuleListFile, "modules.json file")
+    for number, entry in enumerate(checked.root):
+        # The host would load a module from wherever the path points (another model, any folder on the disk).
+        outside = os.path.isabs(entry.path) or ".." in Path(entry.path.replace("\\", "/")).parts
+        if outside or (os.path.isdir(model_name_or_path) and _escapes(model_name_or_path, entry.path)):
+            raise InvalidFileError(
+                f"The modules.json file '{path}' is invalid: field '{number}.path' names {entry.path!r}, which is "
+                "outside the model folder; a module path is relative and stays inside it"
+            )
     config_path = load_file_path(model_name_or_path, "config_sentence_transformers.json", **hub_kwargs)
     if config_path is not None:
         read_json_schema(config_path, _SentenceTransformersConfig, "sentence-transformers config")
     return [entry.model_dump() for entry in checked.root]
+
+
+def _escapes(folder: str, relative: str) -> bool:
+    """Whether ``folder/relative`` resolves (symbolic links followed) outside ``folder``."""
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    return target != root and root not in target.parents
 
 
 def is_multimodal_folder(model_name_or_path: str, **hub_kwargs: Any) -> bool:
@@ -84,6 +107,8 @@ def _is_saved_model_folder(folder: Path) -> bool:
 
 
 register_legacy_folder_kind(MODEL_FOLDER_KIND, _is_saved_model_folder)
+# MMCrossEncoder.export_onnx writes <model folder>/onnx/, where MMCrossEncoder(folder, backend="onnx") looks.
+register_folder_children(MODEL_FOLDER_KIND, {"onnx": "onnx-export"})
 
 
 def hub_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +143,7 @@ class MultimodalLoadingMixin:
             # The host would load it as it is (a text model reading image paths as text) or, for another model
             # type, rebuild it with a new, untrained head.
             first = modules[0]["type"] if modules else "no module"
-            raise ValueError(
+            raise InvalidFileError(
                 f"{model_name_or_path!r} is not an mm_sbert model: it is a sentence-transformers folder whose first "
                 f"module is {first}, not mm_sbert's MultimodalTransformer, so it cannot read images. Load it with "
                 "sentence_transformers.SentenceTransformer / CrossEncoder to use it on text, or start an image-text "
@@ -126,6 +151,15 @@ class MultimodalLoadingMixin:
                 ".to_cross_encoder() for the cross-encoder view, whose score head is then new and untrained)."
             )
         return super()._load_modules(model_name_or_path, **kwargs)
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        """The host's ``save`` (and ``save_pretrained``, which calls it), after the ownership rule
+        (:func:`~mm_sbert.storage.check_output_path`): a new or empty folder, or a model folder mm_sbert saved; a
+        user's non-empty folder, a folder of another kind (an index, a feature store) or a path inside one is
+        refused before anything is written."""
+        if path is not None:
+            check_output_path(path, MODEL_FOLDER_KIND, folder=True, what="The model folder")
+        super().save(path, *args, **kwargs)
 
     def _get_model_config(self) -> dict[str, Any]:
         return super()._get_model_config() | {"requirements": REQUIREMENTS}

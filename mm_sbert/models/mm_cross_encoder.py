@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from sentence_transformers import CrossEncoder
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMCrossEncoderModelCardData
 from mm_sbert.models.views import VIEW_CLASSES, to_bi_encoder
@@ -40,7 +41,7 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
         super().__init__(*args, **kwargs)
         module = self[0]
         if isinstance(module, MultimodalTransformer) and module.classifier is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "This MultimodalTransformer was built with score_head=False, so it cannot act as a cross-encoder"
             )
 
@@ -61,7 +62,7 @@ class MMCrossEncoder(MultimodalLoadingMixin, CrossEncoder):
         if inputs is None:
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
-            raise ValueError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
+            raise InvalidInputError("predict() got an empty list of pairs; pass at least one (caption, image) pair")
         module = self[0]
         if isinstance(module, MultimodalTransformer):
             # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.

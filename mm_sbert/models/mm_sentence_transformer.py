@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.models.loading import MultimodalLoadingMixin, new_multimodal_transformer
 from mm_sbert.models.model_card import MMSentenceTransformerModelCardData
 from mm_sbert.models.views import VIEW_CLASSES, to_cross_encoder
@@ -40,7 +41,7 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("backend", "torch") != "torch":
-            raise ValueError(
+            raise InvalidInputError(
                 f"MMSentenceTransformer embeds in PyTorch only (got backend={kwargs['backend']!r}); backend='onnx' "
                 "is for MMCrossEncoder's pair scores"
             )
@@ -62,7 +63,7 @@ class MMSentenceTransformer(MultimodalLoadingMixin, SentenceTransformer):
         if inputs is None:
             inputs = kwargs.pop("sentences", None)
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
-            raise ValueError("encode() got an empty list of inputs; pass at least one caption or image")
+            raise InvalidInputError("encode() got an empty list of inputs; pass at least one caption or image")
         module = self[0]
         if isinstance(module, MultimodalTransformer):
             # Checked on the whole list: the host sorts and batches, so preprocess sees indices within a batch.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.modules.multimodal_transformer import MultimodalTransformer
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def to_cross_encoder(model: Any) -> MMCrossEncoder:
     """
     module = multimodal_module(model)
     if module is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(model).__name__} has no MultimodalTransformer as its first module, so it has no cross-encoder view"
         )
     return _view_class("cross_encoder")(modules=[module], device=str(model.device))
@@ -74,7 +75,7 @@ def to_bi_encoder(model: Any) -> MMSentenceTransformer:
 
     module = multimodal_module(model)
     if module is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(model).__name__} has no MultimodalTransformer as its first module, so it has no bi-encoder view"
         )
     return _view_class("bi_encoder")(

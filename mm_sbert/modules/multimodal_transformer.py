@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 
-from mm_sbert.errors import InvalidFileError, InvalidInputError
+from mm_sbert.errors import InvalidFileError, InvalidInputError, InvalidInputTypeError, MissingFileError
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer
 from mm_sbert.image_features.image_loading import ImageLoadError, check_image_file, load_image, looks_like_image_path
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
@@ -172,7 +172,9 @@ class MultimodalTransformer(InputModule):
         super().__init__()
         if model_name_or_path is not None:
             if backbone is not None:
-                raise ValueError("Pass either model_name_or_path or backbone to MultimodalTransformer, not both")
+                raise InvalidInputError(
+                    "Pass either model_name_or_path or backbone to MultimodalTransformer, not both"
+                )
             config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, **(config_kwargs or {}))
             backbone = AutoModel.from_pretrained(
                 model_name_or_path, config=config, cache_dir=cache_dir, **(model_kwargs or {})
@@ -182,10 +184,10 @@ class MultimodalTransformer(InputModule):
                     model_name_or_path, cache_dir=cache_dir, **(processor_kwargs or {})
                 )
         if backbone is None or tokenizer is None:
-            raise ValueError("MultimodalTransformer needs a backbone and a tokenizer (or a model_name_or_path)")
+            raise InvalidInputError("MultimodalTransformer needs a backbone and a tokenizer (or a model_name_or_path)")
         for part in ("embeddings", "encoder"):
             if not hasattr(backbone, part):
-                raise TypeError(
+                raise InvalidInputTypeError(
                     f"The backbone {type(backbone).__name__} has no `{part}`; MultimodalTransformer needs an "
                     "encoder-only model in the BERT / XLM-R layout (embeddings + encoder [+ pooler])"
                 )
@@ -193,7 +195,7 @@ class MultimodalTransformer(InputModule):
         arguments = locals()
         options = MultimodalTransformerConfig(**{key: arguments[key] for key in self.config_keys})
         if featurizer is not None and featurizer.feature_dim != region_feature_dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The featurizer {type(featurizer).__name__} yields {featurizer.feature_dim}-d region features, but "
                 f"region_feature_dim={region_feature_dim}; set region_feature_dim={featurizer.feature_dim}"
             )
@@ -204,7 +206,7 @@ class MultimodalTransformer(InputModule):
             setattr(self, key, value)
         num_layers = len(backbone.encoder.layer)
         if fusion_layer >= max(num_layers, 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"fusion_layer must be between 0 and {num_layers - 1} (the backbone has {num_layers} layers, and at "
                 f"least one must attend across text and regions), got {fusion_layer}"
             )
@@ -265,7 +267,9 @@ class MultimodalTransformer(InputModule):
             The text mask is deliberately not called ``attention_mask``: the joint mask is built in ``forward``.
         """
         if len(inputs) == 0:
-            raise ValueError("MultimodalTransformer.preprocess got an empty list of inputs; pass at least one input")
+            raise InvalidInputError(
+                "MultimodalTransformer.preprocess got an empty list of inputs; pass at least one input"
+            )
         parsed = [self._parse_input(item, index) for index, item in enumerate(inputs)]
         # Prompts only go in front of real captions: an image-only input keeps its empty text part.
         texts = [(prompt or "") + text if text is not None else "" for text, _ in parsed]
@@ -357,7 +361,7 @@ class MultimodalTransformer(InputModule):
         if not any(image_only):
             return
         if self.tokenizer.padding_side != "right":
-            raise ValueError("image_only_text='cls' needs a tokenizer that pads on the right")
+            raise InvalidInputError("image_only_text='cls' needs a tokenizer that pads on the right")
         rows = torch.tensor(image_only)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         features["input_ids"][rows, 1:] = pad_id
@@ -374,32 +378,32 @@ class MultimodalTransformer(InputModule):
         if isinstance(item, dict):
             unknown = set(item) - {"text", "image"}
             if unknown or not item:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index}: a dict input takes the keys 'text' and/or 'image', got {sorted(map(str, item))}"
                 )
             text, image = item.get("text"), item.get("image")
             if text is not None and not isinstance(text, str):
-                raise ValueError(f"Input {index}: 'text' must be a string, got {type(text).__name__}")
+                raise InvalidInputError(f"Input {index}: 'text' must be a string, got {type(text).__name__}")
             if image is not None and self._kind(image, index) != "image":
-                raise ValueError(f"Input {index}: 'image' must be an image, got {type(image).__name__}")
+                raise InvalidInputError(f"Input {index}: 'image' must be an image, got {type(image).__name__}")
             return text, image
         if isinstance(item, (tuple, list)):
             if len(item) == 1 and isinstance(item[0], dict):
                 # CrossEncoder.predict([{"text": ..., "image": ...}]) arrives wrapped as a one-element "pair".
                 return self._parse_input(item[0], index)
             if any(isinstance(part, dict) for part in item):
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index}: a pair holds a caption and an image, not dicts; pass (caption, image) or one "
                     "{'text': ..., 'image': ...} dict per input"
                 )
             if len(item) != 2:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index}: a pair must have exactly two elements (text, image), got {len(item)}"
                 )
             kinds = [self._kind(part, index) for part in item]
             if kinds[0] == kinds[1]:
                 hint = next((_caption_hint(part) for part in item if _caption_hint(part)), "")
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index}: a pair must combine one text and one image, got two {kinds[0]}s; "
                     f"this model scores (text, image) pairs{hint}"
                 )
@@ -414,7 +418,7 @@ class MultimodalTransformer(InputModule):
             return "image" if looks_like_image_path(value) else "text"
         if isinstance(value, (RegionFeatures, Image.Image, os.PathLike, np.ndarray, torch.Tensor)):
             return "image"
-        raise ValueError(
+        raise InvalidInputError(
             f"Input {index}: unsupported input type {type(value).__name__}; expected a caption (str), a PIL image, "
             "an image path, a RegionFeatures, a {'text', 'image'} dict or a (text, image) pair"
         )
@@ -437,7 +441,7 @@ class MultimodalTransformer(InputModule):
         """Refuse features that are not finite, or so large that the image projection overflows (NaN embeddings)."""
         features = region.features
         if not torch.isfinite(features).all():
-            raise ValueError(f"Input {index}: its region features contain NaN or infinite values")
+            raise InvalidInputError(f"Input {index}: its region features contain NaN or infinite values")
         if not region.num_regions:
             # Zero regions would embed exactly like the empty caption: an answer about no image at all.
             raise InvalidInputError(
@@ -449,7 +453,7 @@ class MultimodalTransformer(InputModule):
         limit = self._region_value_limit()
         peak = float(features.abs().max())
         if peak > limit:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Input {index}: its region features reach {peak:.3g}; this model's image projection overflows "
                 f"{str(self.img_embedding.weight.dtype).replace('torch.', '')} above {limit:.3g} and would give NaN. "
                 "Check the features' scale (detector features are typically below 100)"
@@ -487,7 +491,7 @@ class MultimodalTransformer(InputModule):
             if isinstance(image, (str, os.PathLike)):
                 _check_image_path(image, index)
             if self.featurizer is None:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index} is a raw image, but this model has no image featurizer; pass RegionFeatures, "
                     "or build the MultimodalTransformer with featurizer=..."
                 )
@@ -500,7 +504,7 @@ class MultimodalTransformer(InputModule):
             if region is None:
                 continue
             if region.feature_dim != self.region_feature_dim:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Input {index}: region features have width {region.feature_dim}, but this model expects "
                     f"{self.region_feature_dim} (box numbers are appended by the model, do not include them)"
                 )
@@ -645,7 +649,9 @@ class MultimodalTransformer(InputModule):
 
         if self.head_input in MATCH_HEADS:
             if is_text is None:
-                raise ValueError(f"head_input={self.head_input!r} needs is_text, the mask of the text positions")
+                raise InvalidInputError(
+                    f"head_input={self.head_input!r} needs is_text, the mask of the text positions"
+                )
             text, regions = (pool(_masked_mean(token_embeddings, mask * part)) for part in (is_text, 1 - is_text))
             if self.head_input == "cosine_match":
                 text, regions = nn.functional.normalize(text, dim=-1), nn.functional.normalize(regions, dim=-1)
@@ -665,7 +671,7 @@ class MultimodalTransformer(InputModule):
             ValueError: an unknown ``head_input``, or a module built without a score head (``score_head=False``).
         """
         if self.classifier is None:
-            raise ValueError("This module was built with score_head=False; it has no score head to replace")
+            raise InvalidInputError("This module was built with score_head=False; it has no score head to replace")
         MultimodalTransformerConfig(head_input=head_input)  # checks the name
         if self.trained_views is not None:
             # The new head has learned nothing, whatever trained the old one.
@@ -762,7 +768,7 @@ class MultimodalTransformer(InputModule):
         when it is missing. Embeddings and preprocessing stay in PyTorch.
         """
         if backend not in ("torch", "onnx"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"backend={backend!r} is not supported by mm_sbert's MultimodalTransformer; use 'torch' or 'onnx' "
                 "(ONNX Runtime for the cross-encoder's scores)"
             )
@@ -780,7 +786,7 @@ class MultimodalTransformer(InputModule):
         # The host's backend options are not from_pretrained arguments.
         onnx_options = {key: model_kwargs.pop(key) for key in ONNX_MODEL_KWARGS if key in model_kwargs}
         if onnx_options and backend != "onnx":
-            raise ValueError(f"model_kwargs {sorted(onnx_options)} apply to backend='onnx', not {backend!r}")
+            raise InvalidInputError(f"model_kwargs {sorted(onnx_options)} apply to backend='onnx', not {backend!r}")
         legacy_backbone_config = saved.pop("backbone_config", None)
         options = MultimodalTransformerConfig.from_dict(saved, source=config_path)
         if legacy_backbone_config is None:
@@ -819,7 +825,7 @@ class MultimodalTransformer(InputModule):
             skip_prefix: keys of this module that the file does not hold (loaded from elsewhere), e.g. ``"backbone."``.
         """
         if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"No weights at {weights_path}")
+            raise MissingFileError(f"No weights at {weights_path}")
         state_dict = read_safetensors(weights_path)
         expected = {
             key: value
@@ -841,7 +847,7 @@ class MultimodalTransformer(InputModule):
                 lines.append(f"  unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
             if wrong_shape:
                 lines.append(f"  wrong shapes: {wrong_shape[:10]}")
-            raise ValueError("\n".join(lines))
+            raise InvalidFileError("\n".join(lines))
         self.load_state_dict(state_dict, strict=skip_prefix is None)
 
     def __repr__(self) -> str:
@@ -881,7 +887,7 @@ def _check_finite(
         bad |= ~torch.isfinite(scores).reshape(len(scores), -1).all(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten().tolist()
-        raise ValueError(
+        raise InvalidInputError(
             f"The model produced NaN or infinite outputs for input(s) {rows} of this batch of {len(bad)} "
             f"(in {str(outputs.dtype).replace('torch.', '')}); their values overflow the model's dtype. "
             "Check the inputs' scale, or load the model in float32"
@@ -930,7 +936,7 @@ def _build_legacy_backbone(
     supported = {"dtype", "torch_dtype", "attn_implementation"}
     unsupported = sorted(set(model_kwargs) - supported)
     if unsupported:
-        raise ValueError(
+        raise InvalidInputError(
             f"{directory} was saved by mm_sbert 0.1.0, which stored no loadable transformers backbone; model_kwargs "
             f"{unsupported} need one. Load it without them and save it again with this version, or pass only "
             f"{sorted(supported)}"

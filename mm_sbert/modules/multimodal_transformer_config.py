@@ -13,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from mm_sbert.errors import InvalidFileError, InvalidInputError, MissingFileError
+from mm_sbert.errors import InvalidFileError, InvalidInputError, MissingFileError, MMSbertError
 from mm_sbert.image_features.region_features import BoxFormat
 
 # The files a saved backbone folder needs before transformers reads it (the tokenizer's own files vary by type).
@@ -161,8 +161,9 @@ def backbone_file_errors(path: str) -> Iterator[None]:
     key) into an :class:`~mm_sbert.errors.InvalidFileError` naming the folder."""
     try:
         yield
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError, OSError) as exc:
-        if isinstance(exc, InvalidFileError):
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises on reading a file (its own strict-config
+        # errors derive from no built-in error) means the same: the file is damaged
+        if isinstance(exc, (MMSbertError, MemoryError)):
             raise
         raise InvalidFileError(
             f"The backbone at {path} cannot be loaded: one of its files is damaged ({type(exc).__name__}: {exc}); "

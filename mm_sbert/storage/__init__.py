@@ -26,6 +26,7 @@ from mm_sbert.storage.ownership import (
     output_marker,
     owned_file_kind,
     owned_folder_kind,
+    register_folder_children,
     register_legacy_folder_kind,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "read_json_file",
     "read_json_schema",
     "read_manifest",
+    "register_folder_children",
     "register_legacy_folder_kind",
     "resolve_inside",
     "resolve_stored_path",

@@ -12,7 +12,9 @@ Every writer of the package (index, feature store, model, training output, metri
 - a path that is one of the command's inputs, lies inside one, or holds one is refused (the data, the model, the
   store, the images and the index the command reads are never outputs);
 - a path inside a folder mm_sbert owns as something else (a file inside a model folder, an index inside a store) is
-  refused, and a folder that merely has a name the package also uses is not thereby "owned".
+  refused, and a folder that merely has a name the package also uses is not thereby "owned"; the one exception is a
+  direct child the owning folder's mark names as an output of that very kind (a training run's ``checkpoint-*`` and
+  ``final`` models, the demo's ``model`` and ``index``): what a folder's writer declared it creates there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mm_sbert.errors import UnsafeOutputError
@@ -37,6 +39,8 @@ PathLike = str | os.PathLike
 # that owns the format (e.g. the index registers "embedding-index" with a check of its manifest), so this module does
 # not import them.
 _LEGACY_RECOGNIZERS: dict[str, Callable[[Path], bool]] = {}
+# Children every folder of a kind may hold (register_folder_children), besides what one folder's mark declares.
+_KIND_CHILDREN: dict[str, dict[str, str]] = {}
 
 
 def register_legacy_folder_kind(kind: str, recognizer: Callable[[Path], bool]) -> None:
@@ -47,22 +51,39 @@ def register_legacy_folder_kind(kind: str, recognizer: Callable[[Path], bool]) -
     _LEGACY_RECOGNIZERS[kind] = recognizer
 
 
+def register_folder_children(kind: str, children: Mapping[str, str]) -> None:
+    """Let every folder of ``kind`` (marked or recognised) hold outputs of the given kinds at the given direct child
+    patterns, as a mark's ``children`` do for one folder: e.g. a model folder's ``onnx`` export."""
+    _KIND_CHILDREN.setdefault(kind, {}).update(children)
+
+
 def output_marker(kind: str) -> str:
     """The mark a file output of ``kind`` carries in its first 4 KiB, e.g. inside a JSON field or HTML comment."""
     return f"{FILE_MARK_PREFIX}{kind}"
 
 
-def mark_owned_folder(folder: PathLike, kind: str, patterns: Sequence[str] = ()) -> None:
+def mark_owned_folder(
+    folder: PathLike, kind: str, patterns: Sequence[str] = (), children: Mapping[str, str] | None = None
+) -> None:
     """Record that ``folder`` is mm_sbert's folder of ``kind`` and list its current entries as mm_sbert's.
 
     Call it last, once every file of the folder is written (the listing is what a later replacement may delete). A
     folder that grows over several runs (a feature store's shards, a training run's checkpoints) is marked when its
     writer starts, with ``patterns`` (``fnmatch`` patterns such as ``"shard-*"``) naming the entries its writer
     creates, so what an interrupted run left there is still recognised as mm_sbert's, and anything else is not.
+
+    ``children`` maps ``fnmatch`` patterns of direct children to the kind of output that may be written there (e.g.
+    ``{"checkpoint-*": "model"}``): the only paths inside an owned folder that :func:`check_output_path` accepts.
     """
     folder = Path(folder)
     entries = sorted(name for name in os.listdir(folder) if name != OWNER_FILE and not name.startswith(OWNER_FILE))
-    payload = {"written_by": WRITTEN_BY, "kind": kind, "entries": entries, "patterns": list(patterns)}
+    payload = {
+        "written_by": WRITTEN_BY,
+        "kind": kind,
+        "entries": entries,
+        "patterns": list(patterns),
+        "children": dict(children or {}),
+    }
     tmp = folder / f"{OWNER_FILE}.tmp"
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     os.replace(tmp, folder / OWNER_FILE)
@@ -148,7 +169,9 @@ def check_output_path(
 
     for ancestor in resolved.parents:
         ancestor_kind = owned_folder_kind(ancestor)
-        if ancestor_kind is not None:
+        if ancestor_kind is not None and not (
+            ancestor == resolved.parent and _declared_child(ancestor, resolved, kind)
+        ):
             raise UnsafeOutputError(
                 f"{what} {str(target)!r} lies inside {str(ancestor)!r}, mm_sbert's {ancestor_kind} folder; "
                 "write the output somewhere else"
@@ -199,6 +222,17 @@ def check_output_path(
     return target
 
 
+def _declared_child(folder: Path, child: Path, kind: str) -> bool:
+    """Whether the mark of ``folder``, or its kind (:func:`register_folder_children`), names ``child`` (a direct
+    child) as a place for an output of ``kind``."""
+    mark = _read_owner_file(folder)
+    declared = dict(_KIND_CHILDREN.get(owned_folder_kind(folder) or "", {}))
+    declared.update(mark["children"] if mark is not None else {})
+    return any(
+        fnmatch.fnmatchcase(child.name, pattern) and child_kind == kind for pattern, child_kind in declared.items()
+    )
+
+
 def _read_owner_file(folder: Path) -> dict | None:
     try:
         payload = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
@@ -212,6 +246,8 @@ def _read_owner_file(folder: Path) -> dict | None:
         or not all(isinstance(name, str) for name in payload["entries"])
         or not isinstance(payload.setdefault("patterns", []), list)
         or not all(isinstance(pattern, str) for pattern in payload["patterns"])
+        or not isinstance(payload.setdefault("children", {}), dict)
+        or not all(isinstance(key, str) and isinstance(value, str) for key, value in payload["children"].items())
     ):
         return None
     return payload

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 TRAINING_OUTPUT_KIND = "training-output"
 # What a run writes into its output folder: the host trainer's checkpoints (and its logs), and the final model.
 TRAINING_OUTPUT_PATTERNS = ("checkpoint-*", "final", "runs")
+# Where a run saves models inside its folder (the ownership rule lets a model be saved only there).
+TRAINING_OUTPUT_CHILDREN = {"checkpoint-*": "model", "final": "model"}
 # The host trainer writes this file last when it saves a checkpoint (after the model, optimizer, scheduler and RNG
 # states), so a checkpoint whose trainer state is readable is complete.
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -53,7 +55,9 @@ def training_output(output_dir: PathLike, inputs: Iterable[PathLike | None] = ()
     target = check_output_path(output_dir, TRAINING_OUTPUT_KIND, folder=True, inputs=existing, what="--output-dir")
     with exclusive_output(target, what="The training output"):
         target.mkdir(parents=True, exist_ok=True)
-        mark_owned_folder(target, TRAINING_OUTPUT_KIND, patterns=TRAINING_OUTPUT_PATTERNS)
+        mark_owned_folder(
+            target, TRAINING_OUTPUT_KIND, patterns=TRAINING_OUTPUT_PATTERNS, children=TRAINING_OUTPUT_CHILDREN
+        )
         yield target
 
 

@@ -308,3 +308,17 @@ def test_the_host_trainer_runs_the_evaluator(tiny_data, tmp_path):
     assert metrics["eval_toy_be_t2i_r@5"] == 1.0  # 4 images
     assert 0.0 <= metrics["eval_toy_coop_mean_recall"] <= 1.0
     assert evaluation.primary_metric == "toy_coop_mean_recall"
+
+
+def test_csv_rows_go_only_into_this_evaluators_results_file(tmp_path):
+    from mm_sbert.errors import UnsafeOutputError
+
+    evaluation = evaluator(modes=("be",), name="toy")
+    evaluation(StubBiEncoder(ANGLES), output_path=str(tmp_path), epoch=1, steps=10)
+    evaluation(StubBiEncoder(ANGLES), output_path=str(tmp_path), epoch=2, steps=20)
+    results = tmp_path / "image_text_retrieval_evaluation_toy_results.csv"
+    assert [line.split(",")[0] for line in results.read_text().splitlines()] == ["epoch", "1", "2"]
+    results.write_text("my,own,table\n")
+    with pytest.raises(UnsafeOutputError, match="not this evaluator's results file"):
+        evaluation(StubBiEncoder(ANGLES), output_path=str(tmp_path), epoch=3, steps=30)
+    assert results.read_text() == "my,own,table\n"

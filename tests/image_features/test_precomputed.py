@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mm_sbert.errors import MissingFileError
 from mm_sbert.image_features import FeatureStore, read_butd_tsv, read_npz_folder, read_oscar_tsv
 
 
@@ -89,5 +90,26 @@ def test_npz_and_npy_folder(tmp_path, regions):
     assert records["17"].boxes[2].tolist() == pytest.approx([0.25, 0.0, 1.0, 1.0])
     assert records["abc"].boxes.tolist() == [[0, 0, 1, 1], [0.5, 0.5, 1, 1]]
     (tmp_path / "abc.boxes.npy").unlink()
-    with pytest.raises(ValueError, match="abc.boxes.npy"):
+    with pytest.raises(MissingFileError, match="abc.boxes.npy"):
         dict(read_npz_folder(tmp_path))
+
+
+def test_boxes_clearly_outside_the_image_are_refused_not_clipped(tmp_path, regions):
+    from mm_sbert.errors import InvalidFileError
+
+    features, boxes, (width, height) = regions
+    far = boxes["17"] * 5  # boxes of a 500x400 image stored with a 100x80 size
+    np.savez(tmp_path / "17.npz", x=features["17"], bbox=far, image_w=width, image_h=height)
+    with pytest.raises(InvalidFileError, match=r"17.npz.*box 0 .* lies outside a 100x80 image"):
+        list(read_npz_folder(tmp_path))
+    row = "\t".join(["5", str(width), str(height), "3", b64(far), b64(features["17"])])
+    (tmp_path / "butd.tsv").write_text(row + "\n")
+    with pytest.raises(InvalidFileError, match=r"butd.tsv:1: box 0 .* lies outside a 100x80 image"):
+        list(read_butd_tsv(tmp_path / "butd.tsv"))
+    oscar = np.concatenate([features["17"], np.tile([[0, 0, 3.0, 3.0, 3.0, 3.0]], (3, 1))], axis=1)
+    (tmp_path / "f.tsv").write_text(f"5\t{json.dumps({'num_boxes': 3, 'features': b64(oscar)})}\n")
+    with pytest.raises(InvalidFileError, match="lies outside normalised"):
+        list(read_oscar_tsv(tmp_path / "f.tsv", feature_dim=8))
+    # a detector's overshoot of a pixel is kept (clipped to the border)
+    np.savez(tmp_path / "17.npz", x=features["17"], bbox=boxes["17"] + [0, 0, 1, 1], image_w=width, image_h=height)
+    assert float(dict(read_npz_folder(tmp_path))["17"].boxes.max()) == 1.0

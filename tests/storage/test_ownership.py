@@ -157,3 +157,17 @@ def test_symlink_output_and_symlink_loop_are_refused(tmp_path: Path) -> None:
     loop.symlink_to(loop)
     with pytest.raises(UnsafeOutputError, match="symbolic link"):
         check_output_path(loop, "metrics", folder=False)
+
+
+def test_an_owned_folder_accepts_only_the_children_its_mark_declares_of_that_kind(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    mark_owned_folder(run, "training-output", patterns=["checkpoint-*"], children={"checkpoint-*": "model"})
+    assert check_output_path(run / "checkpoint-5", "model", folder=True) == run / "checkpoint-5"
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's training-output folder"):
+        check_output_path(run / "checkpoint-5", "embedding-index", folder=True)
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's training-output folder"):
+        check_output_path(run / "thesis", "model", folder=True)
+    # only direct children: a path deeper down is still inside the owned folder
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's training-output folder"):
+        check_output_path(run / "checkpoint-5" / "inner", "model", folder=True)
