@@ -100,6 +100,13 @@ class MultimodalTransformer(InputModule):
             ALBEF's text encoder under its fusion layers), so those layers read a caption exactly as a text-only
             input and keep what a sentence-embedding checkpoint learned about phrases; only the layers from ``k`` on
             compare the caption with the regions. Captions alone are unaffected.
+        pair_layers: how many of the backbone's last layers read only (caption, image) pairs: a caption or an image
+            alone stops below them (its embedding is pooled from the layers underneath), a pair goes on through them.
+            With ``fusion_layer`` set to the layers underneath, the bi-encoder is the lower layers and the
+            cross-encoder reads the bi-encoder's own token states of both sides and compares them in layers on top
+            (ALBEF's text encoder and fusion encoder in one backbone): the cross-encoder sees everything the
+            bi-encoder sees, and attends across the pair on top of it. ``0`` (the default): every input runs every
+            layer, as OSCAR / M3P and the paper.
         cross_modal_bias: ``None`` (the default) or the starting value of a learned bias, one per fused layer, added
             to the attention logits between the text and the region positions of a (caption, image) pair. A negative
             start (e.g. ``-4``) makes the fused layers begin close to reading each modality on its own, and training
@@ -157,6 +164,7 @@ class MultimodalTransformer(InputModule):
         head_input: HeadInput = "first_token",
         head_pooler: bool = True,
         fusion_layer: int = 0,
+        pair_layers: int = 0,
         max_seq_length: int = 70,
         max_regions: int = 50,
         featurizer: ImageFeaturizer | None = None,
@@ -209,6 +217,11 @@ class MultimodalTransformer(InputModule):
             raise InvalidInputError(
                 f"fusion_layer must be between 0 and {num_layers - 1} (the backbone has {num_layers} layers, and at "
                 f"least one must attend across text and regions), got {fusion_layer}"
+            )
+        if pair_layers >= max(num_layers, 1):
+            raise InvalidInputError(
+                f"pair_layers must be between 0 and {num_layers - 1} (the backbone has {num_layers} layers, and "
+                f"captions and images alone need at least one), got {pair_layers}"
             )
         # Not a registered submodule: a featurizer has its own device and is saved in its own folder.
         self.featurizer = featurizer
@@ -557,7 +570,8 @@ class MultimodalTransformer(InputModule):
         )
         # The text-position mask is needed only by late fusion, the cross-modal bias and the matching heads.
         is_text = None
-        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None
+        depth = self._depth(features.get("is_pair"))
+        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
         if layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS):
             # Tags are the image's words: they count with the regions, not with the caption.
             caption = torch.ones_like(text_mask)
@@ -566,7 +580,9 @@ class MultimodalTransformer(InputModule):
             parts = [caption, torch.zeros_like(region_mask)]
             is_text = torch.cat(parts if self.region_order == "text_first" else parts[::-1], dim=1)
         if layer_by_layer:
-            token_embeddings = self._late_fusion_encoder(hidden, mask, encoder_mask, is_text, features.get("is_pair"))
+            token_embeddings = self._late_fusion_encoder(
+                hidden, mask, encoder_mask, is_text, features.get("is_pair"), depth
+            )
         else:
             token_embeddings = self.backbone.encoder(hidden, attention_mask=encoder_mask).last_hidden_state
 
@@ -586,9 +602,11 @@ class MultimodalTransformer(InputModule):
         encoder_mask: Any,
         is_text: torch.Tensor,
         is_pair: torch.Tensor | None = None,
+        depth: int | None = None,
     ) -> torch.Tensor:
-        """The backbone's layers one by one; the first :attr:`fusion_layer` ones attend within each modality, the
-        others across both, with :attr:`cross_modal_attention_bias` (if any) added between the modalities of pairs."""
+        """The backbone's first ``depth`` layers (default: all) one by one; the first :attr:`fusion_layer` ones attend
+        within each modality, the others across both, with :attr:`cross_modal_attention_bias` (if any) added between
+        the modalities of pairs."""
         same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
         if encoder_mask is None:
             # create_bidirectional_mask returns None when no position is padded.
@@ -608,7 +626,7 @@ class MultimodalTransformer(InputModule):
             if is_pair is not None:
                 cross = cross & is_pair.to(cross.device).view(-1, 1, 1, 1)
             across = (base, cross.to(hidden.dtype))
-        for index, layer in enumerate(self.backbone.encoder.layer):
+        for index, layer in enumerate(self.backbone.encoder.layer[:depth]):
             if index < self.fusion_layer:
                 layer_mask = within
             elif across is not None:
@@ -618,6 +636,21 @@ class MultimodalTransformer(InputModule):
                 layer_mask = encoder_mask
             hidden = layer(hidden, layer_mask)
         return hidden
+
+    def _depth(self, is_pair: torch.Tensor | None) -> int:
+        """How many backbone layers a batch runs: all for pairs, all but :attr:`pair_layers` for single inputs."""
+        num_layers = len(self.backbone.encoder.layer)
+        if not self.pair_layers or is_pair is None:
+            return num_layers
+        is_pair = torch.as_tensor(is_pair)
+        if bool(is_pair.all()):
+            return num_layers
+        if bool(is_pair.any()):
+            raise InvalidInputError(
+                f"This module reads pairs with {self.pair_layers} more layers than single inputs (pair_layers), so "
+                "one batch cannot mix (caption, image) pairs with captions or images alone; encode them apart"
+            )
+        return num_layers - self.pair_layers
 
     def _joint_embeddings(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Positions over the valid tokens of the joint sequence, then the backbone's LayerNorm and dropout (M3P).

@@ -49,6 +49,7 @@ class MultimodalTransformerConfig:
     head_input: HeadInput = "first_token"
     head_pooler: bool = True
     fusion_layer: int = field(default=0, metadata={"min": 0})
+    pair_layers: int = field(default=0, metadata={"min": 0})
     # [CLS] and [SEP] alone take two tokens.
     max_seq_length: int = field(default=70, metadata={"min": 2})
     max_regions: int = field(default=50, metadata={"min": 1})
