@@ -1,6 +1,5 @@
-"""Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated scenes of coloured
-shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop retrieval on held-out scenes
-and save a plot. Takes about 10 minutes on 2 CPU cores."""
+"""Fine-tune a joint model (all-MiniLM-L6-v2, shipped offline) on generated scenes of look-alike coloured shapes and
+print recall@1/5/10 and time of BE, CE and Coop on held-out scenes, with a plot (about 10 minutes on 2 cores)."""
 
 from __future__ import annotations
 
