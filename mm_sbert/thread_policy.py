@@ -28,6 +28,7 @@ __all__ = [
     "other_runnable_load",
     "set_thread_policy",
     "thread_limit",
+    "using_thread_policy",
 ]
 
 
@@ -235,3 +236,16 @@ def set_thread_policy(policy: ThreadPolicy | int | None) -> ThreadPolicy:
 def thread_limit(stage: Stage = "compute", threads: int | None = None):
     """``get_thread_policy().limit(stage, threads)``: a block at the process policy's threads."""
     return _POLICY.limit(stage, threads)
+
+
+@contextlib.contextmanager
+def using_thread_policy(policy: ThreadPolicy | int | None, stage: Stage = "compute") -> Iterator[int]:
+    """Run a block under ``policy`` (as :func:`set_thread_policy` takes it) with torch, FAISS and BLAS at its
+    ``stage`` threads; the previous policy and thread counts come back after it, so a caller that runs inside another
+    program (the command line's ``main()``) leaves that program's settings as they were. Yields the thread count."""
+    previous = get_thread_policy()
+    try:
+        with set_thread_policy(policy).limit(stage) as count:
+            yield count
+    finally:
+        set_thread_policy(previous)

@@ -31,6 +31,7 @@ FOLLOW_THE_RULE = [
     "image_features/box_sources.py",
     "image_features/feature_store.py",
     "demo/run_demo.py",
+    "evaluation",
 ]
 BUILT_IN = {"ValueError", "TypeError", "KeyError", "FileNotFoundError", "OSError", "IndexError", "AttributeError"}
 

@@ -7,7 +7,13 @@ import torch
 
 from mm_sbert import EmbeddingIndex, ThreadPolicy
 from mm_sbert.retrieval import vector_search
-from mm_sbert.thread_policy import get_thread_policy, other_runnable_load, set_thread_policy, thread_limit
+from mm_sbert.thread_policy import (
+    get_thread_policy,
+    other_runnable_load,
+    set_thread_policy,
+    thread_limit,
+    using_thread_policy,
+)
 
 
 @pytest.fixture
@@ -112,3 +118,17 @@ def test_set_thread_policy_takes_a_count():
         assert set_thread_policy(None).threads is None
     finally:
         set_thread_policy(previous)
+
+
+def test_using_thread_policy_restores_the_previous_policy_and_threads(restore_policy):
+    outer = set_thread_policy(ThreadPolicy(cores=2, other_load=0.0))
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    with using_thread_policy(3, "train") as count:
+        assert count == 3 and get_thread_policy().threads == 3
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (3, 3)
+    assert get_thread_policy() is outer
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+    with pytest.raises(KeyError), using_thread_policy(2, "encode"):
+        raise KeyError("a failing command")
+    assert get_thread_policy() is outer and torch.get_num_threads() == 1

@@ -30,8 +30,7 @@ class CLIError(Exception):
 
 @contextlib.contextmanager
 def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
-    """Turn ``error_types`` (and the package's own :class:`~mm_sbert.errors.MMSbertError`) into a :class:`CLIError`
-    with exit code 2 and the library's one-line message."""
+    """Turn ``error_types`` (and any :class:`~mm_sbert.errors.MMSbertError`) into a :class:`CLIError` (exit 2)."""
     from mm_sbert.errors import MMSbertError
 
     try:
@@ -41,8 +40,7 @@ def input_errors(*error_types: type[BaseException]) -> Iterator[None]:
 
 
 def checked_number(kind: type, condition: str = "", accept: Callable[[Any], bool] | None = None) -> Callable:
-    """argparse type: a finite ``kind`` (int or float) for which ``accept`` holds (``condition`` says it in words);
-    a bad value exits 2 with the option's name (docs/cli.md)."""
+    """argparse type: a finite ``kind`` (int or float) for which ``accept`` holds (``condition`` says it in words)."""
     noun = "an integer" if kind is int else "a number" if condition else "a finite number"
     expected = f"{noun} {condition}".rstrip()
 
@@ -65,8 +63,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return checked_number(int, f">= {minimum}", lambda value: value >= minimum)
 
 
-# The argument types of every subcommand: a number is checked where it is parsed, so a bad one exits 2 naming the
-# option instead of failing later (or not at all) with exit 1.
+# A number is checked where it is parsed: a bad one exits 2 naming the option, not later (or never) with exit 1.
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 positive_float = checked_number(float, "> 0", lambda value: value > 0)  # a learning rate, a scale
@@ -76,8 +73,7 @@ unit_interval = checked_number(float, "in [0, 1]", lambda value: 0.0 <= value <=
 
 
 def torch_device(text: str) -> str:
-    """argparse type: a device this torch build has (``--device cuda`` on a CPU-only build exits 2 here, not with a
-    traceback after the data and model have loaded); see :func:`~mm_sbert.models.devices.check_device`."""
+    """argparse type: a device this torch build has (:func:`~mm_sbert.models.devices.check_device`)."""
     from mm_sbert.models.devices import check_device
 
     try:
@@ -87,14 +83,13 @@ def torch_device(text: str) -> str:
 
 
 def add_score_arguments(parser: argparse.ArgumentParser, candidates: str) -> None:
-    """Add ``--score`` and ``--lam``: how Coop orders the reranked candidates (see
-    :func:`~mm_sbert.retrieval.score_combination.combine_scores`); ``candidates`` names them in the help."""
+    """``--score`` and ``--lam`` (see :func:`~mm_sbert.retrieval.combine_scores`) over ``candidates``."""
     from mm_sbert.retrieval.score_combination import SCORE_MODES
 
     # fmt: off
     parser.add_argument("--score", choices=[mode for mode in SCORE_MODES if mode != "be"], default="ce",
-        help="how the reranked candidates are ordered: the cross-encoder logit (default, the paper's), lam * BE "
-        f"cosine + (1 - lam) * CE probability, or the same over scores min-max normalised among {candidates}")
+        help="the reranked order: the cross-encoder logit (default, the paper's), or lam * BE cosine + (1 - lam) * "
+        f"CE probability, raw or min-max normalised among {candidates}")
     parser.add_argument("--lam", type=unit_interval, default=0.5,
         help="the bi-encoder weight of the --score combinations, in [0, 1] (default: 0.5)")
     # fmt: on
@@ -133,14 +128,12 @@ def load_model(path: str, device: str | None = None):
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, synthetic_help: str) -> None:
-    """``--data`` (or ``--synthetic N``) and ``--caption-key``: the caption data of every command that reads it, in
-    the formats of :meth:`~mm_sbert.data.ImageCaptionCorpus.from_file`."""
+    """``--data`` (:meth:`~mm_sbert.data.ImageCaptionCorpus.from_file`) or ``--synthetic N``, and ``--caption-key``."""
     # fmt: off
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data",
-        help="caption file: CSV / TSV / JSON lines with columns caption, image (one caption a row; paths relative to "
-        "the file), JSON lines with one image a line and a caption list under --caption-key (the Flickr8k / "
-        "Multi30k layout), a COCO or Karpathy JSON, or a folder holding captions.jsonl")
+        help="caption file (CSV / TSV / JSON lines, a COCO or Karpathy JSON, or a folder holding captions.jsonl; "
+        "formats: docs/cli.md)")
     data.add_argument("--synthetic", type=int_at_least(2), metavar="N", help=synthetic_help)
     parser.add_argument("--caption-key", default="en",
         help="with one-image-a-line JSON lines: the key of the caption list (default: en)")

@@ -1,6 +1,5 @@
-"""Fine-tune a joint bi-/cross-encoder (all-MiniLM-L6-v2 weights, shipped offline) on generated scenes of coloured
-shapes in families of look-alikes, then print recall@1/5/10 and time of BE, CE and Coop retrieval on held-out scenes
-and save a plot. Takes about 10 minutes on 2 CPU cores."""
+"""Fine-tune a joint model (all-MiniLM-L6-v2, shipped offline) on generated scenes of look-alike coloured shapes and
+print recall@1/5/10 and time of BE, CE and Coop on held-out scenes, with a plot (about 10 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help=f"(caption, image) pairs per batch ({DEFAULTS['batch_size']})")
     add("--layers", type=int, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)")
     add("--regions", choices=sorted(REGIONS), default="grid",
-        help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per object, "
-        "ColorBlobFeaturizer)")
+        help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per coloured object)")
     add("--families", choices=FAMILY_KINDS, default=FAMILIES,
         help=f"what tells a family's scenes apart: 'details' (one detail each) or 'binding' (the same words, another "
         f"binding of colours, shapes and slots to objects) (default: {FAMILIES})")

@@ -1,23 +1,13 @@
-"""Evaluate a saved model on (caption, image) pairs as in the paper: image retrieval (t2i, hit = the caption's image in
-the top k) and text retrieval (i2t, hit = any of the image's captions), R@1/5/10, for the bi-encoder (be), full
-cross-encoding (ce; every pair: small sets only) and Coop (coop). The reranker is --cross-encoder (a separately
-trained model, the paper's Sep+Coop) or --model's own score head (a joint model); a head no training objective
-trained is refused."""
+"""Recall@1/5/10 of a saved model on (caption, image) pairs, as in the paper: image retrieval (t2i) and text
+retrieval (i2t) by the bi-encoder (be), full cross-encoding (ce; small sets only) and Coop (coop), with timings. The
+reranker is --cross-encoder or --model's own score head, if trained (docs/evaluation.md)."""
 
 from __future__ import annotations
 
 import argparse
 import tempfile
 
-from mm_sbert.cli.common import (
-    add_data_arguments,
-    add_score_arguments,
-    existing_path,
-    load_model,
-    non_negative_int,
-    positive_int,
-    read_caption_data,
-)
+from mm_sbert.cli import common
 
 MODES = ("be", "ce", "coop")
 # The options evaluate_models() takes under their own names.
@@ -29,20 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", "-m", required=True, help="saved mm_sbert model folder (its bi-encoder retrieves)")
     add("--cross-encoder", metavar="CE",
-        help="a separately trained model whose cross-encoder reranks (e.g. `mm-sbert train ce` output); it reads "
-        "the images with its own featurizer and the captions with its own tokenizer (default: --model's own head)")
-    add_data_arguments(parser, "evaluate on N generated held-out scenes")
+        help="a separately trained model whose cross-encoder reranks (default: --model's own score head)")
+    common.add_data_arguments(parser, "evaluate on N generated held-out scenes")
     add("--features", metavar="STORE", dest="store",
-        help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
-        "of featurizing them (a --cross-encoder with another featurizer featurizes the images itself)")
-    add("--seed", type=non_negative_int, default=1, help="seed of --synthetic (default: 1)")
+        help="read the images' regions from this `mm-sbert featurize` store (matched by file name)")
+    add("--seed", type=common.non_negative_int, default=1, help="seed of --synthetic (default: 1)")
     add("--modes", type=modes_argument,
         help="comma-separated subset of be, ce, coop (default: be, and coop when a trained reranker is there)")
-    add("--top-k", type=positive_int, default=20, help="BE candidates the CE reranks in coop (paper: 20)")
-    add_score_arguments(parser, "the top k")
+    add("--top-k", type=common.positive_int, default=20, help="BE candidates the CE reranks in coop (paper: 20)")
+    common.add_score_arguments(parser, "the top k")
     add("--allow-untrained-head", action="store_true",
         help="rerank even with a score head no training objective trained (to measure it; its scores mean nothing)")
-    add("--batch-size", type=positive_int, default=64, help="encoder batch size")
+    add("--batch-size", type=common.positive_int, default=64, help="encoder batch size")
     add("--output", help="also write the metrics to this JSON file")
     # fmt: on
 
@@ -58,19 +46,19 @@ def modes_argument(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from mm_sbert.evaluation import results_table as results
 
-    existing_path(args.model, "Model folder", folder=True)
+    common.existing_path(args.model, "Model folder", folder=True)
     if args.cross_encoder is not None:
-        existing_path(args.cross_encoder, "Cross-encoder folder", folder=True)
+        common.existing_path(args.cross_encoder, "Cross-encoder folder", folder=True)
     if args.output:
         inputs = [args.data, args.model, args.cross_encoder, args.store]
         results.check_metrics_path(args.output, inputs=inputs, what="--output")
     names = {"model_name": f"--model {args.model}", "cross_encoder_name": f"--cross-encoder {args.cross_encoder}"}
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
-        corpus = read_caption_data(args, scratch, captions_per_image=1)
-        cross_encoder = None if args.cross_encoder is None else load_model(args.cross_encoder)
+        corpus = common.read_caption_data(args, scratch, captions_per_image=1)
+        cross_encoder = None if args.cross_encoder is None else common.load_model(args.cross_encoder)
         options = {name: getattr(args, name) for name in OPTIONS}
-        metrics = results.evaluate_models(load_model(args.model), corpus, cross_encoder, **options, **names)
+        metrics = results.evaluate_models(common.load_model(args.model), corpus, cross_encoder, **options, **names)
     if args.modes is None and "coop_seconds" not in metrics:
         print(f"--model {args.model}: its score head was never trained; evaluating the bi-encoder only (--modes be)")
     print(f"{len(set(corpus.caption_image_ids))} images, {len(corpus)} captions (recall in %)")

@@ -1,7 +1,6 @@
-"""Run an image featurizer over image files / folders and store the region features (memory-mapped shards). Image ids
-are the file names without extension. Ctrl-C keeps every finished image (exit 130); running the same command again
-resumes. Unreadable images (corrupt, empty, decompression bombs) are skipped and named (exit 1). Exit code 2: bad
-arguments, or an existing store made with other settings or damaged."""
+"""Featurize image files / folders once into a feature store (image ids: file names without extension). Ctrl-C keeps
+the finished images (exit 130) and a rerun resumes; unreadable images are skipped and named (exit 1); an existing
+store made with other settings, or damaged, exits 2."""
 
 from __future__ import annotations
 
@@ -19,15 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="use this saved model's own featurizer (so the features fit the model)")
     source.add_argument("--featurizer", choices=["color-grid", "color-blob", "mobilenet-grid", "efficientnet-grid"],
-        help="a built-in featurizer (default: color-grid; color-blob: one region per coloured object on a plain "
-        "background; mobilenet-grid: ImageNet MobileNetV2, 7 x 7 cells at 224 px; efficientnet-grid: ImageNet "
-        "EfficientNet-Lite2, 9 x 9 cells at 260 px, stronger and about 3x slower)")
+        help="a built-in featurizer (default: color-grid; the ImageNet CNN grids: mobilenet-grid 7 x 7, "
+        "efficientnet-grid 9 x 9, stronger and slower; see docs/images.md)")
     add("--grid-size", type=positive_int,
-        help="cells per side: color-grid (default: 3), or mobilenet-grid's 7 x 7 (efficientnet-grid's 9 x 9) map "
-        "average-pooled to this many (default: no pooling; fewer regions make training and reranking faster)")
+        help="cells per side: color-grid's (default: 3), or a CNN grid's map pooled to this many (default: none)")
     add("--tags", type=positive_int, metavar="K",
-        help="mobilenet-grid / efficientnet-grid: also store each image's K most probable ImageNet classes as tags "
-        "(read beside the caption by a model trained with `mm-sbert train --tags on`; default: none)")
+        help="a CNN grid: also store each image's K most probable ImageNet classes as tags (`train --tags on`)")
     add("--batch-size", type=positive_int, default=32, help="images per featurizer call")
     add("--shard-size", type=positive_int, default=1024,
         help="images per shard file (default: 1024); finished shards survive even a kill -9")

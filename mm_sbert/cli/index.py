@@ -1,9 +1,6 @@
-"""Encode every image of the given files / folders once with the model's bi-encoder and store the embeddings (and the
-image paths) in an index folder, for `mm-sbert search`. The index records the model's fingerprint (search refuses
-another model), the image folder (search reads images only inside it) and the feature store of --features (search
-reranks from it). A rebuild replaces the folder only once complete; an interrupted or failed one leaves the old
-index as it was. Exit code 2: a missing, corrupt or unreadable image (named), or an output that is not an index
-mm-sbert wrote (or is one of the inputs)."""
+"""Encode the images once with the model's bi-encoder into an index folder for `mm-sbert search`, which records the
+model (search refuses another), the image folder and the --features store. A rebuild replaces the folder only once
+complete. Exit code 2: a missing or unreadable image (named), or an output that is not an index of mm-sbert."""
 
 from __future__ import annotations
 
@@ -24,16 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--output", "-o", required=True, help="index folder to write")
     add("--batch-size", type=positive_int, default=32, help="images per bi-encoder batch")
     add("--features", metavar="STORE",
-        help="read the images' regions from this feature store (`mm-sbert featurize`; matched by file name) instead "
-        "of featurizing them; search then reranks from it too")
+        help="read the images' regions from this `mm-sbert featurize` store; search then reranks from it too")
     add("--precision", choices=PRECISION_CHOICES, default="float32",
-        help="search of the local index: exact float32 (default), int8 / binary codes rescored in float32, or a "
-        "FAISS hnsw / ivf index rescored in float32")
+        help="local search: exact float32 (default), or int8 / binary codes or FAISS hnsw / ivf, rescored in float32")
     add("--backend", choices=["local", "milvus"], default="local",
         help="where the embeddings live: an index folder (default) or a Milvus collection")
     add("--uri",
-        help="Milvus URI for --backend milvus: a .db file (embedded milvus-lite) or a server address such as "
-        "http://host:19530 (default: milvus.db in the output folder)")
+        help="--backend milvus: a milvus-lite .db file or a server URI (default: milvus.db in the output folder)")
     add("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
     # fmt: on
 

@@ -11,14 +11,11 @@ from collections.abc import Sequence
 from mm_sbert.cli.common import EXIT_CODES
 from mm_sbert.version import __version__
 
-# name -> (one-line help, thread-policy stage or None for commands that do not compute). Each command's module,
-# mm_sbert.cli.<name>, (and torch, transformers, ... behind it) is imported only for the command that runs, so that
-# `mm-sbert --help` answers at once; the module's add_arguments() and run() are the command.
+# name -> (one-line help, thread-policy stage or None for commands that do not compute). A command's module,
+# mm_sbert.cli.<name> (and torch... behind it), is imported only for the command that runs, so that `mm-sbert --help`
+# answers at once; its add_arguments() and run() are the command (convert's are mm_sbert.convert's own).
 COMMANDS: dict[str, tuple[str, str | None]] = {
-    "demo": (
-        "fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval (offline)",
-        "train",
-    ),
+    "demo": ("fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval", "train"),
     "featurize": ("featurize images once into a feature store (region features on disk)", "featurize"),
     "train": ("fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)", "train"),
     "evaluate": ("image-text retrieval recall of BE / CE / Coop, both directions, with timings", "compute"),
@@ -61,9 +58,14 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on any error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_line, stage) in COMMANDS.items():
-        # `convert` hands --help on to the converter's own parser.
-        subparser = subparsers.add_parser(name, help=help_line, add_help=name != "convert")
-        if command in ("*", name):
+        subparser = subparsers.add_parser(name, help=help_line)
+        if command in ("*", name) and name == "convert":  # the arguments and entry point of mm_sbert.convert
+            from mm_sbert.convert import convert_command
+
+            subparser.description = f"{help_line} (see docs/reproduce_paper.md)"
+            subparser.set_defaults(run=convert_command.run_command)
+            convert_command.build_parser(subparser)
+        elif command in ("*", name):
             module = importlib.import_module(f"mm_sbert.cli.{name}")
             subparser.description = module.__doc__  # a command module's docstring is its --help description
             subparser.set_defaults(run=module.run)
@@ -81,12 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(chosen_command(argv))
-    # parse_known_args: `convert` hands every argument it does not know to the converter's own parser.
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "convert":
-        args.converter_args = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -95,20 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
     from mm_sbert.errors import MMSbertError
-    from mm_sbert.thread_policy import get_thread_policy, set_thread_policy
+    from mm_sbert.thread_policy import using_thread_policy
 
     stage = COMMANDS[args.command][1]
     try:
         if stage is None:
             return args.run(args) or EXIT_OK
-        # The one place a command's threads are set: --threads for every stage, or the free cores per stage; the
-        # previous policy and thread counts come back after the command (main() also runs inside other programs).
-        previous = get_thread_policy()
-        try:
-            with set_thread_policy(args.threads).limit(stage):
-                return args.run(args) or EXIT_OK
-        finally:
-            set_thread_policy(previous)
+        # The one place a command's threads are set: --threads for every stage, or the free cores per stage.
+        with using_thread_policy(args.threads, stage):
+            return args.run(args) or EXIT_OK
     except (CLIError, MMSbertError) as exc:
         # Every refusal of the package (a bad input file, an unsafe output, an output in use...) is an input error.
         if args.debug:

@@ -25,10 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if "/" not in args.repo_id or args.repo_id.count("/") > 1:
         raise CLIError(f"repo_id must look like 'user-or-org/name', got '{args.repo_id}'")
     model = load_model(args.model)
+    options = {name: getattr(args, name) for name in ("token", "private", "commit_message", "revision", "exist_ok")}
     try:
-        options = {
-            name: getattr(args, name) for name in ("token", "private", "commit_message", "revision", "exist_ok")
-        }
         # Re-save rather than upload the folder as is, so the model card's snippet names the real repo id.
         url = model.push_to_hub(args.repo_id, **options, replace_model_card=True)
     except Exception as exc:

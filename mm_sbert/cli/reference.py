@@ -38,12 +38,6 @@ def render_markdown() -> str:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         for name, subparser in subparsers.choices.items():
             sections.append(f"## `mm-sbert {name}`\n")
-            if name == "convert":
-                sections.append(
-                    "All arguments go to the checkpoint converter (`mm_sbert.convert`); "
-                    "`mm-sbert convert --help` lists them. See [Reproducing the paper](reproduce_paper.md).\n"
-                )
-                continue
             sections.append("```text\n" + subparser.format_help().rstrip() + "\n```\n")
     finally:
         if previous is None:

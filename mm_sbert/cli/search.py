@@ -1,8 +1,6 @@
-"""Retrieve the --rerank-k best images for the query with the bi-encoder, rerank them with the cross-encoder (the
-model's own head, or a separately trained --cross-encoder) and print the best --top-k with both scores. --html
-writes a page with thumbnails. Images are read only inside --image-root. Exit code 2: an incomplete, corrupt or
-edited index, an image path outside --image-root, a --model other than the index's, or an --html path that is not a
-new file or a page of mm-sbert search."""
+"""Retrieve the --rerank-k best images with the bi-encoder, rerank them with the cross-encoder and print the best
+--top-k. Images are read only inside --image-root. Exit code 2: an incomplete or edited index, an image outside
+--image-root, a --model other than the index's, or an --html path that is not new or a page of mm-sbert search."""
 
 from __future__ import annotations
 
@@ -10,15 +8,7 @@ import argparse
 import sys
 import warnings
 
-from mm_sbert.cli.common import (
-    CLIError,
-    add_score_arguments,
-    existing_path,
-    input_errors,
-    load_model,
-    positive_int,
-    require_package,
-)
+from mm_sbert.cli import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,22 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("index", help="index folder written by `mm-sbert index`")
     add("query", nargs="+", help="the caption to search for")
-    add("--top-k", "-k", type=positive_int, default=5, help="results to show (default: 5)")
-    add("--rerank-k", type=positive_int, default=20,
+    add("--top-k", "-k", type=common.positive_int, default=5, help="results to show (default: 5)")
+    add("--rerank-k", type=common.positive_int, default=20,
         help="BE candidates the CE reranks, at least --top-k (default: 20)")
     add("--no-rerank", action="store_true", help="bi-encoder ranking only (no cross-encoder)")
-    add_score_arguments(parser, "the --rerank-k candidates")
+    common.add_score_arguments(parser, "the --rerank-k candidates")
     add("--model", "-m", help="bi-encoder model folder (default: the one the index was built with)")
     add("--cross-encoder", metavar="CE",
-        help="a separately trained cross-encoder folder that reranks the candidates (the paper's separate setting); "
-        "default: the --model's own score head")
+        help="a separately trained cross-encoder folder to rerank with (default: --model's own score head)")
     add("--image-root", metavar="DIR",
-        help="folder the indexed images are read from; no image outside it is opened (default: the image folder "
-        "recorded by `mm-sbert index`; pass it when the images moved)")
+        help="the only folder images are read from (default: the index's; pass it when the images moved)")
     add("--ce-backend", choices=["torch", "bf16", "onnx", "onnx-int8"], default="torch",
-        help="where the cross-encoder reranks: eager PyTorch (default), eager bfloat16 (fast on CPUs with bfloat16 "
-        "units, e.g. AMX), or ONNX Runtime in float32 or with int8 weights, exported to the cross-encoder's onnx/ "
-        "folder the first time (speed and recall: benchmarks/results/retrieval_latency.md)")
+        help="how the cross-encoder runs: PyTorch in float32 (default) or bfloat16, or ONNX Runtime in float32 or "
+        "with int8 weights (exported once into its onnx/ folder; see docs/scale.md)")
     add("--html", metavar="FILE", help="also write a self-contained HTML results page")
     add("--json", action="store_true", help="print the hits as JSON lines instead of a table")
     # fmt: on
@@ -55,34 +42,36 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.retrieval.results_page import check_page_path, write_results_page
 
     if args.no_rerank and args.score != "ce":
-        raise CLIError(f"--score {args.score} combines the cross-encoder's score; it cannot be used with --no-rerank")
+        raise common.CLIError(
+            f"--score {args.score} combines the cross-encoder's score; it cannot be used with --no-rerank"
+        )
     query = " ".join(args.query).strip()
     if not query:
-        raise CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
-    folder = str(existing_path(args.index, "Index folder", folder=True))
+        raise common.CLIError('The query is empty; pass a caption, e.g. "a red circle on the left"')
+    folder = str(common.existing_path(args.index, "Index folder", folder=True))
     config = read_index_config(folder)
     model_path = args.model or config["model"]
     if config.get("backend") == "milvus":
-        require_package("pymilvus", "milvus", "Searching a Milvus-backed index")
+        common.require_package("pymilvus", "milvus", "Searching a Milvus-backed index")
     inputs = [folder, args.image_root or config.get("image_root"), model_path, args.cross_encoder]
     page = check_page_path(args.html, inputs) if args.html else None
     if model_path is None:
-        raise CLIError(f"The index '{folder}' records no model; pass --model")
-    model = load_model(model_path)
+        raise common.CLIError(f"The index '{folder}' records no model; pass --model")
+    model = common.load_model(model_path)
     if args.cross_encoder is not None:
-        existing_path(args.cross_encoder, "--cross-encoder", folder=True)
+        common.existing_path(args.cross_encoder, "--cross-encoder", folder=True)
     if not args.no_rerank and args.ce_backend.startswith("onnx"):
-        require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
+        common.require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
         if export := onnx_export_path(args.cross_encoder or model_path, args.ce_backend):
-            require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}")
+            common.require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}")
             print(f"Exporting the cross-encoder to {export} (once)", file=sys.stderr)
     cross_encoder = None
     if not args.no_rerank:
-        with input_errors(ValueError, FileNotFoundError):
+        with common.input_errors(ValueError, FileNotFoundError):
             cross_encoder = load_reranker(model, model_path, args.cross_encoder, args.ce_backend)
     retriever = CooperativeRetriever(model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k)
     try:
-        with input_errors(FileNotFoundError, ValueError), warnings.catch_warnings(record=True) as caught:
+        with common.input_errors(FileNotFoundError, ValueError), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             retriever.open(folder, image_root=args.image_root)
             for warning in caught:
@@ -97,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if text:  # JSON lines of no hits: no line at all
         print(text)
     if page is not None:
-        with input_errors(OSError):
+        with common.input_errors(OSError):
             write_results_page(page, query, hits, images, inputs=inputs)
         print(f"Wrote {args.html}", file=sys.stderr)  # stderr: stdout may be a JSON-lines stream
     return 0

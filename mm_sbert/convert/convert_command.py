@@ -111,7 +111,12 @@ def convert(args: argparse.Namespace) -> ConvertedModel:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code: 0 converted, 2 a missing, unreadable or refused input
     (checkpoint, config, tokenizer, bad arguments), 1 the output could not be written."""
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Convert and save as the parsed ``args`` of :func:`build_parser` say (``mm-sbert convert`` mounts the same
+    arguments), printing the outcome; returns :func:`main`'s exit code."""
     try:
         # The output may not be the checkpoint, hold it, or be a folder of the user's: checked before any work.
         check_output_path(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import operator
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,24 @@ MODES = ("be", "ce", "coop")
 RECALL_AT = (1, 5, 10)
 
 
+def _check_ranks(values: Iterable[int], name: str) -> tuple[int, ...]:
+    """``values`` as a non-empty tuple of integers >= 1 (the M of Recall@M, or the k of a top-k), or a clear error."""
+    values = tuple(values)
+    if not values or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in values):
+        raise InvalidInputError(f"{name} must be integers >= 1 (Recall@M of the first M), got {values}")
+    return values
+
+
+def _position(value: Any) -> int | None:
+    """``value`` as a position if it is an integer of any kind (not a bool, float or string), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def image_retrieval_recall(
     ranked_images: torch.Tensor | Sequence[Sequence[int]], gold_images: Sequence[int], at: Iterable[int] = RECALL_AT
 ) -> dict[int, float]:
@@ -35,10 +54,11 @@ def image_retrieval_recall(
         gold_images: the image index of each caption query.
         at: the M values.
     """
+    at = _check_ranks(at, "at")
     ranked = torch.as_tensor(ranked_images)
     gold = torch.as_tensor(list(gold_images)).reshape(-1, 1)
     if len(ranked) != len(gold):
-        raise ValueError(f"Got rankings for {len(ranked)} captions but {len(gold)} gold images")
+        raise InvalidInputError(f"Got rankings for {len(ranked)} captions but {len(gold)} gold images")
     return {m: (ranked[:, :m] == gold).any(dim=1).double().mean().item() for m in at}
 
 
@@ -56,11 +76,12 @@ def text_retrieval_recall(
         query_images: the image index of each query row.
         at: the M values.
     """
+    at = _check_ranks(at, "at")
     ranked = torch.as_tensor(ranked_captions)
     owners = torch.as_tensor(list(caption_image_ids))[ranked]
     query = torch.as_tensor(list(query_images)).reshape(-1, 1)
     if len(ranked) != len(query):
-        raise ValueError(f"Got rankings for {len(ranked)} images but {len(query)} query images")
+        raise InvalidInputError(f"Got rankings for {len(ranked)} images but {len(query)} query images")
     return {m: (owners[:, :m] == query).any(dim=1).double().mean().item() for m in at}
 
 
@@ -142,32 +163,30 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         super().__init__()
         images, captions = list(images), list(captions)
         if not images or not captions:
-            raise ValueError("ImageTextRetrievalEvaluator needs at least one image and one caption")
+            raise InvalidInputError("ImageTextRetrievalEvaluator needs at least one image and one caption")
         if len(caption_image_ids) != len(captions):
-            raise ValueError(
+            raise InvalidInputError(
                 f"Got {len(caption_image_ids)} caption_image_ids for {len(captions)} captions; pass one per caption"
             )
         unknown = [mode for mode in modes if mode not in MODES]
         if unknown or not modes:
-            raise ValueError(f"Unknown modes {unknown}; expected a non-empty subset of {list(MODES)}")
+            raise InvalidInputError(f"Unknown modes {unknown}; expected a non-empty subset of {list(MODES)}")
         if score not in SCORE_MODES:
-            raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        recall_at = tuple(recall_at)
-        if not recall_at or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in recall_at):
-            raise ValueError(f"recall_at must be integers >= 1 (Recall@M of the first M), got {recall_at}")
+            raise InvalidInputError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
+        if _position(top_k) is None or top_k < 1:
+            raise InvalidInputError(f"top_k must be an integer >= 1, got {top_k!r}")
+        recall_at = _check_ranks(recall_at, "recall_at")
         if cross_encoder_images is not None:
             cross_encoder_images = list(cross_encoder_images)
             if len(cross_encoder_images) != len(images):
-                raise ValueError(
+                raise InvalidInputError(
                     f"Got {len(cross_encoder_images)} cross_encoder_images for {len(images)} images; pass one each"
                 )
             if distractor_images:
-                raise ValueError("cross_encoder_images with distractor_images is not supported")
+                raise InvalidInputError("cross_encoder_images with distractor_images is not supported")
         if image_ids is not None:
             if len(image_ids) != len(images):
-                raise ValueError(f"Got {len(image_ids)} image_ids for {len(images)} images")
+                raise InvalidInputError(f"Got {len(image_ids)} image_ids for {len(images)} images")
             position = {image_id: index for index, image_id in enumerate(image_ids)}
             if len(position) != len(image_ids):
                 # A caption of a duplicated id would count only one of its images as the right answer.
@@ -176,12 +195,13 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
                 raise InvalidInputError(f"image_ids must be distinct; {twice[:5]} come more than once")
             missing = [image_id for image_id in caption_image_ids if image_id not in position]
             if missing:
-                raise ValueError(f"caption_image_ids {missing[:5]} are not in image_ids")
+                raise InvalidInputError(f"caption_image_ids {missing[:5]} are not in image_ids")
             caption_image_ids = [position[image_id] for image_id in caption_image_ids]
-        gold = [int(index) for index in caption_image_ids]
-        bad = [index for index in gold if not 0 <= index < len(images)]
+        # Integer positions only (numpy / torch integers too): int() would turn "3" or 1.5 into another image's.
+        gold = [_position(index) for index in caption_image_ids]
+        bad = [caption_image_ids[i] for i, index in enumerate(gold) if index is None or not 0 <= index < len(images)]
         if bad:
-            raise ValueError(
+            raise InvalidInputError(
                 f"caption_image_ids {bad[:5]} are not positions in images (0..{len(images) - 1}); pass image_ids= "
                 "when they are ids"
             )
@@ -192,7 +212,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         self.cross_encoder = cross_encoder
         self.cross_encoder_images = cross_encoder_images
         self.modes = tuple(dict.fromkeys(modes))
-        self.top_k = top_k
+        self.top_k = _position(top_k)
         self.distractor_images = list(distractor_images or [])
         self.distractor_captions = list(distractor_captions or [])
         self.ce_max_pairs = ce_max_pairs
@@ -263,6 +283,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
         :class:`~mm_sbert.retrieval.PairScoreCache`); each k's ``coop_seconds`` is the shared encoding + search time
         plus the cross-encoder time of its own top-k pairs, as if it had run alone.
         """
+        ks = _check_ranks(ks, "ks")
         bi_encoder, cross_encoder = self._views(model)
         retrieval = self._retrieve(bi_encoder, max(*ks, *self.recall_at))
         cache = self._cache()
@@ -283,7 +304,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
     def _views(self, model: Any) -> tuple[Any, Any | None]:
         bi_encoder, cross_encoder = resolve_views(model, self.cross_encoder)
         if ("ce" in self.modes or "coop" in self.modes) and cross_encoder is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "Modes 'ce' / 'coop' need a cross-encoder: pass cross_encoder=... or evaluate a joint model (a "
                 "MultimodalTransformer with a score head)"
             )
@@ -328,7 +349,7 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
     def _full_cross_encoding(self, cross_encoder: Any, cache: PairScoreCache) -> dict[str, float]:
         num_pairs = self.num_ce_pairs
         if num_pairs > self.ce_max_pairs:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Mode 'ce' would cross-encode {num_pairs:,} pairs ({len(self.all_captions)} captions x "
                 f"{len(self.all_images)} images), more than ce_max_pairs={self.ce_max_pairs:,}; at the "
                 f"{self._seconds_per_pair(cross_encoder) * 1e3:.2f} ms per pair measured just now that takes about "

@@ -3,10 +3,12 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 from sentence_transformers.base.evaluation.evaluator import SentenceEvaluator
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.evaluation import ImageTextRetrievalEvaluator, image_retrieval_recall, text_retrieval_recall
 
 # ---------------------------------------------------------------- recall against hand-made rankings
@@ -197,19 +199,52 @@ def test_top_k_ablation_reports_each_k():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="5 caption_image_ids for 6 captions"):
+    # InvalidInputError is a ValueError: callers that caught ValueError still do.
+    with pytest.raises(InvalidInputError, match="5 caption_image_ids for 6 captions"):
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD[:5])
-    with pytest.raises(ValueError, match="not positions in images"):
+    with pytest.raises(InvalidInputError, match="not positions in images"):
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, [0, 0, 1, 1, 2, 3])
-    with pytest.raises(ValueError, match="Unknown modes"):
+    with pytest.raises(InvalidInputError, match="Unknown modes"):
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, modes=("bm25",))
-    with pytest.raises(ValueError, match="need a cross-encoder"):
+    with pytest.raises(InvalidInputError, match="need a cross-encoder"):
         ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, modes=("coop",))(StubBiEncoder(ANGLES))
-    for recall_at in ((0, -1), (1, 0), (), (1.5,)):
-        with pytest.raises(ValueError, match="recall_at must be integers >= 1"):
+    for recall_at in ((0, -1), (1, 0), (), (1.5,), (True,)):
+        with pytest.raises(InvalidInputError, match="recall_at must be integers >= 1"):
             ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, recall_at=recall_at)
+    for top_k in (0, "3", 2.5):
+        with pytest.raises(InvalidInputError, match="top_k must be an integer >= 1"):
+            ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, GOLD, top_k=top_k)
     ids = ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, ["a", "a", "b", "b", "c", "c"], image_ids=["a", "b", "c"])
     assert ids.caption_image_ids == GOLD
+
+
+@pytest.mark.parametrize(
+    ("caption_image_ids", "image_ids", "message"),
+    [
+        (["a", "a", "b", "b", "c", "x"], ["a", "b", "c"], r"caption_image_ids \['x'\] are not in image_ids"),
+        # Ids without image_ids= were cast with int(): "a" failed with a bare ValueError, "2" and 1.5 became images.
+        (["a", "a", "b", "b", "c", "c"], None, r"\['a', 'a', 'b', 'b', 'c'\] are not positions in images"),
+        ([0, 0, 1, 1, "2", 2], None, r"\['2'\] are not positions"),
+        ([0, 0, 1, 1, 1.5, 2], None, r"\[1.5\] are not positions"),
+    ],
+)
+def test_unknown_caption_ids_are_refused_by_the_error_root(caption_image_ids, image_ids, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, caption_image_ids, image_ids=image_ids)
+
+
+def test_integer_positions_of_numpy_and_torch_are_accepted():
+    for ids in (np.array(GOLD), torch.tensor(GOLD)):
+        assert ImageTextRetrievalEvaluator(IMAGES, CAPTIONS, ids, top_k=np.int64(2)).caption_image_ids == GOLD
+
+
+def test_recall_functions_and_top_k_ablation_refuse_bad_ranks():
+    with pytest.raises(InvalidInputError, match="at must be integers >= 1"):
+        image_retrieval_recall([[0, 1]], [0], at=(1.5,))
+    with pytest.raises(InvalidInputError, match="at must be integers >= 1"):
+        text_retrieval_recall([[0, 1]], [0, 1], query_images=[0], at=(0,))
+    with pytest.raises(InvalidInputError, match="ks must be integers >= 1"):
+        evaluator(modes=("coop",)).evaluate_top_k(StubBiEncoder(ANGLES), ks=())
 
 
 # ---------------------------------------------------------------- the real (tiny) model
