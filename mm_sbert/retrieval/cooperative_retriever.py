@@ -24,7 +24,7 @@ import torch
 from tqdm.autonotebook import tqdm
 
 from mm_sbert.errors import StorageError
-from mm_sbert.export.onnx_cross_encoder import onnx_module, score_candidates
+from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_features, score_candidates
 from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
@@ -105,6 +105,37 @@ def cross_encoder_logits(
         show_progress_bar=show_progress_bar,
     )
     return scores.detach().float().cpu().reshape(-1)
+
+
+def eager_module(cross_encoder: Any) -> Any | None:
+    """The ``MultimodalTransformer`` of a PyTorch cross-encoder made of that module alone (in eval mode, with a
+    score head, without object tags in its text), else ``None``. Reranking then scores a query's candidates with
+    :func:`eager_candidate_logits` instead of ``predict``: the same logits without tokenising the query once per
+    pair or checking every candidate twice."""
+    try:
+        if len(cross_encoder) != 1:
+            return None
+        module = cross_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    if not hasattr(module, "region_feature_dim") or getattr(module, "classifier", None) is None:
+        return None
+    if module.training or getattr(module, "add_od_labels", True) or getattr(module, "onnx_scorer", None) is not None:
+        return None  # tags are tokenised with each pair's caption, so the query cannot be shared
+    return module
+
+
+def eager_candidate_logits(module: Any, query: Any, candidates: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+    """Logits ``[k]`` of the pairs (query, candidate) from the module's own forward, ``batch_size`` pairs at a time,
+    the query preprocessed once (see :func:`~mm_sbert.export.onnx_cross_encoder.query_candidate_features`)."""
+    device = next(module.parameters()).device
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(candidates), batch_size):
+            features = query_candidate_features(module, query, candidates[start : start + batch_size])
+            features = {name: tensor.to(device) for name, tensor in features.items()}
+            logits.append(module(features)["scores"].float().cpu().reshape(-1))
+    return torch.cat(logits)
 
 
 @dataclass
@@ -215,17 +246,22 @@ def rerank(
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
         fast = onnx_module(cross_encoder)
+        eager = eager_module(cross_encoder) if fast is None else None
 
         def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
-            if fast is not None:
-                # A cross-encoder loaded with backend="onnx" scores a query's candidates in one batch with the
-                # query preprocessed once; logits are put back in the order of ``positions``.
+            if fast is not None or eager is not None:
+                # A query's candidates are scored in batches with the query preprocessed once (ONNX Runtime, or the
+                # PyTorch module itself); logits are put back in the order of ``positions``.
                 by_query: dict[int, list[int]] = {}
                 for slot, (query, _) in enumerate(positions):
                     by_query.setdefault(query, []).append(slot)
                 logits = torch.empty(len(positions))
                 for query, slots in by_query.items():
-                    scores = score_candidates(fast, queries[query], [item(positions[s][1]) for s in slots])
+                    found = [item(positions[s][1]) for s in slots]
+                    if fast is not None:
+                        scores = score_candidates(fast, queries[query], found)
+                    else:
+                        scores = eager_candidate_logits(eager, queries[query], found, batch_size)
                     logits[slots] = scores.detach().float().cpu().reshape(-1)
                 return logits
             return cross_encoder_logits(
