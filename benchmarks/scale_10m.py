@@ -189,7 +189,12 @@ def search(args, queries: np.ndarray, reference: np.ndarray) -> dict:
             "recall": recall,
         }
         print(f"  {key}: {results[key]}", flush=True)
-    return {"settings": results, "peak_rss_gib": peak_rss_gib(), "resident_after_open": opened, "resident_end": resident_gib()}
+    return {
+        "settings": results,
+        "peak_rss_gib": peak_rss_gib(),
+        "resident_after_open": opened,
+        "resident_end": resident_gib(),
+    }
 
 
 def child(args, phase: str) -> dict:
