@@ -59,6 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "http://host:19530 (default: milvus.db in the output folder)",
     )
     parser.add_argument("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=None,
+        help="encode in this many CPU processes, each a shard of every chunk (same index as one process)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 uri=args.uri,
                 collection=args.collection,
                 model_path=args.model,
+                processes=args.processes,
             )
     except KeyboardInterrupt:
         print(f"mm-sbert index: {args.output} was not changed; run the same command to build it", file=sys.stderr)

@@ -377,6 +377,7 @@ class CooperativeRetriever:
         collection: str = "mm_sbert",
         model_path: str | None = None,
         inputs: Sequence[str | None] = (),
+        processes: int | Sequence[str] | None = None,
     ) -> BaseIndex:
         """Encode a collection of images (or captions) with the bi-encoder and keep it for :meth:`search`.
 
@@ -403,6 +404,10 @@ class CooperativeRetriever:
                 ``<path>/milvus.db``; needs ``path``).
             model_path: the bi-encoder's folder, recorded so a search can load it by default.
             inputs: more paths the caller reads (data, model), which ``path`` may not be, hold or lie in.
+            processes: encode in several processes (the host's multi-process pool): a count of CPU processes, or
+                their devices (``["cuda:0", "cuda:1"]``). Each chunk of ``chunk_size`` items is split into shards
+                over the processes and their embeddings come back in order, so the index is the one a single
+                process writes.
 
         Returns:
             The index (also kept as ``self.embedding_index``).
@@ -440,73 +445,97 @@ class CooperativeRetriever:
             store = _as_store(store)
             to_encode = _stored_regions(store, items, self.bi_encoder)
 
+        devices = _process_devices(processes)
+        pool_holder: dict[str, Any] = {}
+
         def chunks():
             with tqdm(total=len(items), desc=f"Encoding {modality}s", unit=modality, disable=not show) as bar:
                 for start in range(0, len(items), chunk_size):
                     chunk = to_encode[start : start + chunk_size]
+                    options = {}
+                    if devices is not None:
+                        if "pool" not in pool_holder:
+                            pool_holder["pool"] = self.bi_encoder.start_multi_process_pool(devices)
+                        # Shards of the chunk, one batch or more per process; the host returns them in order.
+                        shard = max(batch_size, -(-len(chunk) // len(devices)))
+                        options = {"pool": pool_holder["pool"], "chunk_size": shard}
                     yield self.bi_encoder.encode(
                         chunk,
                         batch_size=batch_size,
                         normalize_embeddings=True,
                         convert_to_numpy=True,
                         show_progress_bar=False,
+                        **options,
                     ).astype(np.float32, copy=False)
                     bar.update(len(chunk))
 
-        if path is None:
-            embedding_index: BaseIndex = EmbeddingIndex(
-                np.concatenate(list(chunks())),
-                ids=ids,
-                items=items,
-                metadata=metadata,
-                dtype=dtype,
-                precision=precision,
-                search_options=search_options,
-            )
-        else:
-            image_paths = [item for item in items if isinstance(item, str) and modality == "image"]
-            inputs = [*inputs, model_path, None if store is None else str(store.path), *image_paths]
-            config = {
-                "model": None if model_path is None else os.path.abspath(model_path),
-                "model_fingerprint": encoder_fingerprint(self.bi_encoder),
-                "image_root": image_root_of(items) if modality == "image" else None,
-                "store": None if store is None else os.path.abspath(store.path),
-                "num_images": len(items),
-                "backend": backend,
-                "precision": precision,
-                "complete": True,
-            }
-            saved_items = items if storable else None
-            if backend == "milvus":
-                from mm_sbert.retrieval.milvus_index import MilvusIndex
-
-                uri = uri or os.path.join(os.path.abspath(path), MILVUS_FILE)
-                if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
-                    uri = os.path.abspath(uri)
-                config.update(uri=uri, collection=collection)
-
-                def write_collection(overwrite: bool) -> None:
-                    rows = EmbeddingIndex(np.concatenate(list(chunks())), ids, saved_items, metadata, normalize=False)
-                    MilvusIndex.from_index(rows, uri, collection_name=collection, overwrite=overwrite).close()
-
-                write_milvus_index_folder(path, config, write_collection, inputs=inputs)
-                embedding_index = MilvusIndex(uri, collection)
+        try:
+            if path is None:
+                embedding_index: BaseIndex = EmbeddingIndex(
+                    np.concatenate(list(chunks())),
+                    ids=ids,
+                    items=items,
+                    metadata=metadata,
+                    dtype=dtype,
+                    precision=precision,
+                    search_options=search_options,
+                )
             else:
+                image_paths = [item for item in items if isinstance(item, str) and modality == "image"]
+                inputs = [*inputs, model_path, None if store is None else str(store.path), *image_paths]
+                config = {
+                    "model": None if model_path is None else os.path.abspath(model_path),
+                    "model_fingerprint": encoder_fingerprint(self.bi_encoder),
+                    "image_root": image_root_of(items) if modality == "image" else None,
+                    "store": None if store is None else os.path.abspath(store.path),
+                    "num_images": len(items),
+                    "backend": backend,
+                    "precision": precision,
+                    "complete": True,
+                }
+                saved_items = items if storable else None
+                if backend == "milvus":
+                    from mm_sbert.retrieval.milvus_index import MilvusIndex
 
-                def write_rows(folder: str) -> None:
-                    with IndexWriter(
-                        folder, len(items), dim, dtype=dtype, ids=ids, items=saved_items, metadata=metadata, lock=False
-                    ) as writer:
-                        for embeddings in chunks():
-                            writer.write(embeddings)
-                        if precision != "float32" or search_options:
-                            writer.set_precision(precision, search_options)
+                    uri = uri or os.path.join(os.path.abspath(path), MILVUS_FILE)
+                    if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
+                        uri = os.path.abspath(uri)
+                    config.update(uri=uri, collection=collection)
 
-                write_index_folder(path, config, write_rows, inputs=inputs)
-                embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER))
-        self.embedding_index = embedding_index
-        self.items = items
-        self.image_paths = None
+                    def write_collection(overwrite: bool) -> None:
+                        rows = EmbeddingIndex(
+                            np.concatenate(list(chunks())), ids, saved_items, metadata, normalize=False
+                        )
+                        MilvusIndex.from_index(rows, uri, collection_name=collection, overwrite=overwrite).close()
+
+                    write_milvus_index_folder(path, config, write_collection, inputs=inputs)
+                    embedding_index = MilvusIndex(uri, collection)
+                else:
+
+                    def write_rows(folder: str) -> None:
+                        with IndexWriter(
+                            folder,
+                            len(items),
+                            dim,
+                            dtype=dtype,
+                            ids=ids,
+                            items=saved_items,
+                            metadata=metadata,
+                            lock=False,
+                        ) as writer:
+                            for embeddings in chunks():
+                                writer.write(embeddings)
+                            if precision != "float32" or search_options:
+                                writer.set_precision(precision, search_options)
+
+                    write_index_folder(path, config, write_rows, inputs=inputs)
+                    embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER))
+            self.embedding_index = embedding_index
+            self.items = items
+            self.image_paths = None
+        finally:
+            if "pool" in pool_holder:
+                self.bi_encoder.stop_multi_process_pool(pool_holder["pool"])
         return embedding_index
 
     def open(
@@ -747,6 +776,20 @@ class CooperativeRetriever:
     def _stored_item(self, row: int) -> Any:
         stored = self.embedding_index.items
         return self.embedding_index.row_id(row) if stored is None else stored(row) if callable(stored) else stored[row]
+
+
+def _process_devices(processes: int | Sequence[str] | None) -> list[str] | None:
+    """The devices of ``index(processes=...)``: ``None`` for this process alone."""
+    if isinstance(processes, bool) or (isinstance(processes, int) and processes < 1):
+        raise ValueError(f"processes must be a count >= 1 or a list of devices, got {processes!r}")
+    if processes is None or processes == 1:
+        return None
+    if isinstance(processes, int):
+        return ["cpu"] * processes
+    devices = [str(device) for device in processes]
+    if not devices:
+        raise ValueError("processes got an empty list of devices")
+    return devices
 
 
 def _check_reads_images(cross_encoder: Any) -> None:
