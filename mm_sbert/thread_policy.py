@@ -141,6 +141,23 @@ class ThreadPolicy:
         # the cores left free, which then waits at every barrier for a descheduled partner.
         return self.free_cores()
 
+    def scan_workers(self, threads: int | None = None) -> int:
+        """Threads for one query's exact scan handed out in row blocks (``exact_search(workers=...)``), or 1 for the
+        plain matrix-vector product split by BLAS.
+
+        On a quiet machine (and with an explicit ``threads``) 1: BLAS splits the product over the free cores, the
+        fastest way there. When other processes keep some cores busy, two threads per core, taking row blocks as
+        they come free: a thread descheduled by another process then holds nobody up at a barrier, and the scan
+        gets the contended core's share that its runnable threads are due. With one spinning process on 2 cores
+        this took one 1M x 384 query from 1.9x to about 1.4x its quiet time (benchmarks/results/
+        retrieval_latency_busy.md); it is the only stage that does this, since it is bound by memory, not by the
+        core it shares.
+        """
+        if check_threads(threads, "threads") or self.threads:
+            return 1
+        cores = self.cores or available_cores()
+        return 2 * cores if cores > 1 and self.free_cores() < cores else 1
+
     @contextlib.contextmanager
     def limit(self, stage: Stage = "compute", threads: int | None = None) -> Iterator[int]:
         """Run a block with torch, FAISS and BLAS at :meth:`threads_for` threads; the previous counts come back

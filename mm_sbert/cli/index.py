@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--uri",
         help="--backend milvus: a milvus-lite .db file or a server URI (default: milvus.db in the output folder)")
     add("--collection", default="mm_sbert", help="Milvus collection name (default: mm_sbert)")
+    add("--processes", type=positive_int, default=None,
+        help="encode in this many CPU processes, each a shard of every chunk (same index as one process)")
     # fmt: on
 
 

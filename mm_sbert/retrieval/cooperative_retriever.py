@@ -24,7 +24,7 @@ import torch
 from tqdm.autonotebook import tqdm
 
 from mm_sbert.errors import StorageError
-from mm_sbert.export.onnx_cross_encoder import onnx_module, score_candidates
+from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_features, score_candidates
 from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
@@ -105,6 +105,37 @@ def cross_encoder_logits(
         show_progress_bar=show_progress_bar,
     )
     return scores.detach().float().cpu().reshape(-1)
+
+
+def eager_module(cross_encoder: Any) -> Any | None:
+    """The ``MultimodalTransformer`` of a PyTorch cross-encoder made of that module alone (in eval mode, with a
+    score head, without object tags in its text), else ``None``. Reranking then scores a query's candidates with
+    :func:`eager_candidate_logits` instead of ``predict``: the same logits without tokenising the query once per
+    pair or checking every candidate twice."""
+    try:
+        if len(cross_encoder) != 1:
+            return None
+        module = cross_encoder[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    if not hasattr(module, "region_feature_dim") or getattr(module, "classifier", None) is None:
+        return None
+    if module.training or getattr(module, "add_od_labels", True) or getattr(module, "onnx_scorer", None) is not None:
+        return None  # tags are tokenised with each pair's caption, so the query cannot be shared
+    return module
+
+
+def eager_candidate_logits(module: Any, query: Any, candidates: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+    """Logits ``[k]`` of the pairs (query, candidate) from the module's own forward, ``batch_size`` pairs at a time,
+    the query preprocessed once (see :func:`~mm_sbert.export.onnx_cross_encoder.query_candidate_features`)."""
+    device = next(module.parameters()).device
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(candidates), batch_size):
+            features = query_candidate_features(module, query, candidates[start : start + batch_size])
+            features = {name: tensor.to(device) for name, tensor in features.items()}
+            logits.append(module(features)["scores"].float().cpu().reshape(-1))
+    return torch.cat(logits)
 
 
 @dataclass
@@ -215,17 +246,22 @@ def rerank(
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
         fast = onnx_module(cross_encoder)
+        eager = eager_module(cross_encoder) if fast is None else None
 
         def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
-            if fast is not None:
-                # A cross-encoder loaded with backend="onnx" scores a query's candidates in one batch with the
-                # query preprocessed once; logits are put back in the order of ``positions``.
+            if fast is not None or eager is not None:
+                # A query's candidates are scored in batches with the query preprocessed once (ONNX Runtime, or the
+                # PyTorch module itself); logits are put back in the order of ``positions``.
                 by_query: dict[int, list[int]] = {}
                 for slot, (query, _) in enumerate(positions):
                     by_query.setdefault(query, []).append(slot)
                 logits = torch.empty(len(positions))
                 for query, slots in by_query.items():
-                    scores = score_candidates(fast, queries[query], [item(positions[s][1]) for s in slots])
+                    found = [item(positions[s][1]) for s in slots]
+                    if fast is not None:
+                        scores = score_candidates(fast, queries[query], found)
+                    else:
+                        scores = eager_candidate_logits(eager, queries[query], found, batch_size)
                     logits[slots] = scores.detach().float().cpu().reshape(-1)
                 return logits
             return cross_encoder_logits(
@@ -341,6 +377,7 @@ class CooperativeRetriever:
         collection: str = "mm_sbert",
         model_path: str | None = None,
         inputs: Sequence[str | None] = (),
+        processes: int | Sequence[str] | None = None,
     ) -> BaseIndex:
         """Encode a collection of images (or captions) with the bi-encoder and keep it for :meth:`search`.
 
@@ -367,6 +404,10 @@ class CooperativeRetriever:
                 ``<path>/milvus.db``; needs ``path``).
             model_path: the bi-encoder's folder, recorded so a search can load it by default.
             inputs: more paths the caller reads (data, model), which ``path`` may not be, hold or lie in.
+            processes: encode in several processes (the host's multi-process pool): a count of CPU processes, or
+                their devices (``["cuda:0", "cuda:1"]``). Each chunk of ``chunk_size`` items is split into shards
+                over the processes and their embeddings come back in order, so the index is the one a single
+                process writes.
 
         Returns:
             The index (also kept as ``self.embedding_index``).
@@ -404,73 +445,97 @@ class CooperativeRetriever:
             store = _as_store(store)
             to_encode = _stored_regions(store, items, self.bi_encoder)
 
+        devices = _process_devices(processes)
+        pool_holder: dict[str, Any] = {}
+
         def chunks():
             with tqdm(total=len(items), desc=f"Encoding {modality}s", unit=modality, disable=not show) as bar:
                 for start in range(0, len(items), chunk_size):
                     chunk = to_encode[start : start + chunk_size]
+                    options = {}
+                    if devices is not None:
+                        if "pool" not in pool_holder:
+                            pool_holder["pool"] = self.bi_encoder.start_multi_process_pool(devices)
+                        # Shards of the chunk, one batch or more per process; the host returns them in order.
+                        shard = max(batch_size, -(-len(chunk) // len(devices)))
+                        options = {"pool": pool_holder["pool"], "chunk_size": shard}
                     yield self.bi_encoder.encode(
                         chunk,
                         batch_size=batch_size,
                         normalize_embeddings=True,
                         convert_to_numpy=True,
                         show_progress_bar=False,
+                        **options,
                     ).astype(np.float32, copy=False)
                     bar.update(len(chunk))
 
-        if path is None:
-            embedding_index: BaseIndex = EmbeddingIndex(
-                np.concatenate(list(chunks())),
-                ids=ids,
-                items=items,
-                metadata=metadata,
-                dtype=dtype,
-                precision=precision,
-                search_options=search_options,
-            )
-        else:
-            image_paths = [item for item in items if isinstance(item, str) and modality == "image"]
-            inputs = [*inputs, model_path, None if store is None else str(store.path), *image_paths]
-            config = {
-                "model": None if model_path is None else os.path.abspath(model_path),
-                "model_fingerprint": encoder_fingerprint(self.bi_encoder),
-                "image_root": image_root_of(items) if modality == "image" else None,
-                "store": None if store is None else os.path.abspath(store.path),
-                "num_images": len(items),
-                "backend": backend,
-                "precision": precision,
-                "complete": True,
-            }
-            saved_items = items if storable else None
-            if backend == "milvus":
-                from mm_sbert.retrieval.milvus_index import MilvusIndex
-
-                uri = uri or os.path.join(os.path.abspath(path), MILVUS_FILE)
-                if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
-                    uri = os.path.abspath(uri)
-                config.update(uri=uri, collection=collection)
-
-                def write_collection(overwrite: bool) -> None:
-                    rows = EmbeddingIndex(np.concatenate(list(chunks())), ids, saved_items, metadata, normalize=False)
-                    MilvusIndex.from_index(rows, uri, collection_name=collection, overwrite=overwrite).close()
-
-                write_milvus_index_folder(path, config, write_collection, inputs=inputs)
-                embedding_index = MilvusIndex(uri, collection)
+        try:
+            if path is None:
+                embedding_index: BaseIndex = EmbeddingIndex(
+                    np.concatenate(list(chunks())),
+                    ids=ids,
+                    items=items,
+                    metadata=metadata,
+                    dtype=dtype,
+                    precision=precision,
+                    search_options=search_options,
+                )
             else:
+                image_paths = [item for item in items if isinstance(item, str) and modality == "image"]
+                inputs = [*inputs, model_path, None if store is None else str(store.path), *image_paths]
+                config = {
+                    "model": None if model_path is None else os.path.abspath(model_path),
+                    "model_fingerprint": encoder_fingerprint(self.bi_encoder),
+                    "image_root": image_root_of(items) if modality == "image" else None,
+                    "store": None if store is None else os.path.abspath(store.path),
+                    "num_images": len(items),
+                    "backend": backend,
+                    "precision": precision,
+                    "complete": True,
+                }
+                saved_items = items if storable else None
+                if backend == "milvus":
+                    from mm_sbert.retrieval.milvus_index import MilvusIndex
 
-                def write_rows(folder: str) -> None:
-                    with IndexWriter(
-                        folder, len(items), dim, dtype=dtype, ids=ids, items=saved_items, metadata=metadata, lock=False
-                    ) as writer:
-                        for embeddings in chunks():
-                            writer.write(embeddings)
-                        if precision != "float32" or search_options:
-                            writer.set_precision(precision, search_options)
+                    uri = uri or os.path.join(os.path.abspath(path), MILVUS_FILE)
+                    if "://" not in uri:  # a milvus-lite file: recorded absolute, so search works from any directory
+                        uri = os.path.abspath(uri)
+                    config.update(uri=uri, collection=collection)
 
-                write_index_folder(path, config, write_rows, inputs=inputs)
-                embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER))
-        self.embedding_index = embedding_index
-        self.items = items
-        self.image_paths = None
+                    def write_collection(overwrite: bool) -> None:
+                        rows = EmbeddingIndex(
+                            np.concatenate(list(chunks())), ids, saved_items, metadata, normalize=False
+                        )
+                        MilvusIndex.from_index(rows, uri, collection_name=collection, overwrite=overwrite).close()
+
+                    write_milvus_index_folder(path, config, write_collection, inputs=inputs)
+                    embedding_index = MilvusIndex(uri, collection)
+                else:
+
+                    def write_rows(folder: str) -> None:
+                        with IndexWriter(
+                            folder,
+                            len(items),
+                            dim,
+                            dtype=dtype,
+                            ids=ids,
+                            items=saved_items,
+                            metadata=metadata,
+                            lock=False,
+                        ) as writer:
+                            for embeddings in chunks():
+                                writer.write(embeddings)
+                            if precision != "float32" or search_options:
+                                writer.set_precision(precision, search_options)
+
+                    write_index_folder(path, config, write_rows, inputs=inputs)
+                    embedding_index = EmbeddingIndex.open(os.path.join(path, EMBEDDINGS_FOLDER))
+            self.embedding_index = embedding_index
+            self.items = items
+            self.image_paths = None
+        finally:
+            if "pool" in pool_holder:
+                self.bi_encoder.stop_multi_process_pool(pool_holder["pool"])
         return embedding_index
 
     def open(
@@ -711,6 +776,20 @@ class CooperativeRetriever:
     def _stored_item(self, row: int) -> Any:
         stored = self.embedding_index.items
         return self.embedding_index.row_id(row) if stored is None else stored(row) if callable(stored) else stored[row]
+
+
+def _process_devices(processes: int | Sequence[str] | None) -> list[str] | None:
+    """The devices of ``index(processes=...)``: ``None`` for this process alone."""
+    if isinstance(processes, bool) or (isinstance(processes, int) and processes < 1):
+        raise ValueError(f"processes must be a count >= 1 or a list of devices, got {processes!r}")
+    if processes is None or processes == 1:
+        return None
+    if isinstance(processes, int):
+        return ["cpu"] * processes
+    devices = [str(device) for device in processes]
+    if not devices:
+        raise ValueError("processes got an empty list of devices")
+    return devices
 
 
 def _check_reads_images(cross_encoder: Any) -> None:

@@ -11,6 +11,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from mm_sbert.storage import (
     resolve_inside,
     verify_file,
 )
-from mm_sbert.thread_policy import thread_limit
+from mm_sbert.thread_policy import get_thread_policy, thread_limit
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def exact_search(
     top_k: int,
     query_chunk_size: int = 256,
     corpus_chunk_size: int = 65536,
+    workers: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact dot-product top-k of every query over the corpus, chunked so no big score matrix is ever built.
 
@@ -90,6 +92,9 @@ def exact_search(
         corpus_embeddings: ``[N, D]`` tensor or (memory-mapped) array.
         top_k: hits per query; capped at ``N``.
         query_chunk_size / corpus_chunk_size: block sizes; the largest score block is their product.
+        workers: for one query on CPU, score the corpus in small pieces handed out to this many threads as they
+            come free (see :meth:`~mm_sbert.ThreadPolicy.scan_workers`); 1: one matrix-vector product per chunk,
+            split by the BLAS library's own threads.
 
     Returns:
         ``(scores, indices)``, both ``[Q, min(top_k, N)]``, best first.
@@ -110,6 +115,9 @@ def exact_search(
         raise ValueError("Cannot search an empty collection")
     k = min(top_k, num_corpus)
     queries = query_embeddings.float()
+    on_cpu = not isinstance(corpus_embeddings, torch.Tensor) or corpus_embeddings.device.type == "cpu"
+    if workers > 1 and len(queries) == 1 and queries.device.type == "cpu" and on_cpu:
+        return _scan_one_query(queries[0], corpus_embeddings, k, workers)
     all_scores, all_indices = [], []
     for q_start in range(0, len(queries), query_chunk_size):
         query_chunk = queries[q_start : q_start + query_chunk_size]
@@ -136,6 +144,32 @@ def exact_search(
         all_scores.append(best_scores)
         all_indices.append(best_indices)
     return torch.cat(all_scores), torch.cat(all_indices)
+
+
+# Row blocks of one query's shared scan: small enough that a thread descheduled by another process holds back
+# little of the scan, large enough (12 MB of float32 rows at 384-d) that handing them out costs nothing.
+SCAN_BLOCK_ROWS = 8192
+_SCAN_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _scan_one_query(
+    query: torch.Tensor, corpus: torch.Tensor | np.ndarray, k: int, workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of one query: ``workers`` threads take row blocks as they come free (no barrier), each block's
+    matrix-vector product on its own thread, then one top-k over all scores."""
+    vector = query.detach().numpy()
+    scores = np.empty(len(corpus), dtype=np.float32)
+
+    def score(start: int) -> None:
+        rows = _as_float_tensor(corpus[start : start + SCAN_BLOCK_ROWS]).numpy()
+        np.dot(rows, vector, out=scores[start : start + len(rows)])
+
+    pool = _SCAN_POOLS.get(workers)
+    if pool is None:
+        pool = _SCAN_POOLS.setdefault(workers, ThreadPoolExecutor(workers, thread_name_prefix="mm_sbert_scan"))
+    list(pool.map(score, range(0, len(corpus), SCAN_BLOCK_ROWS)))
+    best_scores, best_rows = torch.from_numpy(scores).topk(k)
+    return best_scores.unsqueeze(0), best_rows.unsqueeze(0)
 
 
 def _as_float_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -409,7 +443,8 @@ class EmbeddingIndex(BaseIndex):
                     raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
                 scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
             else:
-                scores, rows = exact_search(queries, self._tensor, int(top_k))
+                workers = get_thread_policy().scan_workers(threads) if len(queries) == 1 else 1
+                scores, rows = exact_search(queries, self._tensor, int(top_k), workers=workers)
         if torch.isnan(scores).any():
             # Rows are checked when an index is built; NaN rows in a stored index mean it was altered on disk.
             bad = sorted({int(row) for row in rows[torch.isnan(scores)].tolist()})

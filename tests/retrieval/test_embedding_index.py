@@ -431,3 +431,27 @@ def test_remove_leftovers_deletes_only_the_dead_writers_folders(tmp_path):
     os.makedirs(tmp_path / live)
     assert IndexWriter.remove_leftovers(path) == [str(tmp_path / ".index.tmp-deadbeef")]
     assert sorted(os.listdir(tmp_path)) == [".index.lock", live, ".other.tmp-deadbeef", "index"]
+
+
+def test_a_shared_scan_of_one_query_finds_the_exact_top_k():
+    from mm_sbert.retrieval.embedding_index import SCAN_BLOCK_ROWS, exact_search
+
+    generator = torch.Generator().manual_seed(0)
+    corpus = torch.nn.functional.normalize(torch.randn(2 * SCAN_BLOCK_ROWS + 17, 8, generator=generator), dim=1)
+    query = torch.nn.functional.normalize(torch.randn(1, 8, generator=generator), dim=1)
+    expected_scores, expected_rows = (query @ corpus.T).topk(7)
+    for stored in (corpus, corpus.numpy().astype(np.float16)):
+        scores, rows = exact_search(query, stored, 7, workers=4)
+        reference = exact_search(query, stored, 7)
+        assert torch.equal(rows, reference[1]) and torch.allclose(scores, reference[0])
+    assert torch.equal(exact_search(query, corpus, 7, workers=4)[1], expected_rows)
+
+
+def test_the_scan_is_shared_out_only_when_other_processes_keep_cores_busy():
+    from mm_sbert import ThreadPolicy
+
+    assert ThreadPolicy(cores=2, other_load=0.0).scan_workers() == 1  # quiet: BLAS splits the product
+    assert ThreadPolicy(cores=2, other_load=1.0).scan_workers() == 4
+    assert ThreadPolicy(cores=2, other_load=1.0).scan_workers(threads=1) == 1  # an explicit count is kept
+    assert ThreadPolicy(threads=2, cores=2, other_load=1.0).scan_workers() == 1
+    assert ThreadPolicy(cores=1, other_load=3.0).scan_workers() == 1

@@ -132,3 +132,27 @@ def test_misuse_is_named():
         rerank(TableCrossEncoder(), CAPTIONS, IMAGES, ROWS, BE, score="bm25")
     with pytest.raises(ValueError, match=r"rows must be \[num_queries, K\]"):
         rerank(TableCrossEncoder(), CAPTIONS, IMAGES, ROWS[0], BE[0])
+
+
+def test_eager_cross_encoder_scores_each_query_once_with_the_predict_logits():
+    from conftest import build_views
+
+    from mm_sbert import RegionFeatures
+    from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits, eager_module
+
+    _, cross_encoder = build_views(featurizer=False)
+    assert eager_module(cross_encoder) is cross_encoder[0]
+    generator = torch.Generator().manual_seed(0)
+    images = [
+        RegionFeatures(torch.rand(count, 16, generator=generator), torch.tensor([[0.0, 0.0, 1.0, 1.0]] * count))
+        for count in (3, 1, 2, 3)
+    ]
+    captions = ["a red square", "two blue circles on a green field"]
+    rows = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    result = rerank(cross_encoder, captions, images, rows, batch_size=3)  # batches of 3: padding differs per batch
+    for query, caption in enumerate(captions):
+        expected = cross_encoder_logits(cross_encoder, [(caption, images[row]) for row in rows[query].tolist()])
+        got = result.ce_scores[query][torch.argsort(result.rows[query])]
+        assert torch.allclose(got, expected[torch.argsort(rows[query])], atol=1e-5)
+    cross_encoder[0].train()
+    assert eager_module(cross_encoder) is None
