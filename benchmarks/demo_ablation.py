@@ -44,6 +44,7 @@ BASELINE = {
 TWO_LAYERS = {"train_images": 200, "layers": 2, "training": {"learning_rate": 3e-4, "new_layer_learning_rate": 3e-3}}
 # The cross-encoder on batches of whole scene families, the step every later row builds on.
 FAMILY_BATCHES = {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)}
+_DEFAULT_ROW = {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING}
 ROWS: dict[str, dict] = {
     "baseline_1_layer_mean_head_bce": BASELINE,
     "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
@@ -99,7 +100,7 @@ ROWS: dict[str, dict] = {
         "training": demo_recipe.TRAINING,
     },
     # The demo's defaults.
-    "default": {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING},
+    "default": _DEFAULT_ROW,
     # Three times the training: does the cross-encoder overtake the bi-encoder given more steps?
     "default_1080_rounds": {
         "layers": None,
@@ -122,6 +123,22 @@ ROWS: dict[str, dict] = {
         "random_weights": True,
         "module": demo_recipe.MODULE_KWARGS,
         "training": demo_recipe.TRAINING,
+    },
+    # Issue 28's binding world (families="binding": the variants of a scene exchange colours, shapes or slots between
+    # its objects; every caption of a family uses the same words). benchmarks/results/demo_binding.md.
+    "binding_default": {**_DEFAULT_ROW, "families": "binding"},
+    "binding_single_stream": {
+        **_DEFAULT_ROW,
+        "families": "binding",
+        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
+    },
+    "binding_object_regions": {**_DEFAULT_ROW, "families": "binding", "regions": "objects"},
+    # ALBEF's layout: the bi-encoder is MiniLM's first 2 layers; pairs go on through a third that fuses.
+    "binding_pair_layer": {
+        **_DEFAULT_ROW,
+        "families": "binding",
+        "layers": 3,
+        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 2, "pair_layers": 1},
     },
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).

@@ -67,6 +67,10 @@ class UnsafeOutputError(MMSbertError, ValueError):
     inputs (see :mod:`mm_sbert.storage.ownership`)."""
 
 
+class NotEnoughSpaceError(MMSbertError, OSError):
+    """The file system lacks the free space a write needs; checked before the write starts (``errno`` ENOSPC)."""
+
+
 class OutputInUseError(MMSbertError, BlockingIOError):
     """Another process is writing the same store, index or training output (see :mod:`mm_sbert.storage.locking`)."""
 

@@ -11,7 +11,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from tiny_models import tiny_bert, tiny_xlmr  # noqa: E402
 
-from mm_sbert import ColorGridFeaturizer, MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
+from mm_sbert import (  # noqa: E402
+    ColorGridFeaturizer,
+    MMCrossEncoder,
+    MMSentenceTransformer,
+    MultimodalTransformer,
+    RegionFeatures,
+)
 
 # ../shared/data next to the repository; a worktree elsewhere points at it with MM_SBERT_SHARED_DATA.
 SHARED_DATA = Path(
@@ -37,6 +43,19 @@ def build_module(backbone: str = "bert", featurizer: bool = True, seed: int = 0,
         kwargs.setdefault("use_img_layernorm", True)
     torch.manual_seed(seed)
     return MultimodalTransformer(backbone=model, tokenizer=tokenizer, **kwargs).eval()
+
+
+def random_regions(num: int, seed: int = 0, dim: int = 16) -> RegionFeatures:
+    """``num`` regions of random ``dim``-d features with random boxes inside the image (deterministic by ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(num, 2, generator=generator) * 0.5
+    return RegionFeatures(torch.randn(num, dim, generator=generator), torch.cat([corners, corners + 0.4], dim=1))
+
+
+def run_module(module: MultimodalTransformer, inputs) -> dict:
+    """``module``'s forward on ``inputs`` (captions, images, pairs), without gradients."""
+    with torch.no_grad():
+        return module(module.preprocess(inputs))
 
 
 def build_views(backbone: str = "bert", **kwargs) -> tuple[MMSentenceTransformer, MMCrossEncoder]:

@@ -32,6 +32,7 @@ FOLLOW_THE_RULE = [
     "image_features/feature_store.py",
     "demo/run_demo.py",
     "evaluation",
+    "retrieval",
 ]
 BUILT_IN = {"ValueError", "TypeError", "KeyError", "FileNotFoundError", "OSError", "IndexError", "AttributeError"}
 

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     retriever = CooperativeRetriever(load_model(args.model), batch_size=args.batch_size, show_progress_bar=True)
     try:
         with input_errors(ValueError):
-            options = {name: getattr(args, name) for name in ("precision", "backend", "uri", "collection", "processes")}
+            options = {
+                name: getattr(args, name) for name in ("precision", "backend", "uri", "collection", "processes")
+            }
             retriever.index(
                 images, ids=images, path=args.output, store=args.features, model_path=args.model, **options
             )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.autonotebook import tqdm
 
-from mm_sbert.errors import StorageError
+from mm_sbert.errors import InvalidInputError, MissingFileError, StorageError, UnknownIdError
 from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_features, score_candidates
 from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import resolve_views
@@ -76,7 +76,7 @@ class Hit:
     def __getitem__(self, key: str) -> Any:
         # Code written for util.semantic_search reads hit["corpus_id"] / hit["score"].
         if key not in self.__dataclass_fields__:
-            raise KeyError(key)
+            raise UnknownIdError(key)
         return getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def collection_modality(items: Sequence[Any], what: str = "items") -> ItemKind:
     """``"text"`` when every item is a caption, ``"image"`` when none is; a mix is refused."""
     kinds = {is_text(item) for item in items}
     if len(kinds) != 1:
-        raise ValueError(f"The {what} mix captions and images; a collection holds one modality only")
+        raise InvalidInputError(f"The {what} mix captions and images; a collection holds one modality only")
     return "text" if kinds.pop() else "image"
 
 
@@ -212,32 +212,34 @@ def rerank(
         >>> result.rows[:, 0], result.ce_seconds
     """
     if score not in SCORE_MODES:
-        raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
+        raise InvalidInputError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
     rows = torch.as_tensor(rows).cpu().long()
     if rows.ndim != 2:
-        raise ValueError(f"rows must be [num_queries, K] candidate rows, got shape {tuple(rows.shape)}")
+        raise InvalidInputError(f"rows must be [num_queries, K] candidate rows, got shape {tuple(rows.shape)}")
     if len(rows) != len(queries):
-        raise ValueError(f"Got candidate rows for {len(rows)} queries but {len(queries)} queries")
+        raise InvalidInputError(f"Got candidate rows for {len(rows)} queries but {len(queries)} queries")
     if be_scores is None:
         if score != "ce":
-            raise ValueError(f"Score {score!r} needs be_scores; pass the bi-encoder scores of the candidates")
+            raise InvalidInputError(f"Score {score!r} needs be_scores; pass the bi-encoder scores of the candidates")
         be_scores = torch.zeros(rows.shape)
     be_scores = torch.as_tensor(be_scores).detach().float().cpu()
     if be_scores.shape != rows.shape:
-        raise ValueError(f"be_scores {tuple(be_scores.shape)} and rows {tuple(rows.shape)} differ in shape")
+        raise InvalidInputError(f"be_scores {tuple(be_scores.shape)} and rows {tuple(rows.shape)} differ in shape")
     if k is not None:
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidInputError(f"k must be >= 1, got {k}")
         rows, be_scores = rows[:, :k], be_scores[:, :k]
     if query_ids is not None and len(query_ids) != len(queries):
-        raise ValueError(f"Got {len(query_ids)} query_ids for {len(queries)} queries")
+        raise InvalidInputError(f"Got {len(query_ids)} query_ids for {len(queries)} queries")
     if cache is not None and query_ids is None:
-        raise ValueError("A cache needs query_ids: ids that name the queries across calls (not their positions)")
+        raise InvalidInputError(
+            "A cache needs query_ids: ids that name the queries across calls (not their positions)"
+        )
 
     ce_scores, seconds, computed = None, 0.0, 0
     if score != "be":
         if cross_encoder is None:
-            raise ValueError(f"Score {score!r} needs a cross-encoder; pass one, or use score='be'")
+            raise InvalidInputError(f"Score {score!r} needs a cross-encoder; pass one, or use score='be'")
         caption_first = (query_modality or collection_modality(queries, what="queries")) == "text"
         item = candidates if callable(candidates) else candidates.__getitem__
         flat = [(query, row) for query, query_rows in enumerate(rows.tolist()) for row in query_rows]
@@ -344,9 +346,9 @@ class CooperativeRetriever:
         rerank_k: int | None = None,
     ) -> None:
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         if rerank_k is not None and rerank_k < 1:
-            raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+            raise InvalidInputError(f"rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k = rerank_k
         self.bi_encoder, self.cross_encoder = resolve_views(bi_encoder, cross_encoder)
         self.top_k = top_k
@@ -414,7 +416,7 @@ class CooperativeRetriever:
         """
         items = list(items)
         if not items:
-            raise ValueError("index() got an empty collection; pass at least one image or caption")
+            raise InvalidInputError("index() got an empty collection; pass at least one image or caption")
         if ann is not None:
             warnings.warn(
                 "index(ann=...) is deprecated: pass precision='hnsw' or 'ivf' (and search_options={'factory': ...})",
@@ -424,11 +426,13 @@ class CooperativeRetriever:
             precision = "hnsw" if ann.upper().startswith("HNSW") else "ivf"
             search_options = {**(search_options or {}), "factory": ann}
         if backend not in ("local", "milvus"):
-            raise ValueError(f"backend must be 'local' or 'milvus', got {backend!r}")
+            raise InvalidInputError(f"backend must be 'local' or 'milvus', got {backend!r}")
         if backend == "milvus" and path is None:
-            raise ValueError("backend='milvus' needs path=, the index folder that records the collection")
+            raise InvalidInputError("backend='milvus' needs path=, the index folder that records the collection")
         if backend == "milvus" and (precision != "float32" or search_options):
-            raise ValueError("precision and search_options choose the local index's search; with Milvus, Milvus does")
+            raise InvalidInputError(
+                "precision and search_options choose the local index's search; with Milvus, Milvus does"
+            )
         modality = collection_modality(items)
         metadata = {"modality": modality}
         batch_size = batch_size or self.batch_size
@@ -598,12 +602,12 @@ class CooperativeRetriever:
             recorded = config.get("image_root")
             root = image_root or recorded
             if root is None:
-                raise ValueError(
+                raise InvalidInputError(
                     f"The index '{path}' records no image folder (an older `mm-sbert index` wrote it); pass "
                     "image_root= (images are read only inside it) or rebuild the index"
                 )
             if not os.path.isdir(root):
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"The image folder '{root}' of the index '{path}' does not exist; pass image_root="
                 )
             self.image_paths = confined_paths(stored, recorded, root)
@@ -626,7 +630,7 @@ class CooperativeRetriever:
         if items is None:
             items = embedding_index.items
         if items is not None and not callable(items) and len(items) != len(embedding_index):
-            raise ValueError(f"Got {len(items)} items for an index of {len(embedding_index)} rows")
+            raise InvalidInputError(f"Got {len(items)} items for an index of {len(embedding_index)} rows")
         self.embedding_index = embedding_index
         self.items = items
         return self
@@ -675,20 +679,20 @@ class CooperativeRetriever:
         single = not isinstance(queries, (list, tuple))
         query_list = [queries] if single else list(queries)
         if not query_list:
-            raise ValueError("search() got an empty list of queries")
+            raise InvalidInputError("search() got an empty list of queries")
         if top_k is None:
             top_k = self.top_k
         elif isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             # 0 used to fall back to the default k silently
-            raise ValueError(
+            raise InvalidInputError(
                 f"top_k must be an integer >= 1 (or None for the retriever's {self.top_k}), got {top_k!r}"
             )
         if rerank_k is not None and (isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 1):
-            raise ValueError(f"rerank_k must be an integer >= 1, got {rerank_k!r}")
+            raise InvalidInputError(f"rerank_k must be an integer >= 1, got {rerank_k!r}")
         candidates = max(top_k, rerank_k or self.rerank_k or top_k)
         score_mode = score if rerank else "be"
         if score_mode not in SCORE_MODES:
-            raise ValueError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
+            raise InvalidInputError(f"Unknown score {score!r}; expected one of {list(SCORE_MODES)}")
 
         if query_embeddings is None:
             with thread_limit("encode", threads):
@@ -703,7 +707,7 @@ class CooperativeRetriever:
         if query_embeddings.ndim == 1:
             query_embeddings = query_embeddings.unsqueeze(0)
         if len(query_embeddings) != len(query_list):
-            raise ValueError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
+            raise InvalidInputError(f"Got {len(query_embeddings)} query embeddings for {len(query_list)} queries")
         be_scores, rows = self.embedding_index.search(query_embeddings, candidates, exact=exact, threads=threads)
         query_kind = self._check_rerank(query_list) if rerank else None
         with thread_limit("rerank", threads):
@@ -751,11 +755,11 @@ class CooperativeRetriever:
     def _check_rerank(self, queries: list[Any]) -> ItemKind:
         """The queries' modality, after checking that reranking them against this collection is possible."""
         if self.cross_encoder is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "Reranking needs a cross-encoder: pass cross_encoder=... (or a joint model) or use rerank=False"
             )
         if self.items is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "Reranking needs the collection items, which were not saved with this index (they are not strings); "
                 "pass items=... to open() / use_index()"
             )
@@ -764,7 +768,7 @@ class CooperativeRetriever:
             collection = "image" if is_text(queries[0]) else "text"
         query_kind = collection_modality(queries, what="queries")
         if query_kind == collection:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The queries are {query_kind}s and so is the collection; the cross-encoder scores (caption, image) "
                 "pairs, so search an image collection with captions or a caption collection with images"
             )
@@ -781,14 +785,14 @@ class CooperativeRetriever:
 def _process_devices(processes: int | Sequence[str] | None) -> list[str] | None:
     """The devices of ``index(processes=...)``: ``None`` for this process alone."""
     if isinstance(processes, bool) or (isinstance(processes, int) and processes < 1):
-        raise ValueError(f"processes must be a count >= 1 or a list of devices, got {processes!r}")
+        raise InvalidInputError(f"processes must be a count >= 1 or a list of devices, got {processes!r}")
     if processes is None or processes == 1:
         return None
     if isinstance(processes, int):
         return ["cpu"] * processes
     devices = [str(device) for device in processes]
     if not devices:
-        raise ValueError("processes got an empty list of devices")
+        raise InvalidInputError("processes got an empty list of devices")
     return devices
 
 
@@ -799,7 +803,7 @@ def _check_reads_images(cross_encoder: Any) -> None:
     except (TypeError, IndexError, KeyError):
         return  # not a MultimodalTransformer model: its predict decides what it reads
     if hasattr(module, "featurizer") and module.featurizer is None:
-        raise ValueError(
+        raise InvalidInputError(
             "The cross-encoder has no image featurizer, so it cannot read the candidate images; pass store= with "
             "their region features (built by the featurizer it was trained on)"
         )

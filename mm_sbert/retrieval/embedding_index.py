@@ -18,7 +18,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mm_sbert.errors import IndexCorruptedError, ModelMismatchError, StorageError
+from mm_sbert.errors import (
+    IndexCorruptedError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    MissingFileError,
+    ModelMismatchError,
+    NotEnoughSpaceError,
+    StorageError,
+    UnknownIdError,
+)
 from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.vector_search import CONFIG_FILE as VECTOR_SEARCH_CONFIG
 from mm_sbert.retrieval.vector_search import FILES as VECTOR_SEARCH_FILES
@@ -100,19 +109,19 @@ def exact_search(
         ``(scores, indices)``, both ``[Q, min(top_k, N)]``, best first.
     """
     if query_embeddings.ndim != 2 or corpus_embeddings.ndim != 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"exact_search expects 2-d query and corpus embeddings, got shapes {tuple(query_embeddings.shape)} and "
             f"{tuple(corpus_embeddings.shape)}"
         )
     if query_embeddings.shape[1] != corpus_embeddings.shape[1]:
-        raise ValueError(
+        raise InvalidInputError(
             f"Query embeddings are {query_embeddings.shape[1]}-d but the corpus is {corpus_embeddings.shape[1]}-d"
         )
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
     num_corpus = corpus_embeddings.shape[0]
     if num_corpus == 0:
-        raise ValueError("Cannot search an empty collection")
+        raise InvalidInputError("Cannot search an empty collection")
     k = min(top_k, num_corpus)
     queries = query_embeddings.float()
     on_cpu = not isinstance(corpus_embeddings, torch.Tensor) or corpus_embeddings.device.type == "cpu"
@@ -194,7 +203,7 @@ def _check_finite_rows(embeddings: np.ndarray | torch.Tensor, what: str, first_r
     if not finite_rows.all():
         bad = np.flatnonzero(~finite_rows)
         rows = [int(row) + first_row for row in bad[:5]]
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} hold NaN or infinite values (rows {rows}{' ...' if len(bad) > 5 else ''}); they cannot be "
             "ranked: fix or drop those rows"
         )
@@ -213,7 +222,7 @@ def _duplicates(ids: Sequence[Any]) -> list[Any]:
 
 def _check_unique_ids(ids: Sequence[Any] | None) -> None:
     if ids is not None and (duplicates := _duplicates(ids)):
-        raise ValueError(
+        raise InvalidInputError(
             f"The index ids must be unique (a hit is reported by its id); duplicated: {duplicates[:5]}"
             f"{' ...' if len(duplicates) > 5 else ''}"
         )
@@ -294,9 +303,9 @@ class EmbeddingIndex(BaseIndex):
             embeddings = embeddings.detach().cpu().float().numpy()
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2:
-            raise ValueError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
+            raise InvalidInputError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
         if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+            raise InvalidInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         _check_finite_rows(embeddings, "The embeddings")
         if normalize:
             embeddings = _normalize(embeddings)
@@ -310,9 +319,9 @@ class EmbeddingIndex(BaseIndex):
     def _set(self, embeddings: np.ndarray, ids, items, metadata: dict[str, Any]) -> None:
         count = embeddings.shape[0]
         if ids is not None and len(ids) != count:
-            raise ValueError(f"Got {len(ids)} ids for {count} embeddings; pass exactly one id per row")
+            raise InvalidInputError(f"Got {len(ids)} ids for {count} embeddings; pass exactly one id per row")
         if items is not None and len(items) != count:
-            raise ValueError(f"Got {len(items)} items for {count} embeddings; pass exactly one item per row")
+            raise InvalidInputError(f"Got {len(items)} items for {count} embeddings; pass exactly one item per row")
         self.embeddings = embeddings
         self.ids = list(ids) if ids is not None else None
         self.items = items
@@ -349,9 +358,9 @@ class EmbeddingIndex(BaseIndex):
             embeddings = embeddings.detach().cpu().float().numpy()
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
+            raise InvalidInputError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
         if (ids is None) != (self.ids is None) or (items is None) != (self.items is None):
-            raise ValueError("Pass ids / items to add() exactly when the index has them")
+            raise InvalidInputError("Pass ids / items to add() exactly when the index has them")
         _check_finite_rows(embeddings, "The embeddings added")
         if self.normalized:
             embeddings = _normalize(embeddings)
@@ -393,9 +402,9 @@ class EmbeddingIndex(BaseIndex):
         """The path of a file the manifest of this (opened) index lists, e.g. one written with
         :meth:`IndexWriter.add_file`; names that lead outside the index folder are refused."""
         if self.path is None:
-            raise ValueError("This index was not saved or opened from a folder, so it has no files")
+            raise InvalidInputError("This index was not saved or opened from a folder, so it has no files")
         if name not in self.files:
-            raise KeyError(f"The index at '{self.path}' has no file {name!r}; it has {sorted(self.files)}")
+            raise UnknownIdError(f"The index at '{self.path}' has no file {name!r}; it has {sorted(self.files)}")
         return str(resolve_inside(self.path, name))
 
     def __repr__(self) -> str:
@@ -430,7 +439,7 @@ class EmbeddingIndex(BaseIndex):
             StorageError: a retrieved row of the stored embeddings is NaN (the index is corrupt).
         """
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+            raise InvalidInputError(f"top_k must be an integer >= 1, got {top_k!r}")
         queries = torch.as_tensor(query_embeddings).detach().cpu().float()
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
@@ -440,7 +449,7 @@ class EmbeddingIndex(BaseIndex):
         with thread_limit("search", threads):
             if self.vector_search is not None and not exact:
                 if queries.shape[1] != self.dim:
-                    raise ValueError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
+                    raise InvalidInputError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
                 scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
             else:
                 workers = get_thread_policy().scan_workers(threads) if len(queries) == 1 else 1
@@ -541,7 +550,7 @@ class EmbeddingIndex(BaseIndex):
             UnsupportedFormatError: a format version this mm_sbert does not know (a StorageError too).
         """
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"No embedding index folder at {path!r}")
+            raise MissingFileError(f"No embedding index folder at {path!r}")
         manifest = read_manifest(os.path.join(path, MANIFEST_FILE), FORMAT_NAME, SUPPORTED_VERSIONS)
         files = manifest.get("files")
         if not isinstance(files, dict) or EMBEDDINGS_FILE not in files:
@@ -569,9 +578,9 @@ class EmbeddingIndex(BaseIndex):
         index = cls.__new__(cls)
         try:
             if ids is not None and not isinstance(ids, list) or items is not None and not isinstance(items, list):
-                raise ValueError(f"{IDS_FILE} and {ITEMS_FILE} must hold JSON lists")
+                raise InvalidInputError(f"{IDS_FILE} and {ITEMS_FILE} must hold JSON lists")
             if not isinstance(metadata, dict):
-                raise ValueError(f"{METADATA_FILE} must hold a JSON object")
+                raise InvalidInputError(f"{METADATA_FILE} must hold a JSON object")
             _check_unique_ids(ids)
             index._set(embeddings, ids, items, metadata)
         except ValueError as error:
@@ -594,7 +603,7 @@ class EmbeddingIndex(BaseIndex):
             try:
                 index.vector_search = VectorSearch.load(paths, mmap=mmap)
                 if index.vector_search.precision != precision:
-                    raise ValueError(f"{VECTOR_SEARCH_CONFIG} holds a {index.vector_search.precision} search")
+                    raise InvalidInputError(f"{VECTOR_SEARCH_CONFIG} holds a {index.vector_search.precision} search")
             except (FileNotFoundError, KeyError, ValueError) as error:
                 raise StorageError(
                     f"The {precision} search of the index at {path!r} is unreadable ({error}); rebuild it"
@@ -650,9 +659,9 @@ class IndexWriter:
         lock: bool = True,
     ) -> None:
         if ids is not None and len(ids) != count:
-            raise ValueError(f"Got {len(ids)} ids for {count} rows; pass exactly one id per row")
+            raise InvalidInputError(f"Got {len(ids)} ids for {count} rows; pass exactly one id per row")
         if items is not None and len(items) != count:
-            raise ValueError(f"Got {len(items)} items for {count} rows; pass exactly one item per row")
+            raise InvalidInputError(f"Got {len(items)} items for {count} rows; pass exactly one item per row")
         ids = _json_values(ids, "ids") if ids is not None else None
         _check_unique_ids(ids)
         items = _json_values(items, "items") if items is not None else None
@@ -717,10 +726,12 @@ class IndexWriter:
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().cpu().float().numpy()
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"Expected [n, {self.dim}] embeddings, got shape {embeddings.shape}")
+            raise InvalidInputError(f"Expected [n, {self.dim}] embeddings, got shape {embeddings.shape}")
         end = self.rows_written + len(embeddings)
         if end > self.count:
-            raise ValueError(f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows")
+            raise InvalidInputError(
+                f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows"
+            )
         _check_finite_rows(embeddings, "The embeddings written", first_row=self.rows_written)
         self._file.write(np.ascontiguousarray(embeddings, dtype=self.dtype).tobytes())
         self.rows_written = end
@@ -735,9 +746,9 @@ class IndexWriter:
         """Store one more file with the index (e.g. a quantised copy of the embeddings): listed in the manifest,
         checked on open like the index's own files, found again with :meth:`EmbeddingIndex.file_path`."""
         if not isinstance(name, str) or not name or name != os.path.basename(name) or name.startswith("."):
-            raise ValueError(f"An index file name must be a plain file name, got {name!r}")
+            raise InvalidInputError(f"An index file name must be a plain file name, got {name!r}")
         if name in CORE_FILES or name in VECTOR_SEARCH_FILES:
-            raise ValueError(f"{name!r} is one of the index's own files; choose another name")
+            raise InvalidInputError(f"{name!r} is one of the index's own files; choose another name")
         self._extra_files[name] = bytes(data)
 
     def build_ann(self, factory: str) -> None:
@@ -748,7 +759,7 @@ class IndexWriter:
             stacklevel=2,
         )
         if self.rows_written != self.count:
-            raise ValueError("Call build_ann after the last write()")
+            raise InvalidInputError("Call build_ann after the last write()")
         self.vector_search = _factory_search(self._rows(), factory)
 
     def set_precision(self, precision: Precision, search_options: dict[str, Any] | None = None) -> None:
@@ -774,7 +785,9 @@ class IndexWriter:
 
     def _commit(self) -> None:
         if self.rows_written != self.count:
-            raise ValueError(f"Only {self.rows_written} of {self.count} rows were written; the index was not saved")
+            raise InvalidInputError(
+                f"Only {self.rows_written} of {self.count} rows were written; the index was not saved"
+            )
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -826,10 +839,11 @@ def replace_folder(new: str, path: str) -> None:
 
 
 def check_free_space(folder: str, needed: int, what: str) -> None:
-    """Raise ``OSError(ENOSPC)`` naming ``what`` when ``folder``'s file system has less than ``needed`` bytes free."""
+    """Raise :class:`~mm_sbert.errors.NotEnoughSpaceError` (an ``OSError``, ENOSPC) naming ``what`` when
+    ``folder``'s file system has less than ``needed`` bytes free."""
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise OSError(
+        raise NotEnoughSpaceError(
             errno.ENOSPC,
             f"Not enough free space to write {what}: it needs about {needed / 1024**2:.1f} MiB, {folder!r} has "
             f"{free / 1024**2:.1f} MiB free; nothing was changed",
@@ -867,10 +881,10 @@ def build_vector_search(
 ) -> VectorSearch | None:
     """The :class:`VectorSearch` of ``precision`` over ``embeddings``, or ``None`` for exact float32 search."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise InvalidInputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         if search_options:
-            raise ValueError(f"search_options {sorted(search_options)} need a precision other than 'float32'")
+            raise InvalidInputError(f"search_options {sorted(search_options)} need a precision other than 'float32'")
         return None
     return VectorSearch(precision, **(search_options or {})).build(embeddings)
 
@@ -884,7 +898,7 @@ def _json_values(values: Sequence[Any], name: str) -> list[str | int]:
         elif isinstance(value, str):
             converted.append(value)
         else:
-            raise TypeError(
+            raise InvalidInputTypeError(
                 f"{name}[{position}] is a {type(value).__name__}; only str and int {name} can be saved with an index"
             )
     return converted

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mm_sbert.errors import InvalidInputError, UnknownIdError
 from mm_sbert.retrieval.base_index import BaseIndex
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class MilvusIndex(BaseIndex):
         self.client = MilvusClient(uri=uri, token=token)
         if not self.client.has_collection(collection_name):
             self.client.close()
-            raise ValueError(
+            raise InvalidInputError(
                 f"Milvus at {uri!r} has no collection {collection_name!r}; build it with MilvusIndex.create(...) "
                 "or MilvusIndex.from_index(...)"
             )
@@ -70,7 +71,7 @@ class MilvusIndex(BaseIndex):
         fields = {field["name"]: field for field in description["fields"]}
         if not {"row", "vector", "item_id", "item"} <= set(fields):
             self.client.close()
-            raise ValueError(
+            raise InvalidInputError(
                 f"The Milvus collection {collection_name!r} at {uri!r} was not written by mm_sbert's MilvusIndex "
                 f"(fields {sorted(fields)})"
             )
@@ -120,12 +121,12 @@ class MilvusIndex(BaseIndex):
             embeddings = embeddings.detach().cpu().float().numpy()
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or len(embeddings) == 0:
-            raise ValueError(f"embeddings must be a non-empty 2-d [N, D] array, got shape {embeddings.shape}")
+            raise InvalidInputError(f"embeddings must be a non-empty 2-d [N, D] array, got shape {embeddings.shape}")
         count, dim = embeddings.shape
         if ids is not None and len(ids) != count:
-            raise ValueError(f"Got {len(ids)} ids for {count} embeddings; pass exactly one id per row")
+            raise InvalidInputError(f"Got {len(ids)} ids for {count} embeddings; pass exactly one id per row")
         if items is not None and len(items) != count:
-            raise ValueError(f"Got {len(items)} items for {count} embeddings; pass exactly one item per row")
+            raise InvalidInputError(f"Got {len(items)} items for {count} embeddings; pass exactly one item per row")
         stored_ids = _json_values(ids, "ids") if ids is not None else list(range(count))
         items_stored = items is not None and all(isinstance(item, str) for item in items)
         if items is not None and not items_stored:
@@ -135,7 +136,7 @@ class MilvusIndex(BaseIndex):
         try:
             if client.has_collection(collection_name):
                 if not overwrite:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"Milvus at {uri!r} already has a collection {collection_name!r}; pass overwrite=True to "
                         "replace it"
                     )
@@ -209,14 +210,14 @@ class MilvusIndex(BaseIndex):
 
         embeddings = np.asarray(torch.as_tensor(embeddings).detach().cpu().float().numpy())
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
+            raise InvalidInputError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
         if (items is not None) != self._has_items:
-            raise ValueError("Pass items to add() exactly when the collection stores items")
+            raise InvalidInputError("Pass items to add() exactly when the collection stores items")
         count = len(embeddings)
         start = self._count
         stored_ids = _json_values(ids, "ids") if ids is not None else list(range(start, start + count))
         if len(stored_ids) != count or (items is not None and len(items) != count):
-            raise ValueError(f"Pass exactly one id / item per row ({count} rows)")
+            raise InvalidInputError(f"Pass exactly one id / item per row ({count} rows)")
         rows = _normalize(embeddings).astype(np.float32, copy=False)
         self.client.insert(
             self.collection_name,
@@ -235,7 +236,7 @@ class MilvusIndex(BaseIndex):
     def save(self, path: str | None = None) -> None:
         """Milvus keeps the rows itself: flush what was inserted (``path``, if given, must be this index's URI)."""
         if path is not None and path != self.uri:
-            raise ValueError(f"A MilvusIndex lives at its URI {self.uri!r}; it cannot be saved to {path!r}")
+            raise InvalidInputError(f"A MilvusIndex lives at its URI {self.uri!r}; it cannot be saved to {path!r}")
         self.client.flush(self.collection_name)
 
     @classmethod
@@ -272,7 +273,7 @@ class MilvusIndex(BaseIndex):
     def item(self, row: int) -> str:
         """The caption / image path stored for row ``row``."""
         if not self._has_items:
-            raise ValueError(f"The Milvus collection {self.collection_name!r} holds no items")
+            raise InvalidInputError(f"The Milvus collection {self.collection_name!r} holds no items")
         return self._entity(row)[1]
 
     def search(
@@ -296,14 +297,14 @@ class MilvusIndex(BaseIndex):
             ``(scores, rows)``, both ``[Q, min(top_k, N)]``, best first.
         """
         if exact:
-            raise ValueError("MilvusIndex cannot force exact search; the collection's Milvus index decides")
+            raise InvalidInputError("MilvusIndex cannot force exact search; the collection's Milvus index decides")
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         queries = torch.as_tensor(query_embeddings).detach().cpu().float()
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"Query embeddings must be [Q, {self.dim}], got shape {tuple(queries.shape)}")
+            raise InvalidInputError(f"Query embeddings must be [Q, {self.dim}], got shape {tuple(queries.shape)}")
         queries = torch.nn.functional.normalize(queries, dim=1)
         k = min(top_k, len(self))
         results = self.client.search(
@@ -333,7 +334,7 @@ class MilvusIndex(BaseIndex):
         if row not in self._cache:
             found = self.client.get(self.collection_name, ids=[int(row)], output_fields=["item_id", "item"])
             if not found:
-                raise IndexError(f"Row {row} is not in the Milvus collection {self.collection_name!r}")
+                raise UnknownIdError(f"Row {row} is not in the Milvus collection {self.collection_name!r}")
             self._cache[row] = (json.loads(found[0]["item_id"]), found[0]["item"])
         return self._cache[row]
 
@@ -358,5 +359,5 @@ class MilvusIndex(BaseIndex):
 
 def _varchar(item: str, row: int) -> str:
     if len(item.encode("utf-8")) > MAX_VARCHAR:
-        raise ValueError(f"items[{row}] is longer than Milvus' {MAX_VARCHAR}-byte VARCHAR limit")
+        raise InvalidInputError(f"items[{row}] is longer than Milvus' {MAX_VARCHAR}-byte VARCHAR limit")
     return item

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mm_sbert.errors import IncompatibleModelError
+from mm_sbert.errors import IncompatibleModelError, InvalidInputError
 
 # Where the cross-encoder reranks: eager float32 (the reference), eager bfloat16, ONNX Runtime float32 or int8.
 CE_BACKENDS = ("torch", "bf16", "onnx", "onnx-int8")
@@ -41,7 +41,7 @@ def load_cross_encoder(folder: str | os.PathLike, backend: str = "torch", device
 
         return MMCrossEncoder(folder, device=device, model_kwargs={"dtype": torch.bfloat16})
     if backend not in ONNX_FILES:
-        raise ValueError(f"backend must be one of {CE_BACKENDS}, got {backend!r}")
+        raise InvalidInputError(f"backend must be one of {CE_BACKENDS}, got {backend!r}")
     return MMCrossEncoder(folder, device=device, backend="onnx", model_kwargs={"file_name": ONNX_FILES[backend]})
 
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from mm_sbert.errors import InvalidInputError
+
 ScoreMode = Literal["ce", "be", "combination", "combination_normalized"]
 SCORE_MODES: tuple[str, ...] = ("ce", "be", "combination", "combination_normalized")
 
@@ -35,17 +37,21 @@ def combine_scores(
         lam: weight of the bi-encoder score, in [0, 1].
     """
     if mode not in SCORE_MODES:
-        raise ValueError(f"Unknown score mode {mode!r}; expected one of {list(SCORE_MODES)}")
+        raise InvalidInputError(f"Unknown score mode {mode!r}; expected one of {list(SCORE_MODES)}")
     if mode == "be":
         return be_scores
     if ce_scores is None:
-        raise ValueError(f"Score mode {mode!r} needs cross-encoder scores; rerank with a cross-encoder or use 'be'")
+        raise InvalidInputError(
+            f"Score mode {mode!r} needs cross-encoder scores; rerank with a cross-encoder or use 'be'"
+        )
     if ce_scores.shape != be_scores.shape:
-        raise ValueError(f"be_scores {tuple(be_scores.shape)} and ce_scores {tuple(ce_scores.shape)} differ in shape")
+        raise InvalidInputError(
+            f"be_scores {tuple(be_scores.shape)} and ce_scores {tuple(ce_scores.shape)} differ in shape"
+        )
     if mode == "ce":
         return ce_scores
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
+        raise InvalidInputError(f"lam must be in [0, 1], got {lam}")
     # float64: confident cross-encoders give logits whose float32 sigmoids all round to a handful of values near 1,
     # which the min-max normalisation would then spread over [0, 1] as ties and steps
     be_scores, ce_probs = be_scores.double(), torch.sigmoid(ce_scores.double())

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.retrieval.embedding_index import EmbeddingIndex, IndexWriter
 from mm_sbert.retrieval.vector_search import VectorSearch
 
@@ -58,9 +59,9 @@ def build_index_streaming(
             an unsupported precision; nothing is written then.
     """
     if precision not in ("float32", "binary"):
-        raise ValueError(f"A streamed build supports precision 'float32' or 'binary', got {precision!r}")
+        raise InvalidInputError(f"A streamed build supports precision 'float32' or 'binary', got {precision!r}")
     if precision == "float32" and search_options:
-        raise ValueError(f"search_options {sorted(search_options)} need precision='binary'")
+        raise InvalidInputError(f"search_options {sorted(search_options)} need precision='binary'")
     search = VectorSearch("binary", **(search_options or {})) if precision == "binary" else None
     # A binary IVF needs its lists before the first row goes in: the first rows are held until train_size of them
     # (or the whole stream) have come.
@@ -94,7 +95,7 @@ def build_index_streaming(
                 chunk = chunk.detach().cpu().float().numpy()
             chunk = np.asarray(chunk)
             if chunk.ndim != 2 or chunk.shape[1] != dim:
-                raise ValueError(f"Expected chunks of shape [n, {dim}], got {chunk.shape}")
+                raise InvalidInputError(f"Expected chunks of shape [n, {dim}], got {chunk.shape}")
             if normalize:
                 chunk = chunk.astype(np.float32, copy=False)
                 chunk = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mm_sbert.errors import InvalidInputError, MissingFileError
+
 Precision = Literal["float32", "int8", "binary", "hnsw", "ivf"]
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "binary", "hnsw", "ivf")
 CONFIG_FILE = "vector_search.json"
@@ -97,15 +99,15 @@ class VectorSearch:
         search_parameters: str | None = None,
     ) -> None:
         if precision not in PRECISIONS or precision == "float32":
-            raise ValueError(
+            raise InvalidInputError(
                 f"VectorSearch precision must be one of {[p for p in PRECISIONS if p != 'float32']}, got {precision!r}"
             )
         if int(rescore_multiplier) < 1:
-            raise ValueError(f"rescore_multiplier must be >= 1, got {rescore_multiplier}")
+            raise InvalidInputError(f"rescore_multiplier must be >= 1, got {rescore_multiplier}")
         if factory is not None and precision not in ("hnsw", "ivf", "binary"):
-            raise ValueError(f"factory= applies to precision 'hnsw', 'ivf' or 'binary', not {precision!r}")
+            raise InvalidInputError(f"factory= applies to precision 'hnsw', 'ivf' or 'binary', not {precision!r}")
         if factory is not None and precision == "binary" and not factory.startswith("BIVF"):
-            raise ValueError(f"A binary factory is a FAISS binary IVF such as 'BIVF4096', got {factory!r}")
+            raise InvalidInputError(f"A binary factory is a FAISS binary IVF such as 'BIVF4096', got {factory!r}")
         self.precision = precision
         self.rescore_multiplier = int(rescore_multiplier)
         self.factory = factory
@@ -127,7 +129,7 @@ class VectorSearch:
         from sentence_transformers.util.quantization import quantize_embeddings
 
         if embeddings.ndim != 2 or len(embeddings) == 0:
-            raise ValueError(f"VectorSearch.build needs a non-empty [N, D] array, got shape {embeddings.shape}")
+            raise InvalidInputError(f"VectorSearch.build needs a non-empty [N, D] array, got shape {embeddings.shape}")
         if self.precision == "int8":
             # One symmetric range [-m, m] for every dimension, so a code is ~ x / step and code . code ~ x . q:
             # per-dimension [min, max] ranges (the host's default) rescale and shift each dimension differently,
@@ -157,7 +159,7 @@ class VectorSearch:
         from sentence_transformers.util.quantization import quantize_embeddings
 
         if self.precision != "binary" or not self.factory:
-            raise ValueError("train() applies to precision='binary' with an IVF factory such as 'BIVF4096'")
+            raise InvalidInputError("train() applies to precision='binary' with an IVF factory such as 'BIVF4096'")
         self._binary_index(sample.shape[1])
         self._faiss.train(_as_uint8(quantize_embeddings(np.asarray(sample, dtype=np.float32), "ubinary")))
         return self
@@ -168,10 +170,10 @@ class VectorSearch:
         from sentence_transformers.util.quantization import quantize_embeddings
 
         if self.precision != "binary":
-            raise ValueError(f"add() builds a 'binary' search incrementally; {self.precision!r} needs build()")
+            raise InvalidInputError(f"add() builds a 'binary' search incrementally; {self.precision!r} needs build()")
         self._binary_index(embeddings.shape[1])
         if not self._faiss.is_trained:
-            raise ValueError(f"The binary {self.factory} index must be trained first: call train(sample)")
+            raise InvalidInputError(f"The binary {self.factory} index must be trained first: call train(sample)")
         for chunk in _chunks(embeddings):
             self._faiss.add(_as_uint8(quantize_embeddings(chunk, "ubinary")))
         if self.search_parameters is None:
@@ -296,21 +298,21 @@ class VectorSearch:
         """Reopen the files :meth:`to_files` made, given as name -> (verified) path (int8 codes memory-mapped
         unless ``mmap=False``)."""
         if CONFIG_FILE not in paths:
-            raise FileNotFoundError(f"The vector search needs {CONFIG_FILE}")
+            raise MissingFileError(f"The vector search needs {CONFIG_FILE}")
         with open(paths[CONFIG_FILE], encoding="utf-8") as f:
             config = json.load(f)
         search = cls(config["precision"], config["rescore_multiplier"], config["factory"])
         search.search_parameters = config["search_parameters"]
         if search.precision == "int8":
             if INT8_CODES_FILE not in paths or INT8_RANGES_FILE not in paths:
-                raise FileNotFoundError(f"The int8 vector search needs {INT8_CODES_FILE} and {INT8_RANGES_FILE}")
+                raise MissingFileError(f"The int8 vector search needs {INT8_CODES_FILE} and {INT8_RANGES_FILE}")
             search._codes = np.load(paths[INT8_CODES_FILE], mmap_mode="r" if mmap else None, allow_pickle=False)
             search._ranges = np.load(paths[INT8_RANGES_FILE], allow_pickle=False)
         else:
             import faiss
 
             if FAISS_FILE not in paths:
-                raise FileNotFoundError(f"The {search.precision} vector search needs {FAISS_FILE}")
+                raise MissingFileError(f"The {search.precision} vector search needs {FAISS_FILE}")
             path = paths[FAISS_FILE]
             search._faiss = faiss.read_index_binary(path) if search.precision == "binary" else faiss.read_index(path)
         return search

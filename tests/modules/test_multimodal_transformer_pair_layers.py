@@ -4,32 +4,23 @@ import copy
 
 import pytest
 import torch
-from conftest import build_module
+from conftest import build_module, random_regions, run_module
 
-from mm_sbert import RegionFeatures
 from mm_sbert.errors import InvalidInputError
 from mm_sbert.modules import MultimodalTransformer
 
 
-def regions(num: int, seed: int = 0) -> RegionFeatures:
-    generator = torch.Generator().manual_seed(seed)
-    corners = torch.rand(num, 2, generator=generator) * 0.5
-    return RegionFeatures(torch.randn(num, 16, generator=generator), torch.cat([corners, corners + 0.4], dim=1))
-
-
-def run(module, inputs):
-    with torch.no_grad():
-        return module(module.preprocess(inputs))
-
-
 def states(module, inputs) -> torch.Tensor:
     """The token states of the unpadded positions (padded ones hold whatever the attention made of them)."""
-    features = run(module, inputs)
+    features = run_module(module, inputs)
     return features["token_embeddings"][features["attention_mask"].bool()]
 
 
-PAIRS = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
-SINGLES = [["a red circle", "one star left of two blue squares"], [regions(3, seed=4), regions(6, seed=5)]]
+PAIRS = [("a", random_regions(1, seed=2)), ("two green triangles left of a star", random_regions(5, seed=1))]
+SINGLES = [
+    ["a red circle", "one star left of two blue squares"],
+    [random_regions(3, seed=4), random_regions(6, seed=5)],
+]
 
 
 @pytest.mark.parametrize("backbone", ["bert", "xlmr"])
@@ -42,21 +33,21 @@ def test_single_inputs_stop_below_the_pair_layers(backbone):
         torch.testing.assert_close(states(module, inputs), states(lower, inputs))
     # Changing the pair layer changes nothing for captions or images alone ...
     before = [states(module, inputs) for inputs in SINGLES]
-    pair_scores = run(module, PAIRS)["scores"]
+    pair_scores = run_module(module, PAIRS)["scores"]
     with torch.no_grad():
         for parameter in module.backbone.encoder.layer[1].parameters():
             parameter.add_(0.1)
     for inputs, reference in zip(SINGLES, before):
         torch.testing.assert_close(states(module, inputs), reference)
     # ... and changes every pair's score.
-    assert not torch.allclose(run(module, PAIRS)["scores"], pair_scores, atol=1e-4)
+    assert not torch.allclose(run_module(module, PAIRS)["scores"], pair_scores, atol=1e-4)
 
 
 def test_pairs_run_every_layer_like_late_fusion():
     module = build_module("bert", featurizer=False, fusion_layer=1, pair_layers=1)
-    expected = run(module, PAIRS)
+    expected = run_module(module, PAIRS)
     module.pair_layers = 0
-    actual = run(module, PAIRS)
+    actual = run_module(module, PAIRS)
     torch.testing.assert_close(actual["token_embeddings"], expected["token_embeddings"])
     torch.testing.assert_close(actual["scores"], expected["scores"])
 
@@ -64,7 +55,7 @@ def test_pairs_run_every_layer_like_late_fusion():
 def test_a_batch_mixing_pairs_and_single_inputs_is_refused():
     module = build_module("bert", featurizer=False, fusion_layer=1, pair_layers=1)
     with pytest.raises(InvalidInputError, match="cannot mix"):
-        run(module, [PAIRS[0], "a red circle"])
+        run_module(module, [PAIRS[0], "a red circle"])
 
 
 def test_pair_layers_leave_a_layer_for_single_inputs():
