@@ -26,7 +26,7 @@ from tqdm.autonotebook import tqdm
 from mm_sbert.errors import InvalidInputError, MissingFileError, StorageError, UnknownIdError
 from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_features, score_candidates
 from mm_sbert.image_features.image_loading import ItemKind, is_text
-from mm_sbert.models.views import resolve_views
+from mm_sbert.models.views import multimodal_module, resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.embedding_index import (
     EmbeddingIndex,
@@ -112,15 +112,10 @@ def eager_module(cross_encoder: Any) -> Any | None:
     score head, without object tags in its text), else ``None``. Reranking then scores a query's candidates with
     :func:`eager_candidate_logits` instead of ``predict``: the same logits without tokenising the query once per
     pair or checking every candidate twice."""
-    try:
-        if len(cross_encoder) != 1:
-            return None
-        module = cross_encoder[0]
-    except (TypeError, IndexError, KeyError):
+    module = multimodal_module(cross_encoder)
+    if module is None or len(cross_encoder) != 1 or module.classifier is None:
         return None
-    if not hasattr(module, "region_feature_dim") or getattr(module, "classifier", None) is None:
-        return None
-    if module.training or getattr(module, "add_od_labels", True) or getattr(module, "onnx_scorer", None) is not None:
+    if module.training or module.add_od_labels or module.onnx_scorer is not None:
         return None  # tags are tokenised with each pair's caption, so the query cannot be shared
     return module
 
