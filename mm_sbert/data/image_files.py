@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mm_sbert.errors import InvalidInputError, MissingFileError
+from mm_sbert.errors import InvalidInputError, MissingFileError, UnsafePathError
 from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS
 
 
@@ -24,6 +24,7 @@ def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = Fa
     Raises:
         MissingFileError: a path does not exist.
         InvalidInputError: a folder holds no image, or (``unique_names``) two images share a name.
+        UnsafePathError: a folder's image is a link (or inside a linked subfolder) that leads out of that folder.
     """
     images: list[Path] = []
     for raw in paths:
@@ -34,6 +35,14 @@ def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = Fa
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise InvalidInputError(f"The folder '{raw}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            folder = path.resolve()
+            for image in found:
+                # A link inside a named folder may not make mm_sbert read a file the user did not name.
+                if not image.resolve().is_relative_to(folder):
+                    raise UnsafePathError(
+                        f"The image '{image}' in the folder '{raw}' is a link to '{image.resolve()}', outside that "
+                        "folder; name the file it points to by its own path, or copy it into the folder"
+                    )
             images.extend(found)
         else:
             images.append(path)

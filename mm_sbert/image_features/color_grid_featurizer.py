@@ -15,28 +15,32 @@ class ColorGridFeaturizer(ImageFeaturizer):
     """A weight-free, deterministic featurizer: one region per grid cell, plus the whole image.
 
     Each region's feature describes its colours: mean and standard deviation of R, G, B, a hue histogram
-    weighted by saturation, and the fraction of saturated ("object") pixels. It needs no download, runs fast on
-    a CPU, and is what the tests and the synthetic demo scenes use; real photos want a CNN or detector
-    featurizer instead.
+    weighted by saturation, and the fraction of saturated ("object") pixels; with ``mask_size`` also the outline of
+    what it shows: the fraction of saturated pixels in each of ``mask_size x mask_size`` blocks of the region (a
+    circle and a square of one colour and size differ only there). It needs no download, runs fast on a CPU, and
+    is what the tests and the synthetic demo scenes use; real photos want a CNN or detector featurizer instead.
 
     Args:
         grid_size: cells per side; the image yields ``grid_size ** 2 + 1`` regions.
         hue_bins: bins of the hue histogram.
         resize_to: images are resized to this square size first, so any input size gives the same regions.
+        mask_size: blocks per side of each region's outline; 0 leaves the outline out.
     """
 
-    config_keys = ["grid_size", "hue_bins", "resize_to"]
+    config_keys = ["grid_size", "hue_bins", "resize_to", "mask_size"]
 
-    def __init__(self, grid_size: int = 4, hue_bins: int = 12, resize_to: int = 96) -> None:
-        if grid_size < 1 or hue_bins < 1 or resize_to < grid_size:
+    def __init__(self, grid_size: int = 4, hue_bins: int = 12, resize_to: int = 96, mask_size: int = 0) -> None:
+        if grid_size < 1 or hue_bins < 1 or resize_to < grid_size or not 0 <= mask_size <= resize_to // grid_size:
             raise ValueError(
-                f"ColorGridFeaturizer needs grid_size >= 1, hue_bins >= 1 and resize_to >= grid_size; got "
-                f"grid_size={grid_size}, hue_bins={hue_bins}, resize_to={resize_to}"
+                f"ColorGridFeaturizer needs grid_size >= 1, hue_bins >= 1, resize_to >= grid_size and 0 <= mask_size "
+                f"<= resize_to // grid_size; got grid_size={grid_size}, hue_bins={hue_bins}, resize_to={resize_to}, "
+                f"mask_size={mask_size}"
             )
         self.grid_size = grid_size
         self.hue_bins = hue_bins
         self.resize_to = resize_to
-        self.feature_dim = 3 + 3 + hue_bins + 1
+        self.mask_size = mask_size
+        self.feature_dim = 3 + 3 + hue_bins + 1 + mask_size**2
 
     def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
         return [self._featurize_one(image) for image in images]
@@ -64,7 +68,11 @@ class ColorGridFeaturizer(ImageFeaturizer):
         hue, saturation = hsv[..., 0].reshape(-1), hsv[..., 1].reshape(-1)
         histogram, _ = np.histogram(hue, bins=self.hue_bins, range=(0.0, 1.0), weights=saturation)
         histogram = histogram / max(len(hue), 1)
-        saturated = np.array([(saturation > 0.3).mean()], dtype=np.float32)
-        return np.concatenate([pixels.mean(0), pixels.std(0), histogram.astype(np.float32), saturated]).astype(
-            np.float32
-        )
+        mask = hsv[..., 1] > 0.3
+        saturated = np.array([mask.mean()], dtype=np.float32)
+        parts = [pixels.mean(0), pixels.std(0), histogram.astype(np.float32), saturated]
+        if self.mask_size:
+            rows = np.array_split(np.arange(mask.shape[0]), self.mask_size)
+            cols = np.array_split(np.arange(mask.shape[1]), self.mask_size)
+            parts.append(np.array([mask[np.ix_(r, c)].mean() for r in rows for c in cols], dtype=np.float32))
+        return np.concatenate(parts).astype(np.float32)

@@ -192,21 +192,22 @@ def _normalize(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def _check_finite_rows(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
-    """A clear error for NaN / infinite rows, which would otherwise come back as NaN scores ranked first."""
+def _check_rankable_rows(embeddings: np.ndarray | torch.Tensor, what: str, first_row: int = 0) -> None:
+    """A clear error for rows that cannot be ranked: NaN / infinite ones, which would come back as NaN scores ranked
+    first, and all-zero ones, which have no direction (every cosine with them is 0, whatever the query)."""
     array = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
     # In blocks of rows: a whole-array mask of a 1M x 384 collection would cost 384 MB.
-    finite_rows = np.concatenate(
-        [np.ones(0, dtype=bool)]
-        + [np.isfinite(array[start : start + 65536]).all(axis=1) for start in range(0, len(array), 65536)]
-    )
-    if not finite_rows.all():
-        bad = np.flatnonzero(~finite_rows)
-        rows = [int(row) + first_row for row in bad[:5]]
-        raise InvalidInputError(
-            f"{what} hold NaN or infinite values (rows {rows}{' ...' if len(bad) > 5 else ''}); they cannot be "
-            "ranked: fix or drop those rows"
-        )
+    blocks = [array[start : start + 65536] for start in range(0, len(array), 65536)]
+    finite = np.concatenate([np.ones(0, dtype=bool)] + [np.isfinite(block).all(axis=1) for block in blocks])
+    nonzero = np.concatenate([np.ones(0, dtype=bool)] + [(block != 0).any(axis=1) for block in blocks])
+    for ok, kind in ((finite, "NaN or infinite values"), (nonzero, "only zeros")):
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            rows = [int(row) + first_row for row in bad[:5]]
+            raise InvalidInputError(
+                f"{what} hold {kind} (rows {rows}{' ...' if len(bad) > 5 else ''}); they cannot be ranked: fix or "
+                "drop those rows"
+            )
 
 
 def _duplicates(ids: Sequence[Any]) -> list[Any]:
@@ -270,7 +271,8 @@ class EmbeddingIndex(BaseIndex):
     counts, dims, sizes and checksums is written *last*, and the folder is renamed into place. Opening a folder
     without a manifest, or whose files do not match it (truncated, half-written, edited), raises
     :class:`~mm_sbert.errors.StorageError` (also known as :class:`IndexCorruptedError`) instead of returning wrong
-    results. Ids must be unique and rows finite (NaN rows would rank first with NaN scores).
+    results. Ids must be unique and rows finite and not all zero (NaN rows would rank first with NaN scores, zero rows
+    score 0 against every query).
 
     Args:
         embeddings: ``[N, D]`` float array or tensor (normalised here unless ``normalize=False``).
@@ -306,7 +308,7 @@ class EmbeddingIndex(BaseIndex):
             raise InvalidInputError(f"embeddings must be a 2-d [N, D] array, got shape {embeddings.shape}")
         if dtype not in ("float32", "float16"):
             raise InvalidInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        _check_finite_rows(embeddings, "The embeddings")
+        _check_rankable_rows(embeddings, "The embeddings")
         if normalize:
             embeddings = _normalize(embeddings)
         _check_unique_ids(ids)
@@ -361,7 +363,7 @@ class EmbeddingIndex(BaseIndex):
             raise InvalidInputError(f"add() expects [n, {self.dim}] embeddings, got shape {embeddings.shape}")
         if (ids is None) != (self.ids is None) or (items is None) != (self.items is None):
             raise InvalidInputError("Pass ids / items to add() exactly when the index has them")
-        _check_finite_rows(embeddings, "The embeddings added")
+        _check_rankable_rows(embeddings, "The embeddings added")
         if self.normalized:
             embeddings = _normalize(embeddings)
         new_ids = None if ids is None else [*self.ids, *ids]
@@ -444,12 +446,12 @@ class EmbeddingIndex(BaseIndex):
         if queries.ndim == 1:
             queries = queries.unsqueeze(0)
         if queries.ndim == 2:
-            _check_finite_rows(queries, "The query embeddings")
+            if queries.shape[1] != self.dim:
+                raise InvalidInputError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
+            _check_rankable_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
         with thread_limit("search", threads):
             if self.vector_search is not None and not exact:
-                if queries.shape[1] != self.dim:
-                    raise InvalidInputError(f"Query embeddings are {queries.shape[1]}-d but the index is {self.dim}-d")
                 scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings)
             else:
                 workers = get_thread_policy().scan_workers(threads) if len(queries) == 1 else 1
@@ -732,7 +734,7 @@ class IndexWriter:
             raise InvalidInputError(
                 f"Writing rows {self.rows_written}..{end} overflows the index of {self.count} rows"
             )
-        _check_finite_rows(embeddings, "The embeddings written", first_row=self.rows_written)
+        _check_rankable_rows(embeddings, "The embeddings written", first_row=self.rows_written)
         self._file.write(np.ascontiguousarray(embeddings, dtype=self.dtype).tobytes())
         self.rows_written = end
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mm_sbert.errors import StorageError, UnsupportedFormatError
+from mm_sbert.errors import StorageError, UnsafePathError, UnsupportedFormatError
 from mm_sbert.retrieval.embedding_index import (
     FORMAT_NAME as EMBEDDING_INDEX_FORMAT,
 )
@@ -130,13 +130,29 @@ def confined_paths(stored: Any, recorded_root: str | None, image_root: str | os.
 
 
 def image_root_of(items: Iterable[Any]) -> str | None:
-    """The deepest folder holding every image path of ``items`` (``None`` unless they are all image paths)."""
+    """The deepest folder holding every image path of ``items`` as named (``None`` unless they are all image paths).
+
+    The root is taken from the paths as given, links not followed, so a link among the images cannot widen it:
+    search later reads images only inside it.
+
+    Raises:
+        UnsafePathError: an image is a link (or inside a linked folder) that leads out of that root.
+    """
     from mm_sbert.image_features import looks_like_image_path
 
     items = list(items)
     if not items or not all(isinstance(item, str) and looks_like_image_path(item) for item in items):
         return None
-    return os.path.commonpath([os.path.dirname(os.path.realpath(item)) for item in items])
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(item)) for item in items])
+    real_root = os.path.realpath(root)
+    for item in items:
+        real = os.path.realpath(item)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise UnsafePathError(
+                f"The image '{item}' leads to '{real}', outside '{root}', the folder that holds the indexed images; "
+                "index the file it points to by its own path, or copy it into the folder"
+            )
+    return root
 
 
 def write_index_folder(

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from mm_sbert.data.image_files import list_image_files
-from mm_sbert.errors import InvalidInputError, MissingFileError
+from mm_sbert.errors import InvalidInputError, MissingFileError, UnsafePathError
 
 
 def _image(path):
@@ -33,3 +33,23 @@ def test_unique_names_refuses_two_images_with_one_file_name(tmp_path):
     assert list_image_files([first, second]) == [first, second]
     with pytest.raises(InvalidInputError, match="Two images share the file name 'cat'"):
         list_image_files([first, second], unique_names=True)
+
+
+def test_a_link_leading_out_of_a_named_folder_is_refused_a_linked_folder_named_itself_is_read(tmp_path):
+    private = _image(tmp_path / "private" / "secret.png")
+    photos = tmp_path / "photos"
+    own = _image(photos / "a.png")
+    (photos / "b.png").symlink_to(own)  # a link inside the folder, to the folder's own image: read (once)
+    assert list_image_files([photos]) == [own]
+    (photos / "c.png").symlink_to(private)
+    with pytest.raises(UnsafePathError, match=r"'.*c\.png' in the folder .* is a link to '.*secret\.png', outside"):
+        list_image_files([photos])
+    (photos / "c.png").unlink()
+    (photos / "sub").symlink_to(private.parent, target_is_directory=True)
+    (photos / "d.png").symlink_to(photos / "sub" / "secret.png")  # through a linked subfolder: still outside
+    with pytest.raises(UnsafePathError, match="d.png"):
+        list_image_files([photos])
+    (photos / "d.png").unlink()
+    (tmp_path / "alias").symlink_to(photos, target_is_directory=True)  # the folder the user named is a link: fine
+    assert list_image_files([tmp_path / "alias"]) == [tmp_path / "alias" / "a.png"]
+    assert list_image_files([photos, tmp_path / "private" / "secret.png"])[-1].name == "secret.png"  # named itself

@@ -42,3 +42,28 @@ def test_unknown_featurizer_type_is_a_clear_error(tmp_path):
     (tmp_path / "featurizer_config.json").write_text('{"type": "NoSuchFeaturizer", "config": {}}')
     with pytest.raises(ValueError, match="NoSuchFeaturizer"):
         ImageFeaturizer.load(str(tmp_path))
+
+
+def test_mask_size_adds_each_regions_outline_and_tells_a_circle_from_a_square():
+    from PIL import ImageDraw
+
+    def drawn(shape: str) -> Image.Image:
+        image = Image.new("RGB", (32, 32), "white")
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)((0, 0, 15, 15), fill=(200, 0, 0))
+        return image
+
+    plain = ColorGridFeaturizer(grid_size=2, hue_bins=6, resize_to=32)
+    outlined = ColorGridFeaturizer(grid_size=2, hue_bins=6, resize_to=32, mask_size=4)
+    assert outlined.feature_dim == plain.feature_dim + 16
+    circle, square = outlined([drawn("circle"), drawn("square")])
+    # The colour part is the plain featurizer's, and the outline follows it.
+    torch.testing.assert_close(circle.features[:, : plain.feature_dim], plain([drawn("circle")])[0].features)
+    corner, centre = plain.feature_dim, plain.feature_dim + 5  # top-left block of the 4x4 outline, and one inside
+    top_left = 1  # the grid cell holding the shape
+    assert square.features[top_left, corner] == pytest.approx(1.0, abs=0.05)
+    assert circle.features[top_left, corner] < 0.5
+    assert circle.features[top_left, centre] == square.features[top_left, centre] == pytest.approx(1.0)
+    assert circle.features[2:, plain.feature_dim :].abs().sum() == 0  # cells without a shape have no outline
+    with pytest.raises(ValueError, match="mask_size <= resize_to // grid_size"):
+        ColorGridFeaturizer(grid_size=2, resize_to=32, mask_size=17)

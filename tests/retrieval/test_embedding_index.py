@@ -357,6 +357,26 @@ def test_duplicate_ids_are_refused(tmp_path, saved_index):
         EmbeddingIndex.open(saved_index)
 
 
+def test_all_zero_rows_and_queries_are_refused(tmp_path):
+    corpus = random_embeddings(5)
+    corpus[2] = 0.0
+    with pytest.raises(ValueError, match=r"The embeddings hold only zeros \(rows \[2\]\)"):
+        EmbeddingIndex(corpus)
+    with pytest.raises(ValueError, match=r"The embeddings written hold only zeros \(rows \[12\]\)"):
+        with IndexWriter(str(tmp_path / "w"), count=20, dim=16) as writer:
+            writer.write(random_embeddings(10))
+            writer.write(corpus)
+    index = EmbeddingIndex(random_embeddings(5))
+    with pytest.raises(ValueError, match=r"The embeddings added hold only zeros \(rows \[2\]\)"):
+        index.add(corpus)
+    with pytest.raises(ValueError, match=r"The query embeddings hold only zeros \(rows \[0\]\)"):
+        index.search(np.zeros((1, 16), dtype=np.float32))
+    almost = random_embeddings(5)
+    almost[2] = 0.0
+    almost[2, 7] = 1e-30  # tiny is still a direction
+    assert len(EmbeddingIndex(almost).search(almost[2:3], top_k=1)[0]) == 1
+
+
 def test_nan_rows_and_queries_are_refused(saved_index, tmp_path):
     corpus = random_embeddings(5)
     corpus[3, 2] = float("nan")

@@ -79,6 +79,27 @@ def test_open_reads_no_image_outside_the_image_root(index_folder, views, tmp_pat
     assert str(outside) not in opened
 
 
+def test_a_link_among_the_images_cannot_widen_the_image_root(views, image_folder, tmp_path):
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (32, 32), "red").save(secret)
+    link = os.path.join(os.path.dirname(image_folder[0]), "img9.png")
+    os.symlink(secret, link)
+    path = str(tmp_path / "linked.index")
+    with pytest.raises(UnsafePathError, match=r"img9\.png' leads to '.*secret\.png', outside '.*images'"):
+        CooperativeRetriever(views[0], show_progress_bar=False).index([*image_folder, link], path=path)
+    assert not os.path.exists(path)
+    # The root is the images' folder as named, not its real place: a collection reached through a link still opens.
+    alias = tmp_path / "alias"
+    alias.symlink_to(os.path.dirname(image_folder[0]), target_is_directory=True)
+    named = [str(alias / os.path.basename(image)) for image in image_folder]
+    CooperativeRetriever(views[0], show_progress_bar=False).index(named, path=path)
+    assert json.loads(open(os.path.join(path, "mm_sbert_index.json")).read())["image_root"] == str(alias)
+    retriever = CooperativeRetriever(*views, top_k=2).open(path)
+    hit = retriever.search("a red square")[0]
+    assert os.path.samefile(retriever.image_path(hit.corpus_id), named[hit.corpus_id])
+
+
 def test_image_root_relocates_a_moved_collection(index_folder, views, image_folder, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(os.path.dirname(image_folder[0]), moved)
