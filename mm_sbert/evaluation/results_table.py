@@ -221,9 +221,15 @@ def check_metrics_path(path: str | os.PathLike, inputs: Iterable[Any] = (), what
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:
     """Write ``metrics`` as JSON to ``path`` (atomically; the folder is created), marked as mm_sbert's so a later
-    run may replace it (:func:`check_metrics_path`)."""
+    run may replace it (:func:`check_metrics_path`).
+
+    Raises:
+        UnsafeOutputError: ``path`` is a file mm_sbert did not write (checked here too, not only before the
+            evaluation: a direct call never replaces a file of the user's).
+    """
     from mm_sbert.storage import atomic_write_json, output_marker
 
+    check_metrics_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # The mark first, within the first bytes: a later run may replace this file, nothing else.
     atomic_write_json(path, {"written_by": output_marker(METRICS_KIND), **metrics}, indent=2)

@@ -55,3 +55,8 @@ def test_metrics_file_is_marked_and_only_such_a_file_is_replaced(tmp_path):
         check_metrics_path(notes)
     with pytest.raises(UnsafeOutputError, match="an input of the same command"):
         check_metrics_path(path, inputs=[path])
+    with pytest.raises(UnsafeOutputError, match="a file mm_sbert did not write"):
+        write_metrics(notes, {"be_t2i_r@1": 1.0})  # called directly, without the check first
+    assert notes.read_text() == "{}"
+    write_metrics(path, {"be_t2i_r@1": 51.0})  # its own file is replaced
+    assert json.loads(path.read_text())["be_t2i_r@1"] == 51.0
