@@ -243,7 +243,9 @@ class MultimodalTransformer(InputModule):
         self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
         self.cross_modal_attention_bias = None
         if cross_modal_bias is not None:
-            self.cross_modal_attention_bias = nn.Parameter(torch.full((num_layers - fusion_layer,), cross_modal_bias))
+            self.cross_modal_attention_bias = nn.Parameter(
+                torch.full((num_layers - fusion_layer,), float(cross_modal_bias))
+            )
         self._init_new_weights(config.initializer_range)
         # The new layers follow the backbone's dtype and device (a float16 backbone gets a float16 projection).
         reference = next(backbone.parameters())

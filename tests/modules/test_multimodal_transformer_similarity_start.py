@@ -66,9 +66,10 @@ def test_the_bias_leaves_captions_and_images_alone_unchanged():
 
 
 def test_the_bias_is_learned_one_per_fused_layer():
-    module = build_module("bert", featurizer=False, fusion_layer=1, cross_modal_bias=-2.0).train()
+    module = build_module("bert", featurizer=False, fusion_layer=1, cross_modal_bias=2).train()  # an int start too
     layers = len(module.backbone.encoder.layer)
     assert module.cross_modal_attention_bias.shape == (layers - 1,)
+    assert module.cross_modal_attention_bias.dtype == torch.float32 and module.cross_modal_attention_bias[0] == 2.0
     module(module.preprocess(PAIR))["scores"].sum().backward()
     assert module.cross_modal_attention_bias.grad.abs().min() > 0
 
