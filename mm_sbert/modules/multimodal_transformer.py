@@ -654,6 +654,27 @@ class MultimodalTransformer(InputModule):
             hidden = layer(hidden, layer_mask) if packed is None else packed.layer(index, hidden, layer_mask)
         return hidden
 
+    def keep_first_layers(self, layers: int) -> None:
+        """Cut the backbone to its first ``layers`` layers (a proportionally cheaper model), with everything that
+        counts layers: the backbone's config (so the saved folder reloads at this depth) and the cross-modal bias
+        (one per fused layer).
+
+        Raises:
+            InvalidInputError: ``layers`` out of range, or too few for :attr:`fusion_layer` / :attr:`pair_layers`.
+        """
+        encoder_layers = self.backbone.encoder.layer
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= len(encoder_layers):
+            raise InvalidInputError(f"layers must be between 1 and {len(encoder_layers)}, got {layers!r}")
+        if self.fusion_layer >= layers:
+            raise InvalidInputError(f"fusion_layer={self.fusion_layer} needs more than {layers} layers")
+        if self.pair_layers >= layers:
+            raise InvalidInputError(f"pair_layers={self.pair_layers} needs more than {layers} layers")
+        self.backbone.encoder.layer = encoder_layers[:layers]
+        self.backbone.config.num_hidden_layers = layers
+        if self.cross_modal_attention_bias is not None:
+            kept = self.cross_modal_attention_bias.data[: layers - self.fusion_layer].clone()
+            self.cross_modal_attention_bias = nn.Parameter(kept)
+
     def _depth(self, is_pair: torch.Tensor | None) -> int:
         """How many backbone layers a batch runs: all for pairs, all but :attr:`pair_layers` for single inputs."""
         num_layers = len(self.backbone.encoder.layer)

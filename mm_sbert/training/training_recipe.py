@@ -294,14 +294,7 @@ def new_model(
     module = model[0]
     module.trained_views = []
     if layers is not None:
-        encoder_layers = module.backbone.encoder.layer
-        if not 1 <= layers <= len(encoder_layers):
-            raise ValueError(f"layers must be between 1 and {len(encoder_layers)}, got {layers}")
-        if module.fusion_layer >= layers:
-            raise ValueError(f"fusion_layer={module.fusion_layer} needs more than {layers} layers")
-        # The config follows, so the saved folder reloads with the same depth.
-        module.backbone.encoder.layer = encoder_layers[:layers]
-        module.backbone.config.num_hidden_layers = layers
+        module.keep_first_layers(layers)
     return model
 
 

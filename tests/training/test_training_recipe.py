@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import build_views
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
@@ -141,3 +142,27 @@ def test_offline_backbone_names_resolve_in_one_place(monkeypatch):
     assert resolve_backbone(DEFAULT_BACKBONE) == all_minilm_l6_v2_path()
     assert set(OFFLINE_BACKBONES) == {"all-MiniLM-L6-v2", "multilingual-e5-small"}
     assert resolve_backbone("some/folder") == "some/folder"
+
+
+def test_a_cut_model_with_a_cross_modal_bias_saves_and_reloads_with_the_same_scores(tmp_path):
+    from conftest import random_regions
+
+    from mm_sbert import ColorGridFeaturizer, MMCrossEncoder
+
+    model, _ = build_views("bert")
+    backbone = tmp_path / "backbone"
+    model[0].backbone.save_pretrained(str(backbone))
+    model[0].tokenizer.save_pretrained(str(backbone))
+    depth = model[0].backbone.config.num_hidden_layers
+    featurizer = ColorGridFeaturizer(grid_size=2)
+    cut = new_model(str(backbone), featurizer, layers=depth - 1, fusion_layer=depth - 2, cross_modal_bias=2.0)
+    # One bias per fused layer of the cut model, not of the backbone it was cut from.
+    assert cut[0].cross_modal_attention_bias.tolist() == [2.0]
+    cut.save(str(tmp_path / "saved"))
+    pairs = [("a red circle", random_regions(5, seed=1, dim=featurizer.feature_dim))]
+    reloaded = MMCrossEncoder(str(tmp_path / "saved"))
+    expected = MMCrossEncoder(str(tmp_path / "saved"))
+    expected[0].load_state_dict(cut[0].state_dict())
+    assert torch.equal(reloaded.predict(pairs, convert_to_tensor=True), expected.predict(pairs, convert_to_tensor=True))
+    with pytest.raises(ValueError, match=f"fusion_layer={depth - 1} needs more than {depth - 1} layers"):
+        new_model(str(backbone), featurizer, layers=depth - 1, fusion_layer=depth - 1)
