@@ -163,6 +163,7 @@ def test_a_cut_model_with_a_cross_modal_bias_saves_and_reloads_with_the_same_sco
     reloaded = MMCrossEncoder(str(tmp_path / "saved"))
     expected = MMCrossEncoder(str(tmp_path / "saved"))
     expected[0].load_state_dict(cut[0].state_dict())
-    assert torch.equal(reloaded.predict(pairs, convert_to_tensor=True), expected.predict(pairs, convert_to_tensor=True))
+    scores = [model.predict(pairs, convert_to_tensor=True) for model in (reloaded, expected)]
+    assert torch.equal(*scores)
     with pytest.raises(ValueError, match=f"fusion_layer={depth - 1} needs more than {depth - 1} layers"):
         new_model(str(backbone), featurizer, layers=depth - 1, fusion_layer=depth - 1)
