@@ -45,6 +45,8 @@ TWO_LAYERS = {"train_images": 200, "layers": 2, "training": {"learning_rate": 3e
 # The cross-encoder on batches of whole scene families, the step every later row builds on.
 FAMILY_BATCHES = {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)}
 _DEFAULT_ROW = {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING}
+_BINDING_OUTLINES = {**_DEFAULT_ROW, "families": "binding", "regions": "outlines"}
+_NO_DROPOUT = {"config_kwargs": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
 ROWS: dict[str, dict] = {
     "baseline_1_layer_mean_head_bce": BASELINE,
     "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
@@ -140,6 +142,46 @@ ROWS: dict[str, dict] = {
         "layers": 3,
         "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 2, "pair_layers": 1},
     },
+    # This session's binding levers (benchmarks/results/demo_binding.md, second table): each cell's outline, then one
+    # lever at a time on top of it.
+    "binding_outlines": _BINDING_OUTLINES,
+    "binding_outlines_cross_modal_bias_2": {
+        **_BINDING_OUTLINES,
+        "module": {**demo_recipe.MODULE_KWARGS, "cross_modal_bias": 2.0},
+    },
+    "binding_outlines_cross_modal_bias_3.5": {
+        **_BINDING_OUTLINES,
+        "module": {**demo_recipe.MODULE_KWARGS, "cross_modal_bias": 3.5},
+    },
+    "binding_outlines_3_mined_negatives": {
+        **_BINDING_OUTLINES,
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 3},
+    },
+    "binding_outlines_2_mined_negatives": {
+        **_BINDING_OUTLINES,
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+    },
+    "binding_outlines_similarity_start_2_mined": {
+        **_BINDING_OUTLINES,
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 2, "similarity_start": True},
+    },
+    "binding_outlines_3_layers_2_mined": {
+        **_BINDING_OUTLINES,
+        "layers": 3,
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+    },
+    "binding_outlines_no_dropout": {**_BINDING_OUTLINES, "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT}},
+    "binding_outlines_no_dropout_3_layers": {
+        **_BINDING_OUTLINES,
+        "layers": 3,
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+    },
+    "binding_outlines_no_dropout_2_ce_steps_240": {
+        **_BINDING_OUTLINES,
+        "steps": 240,
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.TRAINING, "cross_encoder_steps_per_round": 2},
+    },
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
 ABLATION_HELD_OUT = 100
@@ -173,7 +215,7 @@ def run_row(
         families=families,
     )
     layers = row["layers"] or demo_recipe.DEFAULTS["layers"]
-    featurizer = demo_recipe.regions_featurizer(row.get("regions", "grid"))
+    featurizer = demo_recipe.regions_featurizer(row.get("regions", "grid"), train.image_size)
     model = demo_recipe.build_demo_model(
         train.image_size, layers, featurizer, **{"head_pooler": True, **row["module"]}
     )

@@ -74,13 +74,21 @@ NOTES = (
 )
 # --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
 # (docs/quickstart.md, "More training, object regions").
-REGIONS = {"grid": "a 3x3 colour grid", "objects": "one region per object (ColorBlobFeaturizer)"}
+# "outlines" adds each cell's shape, which the binding families need (benchmarks/results/demo_binding.md).
+REGIONS = {
+    "grid": "a 3x3 colour grid",
+    "outlines": "a 3x3 colour grid with each cell's 7x7 outline",
+    "objects": "one region per object (ColorBlobFeaturizer)",
+}
 
 
-def regions_featurizer(regions: str) -> ImageFeaturizer | None:
-    """The featurizer for a ``--regions`` choice (``REGIONS``); ``None`` means :func:`build_demo_model`'s grid."""
-    from mm_sbert.image_features import ColorBlobFeaturizer
+def regions_featurizer(regions: str, image_size: int = 64) -> ImageFeaturizer | None:
+    """The featurizer for a ``--regions`` choice (``REGIONS``) on scenes of ``image_size`` pixels; ``None`` means
+    :func:`build_demo_model`'s grid."""
+    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
 
+    if regions == "outlines":
+        return ColorGridFeaturizer(grid_size=3, resize_to=image_size, mask_size=7)
     return ColorBlobFeaturizer() if regions == "objects" else None
 
 

@@ -114,7 +114,9 @@ def _run_demo(
         f"[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights, first {s['layers']} layers), image "
         f"regions: {REGIONS[regions]}"
     )
-    model = build_demo_model(train.image_size, s["layers"], featurizer=regions_featurizer(regions), **MODULE_KWARGS)
+    model = build_demo_model(
+        train.image_size, s["layers"], featurizer=regions_featurizer(regions, train.image_size), **MODULE_KWARGS
+    )
     eval_regions = model[0].featurizer.featurize(held_out.images)
 
     print(

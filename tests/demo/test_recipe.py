@@ -133,3 +133,16 @@ def test_similarity_start_turns_the_warmed_up_bi_encoder_into_the_cross_encoders
     fine_tune(model, train, steps=1, batch_size=2, seed=0, warmup_steps=1, similarity_start=True,
               cross_modal_bias=-3.0, show_progress_bar=False)  # fmt: skip
     assert events == ["bi_encoder", ("start", -3.0), "joint"]
+
+
+def test_every_regions_choice_builds_a_model_that_reads_its_scenes():
+    from mm_sbert.demo.recipe import REGIONS, regions_featurizer
+
+    scenes = SyntheticScenes(2, captions_per_image=1, seed=0, image_size=32)
+    dims = {}
+    for regions in REGIONS:
+        featurizer = regions_featurizer(regions, scenes.image_size)
+        model = build_demo_model(scenes.image_size, 1, featurizer, **MODULE_KWARGS)
+        dims[regions] = model[0].featurizer.feature_dim
+        assert model.encode(scenes.images, convert_to_tensor=True).shape == (2, 384)
+    assert dims["outlines"] == dims["grid"] + 7 * 7  # the grid's colours plus each cell's 7x7 outline
