@@ -357,20 +357,24 @@ def test_duplicate_ids_are_refused(tmp_path, saved_index):
         EmbeddingIndex.open(saved_index)
 
 
-def test_all_zero_rows_and_queries_are_refused(tmp_path):
-    corpus = random_embeddings(5)
-    corpus[2] = 0.0
-    with pytest.raises(ValueError, match=r"The embeddings hold only zeros \(rows \[2\]\)"):
+def _refused_in_every_entry(tmp_path, corpus: np.ndarray, bad_row: int, problem: str) -> None:
+    """``corpus`` (with a bad row) is refused, row named, when built, written after 10 rows, and added."""
+    with pytest.raises(ValueError, match=rf"The embeddings hold {problem} \(rows \[{bad_row}\]\)"):
         EmbeddingIndex(corpus)
-    with pytest.raises(ValueError, match=r"The embeddings written hold only zeros \(rows \[12\]\)"):
+    with pytest.raises(ValueError, match=rf"The embeddings written hold {problem} \(rows \[{bad_row + 10}\]\)"):
         with IndexWriter(str(tmp_path / "w"), count=20, dim=16) as writer:
             writer.write(random_embeddings(10))
             writer.write(corpus)
-    index = EmbeddingIndex(random_embeddings(5))
-    with pytest.raises(ValueError, match=r"The embeddings added hold only zeros \(rows \[2\]\)"):
-        index.add(corpus)
+    with pytest.raises(ValueError, match=rf"The embeddings added hold {problem} \(rows \[{bad_row}\]\)"):
+        EmbeddingIndex(random_embeddings(5)).add(corpus)
+
+
+def test_all_zero_rows_and_queries_are_refused(tmp_path):
+    corpus = random_embeddings(5)
+    corpus[2] = 0.0
+    _refused_in_every_entry(tmp_path, corpus, 2, "only zeros")
     with pytest.raises(ValueError, match=r"The query embeddings hold only zeros \(rows \[0\]\)"):
-        index.search(np.zeros((1, 16), dtype=np.float32))
+        EmbeddingIndex(random_embeddings(5)).search(np.zeros((1, 16), dtype=np.float32))
     almost = random_embeddings(5)
     almost[2] = 0.0
     almost[2, 7] = 1e-30  # tiny is still a direction
@@ -380,12 +384,7 @@ def test_all_zero_rows_and_queries_are_refused(tmp_path):
 def test_nan_rows_and_queries_are_refused(saved_index, tmp_path):
     corpus = random_embeddings(5)
     corpus[3, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"The embeddings hold NaN or infinite values \(rows \[3\]\)"):
-        EmbeddingIndex(corpus)
-    with pytest.raises(ValueError, match=r"rows \[13\]"):
-        with IndexWriter(str(tmp_path / "w"), count=20, dim=16) as writer:
-            writer.write(random_embeddings(10))
-            writer.write(corpus)
+    _refused_in_every_entry(tmp_path, corpus, 3, "NaN or infinite values")
     index = EmbeddingIndex(random_embeddings(5))
     query = random_embeddings(2, seed=9)
     query[1, 0] = float("inf")

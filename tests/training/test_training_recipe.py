@@ -54,14 +54,19 @@ def test_bad_settings_are_named():
         TrainingRecipe(regime="both")
 
 
-def test_new_model_keeps_only_the_first_layers(tmp_path):
-    from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
-
+def _saved_backbone(tmp_path):
+    """The test model's backbone saved as a transformers checkpoint, and its depth."""
     model, _ = build_views("bert")
     backbone = tmp_path / "backbone"
     model[0].backbone.save_pretrained(str(backbone))
     model[0].tokenizer.save_pretrained(str(backbone))
-    depth = model[0].backbone.config.num_hidden_layers
+    return backbone, model[0].backbone.config.num_hidden_layers
+
+
+def test_new_model_keeps_only_the_first_layers(tmp_path):
+    from mm_sbert import ColorGridFeaturizer, MMSentenceTransformer
+
+    backbone, depth = _saved_backbone(tmp_path)
     halved = new_model(str(backbone), ColorGridFeaturizer(grid_size=2), layers=depth - 1)
     assert len(halved[0].backbone.encoder.layer) == depth - 1
     halved.save(str(tmp_path / "saved"))
@@ -149,11 +154,7 @@ def test_a_cut_model_with_a_cross_modal_bias_saves_and_reloads_with_the_same_sco
 
     from mm_sbert import ColorGridFeaturizer, MMCrossEncoder
 
-    model, _ = build_views("bert")
-    backbone = tmp_path / "backbone"
-    model[0].backbone.save_pretrained(str(backbone))
-    model[0].tokenizer.save_pretrained(str(backbone))
-    depth = model[0].backbone.config.num_hidden_layers
+    backbone, depth = _saved_backbone(tmp_path)
     featurizer = ColorGridFeaturizer(grid_size=2)
     cut = new_model(str(backbone), featurizer, layers=depth - 1, fusion_layer=depth - 2, cross_modal_bias=2.0)
     # One bias per fused layer of the cut model, not of the backbone it was cut from.
