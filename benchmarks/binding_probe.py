@@ -38,15 +38,22 @@ def exchange_kind(scene, other) -> str:
 
 
 def attention_to_regions(module, pairs) -> list[float]:
-    """Per layer, the mean share of attention the caption's positions give to the regions, for ``pairs``."""
+    """Per layer, the mean share of attention the caption's positions give to the regions, for ``pairs``: each
+    layer's attention recomputed from its own input and the mask the module passed it (late fusion's mask, the
+    cross-modal bias)."""
     layers = module.backbone.encoder.layer
-    inputs: dict[int, torch.Tensor] = {}
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def capture(index: int):
+        def hook(_, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            inputs[index] = (hidden, kwargs.get("attention_mask", args[1] if len(args) > 1 else None))
+
+        return hook
+
     hooks = [
-        layer.register_forward_pre_hook(
-            lambda _, args, kwargs, i=i: inputs.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True,
-        )
-        for i, layer in enumerate(layers)
+        layer.attention.self.register_forward_pre_hook(capture(index), with_kwargs=True)
+        for index, layer in enumerate(layers)
     ]
     try:
         features = module.preprocess(pairs)
@@ -56,23 +63,22 @@ def attention_to_regions(module, pairs) -> list[float]:
             hook.remove()
     is_text = torch.cat([features["text_mask"], torch.zeros_like(features["region_mask"])], 1).bool()
     valid = torch.cat([features["text_mask"], features["region_mask"]], 1).bool()
+    heads = module.backbone.config.num_attention_heads
     shares = []
     for index, layer in enumerate(layers):
-        attention = layer.attention.self
-        hidden = inputs[index]
+        hidden, mask = inputs[index]
         batch, length, width = hidden.shape
-        heads = module.backbone.config.num_attention_heads
-        query = attention.query(hidden).view(batch, length, heads, -1).transpose(1, 2)
-        key = attention.key(hidden).view(batch, length, heads, -1).transpose(1, 2)
+        query, key = (
+            projection(hidden).view(batch, length, heads, -1).transpose(1, 2)
+            for projection in (layer.attention.self.query, layer.attention.self.key)
+        )
         logits = query @ key.transpose(-1, -2) / (width // heads) ** 0.5
-        allowed = valid[:, None, None, :].expand(batch, 1, length, length)
-        if index < module.fusion_layer:
-            allowed = allowed & (is_text[:, None, :, None] == is_text[:, None, None, :])
-        elif module.cross_modal_attention_bias is not None:
-            cross = (is_text[:, None, :, None] != is_text[:, None, None, :]).float()
-            logits = logits + cross * module.cross_modal_attention_bias[index - module.fusion_layer]
-        probabilities = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(-1)
-        to_regions = (probabilities * (~is_text)[:, None, None, :]).sum(-1)  # [B, heads, L]
+        if mask is not None:
+            # A boolean mask marks what may be attended to; a float one is added (0 or the dtype's minimum, + bias).
+            logits = (
+                logits.masked_fill(~mask, torch.finfo(logits.dtype).min) if mask.dtype == torch.bool else logits + mask
+            )
+        to_regions = (logits.softmax(-1) * (~is_text)[:, None, None, :]).sum(-1)  # [B, heads, L]
         caption = (is_text & valid)[:, None, :].expand_as(to_regions)
         shares.append(float(to_regions[caption].mean()))
     return shares

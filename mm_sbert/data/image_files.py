@@ -9,6 +9,7 @@ from typing import Any
 
 from mm_sbert.errors import InvalidInputError, MissingFileError, UnsafePathError
 from mm_sbert.image_features.image_loading import IMAGE_EXTENSIONS
+from mm_sbert.storage import lies_inside
 
 
 def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = False) -> list[Path]:
@@ -26,7 +27,8 @@ def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = Fa
         InvalidInputError: a folder holds no image, or (``unique_names``) two images share a name.
         UnsafePathError: a folder's image is a link (or inside a linked subfolder) that leads out of that folder.
     """
-    images: list[Path] = []
+    # Each image with the folder it was found in (None: named itself), which a link may not lead out of.
+    images: list[tuple[Path, Path | None]] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -35,21 +37,20 @@ def list_image_files(paths: Iterable[str | os.PathLike], unique_names: bool = Fa
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise InvalidInputError(f"The folder '{raw}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            folder = path.resolve()
-            for image in found:
-                # A link inside a named folder may not make mm_sbert read a file the user did not name.
-                if not image.resolve().is_relative_to(folder):
-                    raise UnsafePathError(
-                        f"The image '{image}' in the folder '{raw}' is a link to '{image.resolve()}', outside that "
-                        "folder; name the file it points to by its own path, or copy it into the folder"
-                    )
-            images.extend(found)
+            images.extend((image, path) for image in found)
         else:
-            images.append(path)
+            images.append((path, None))
     seen: set[Path] = set()
     unique = []
-    for image in images:
-        if (resolved := image.resolve()) not in seen:
+    for image, folder in images:
+        resolved = image.resolve()
+        # A link inside a named folder may not make mm_sbert read a file the user did not name.
+        if folder is not None and not lies_inside(resolved, folder):
+            raise UnsafePathError(
+                f"The image '{image}' in the folder '{folder}' is a link to '{resolved}', outside that folder; name "
+                "the file it points to by its own path, or copy it into the folder"
+            )
+        if resolved not in seen:
             seen.add(resolved)
             unique.append(image)
     if unique_names:

@@ -36,6 +36,7 @@ from mm_sbert.storage import (
     atomic_write_json,
     check_output_path,
     exclusive_output,
+    lies_inside,
     mark_owned_folder,
     read_json_file,
     register_legacy_folder_kind,
@@ -144,13 +145,11 @@ def image_root_of(items: Iterable[Any]) -> str | None:
     if not items or not all(isinstance(item, str) and looks_like_image_path(item) for item in items):
         return None
     root = os.path.commonpath([os.path.dirname(os.path.abspath(item)) for item in items])
-    real_root = os.path.realpath(root)
     for item in items:
-        real = os.path.realpath(item)
-        if os.path.commonpath([real_root, real]) != real_root:
+        if not lies_inside(item, root):
             raise UnsafePathError(
-                f"The image '{item}' leads to '{real}', outside '{root}', the folder that holds the indexed images; "
-                "index the file it points to by its own path, or copy it into the folder"
+                f"The image '{item}' leads to '{os.path.realpath(item)}', outside '{root}', the folder that holds the "
+                "indexed images; index the file it points to by its own path, or copy it into the folder"
             )
     return root
 

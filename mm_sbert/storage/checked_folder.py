@@ -117,6 +117,13 @@ def verify_file(folder: PathLike, name: str, record: Mapping[str, Any], full: bo
 # ---------------------------------------------------------------------------------------------- paths
 
 
+def lies_inside(path: PathLike, folder: PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or inside it once symbolic links on both sides are followed (where a read of
+    ``path`` really lands)."""
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def resolve_inside(folder: PathLike, name: Any, what: str = "file") -> Path:
     """``folder / name`` resolved (symbolic links followed), or :class:`UnsafePathError` when it is not inside
     ``folder``: an absolute name, ``..`` components or a link that leads out of the folder are refused, so a
@@ -125,7 +132,7 @@ def resolve_inside(folder: PathLike, name: Any, what: str = "file") -> Path:
         raise UnsafePathError(f"The {what} name {name!r} in '{folder}' is not a valid relative file name")
     root = os.path.realpath(folder)
     target = os.path.realpath(os.path.join(root, name))
-    if os.path.isabs(name) or target == root or os.path.commonpath([root, target]) != root:
+    if os.path.isabs(name) or target == root or not lies_inside(target, root):
         raise UnsafePathError(
             f"The {what} {name!r} named in '{folder}' lies outside that folder; mm_sbert only reads files inside "
             "the folder it was given (was the manifest edited?)"
