@@ -7,7 +7,7 @@ import torch
 from sentence_transformers.util import cos_sim
 from torch import Tensor, nn
 
-# The caption column gives the text part of a pair, the image column the region part.
+# What the caption column must give a pair (its text part) and the image column (its region part).
 TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
 REGION_KEYS = ("region_features", "region_mask")
 
@@ -22,7 +22,8 @@ class CrossEncoderBCELoss(nn.Module):
     batch (one extra gradient-free bi-encoder pass over the batch; no pass over the corpus).
 
     The pairs are built from the already preprocessed columns, without re-tokenizing or re-featurizing: the text
-    tensors of the caption row and the region tensors of the image row. They run through the model's
+    tensors of the caption row (with the image row's tags, for a model that reads them) and the region tensors of
+    the image row. They run through the model's
     ``MultimodalTransformer``, whose head writes ``features["scores"]``; ``L = BCEWithLogits(scores, y)`` with
     ``y = 1`` for positives, ``0`` for negatives. The head lives in the model (not in this loss), so DDP syncs it
     and the saved model has it.
@@ -145,14 +146,14 @@ class CrossEncoderBCELoss(nn.Module):
             targets,
         )
 
-    @staticmethod
     def pair_features(
-        captions: dict[str, Tensor], images: dict[str, Tensor], caption_index: Tensor, image_index: Tensor
+        self, captions: dict[str, Tensor], images: dict[str, Tensor], caption_index: Tensor, image_index: Tensor
     ) -> dict[str, Tensor]:
-        """Features of ``(caption[caption_index[k]], image[image_index[k]])``: text tensors + region tensors."""
-        pairs = {key: captions[key][caption_index] for key in TEXT_KEYS if key in captions}
-        pairs.update({key: images[key][image_index] for key in REGION_KEYS})
-        return pairs
+        """Features of ``(caption[caption_index[k]], image[image_index[k]])``, as the model's
+        ``MultimodalTransformer`` joins them (:meth:`~mm_sbert.modules.MultimodalTransformer.join_pair_features`:
+        the caption's text, the image's tags if it reads them, the image's regions)."""
+        model = getattr(self.model, "module", self.model)
+        return model[0].join_pair_features(captions, images, caption_index, image_index)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"negatives_per_positive": self.negatives_per_positive, "hard_negatives": self.hard_negatives}

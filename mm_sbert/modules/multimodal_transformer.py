@@ -376,6 +376,69 @@ class MultimodalTransformer(InputModule):
             result["token_type_ids"] = torch.tensor([types + [0] * (width - len(types)) for _, types, _ in rows])
         return result
 
+    def join_pair_features(
+        self,
+        captions: dict[str, torch.Tensor],
+        images: dict[str, torch.Tensor],
+        caption_index: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Features of the pairs ``(caption[caption_index[k]], image[image_index[k]])`` from the two preprocessed
+        columns, without re-tokenizing: what :meth:`preprocess` makes of the pairs themselves.
+
+        The pair takes the caption row's text tensors and the image row's region tensors. Images with tags (read
+        with :attr:`add_od_labels`) carry them in their own text part (``[CLS] [SEP] tags [SEP]``); the pair then
+        reads ``[CLS] caption [SEP] tags [SEP]``, the tags cut to the room the caption leaves as
+        :meth:`preprocess` cuts them, so a cross-encoder trained on these pairs sees the layout it is used with.
+        """
+        pairs = {key: captions[key][caption_index] for key in _TEXT_KEYS if key in captions}
+        pairs.update({key: images[key][image_index] for key in _REGION_KEYS})
+        tag_masks = images.get("tag_mask")
+        if tag_masks is None or not bool(tag_masks.any()):
+            return pairs
+        # Special tokens of the tags' part: BERT's closing [SEP]; XLM-R's </s> before the tags and after them.
+        tag_specials = self.tokenizer.num_special_tokens_to_add(pair=True) - self.tokenizer.num_special_tokens_to_add(
+            pair=False
+        )
+        has_types = "token_type_ids" in captions
+        rows = []
+        for caption, image in zip(caption_index.tolist(), image_index.tolist()):
+            length = int(captions["text_mask"][caption].sum())
+            ids = captions["input_ids"][caption, :length]
+            types = captions["token_type_ids"][caption, :length] if has_types else None
+            tag_part = tag_masks[image].bool()
+            tag_ids = images["input_ids"][image][tag_part]
+            room = self.max_seq_length - length - tag_specials  # tag words that fit beside this caption
+            if room >= 1 and len(tag_ids) > tag_specials:
+                keep = torch.ones(len(tag_ids), dtype=torch.bool, device=tag_ids.device)
+                keep[tag_specials - 1 : -1] = False  # the tag words, all dropped ...
+                keep[tag_specials - 1 : tag_specials - 1 + room] = True  # ... but the first ones that fit
+                tag_ids = tag_ids[keep]
+                ids = torch.cat([ids, tag_ids])
+                if has_types:
+                    types = torch.cat([types, images["token_type_ids"][image][tag_part][keep]])
+                tagged = len(tag_ids)
+            else:
+                tagged = 0
+            rows.append((ids, types, tagged))
+        width = max(len(ids) for ids, _, _ in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = captions["input_ids"].device
+        input_ids = torch.full((len(rows), width), pad_id, dtype=captions["input_ids"].dtype, device=device)
+        text_mask = torch.zeros((len(rows), width), dtype=captions["text_mask"].dtype, device=device)
+        tag_mask = torch.zeros_like(text_mask)
+        token_types = torch.zeros_like(input_ids) if has_types else None
+        for row, (ids, types, tagged) in enumerate(rows):
+            input_ids[row, : len(ids)] = ids
+            text_mask[row, : len(ids)] = 1
+            tag_mask[row, len(ids) - tagged : len(ids)] = 1
+            if has_types:
+                token_types[row, : len(ids)] = types
+        pairs.update(input_ids=input_ids, text_mask=text_mask, tag_mask=tag_mask)
+        if has_types:
+            pairs["token_type_ids"] = token_types
+        return pairs
+
     def _keep_only_cls_for_images(self, features: dict[str, torch.Tensor], image_only: list[bool]) -> None:
         """Reduce the text part of image-only rows to the leading ``[CLS]`` (the tokenizer pads on the right)."""
         if not any(image_only):
@@ -927,6 +990,10 @@ class MultimodalTransformer(InputModule):
         config["featurizer"] = repr(self.featurizer)
         return f"MultimodalTransformer({config})"
 
+
+# What a pair takes from its caption's preprocessed row and from its image's (join_pair_features).
+_TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
+_REGION_KEYS = ("region_features", "region_mask")
 
 def _caption_hint(value: Any) -> str:
     """For a string that looks like an image path but names no file: how to pass it as a caption instead."""

@@ -800,13 +800,12 @@ class IndexWriter:
         if self.items is not None:
             atomic_write_json(os.path.join(self.tmp_path, ITEMS_FILE), list(self.items))
         atomic_write_json(os.path.join(self.tmp_path, METADATA_FILE), self.metadata)
-        extra_files = dict(self._extra_files)
-        if self.vector_search is not None:
-            # The precision's codes / FAISS index are extra files too: listed and checked in the manifest.
-            extra_files.update(self.vector_search.to_files())
-        for name, data in extra_files.items():
+        for name, data in self._extra_files.items():
             with open(os.path.join(self.tmp_path, name), "wb") as f:
                 f.write(data)
+        # The precision's codes / FAISS index are extra files too: listed and checked in the manifest.
+        written = self.vector_search.write_files(self.tmp_path) if self.vector_search is not None else []
+        for name in [*self._extra_files, *written]:
             fsync_file(os.path.join(self.tmp_path, name))
 
         files = {name: file_record(os.path.join(self.tmp_path, name)) for name in sorted(os.listdir(self.tmp_path))}

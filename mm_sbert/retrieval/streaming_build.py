@@ -100,9 +100,11 @@ def build_index_streaming(
                 chunk = chunk.astype(np.float32, copy=False)
                 chunk = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
             stored = np.ascontiguousarray(chunk, dtype=dtype)
+            del chunk  # the float32 copy of a normalised chunk: the stored rows are all that is needed now
             writer.write(stored)  # checks shape, finiteness and the row count
-            # Codes from the stored rows, as EmbeddingIndex(..., dtype=dtype) quantises its own rows.
-            add(stored.astype(np.float32, copy=False))
+            # Codes from the stored rows, as EmbeddingIndex(..., dtype=dtype) quantises its own rows (add() and
+            # train() read them as float32 a slice at a time).
+            add(stored)
         if search is not None:
             flush_pending()
             writer.vector_search = search

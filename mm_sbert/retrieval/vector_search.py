@@ -6,9 +6,9 @@ This is the one approximate-search path of the package: an index's ``precision``
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -261,26 +261,31 @@ class VectorSearch:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_files(self) -> dict[str, bytes]:
-        """The configuration and the codes / FAISS index as files (name -> content), for
-        :meth:`IndexWriter.add_file <mm_sbert.retrieval.IndexWriter.add_file>`, so the index manifest lists and
-        checks them like the index's own files."""
+    def write_files(self, folder: str) -> list[str]:
+        """Write the configuration and the codes / FAISS index into ``folder`` (for
+        :class:`~mm_sbert.retrieval.IndexWriter`, whose manifest lists and checks them like the index's own files);
+        returns the names written. Each file goes straight to disk: at 10M rows the codes are half a GiB, and a copy
+        in memory on the way would double the peak of a streamed build."""
         config = {
             "precision": self.precision,
             "rescore_multiplier": self.rescore_multiplier,
             "factory": self.factory,
             "search_parameters": self.search_parameters,
         }
-        files = {CONFIG_FILE: json.dumps(config).encode("utf-8")}
+        with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        names = [CONFIG_FILE]
         if self.precision == "int8":
-            files[INT8_CODES_FILE] = _npy_bytes(self._codes)
-            files[INT8_RANGES_FILE] = _npy_bytes(self._ranges)
+            np.save(os.path.join(folder, INT8_CODES_FILE), np.ascontiguousarray(self._codes), allow_pickle=False)
+            np.save(os.path.join(folder, INT8_RANGES_FILE), np.ascontiguousarray(self._ranges), allow_pickle=False)
+            names += [INT8_CODES_FILE, INT8_RANGES_FILE]
         else:
             import faiss
 
-            write = faiss.serialize_index_binary if self.precision == "binary" else faiss.serialize_index
-            files[FAISS_FILE] = write(self._faiss).tobytes()
-        return files
+            write = faiss.write_index_binary if self.precision == "binary" else faiss.write_index
+            write(self._faiss, os.path.join(folder, FAISS_FILE))
+            names.append(FAISS_FILE)
+        return names
 
     @classmethod
     def from_faiss_file(cls, path: str, factory: str | None) -> VectorSearch:
@@ -295,7 +300,7 @@ class VectorSearch:
 
     @classmethod
     def load(cls, paths: Mapping[str, str], mmap: bool = True) -> VectorSearch:
-        """Reopen the files :meth:`to_files` made, given as name -> (verified) path (int8 codes memory-mapped
+        """Reopen the files :meth:`write_files` made, given as name -> (verified) path (int8 codes memory-mapped
         unless ``mmap=False``)."""
         if CONFIG_FILE not in paths:
             raise MissingFileError(f"The vector search needs {CONFIG_FILE}")
@@ -326,12 +331,6 @@ def _parameters(text: str | None) -> list[tuple[str, int]]:
             name, _, value = part.partition("=")
             pairs.append((name.strip(), int(value)))
     return pairs
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _chunks(embeddings: np.ndarray, size: int = 65536):

@@ -78,7 +78,7 @@ def test_pair_features_score_like_the_cross_encoder_on_the_same_pairs():
     corpus = swatch_corpus(num_images=4, captions_per_image=1)
     captions, images = columns(bi_encoder, corpus)
     caption_rows, image_rows = torch.tensor([0, 1, 2, 3, 0, 2]), torch.tensor([0, 1, 2, 3, 3, 1])
-    pairs = CrossEncoderBCELoss.pair_features(captions, images, caption_rows, image_rows)
+    pairs = CrossEncoderBCELoss(bi_encoder).pair_features(captions, images, caption_rows, image_rows)
     with torch.no_grad():
         ours = bi_encoder[0](pairs)["scores"].view(-1)
     reference = cross_encoder.predict(
@@ -87,6 +87,41 @@ def test_pair_features_score_like_the_cross_encoder_on_the_same_pairs():
         convert_to_tensor=True,
     )
     torch.testing.assert_close(ours, reference.view(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_pairs_of_a_model_reading_tags_carry_the_image_tags_as_the_cross_encoder_reads_them():
+    """A model with add_od_labels reads a pair as [CLS] caption [SEP] tags [SEP]: the training pairs must too (they
+    were once the caption and the regions alone, so the cross-encoder was used with words it never saw in training),
+    tags cut to the caption's leftover room exactly as preprocess cuts them."""
+    # (The tiny XLM-R test tokenizer has no pair template, so it marks no tags' part: BERT's layout only.)
+    bi_encoder, cross_encoder = build_views("bert", add_od_labels=True, max_seq_length=14)
+    module = bi_encoder[0]
+    corpus = swatch_corpus(num_images=4, captions_per_image=1)
+    regions = module.featurizer.featurize(corpus.images)
+    tag_lists = [["red", "square"], ["blue circle", "green", "star shape", "dog"], None, ["a"] * 12]
+    for region, tags in zip(regions, tag_lists):
+        region.tags = tags
+    # Short, long (tags cut) and overlong (no room left for a tag) captions.
+    texts = ["a red square", "a small blue circle beside a green star and a dog", "x " * 30, "one"]
+    captions, images = dict(module.preprocess(texts)), dict(module.preprocess(regions))
+    caption_rows = torch.tensor([0, 1, 2, 3, 0, 1, 3, 2])
+    image_rows = torch.tensor([0, 1, 2, 3, 3, 0, 1, 1])
+    pairs = CrossEncoderBCELoss(bi_encoder).pair_features(captions, images, caption_rows, image_rows)
+    reference = module.preprocess(
+        [(texts[c], regions[i]) for c, i in zip(caption_rows.tolist(), image_rows.tolist())]
+    )
+    assert int(reference["tag_mask"].sum(dim=1).min()) == 0 and int(reference["tag_mask"].sum(dim=1).max()) > 3
+    for key in ("input_ids", "text_mask", "tag_mask", "token_type_ids", "region_features", "region_mask"):
+        if key in reference:
+            assert torch.equal(pairs[key], reference[key]), key
+    with torch.no_grad():
+        ours = module(pairs)["scores"].view(-1)
+    scores = cross_encoder.predict(
+        [(texts[c], regions[i]) for c, i in zip(caption_rows.tolist(), image_rows.tolist())],
+        activation_fn=torch.nn.Identity(),
+        convert_to_tensor=True,
+    )
+    torch.testing.assert_close(ours, scores.view(-1), atol=1e-5, rtol=1e-4)
 
 
 def test_loss_is_bce_over_positives_and_negatives():
