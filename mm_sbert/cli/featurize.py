@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--shard-size", type=positive_int, default=1024,
         help="images per shard file (default: 1024); finished shards survive even a kill -9")
     add("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
+    add("--processes", type=positive_int, default=1,
+        help="featurize in this many worker processes, sharing the threads (same store as one process)")
     # fmt: on
 
 
@@ -62,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.data.image_files import featurize_files
 
     featurizer = build_featurizer(args)
-    options = {"batch_size": args.batch_size, "shard_size": args.shard_size, "dtype": args.dtype}
+    options = {
+        "batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "dtype": args.dtype,
+        "processes": args.processes,
+    }
     try:
         # The failures are listed below, one line per image, instead of the library's summary warning.
         store = featurize_files(

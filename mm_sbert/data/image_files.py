@@ -73,6 +73,7 @@ def featurize_files(
     dtype: str = "float32",
     inputs: Iterable[str | os.PathLike | None] = (),
     warn_failures: bool = True,
+    processes: int = 1,
 ) -> Any:
     """Featurize the image files among ``paths`` (:func:`list_image_files`) into the feature store ``output``, as
     ``mm-sbert featurize`` does: the output is checked before any image is read (it may not be, or hold, one of
@@ -82,6 +83,7 @@ def featurize_files(
 
     Args:
         warn_failures: warn about unreadable images (they are skipped either way and listed in ``store.failed``).
+        processes: worker processes that featurize (:meth:`~mm_sbert.image_features.FeatureStore.build`).
 
     Returns:
         The :class:`~mm_sbert.image_features.FeatureStore`.
@@ -105,4 +107,5 @@ def featurize_files(
             batch_size=batch_size,
             shard_size=shard_size,
             dtype=dtype,
+            processes=processes,
         )

@@ -470,6 +470,7 @@ class FeatureStore:
         shard_size: int = 1024,
         dtype: StoreDtype = "float32",
         show_progress_bar: bool = True,
+        processes: int = 1,
     ) -> FeatureStore:
         """Featurize a collection once into a store at ``path`` and open it.
 
@@ -490,14 +491,20 @@ class FeatureStore:
             shard_size: images per shard (the unit of resumption).
             dtype: ``"float16"`` halves the disk / page-cache footprint (features only; boxes stay float32).
             show_progress_bar: show a tqdm bar over the images.
+            processes: featurize in this many worker processes (each reads and featurizes whole batches; this
+                process writes their results in order, so the store is the one a single process writes). Each
+                worker gets an equal share of the threads the thread policy grants this process.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         shard_size = _positive_int(shard_size, "shard_size")
+        processes = _positive_int(processes, "processes")
         ids = cls._default_ids(images, ids)
         config = _featurizer_identity(featurizer)
         inputs = [image for image in images if isinstance(image, (str, os.PathLike))]
         with _StoreWriter.open(path, inputs, dtype=dtype, shard_size=shard_size, featurizer_config=config) as writer:
-            failed = cls._featurize_into(writer, path, images, ids, featurizer, batch_size, show_progress_bar)
+            failed = cls._featurize_into(
+                writer, path, images, ids, featurizer, batch_size, show_progress_bar, processes
+            )
         if failed:
             listed = "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:5])
             warnings.warn(
@@ -516,6 +523,7 @@ class FeatureStore:
         featurizer: ImageFeaturizer,
         batch_size: int,
         show_progress_bar: bool,
+        processes: int = 1,
     ) -> dict[str, str]:
         if writer.feature_dim is not None and writer.feature_dim != featurizer.feature_dim:
             raise FeatureStoreError(
@@ -523,27 +531,20 @@ class FeatureStore:
                 f"{featurizer.feature_dim}-d"
             )
         pending = [(image_id, image) for image_id, image in zip(ids, images) if _key(image_id) not in writer.done]
+        batches = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
         failed: dict[str, str] = {}
         with (
             tqdm(total=len(pending), desc="Featurizing images", unit="image", disable=not show_progress_bar) as bar,
             writer.keeping_finished_work(),
+            _batch_featurizer(featurizer, min(processes, len(batches))) as featurize_batches,
         ):
-            for start in range(0, len(pending), batch_size):
-                loaded_ids, loaded = [], []
-                for image_id, image in pending[start : start + batch_size]:
-                    try:
-                        loaded.append(load_image(image))
-                        loaded_ids.append(image_id)
-                    except ImageLoadError as exc:
-                        failed[_key(image_id)] = str(exc)
-                        writer.fail(image_id, str(exc))
-                if loaded:
-                    results = featurizer.featurize(loaded)
-                    if len(results) != len(loaded):
-                        raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
-                    for image_id, regions in zip(loaded_ids, results):
-                        writer.add(image_id, regions)
-                bar.update(len(pending[start : start + batch_size]))
+            for batch, (results, failures) in zip(batches, featurize_batches(batches)):
+                for image_id, reason in failures:
+                    failed[_key(image_id)] = reason
+                    writer.fail(image_id, reason)
+                for image_id, regions in results:
+                    writer.add(image_id, regions)
+                bar.update(len(batch))
         return failed
 
     @staticmethod
@@ -736,3 +737,64 @@ class _StoreWriter:
                 warnings.warn(f"Could not save the finished images of '{self.path}': {flush_error}", stacklevel=3)
             raise
         self.close()
+
+
+def _featurize_batch(
+    featurizer: ImageFeaturizer, batch: Sequence[tuple[ImageId, Any]]
+) -> tuple[list[tuple[ImageId, RegionFeatures]], list[tuple[ImageId, str]]]:
+    """Read and featurize one batch: ``(id, regions)`` of the images read, ``(id, reason)`` of those that failed."""
+    loaded_ids, loaded, failures = [], [], []
+    for image_id, image in batch:
+        try:
+            loaded.append(load_image(image))
+            loaded_ids.append(image_id)
+        except ImageLoadError as exc:
+            failures.append((image_id, str(exc)))
+    if not loaded:
+        return [], failures
+    results = featurizer.featurize(loaded)
+    if len(results) != len(loaded):
+        raise RuntimeError(f"{featurizer!r} returned {len(results)} results for {len(loaded)} images")
+    return list(zip(loaded_ids, results)), failures
+
+
+_worker_featurizer: ImageFeaturizer | None = None
+
+
+def _start_worker(featurizer: ImageFeaturizer, threads: int) -> None:
+    import signal
+
+    global _worker_featurizer
+    # Ctrl-C reaches the whole process group: the parent stops the pool and keeps the finished work.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _worker_featurizer = featurizer
+
+
+def _featurize_batch_in_worker(batch: Sequence[tuple[ImageId, Any]]) -> Any:
+    return _featurize_batch(_worker_featurizer, batch)
+
+
+@contextlib.contextmanager
+def _batch_featurizer(featurizer: ImageFeaturizer, processes: int) -> Iterator[Any]:
+    """A function from batches to their results, in order: here, or in ``processes`` worker processes."""
+    if processes <= 1:
+        yield lambda batches: (_featurize_batch(featurizer, batch) for batch in batches)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mm_sbert.thread_policy import get_thread_policy
+
+    threads = max(1, get_thread_policy().threads_for("compute") // processes)
+    # spawn: a forked copy of a process that has run torch's thread pools can hang.
+    pool = ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(featurizer, threads),
+    )
+    try:
+        yield lambda batches: pool.map(_featurize_batch_in_worker, batches)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

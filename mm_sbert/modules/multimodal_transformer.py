@@ -995,6 +995,7 @@ class MultimodalTransformer(InputModule):
 _TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
 _REGION_KEYS = ("region_features", "region_mask")
 
+
 def _caption_hint(value: Any) -> str:
     """For a string that looks like an image path but names no file: how to pass it as a caption instead."""
     if isinstance(value, str) and looks_like_image_path(value) and not os.path.isfile(value):

@@ -26,6 +26,20 @@ def test_featurize_folder_with_color_grid_matches_the_featurizer(capsys, tmp_pat
     assert torch.allclose(store["scene_00003"].boxes, expected.boxes)
 
 
+def test_featurize_in_two_processes_writes_the_store_of_one(capsys, tmp_path):
+    stores = []
+    for processes in ("1", "2"):
+        store_path = tmp_path / f"store{processes}"
+        code, _, err = run_cli(
+            capsys, "featurize", f"{scene_folder()}/images", "--output", store_path, "--batch-size", "3",
+            "--processes", processes,
+        )  # fmt: skip
+        assert code == 0, err
+        stores.append(FeatureStore(store_path))
+    assert stores[1].ids == stores[0].ids and len(stores[0]) == 8
+    assert stores[1].manifest["shards"] == stores[0].manifest["shards"]
+
+
 def test_featurize_with_color_blob_stores_one_region_per_object_and_the_whole_image(capsys, tmp_path):
     store_path = tmp_path / "store"
     code, out, err = run_cli(

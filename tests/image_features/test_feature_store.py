@@ -23,6 +23,7 @@ from mm_sbert.image_features import (
     RegionFeatures,
     load_image,
 )
+from mm_sbert.thread_policy import using_thread_policy
 from tests.conftest import build_views
 from tests.image_features.conftest import SHARED_DATA_CANDIDATES
 
@@ -62,6 +63,39 @@ def test_store_returns_exactly_what_the_featurizer_gave(tmp_path, image_folder):
         expected = grid().featurize([load_image(path)])[0]
         assert store[path.stem] == expected  # features, boxes, image size, labels: bit-exact
     assert store.featurizer_config == {"type": "ColorGridFeaturizer", "config": grid().get_config_dict()}
+
+
+@pytest.mark.parametrize("featurizer", ["color-grid", "mobilenet"])
+def test_two_worker_processes_write_the_store_one_process_writes(tmp_path, image_folder, featurizer):
+    """processes=2 featurizes batches in two spawned workers; the store (ids, failures, shards, every feature) is
+    the single-process one. MobileNet runs at one thread in both, so its convolutions add in the same order."""
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    images = [*image_folder[:3], broken, *image_folder[3:]]
+    make = grid if featurizer == "color-grid" else lambda: MobileNetV2GridFeaturizer(weights=None, image_size=64)
+    stores = {}
+    for processes in (1, 2):
+        torch.manual_seed(0)  # weights=None: the same random MobileNet both times
+        with (
+            torch.no_grad(),
+            using_thread_policy(1),
+            pytest.warns(UserWarning, match="1 of 7 images could not be read"),
+        ):
+            stores[processes] = FeatureStore.build(
+                tmp_path / f"store{processes}",
+                images,
+                make(),
+                batch_size=2,
+                shard_size=3,
+                show_progress_bar=False,
+                processes=processes,
+            )
+    one, two = stores[1], stores[2]
+    assert two.ids == one.ids == [path.stem for path in image_folder] and sorted(two.failed) == ["broken"]
+    assert [shard["num_images"] for shard in two.manifest["shards"]] == [3, 3]
+    assert two.manifest["shards"] == one.manifest["shards"]
+    for image_id in one.ids:
+        assert two[image_id] == one[image_id]  # bit-exact
 
 
 def test_float16_store(tmp_path, image_folder):

@@ -107,9 +107,7 @@ def test_pairs_of_a_model_reading_tags_carry_the_image_tags_as_the_cross_encoder
     caption_rows = torch.tensor([0, 1, 2, 3, 0, 1, 3, 2])
     image_rows = torch.tensor([0, 1, 2, 3, 3, 0, 1, 1])
     pairs = CrossEncoderBCELoss(bi_encoder).pair_features(captions, images, caption_rows, image_rows)
-    reference = module.preprocess(
-        [(texts[c], regions[i]) for c, i in zip(caption_rows.tolist(), image_rows.tolist())]
-    )
+    reference = module.preprocess([(texts[c], regions[i]) for c, i in zip(caption_rows.tolist(), image_rows.tolist())])
     assert int(reference["tag_mask"].sum(dim=1).min()) == 0 and int(reference["tag_mask"].sum(dim=1).max()) > 3
     for key in ("input_ids", "text_mask", "tag_mask", "token_type_ids", "region_features", "region_mask"):
         if key in reference:
