@@ -176,6 +176,22 @@ ROWS: dict[str, dict] = {
         "layers": 3,
         "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
     },
+    "binding_tags_no_dropout": {
+        **_BINDING_OUTLINES,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+    },
+    "binding_tags_no_dropout_random_batches": {
+        **_BINDING_OUTLINES,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.TRAINING, "family_batches": ()},
+    },
+    "details_tags_no_dropout": {
+        **_DEFAULT_ROW,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+    },
     "binding_outlines_no_dropout_2_ce_steps_240": {
         **_BINDING_OUTLINES,
         "steps": 240,

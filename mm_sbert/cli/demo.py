@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help=f"(caption, image) pairs per batch ({DEFAULTS['batch_size']})")
     add("--layers", type=int, help=f"transformer layers of MiniLM kept ({DEFAULTS['layers']} of 6)")
     add("--regions", choices=sorted(REGIONS), default="grid",
-        help="image regions: 'grid' (3x3 colour grid, default) or 'objects' (one region per coloured object)")
+        help="image regions: " + "; ".join(f"'{name}': {what}" for name, what in REGIONS.items()) + " (default: grid)")
     add("--families", choices=FAMILY_KINDS, default=FAMILIES,
         help=f"what tells a family's scenes apart: 'details' (one detail each) or 'binding' (the same words, another "
         f"binding of colours, shapes and slots to objects) (default: {FAMILIES})")

@@ -74,10 +74,12 @@ NOTES = (
 )
 # --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
 # (docs/quickstart.md, "More training, object regions").
-# "outlines" adds each cell's shape, which the binding families need (benchmarks/results/demo_binding.md).
+# "outlines" adds each cell's shape, which the binding families need (benchmarks/results/demo_binding.md); "tagged"
+# also gives each image OSCAR-style words ("red circle" per object, ShapeTagger), read beside the caption.
 REGIONS = {
     "grid": "a 3x3 colour grid",
     "outlines": "a 3x3 colour grid with each cell's 7x7 outline",
+    "tagged": "a 3x3 colour grid with each cell's 7x7 outline, and a tag per object ('red circle')",
     "objects": "one region per object (ColorBlobFeaturizer)",
 }
 
@@ -87,20 +89,26 @@ def regions_featurizer(regions: str, image_size: int = 64) -> ImageFeaturizer | 
     :func:`build_demo_model`'s grid."""
     from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
 
-    if regions == "outlines":
-        return ColorGridFeaturizer(grid_size=3, resize_to=image_size, mask_size=7)
+    from mm_sbert.demo.synthetic_scenes import COLORS
+
+    if regions in ("outlines", "tagged"):
+        tag_colors = COLORS if regions == "tagged" else None
+        return ColorGridFeaturizer(grid_size=3, resize_to=image_size, mask_size=7, tag_colors=tag_colors)
     return ColorBlobFeaturizer() if regions == "objects" else None
 
 
 def build_demo_model(
     image_size: int, layers: int = 6, featurizer: ImageFeaturizer | None = None, **module_kwargs
 ) -> MMSentenceTransformer:
-    """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid)."""
+    """all-MiniLM-L6-v2 (its first ``layers`` layers) + ``featurizer`` (default: a 3x3 colour grid); a featurizer
+    that tags its images makes a model that reads the tags (``add_od_labels``)."""
     from mm_sbert.image_features import ColorGridFeaturizer
     from mm_sbert.training import DEFAULT_BACKBONE, new_model
 
     if featurizer is None:
         featurizer = ColorGridFeaturizer(grid_size=3, resize_to=image_size)
+    if getattr(featurizer, "tag_colors", None):
+        module_kwargs.setdefault("add_od_labels", True)
     if "fusion_layer" in module_kwargs and layers >= 1:
         # A single layer cannot be split into reading and fusing: it then attends across both from the start.
         module_kwargs["fusion_layer"] = min(module_kwargs["fusion_layer"], layers - 1)

@@ -19,6 +19,7 @@ from mm_sbert.image_features.mobilenet_v2_grid_featurizer import MobileNetV2Grid
 from mm_sbert.image_features.precomputed import read_butd_tsv, read_npz_folder, read_oscar_tsv
 from mm_sbert.image_features.region_features import BOX_FORMAT_WIDTHS, BoxFormat, RegionFeatures
 from mm_sbert.image_features.roi_align import roi_align
+from mm_sbert.image_features.shape_tagger import ShapeTagger
 
 __all__ = [
     "BOX_FORMAT_WIDTHS",
@@ -38,6 +39,7 @@ __all__ = [
     "MobileNetV2",
     "MobileNetV2GridFeaturizer",
     "RegionFeatures",
+    "ShapeTagger",
     "TorchvisionDetector",
     "efficientnet_lite2_weights_path",
     "imagenet_class_names",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -8,6 +9,7 @@ from PIL import Image
 
 from mm_sbert.image_features.image_featurizer import ImageFeaturizer, register_featurizer
 from mm_sbert.image_features.region_features import RegionFeatures
+from mm_sbert.image_features.shape_tagger import ShapeTagger
 
 
 @register_featurizer
@@ -19,17 +21,28 @@ class ColorGridFeaturizer(ImageFeaturizer):
     what it shows: the fraction of saturated pixels in each of ``mask_size x mask_size`` blocks of the region (a
     circle and a square of one colour and size differ only there). It needs no download, runs fast on a CPU, and
     is what the tests and the synthetic demo scenes use; real photos want a CNN or detector featurizer instead.
+    With ``tag_colors`` each image also gets OSCAR-style tags from a :class:`ShapeTagger` ("red circle" per object),
+    which a model built with ``add_od_labels=True`` reads beside the caption.
 
     Args:
         grid_size: cells per side; the image yields ``grid_size ** 2 + 1`` regions.
         hue_bins: bins of the hue histogram.
         resize_to: images are resized to this square size first, so any input size gives the same regions.
         mask_size: blocks per side of each region's outline; 0 leaves the outline out.
+        tag_colors: colour name -> RGB (0-255) of the colours the scenes use: tag each image's objects with
+            :class:`ShapeTagger`; ``None`` (default): no tags.
     """
 
-    config_keys = ["grid_size", "hue_bins", "resize_to", "mask_size"]
+    config_keys = ["grid_size", "hue_bins", "resize_to", "mask_size", "tag_colors"]
 
-    def __init__(self, grid_size: int = 4, hue_bins: int = 12, resize_to: int = 96, mask_size: int = 0) -> None:
+    def __init__(
+        self,
+        grid_size: int = 4,
+        hue_bins: int = 12,
+        resize_to: int = 96,
+        mask_size: int = 0,
+        tag_colors: dict[str, list[int]] | None = None,
+    ) -> None:
         if grid_size < 1 or hue_bins < 1 or resize_to < grid_size or not 0 <= mask_size <= resize_to // grid_size:
             raise ValueError(
                 f"ColorGridFeaturizer needs grid_size >= 1, hue_bins >= 1, resize_to >= grid_size and 0 <= mask_size "
@@ -40,7 +53,15 @@ class ColorGridFeaturizer(ImageFeaturizer):
         self.hue_bins = hue_bins
         self.resize_to = resize_to
         self.mask_size = mask_size
+        self.tag_colors = None if tag_colors is None else {name: list(rgb) for name, rgb in tag_colors.items()}
+        self.tagger = None if tag_colors is None else ShapeTagger(self.tag_colors)
         self.feature_dim = 3 + 3 + hue_bins + 1 + mask_size**2
+
+    def get_config_dict(self) -> dict[str, Any]:
+        config = super().get_config_dict()
+        if config["tag_colors"] is None:
+            del config["tag_colors"]  # the settings of a store or model from before tags, so both still match
+        return config
 
     def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:
         return [self._featurize_one(image) for image in images]
@@ -60,7 +81,10 @@ class ColorGridFeaturizer(ImageFeaturizer):
             cols = slice(round(x1 * size), round(x2 * size))
             features.append(self._describe(rgb[rows, cols], hsv[rows, cols]))
         return RegionFeatures(
-            torch.from_numpy(np.stack(features)), torch.tensor(cells, dtype=torch.float32), image_size=image.size
+            torch.from_numpy(np.stack(features)),
+            torch.tensor(cells, dtype=torch.float32),
+            image_size=image.size,
+            tags=(self.tagger.tag(image) or None) if self.tagger is not None else None,
         )
 
     def _describe(self, rgb: np.ndarray, hsv: np.ndarray) -> np.ndarray:

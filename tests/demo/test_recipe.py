@@ -139,10 +139,15 @@ def test_every_regions_choice_builds_a_model_that_reads_its_scenes():
     from mm_sbert.demo.recipe import REGIONS, regions_featurizer
 
     scenes = SyntheticScenes(2, captions_per_image=1, seed=0, image_size=32)
-    dims = {}
+    dims, reads_tags = {}, {}
     for regions in REGIONS:
         featurizer = regions_featurizer(regions, scenes.image_size)
         model = build_demo_model(scenes.image_size, 1, featurizer, **MODULE_KWARGS)
         dims[regions] = model[0].featurizer.feature_dim
+        reads_tags[regions] = model[0].add_od_labels
         assert model.encode(scenes.images, convert_to_tensor=True).shape == (2, 384)
     assert dims["outlines"] == dims["grid"] + 7 * 7  # the grid's colours plus each cell's 7x7 outline
+    # Tagged scenes: the outlines' regions, and a model that reads the tags beside the caption.
+    assert dims["tagged"] == dims["outlines"] and reads_tags == {name: name == "tagged" for name in REGIONS}
+    tagged = regions_featurizer("tagged", scenes.image_size).featurize(scenes.images)
+    assert [len(r.tags) for r in tagged] == [len(scene.objects) for scene in scenes.scenes]

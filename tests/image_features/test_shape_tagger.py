@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from mm_sbert.demo import SyntheticScenes
+from mm_sbert.demo.synthetic_scenes import COLORS, SLOTS
+from mm_sbert.image_features import ColorGridFeaturizer, ImageFeaturizer, ShapeTagger
+
+
+@pytest.mark.parametrize("families", ["details", "binding"])
+def test_tags_name_every_object_of_the_generated_scenes_in_reading_order(families):
+    scenes = SyntheticScenes(120, captions_per_image=1, seed=3, families=families)
+    tagger = ShapeTagger(COLORS)
+    for scene, image in zip(scenes.scenes, scenes.images):
+        reading_order = sorted(scene.objects, key=lambda obj: (SLOTS[obj.slot][1], SLOTS[obj.slot][0]))
+        assert tagger.tag(image) == [f"{obj.color} {obj.shape}" for obj in reading_order]
+
+
+def test_an_image_without_objects_has_no_tags_and_the_grid_stores_none():
+    blank = Image.new("RGB", (64, 64), (245, 245, 240))
+    assert ShapeTagger(COLORS).tag(blank) == []
+    grid = ColorGridFeaturizer(grid_size=3, resize_to=64, tag_colors=COLORS)
+    assert grid.featurize([blank])[0].tags is None
+
+
+def test_the_tagging_grid_saves_its_colours_and_an_untagged_grid_keeps_its_old_settings(tmp_path):
+    scenes = SyntheticScenes(4, captions_per_image=1, seed=0)
+    grid = ColorGridFeaturizer(grid_size=3, resize_to=64, mask_size=7, tag_colors=COLORS)
+    grid.save(str(tmp_path / "grid"))
+    loaded = ImageFeaturizer.load(str(tmp_path / "grid"))
+    assert [r.tags for r in loaded.featurize(scenes.images)] == [r.tags for r in grid.featurize(scenes.images)]
+    assert all(r.tags for r in loaded.featurize(scenes.images))
+    # A grid without tags has the settings it had before tags existed: its stores and models still match it.
+    assert "tag_colors" not in ColorGridFeaturizer(grid_size=3).get_config_dict()
+
+
+@pytest.mark.parametrize("colors", [{}, {"red": (300, 0, 0)}, {"red": (1, 2)}, {"": (1, 2, 3)}])
+def test_bad_colours_are_refused(colors):
+    with pytest.raises(ValueError, match="ShapeTagger"):
+        ShapeTagger(colors)
