@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mm_sbert.errors import InvalidInputError
 from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
 from mm_sbert.storage import check_output_path, mark_owned_folder
@@ -30,7 +31,7 @@ ONNX_FOLDER = "onnx"
 ONNX_EXPORT_KIND = "onnx-export"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_qint8.onnx"
-TEXT_INPUTS = ("input_ids", "text_mask", "token_type_ids")
+TEXT_INPUTS = ("input_ids", "text_mask", "token_type_ids", "tag_mask")
 REGION_INPUTS = ("region_features", "region_mask")
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,12 @@ def export_cross_encoder_onnx(cross_encoder: Any, output_folder: str, quantize: 
         RegionFeatures(torch.rand(count, module.region_feature_dim, generator=generator), _boxes(count))
         for count in (3, 2)
     ]
+    if module.add_od_labels:
+        # A model that reads tags takes their mask too (the tags count with the image); one row without any.
+        regions[0].tags = ["red circle", "dog"]
     example = module.preprocess([("a caption", regions[0]), ("a somewhat longer example caption", regions[1])])
     input_names = [name for name in (*TEXT_INPUTS, *REGION_INPUTS) if name in example]
-    widths = {"input_ids": "text", "text_mask": "text", "token_type_ids": "text"}
+    widths = {"input_ids": "text", "text_mask": "text", "token_type_ids": "text", "tag_mask": "text"}
     dynamic_axes = {name: {0: "batch", 1: widths.get(name, "regions")} for name in input_names}
     dynamic_axes["scores"] = {0: "batch"}
     wrapper = _ScoringForward(module, input_names)
@@ -189,6 +193,8 @@ class OnnxScorer:
         return f"OnnxScorer(onnx_path={self.onnx_path!r}, inputs={self.input_names})"
 
     def __call__(self, features: dict[str, Any]) -> torch.Tensor:
+        if "tag_mask" in self.input_names and "tag_mask" not in features:
+            features = {**features, "tag_mask": torch.zeros_like(features["text_mask"])}  # no image has tags
         missing = [name for name in self.input_names if name not in features]
         if missing:
             raise ValueError(f"The features lack {missing}, which the exported model {self.onnx_path!r} takes")
@@ -239,7 +245,21 @@ def load_onnx_scorer(
 ) -> OnnxScorer:
     """The scorer of ``MultimodalTransformer.load(..., backend="onnx")``, from the host's ``model_kwargs``
     (``file_name``, ``provider``, ``export``); see :func:`ensure_onnx_export`."""
-    return OnnxScorer(ensure_onnx_export(module, folder, file_name, export), provider=provider)
+    return _checked_scorer(
+        module, OnnxScorer(ensure_onnx_export(module, folder, file_name, export), provider=provider)
+    )
+
+
+def _checked_scorer(module: MultimodalTransformer, scorer: OnnxScorer) -> OnnxScorer:
+    """``scorer``, after checking it reads what ``module`` reads: an export of a model that reads tags, made before
+    the tags' mask was an input, would count the tags as caption and score differently from the model."""
+    if module.add_od_labels and module.tells_modalities_apart and "tag_mask" not in scorer.input_names:
+        raise InvalidInputError(
+            f"The ONNX export {scorer.onnx_path!r} does not take the tags' mask, which this model reads (it was "
+            "exported before tags were an input); export it again: export_cross_encoder_onnx(model, folder), or "
+            "load with model_kwargs={'export': True}"
+        )
+    return scorer
 
 
 def with_onnx_scorer(cross_encoder: Any, onnx_path: str, threads: int | None = None) -> Any:
@@ -255,7 +275,7 @@ def with_onnx_scorer(cross_encoder: Any, onnx_path: str, threads: int | None = N
 
     _module_of(cross_encoder)
     fast = copy.deepcopy(cross_encoder).eval()
-    fast[0].onnx_scorer = OnnxScorer(onnx_path, threads=threads)
+    fast[0].onnx_scorer = _checked_scorer(fast[0], OnnxScorer(onnx_path, threads=threads))
     return fast
 
 
@@ -280,8 +300,8 @@ def query_candidate_features(
 ) -> dict[str, torch.Tensor]:
     """The preprocessed tensors of the k pairs (query, candidate), equal to ``module.preprocess`` of the pairs.
 
-    The query is tokenised (or featurized) once and its tensors repeated k times; the candidates are preprocessed
-    in one call, padded to the longest of them.
+    The query is tokenised (or featurized) once and the candidates in one call; the pairs are joined as training
+    joins them (:meth:`~mm_sbert.modules.MultimodalTransformer.join_pair_features`, an image's tags included).
     """
     if len(candidates) == 0:
         raise ValueError("score_candidates() got no candidates")
@@ -292,15 +312,11 @@ def query_candidate_features(
         )
     query_features = module.preprocess([query])
     candidate_features = module.preprocess(list(candidates))
-    text, regions = (
-        (query_features, candidate_features) if query_kind == "text" else (candidate_features, query_features)
-    )
     k = len(candidates)
-    features = {}
-    for names, source in ((TEXT_INPUTS, text), (REGION_INPUTS, regions)):
-        for name in names:
-            if name in source:
-                tensor = source[name]
-                features[name] = tensor.expand(k, *tensor.shape[1:]) if source is query_features else tensor
+    same, each = torch.zeros(k, dtype=torch.long), torch.arange(k)
+    if query_kind == "text":
+        features = module.join_pair_features(query_features, candidate_features, same, each)
+    else:
+        features = module.join_pair_features(candidate_features, query_features, each, same)
     features["is_pair"] = torch.ones(k, dtype=torch.bool)
     return features

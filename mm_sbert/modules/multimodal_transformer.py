@@ -644,7 +644,7 @@ class MultimodalTransformer(InputModule):
         is_text = None
         depth = self._depth(features.get("is_pair"))
         layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
-        if layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS):
+        if self.tells_modalities_apart:
             # Tags are the image's words: they count with the regions, not with the caption.
             caption = torch.ones_like(text_mask)
             if features.get("tag_mask") is not None:
@@ -673,6 +673,13 @@ class MultimodalTransformer(InputModule):
             # Inference must not hand out NaN silently (training leaves overflow steps to the AMP grad scaler).
             _check_finite(token_embeddings, mask, features.get("scores"))
         return features
+
+    @property
+    def tells_modalities_apart(self) -> bool:
+        """Whether :meth:`forward` tells the caption's positions from the image's (late fusion, the cross-modal bias,
+        pair layers, the matching heads): tags (``tag_mask``) then count with the image, not the caption."""
+        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
+        return layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS)
 
     def _late_fusion_encoder(
         self,

@@ -109,14 +109,14 @@ def cross_encoder_logits(
 
 def eager_module(cross_encoder: Any) -> Any | None:
     """The ``MultimodalTransformer`` of a PyTorch cross-encoder made of that module alone (in eval mode, with a
-    score head, without object tags in its text), else ``None``. Reranking then scores a query's candidates with
-    :func:`eager_candidate_logits` instead of ``predict``: the same logits without tokenising the query once per
-    pair or checking every candidate twice."""
+    score head), else ``None``. Reranking then scores a query's candidates with :func:`eager_candidate_logits`
+    instead of ``predict``: the same logits without tokenising the query once per pair or checking every candidate
+    twice."""
     module = multimodal_module(cross_encoder)
     if module is None or len(cross_encoder) != 1 or module.classifier is None:
         return None
-    if module.training or module.add_od_labels or module.onnx_scorer is not None:
-        return None  # tags are tokenised with each pair's caption, so the query cannot be shared
+    if module.training or module.onnx_scorer is not None:
+        return None
     return module
 
 

@@ -277,3 +277,43 @@ if __name__ == "__main__":  # regenerate the fixture
     shutil.move(path, FIXTURE)
     shutil.rmtree(folder)
     print(f"wrote {FIXTURE}")
+
+
+def test_a_model_reading_tags_scores_them_alike_in_onnx_in_eager_reranking_and_in_predict(tmp_path):
+    """The tags count with the image (late fusion, matching head): the export takes their mask, the one-forward
+    rerank path joins them as predict does, and an export that does not take the mask is refused, not trusted."""
+    pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
+    from conftest import build_views
+
+    from mm_sbert.retrieval.cooperative_retriever import eager_candidate_logits, eager_module
+
+    _, cross_encoder = build_views(fusion_layer=1, head_input="text_image_match", add_od_labels=True)
+    module = cross_encoder[0]
+    regions = module.featurizer.featurize(IMAGES)
+    for index, region in enumerate(regions[:4]):
+        region.tags = ["red square", "star"][: index % 3] or None
+    pairs = [(caption, region) for caption in CAPTIONS for region in regions]
+    expected = eager_logits(cross_encoder, pairs)
+    # The tags change the scores (so a path that drops them would be caught).
+    untagged = [(caption, RegionFeatures(r.features, r.boxes, image_size=r.image_size)) for caption, r in pairs]
+    assert (eager_logits(cross_encoder, untagged) - expected).abs().max() > 1e-3
+    assert eager_module(cross_encoder) is module
+    for caption in CAPTIONS:
+        torch.testing.assert_close(
+            eager_candidate_logits(module, caption, regions, batch_size=4),
+            eager_logits(cross_encoder, [(caption, region) for region in regions]),
+            atol=1e-5,
+            rtol=0,
+        )
+    (path,) = export_cross_encoder_onnx(cross_encoder, str(tmp_path / "tagged"))
+    fast = onnx_backend(cross_encoder, path)
+    assert "tag_mask" in fast[0].onnx_scorer.input_names
+    torch.testing.assert_close(cross_encoder_logits(fast, pairs, batch_size=5), expected, atol=FP32_ATOL, rtol=0)
+    # An export of the same weights made without the tags' mask (as exports were before tags were an input).
+    module.add_od_labels = False
+    try:
+        (old_path,) = export_cross_encoder_onnx(cross_encoder, str(tmp_path / "old"))
+    finally:
+        module.add_od_labels = True
+    with pytest.raises(ValueError, match="does not take the tags' mask"):
+        onnx_backend(cross_encoder, old_path)
