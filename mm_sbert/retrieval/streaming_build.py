@@ -97,8 +97,8 @@ def build_index_streaming(
             if chunk.ndim != 2 or chunk.shape[1] != dim:
                 raise InvalidInputError(f"Expected chunks of shape [n, {dim}], got {chunk.shape}")
             if normalize:
-                chunk = chunk.astype(np.float32, copy=False)
-                chunk = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
+                chunk = np.array(chunk, dtype=np.float32)  # a copy of our own (never the caller's array) ...
+                chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)  # ... normalised in place
             stored = np.ascontiguousarray(chunk, dtype=dtype)
             del chunk  # the float32 copy of a normalised chunk: the stored rows are all that is needed now
             writer.write(stored)  # checks shape, finiteness and the row count
