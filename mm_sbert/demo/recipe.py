@@ -87,9 +87,8 @@ REGIONS = {
 def regions_featurizer(regions: str, image_size: int = 64) -> ImageFeaturizer | None:
     """The featurizer for a ``--regions`` choice (``REGIONS``) on scenes of ``image_size`` pixels; ``None`` means
     :func:`build_demo_model`'s grid."""
-    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
-
     from mm_sbert.demo.synthetic_scenes import COLORS
+    from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
 
     if regions in ("outlines", "tagged"):
         tag_colors = COLORS if regions == "tagged" else None
