@@ -8,6 +8,9 @@ One run measures, each quiet and with ``--competing-processes`` CPU-bound proces
 - **cross-encoder training**: s/step with ``CrossEncoderBCELoss`` (one negative per positive) at ``--ce-batch``;
 - **featurizing**: images/s of ``MobileNetV2GridFeaturizer`` over Flickr8k dev JPEGs (``--images``; random
   224x224 images when the data is absent);
+- **featurizing into a store** in ``--store-processes`` worker processes (``FeatureStore.build(...,
+  processes=N)``, what ``mm-sbert featurize --processes N`` runs), ``--store-images`` JPEG files, the workers' start
+  included;
 
 each with **all cores** (``torch.set_num_threads(cores)``, what the package did before) and with the **policy**
 (``mm_sbert.ThreadPolicy``, as ``mm-sbert train`` / ``featurize`` apply it: the free cores when the stage starts).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -114,6 +118,40 @@ def featurize_call(count: int):
     return (lambda _: featurizer(images)), source
 
 
+def store_call(count: int, processes: int):
+    """``FeatureStore.build`` of ``count`` JPEG files with MobileNetV2 in ``processes`` worker processes (what
+    ``mm-sbert featurize --processes N`` runs): reading, featurizing and writing the shards, the workers' start
+    included."""
+    import tempfile
+
+    from PIL import Image
+
+    from mm_sbert import MobileNetV2GridFeaturizer
+    from mm_sbert.image_features import FeatureStore
+
+    folder = os.path.join(FLICKR_DEV, "images")
+    scratch = tempfile.mkdtemp(prefix="busy_featurize_")
+    if os.path.isdir(folder):
+        paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:count]]
+        source = f"{len(paths)} Flickr8k dev JPEGs"
+    else:
+        generator = torch.Generator().manual_seed(0)
+        paths = []
+        for index in range(count):
+            pixels = (torch.rand(224, 224, 3, generator=generator) * 255).byte().numpy()
+            paths.append(os.path.join(scratch, f"image{index}.jpg"))
+            Image.fromarray(pixels).save(paths[-1])
+        source = f"{count} random 224x224 JPEGs (Flickr8k absent)"
+    featurizer = MobileNetV2GridFeaturizer(show_progress_bar=False)
+
+    def call(index: int) -> None:
+        store = os.path.join(scratch, f"store{index + 1}")
+        FeatureStore.build(store, paths, featurizer, show_progress_bar=False, processes=processes)
+        shutil.rmtree(store)
+
+    return call, source
+
+
 def timed(function, repeats: int) -> float:
     """Median seconds of ``function(i)`` after one warm-up call."""
     function(-1)
@@ -151,8 +189,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (median), after a warm-up")
     parser.add_argument("--images", type=int, default=64, help="images featurized per timed call")
     parser.add_argument("--featurize-repeats", type=int, default=3)
+    parser.add_argument("--store-images", type=int, default=1000, help="images of the feature-store row")
+    parser.add_argument("--store-processes", type=int, default=2, help="worker processes of the feature-store row")
+    parser.add_argument("--store-repeats", type=int, default=2)
     parser.add_argument("--competing-processes", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["be", "ce", "featurize"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["be", "ce", "featurize", "store"])
     parser.add_argument("--output", help="write the markdown report here, and its data as JSON beside it")
     args = parser.parse_args()
     started, start_load, info = time.time(), load_average(), machine()
@@ -168,11 +209,16 @@ def main() -> None:
         call, source = featurize_call(args.images)
         seconds = measure(args, "featurize", call, args.featurize_repeats)
         rows.append((f"featurize, MobileNetV2 7x7 grid, {source} (images/s)", f"images/s/{args.images}", seconds))
+    if "store" not in args.skip:
+        call, source = store_call(args.store_images, args.store_processes)
+        seconds = measure(args, "featurize", call, args.store_repeats)
+        name = f"featurize into a store, {args.store_processes} processes, {source} (images/s)"
+        rows.append((name, f"images/s/{args.store_images}", seconds))
     data["load_average_end"] = load_average()
     data["minutes"] = round((time.time() - started) / 60, 1)
 
     def cell(seconds: float, unit: str) -> str:
-        return f"{seconds:.2f}" if unit == "s/step" else f"{args.images / seconds:.1f}"
+        return f"{seconds:.2f}" if unit == "s/step" else f"{int(unit.rsplit('/', 1)[1]) / seconds:.1f}"
 
     lines = [
         "# Training and featurizing on a quiet and a busy machine: every core vs the thread policy",

@@ -493,7 +493,7 @@ class FeatureStore:
             show_progress_bar: show a tqdm bar over the images.
             processes: featurize in this many worker processes (each reads and featurizes whole batches; this
                 process writes their results in order, so the store is the one a single process writes). Each
-                worker gets an equal share of the threads the thread policy grants this process.
+                worker gets an equal share of this process's torch threads (at least one).
         """
         batch_size = _positive_int(batch_size, "batch_size")
         shard_size = _positive_int(shard_size, "shard_size")
@@ -784,9 +784,8 @@ def _batch_featurizer(featurizer: ImageFeaturizer, processes: int) -> Iterator[A
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from mm_sbert.thread_policy import get_thread_policy
-
-    threads = max(1, get_thread_policy().threads_for("compute") // processes)
+    # This process's threads (the policy's, or an explicit --threads) shared among the workers.
+    threads = max(1, torch.get_num_threads() // processes)
     # spawn: a forked copy of a process that has run torch's thread pools can hang.
     pool = ProcessPoolExecutor(
         processes,
