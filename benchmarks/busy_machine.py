@@ -110,19 +110,20 @@ REGION_DIM = 1280
 GRID = 7
 
 
-def region_images(count: int, seed: int = 0) -> list:
-    """``count`` images of 49 grid regions with random 1280-d features (MobileNetV2 7x7 grid layout)."""
+def region_images(count: int, seed: int = 0, grid: int = GRID) -> list:
+    """``count`` images of ``grid x grid`` regions with random 1280-d features (MobileNetV2 grid layout: 7x7 is
+    the featurizer's own map, 3x3 the pooled grid of the published Flickr8k recipe)."""
     import torch
 
     from mm_sbert import RegionFeatures
 
     generator = torch.Generator().manual_seed(seed)
-    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
-    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     boxes = torch.stack([edges[cols], edges[rows], edges[cols + 1], edges[rows + 1]], dim=1)
     return [
-        RegionFeatures(torch.rand(GRID * GRID, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
+        RegionFeatures(torch.rand(grid * grid, REGION_DIM, generator=generator), boxes, image_size=(224, 224))
         for _ in range(count)
     ]
 

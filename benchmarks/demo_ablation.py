@@ -192,6 +192,18 @@ ROWS: dict[str, dict] = {
         "regions": "tagged",
         "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
     },
+    "binding_tags_no_dropout_2_mined": {
+        **_BINDING_OUTLINES,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+    },
+    "details_tags_no_dropout_2_mined": {
+        **_DEFAULT_ROW,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+    },
     "binding_outlines_no_dropout_2_ce_steps_240": {
         **_BINDING_OUTLINES,
         "steps": 240,

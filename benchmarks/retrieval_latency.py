@@ -72,6 +72,8 @@ CAPTIONS = [
 TOP_K = 20
 # Eager in bfloat16: fast where the CPU has bfloat16 matrix units (AMX, AVX512-BF16), slow where it has none.
 EAGER_BF16 = "eager PyTorch bfloat16"
+# The whole joint model in bfloat16: query encoding and reranking.
+BOTH_BF16 = "eager PyTorch bfloat16, query encoded in bfloat16 too"
 APPROXIMATE = ["int8", "binary", "hnsw", "ivf"]
 CONDITIONS = ("quiet", "busy")
 
@@ -351,17 +353,20 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     module = info["_module"] if info else minilm_module()
     if corpus.shape[1] != module.get_embedding_dimension():
         return [f"Coop skipped: the collection is {corpus.shape[1]}-d, MiniLM embeds in 384-d.", ""]
-    bi_encoder = MMSentenceTransformer(
-        modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device="cpu"
-    )
+
+    def bi_encoder_of(module: MultimodalTransformer) -> MMSentenceTransformer:
+        return MMSentenceTransformer(modules=[module, Pooling(module.get_embedding_dimension(), "mean")], device="cpu")
+
+    bi_encoder = bi_encoder_of(module)
     cross_encoder = MMCrossEncoder(modules=[module], device="cpu")
-    images = region_images(TOP_K)
+    images = region_images(TOP_K, grid=args.coop_grid)
     index = EmbeddingIndex(corpus, metadata={"modality": "image"}, precision="binary")
     rerankers: list[tuple[str, object]] = [("eager PyTorch", cross_encoder)]
+    # A joint model cast to bfloat16 (model.to(torch.bfloat16)): the query's encoding runs the packed layers too.
+    bf16_module = copy.deepcopy(module).to(torch.bfloat16)
     if EAGER_BF16 in args.coop_rerankers:
-        rerankers.append(
-            (EAGER_BF16, MMCrossEncoder(modules=[copy.deepcopy(module).to(torch.bfloat16)], device="cpu"))
-        )
+        rerankers.append((EAGER_BF16, MMCrossEncoder(modules=[bf16_module], device="cpu")))
+        rerankers.append((BOTH_BF16, MMCrossEncoder(modules=[bf16_module], device="cpu")))
     for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 weights"):
         if info and backend in info and backend in args.coop_rerankers:
             rerankers.append((backend, info[backend][1]))
@@ -374,10 +379,11 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
         lambda i, threads: retriever.search(CAPTIONS[i % len(CAPTIONS)], rerank=False, threads=threads),
         args.repeats,
     )
+    bf16_bi_encoder = bi_encoder_of(bf16_module)
     for backend, reranker in rerankers:
         sessions: dict = {}
 
-        def coop(i: int, threads: int | None, reranker=reranker, sessions=sessions) -> object:
+        def coop(i: int, threads: int | None, reranker=reranker, sessions=sessions, backend=backend) -> object:
             if isinstance(reranker, str):
                 # An ONNX Runtime session fixes its threads when it is made: one per thread setting and load.
                 key = (threads, get_thread_policy().threads_for("rerank", threads=threads))
@@ -386,6 +392,7 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
                 retriever.cross_encoder = sessions[key]
             else:
                 retriever.cross_encoder = reranker
+            retriever.bi_encoder = bf16_bi_encoder if backend == BOTH_BF16 else bi_encoder
             return retriever.search(CAPTIONS[i % len(CAPTIONS)], threads=threads)
 
         results[f"Coop k={TOP_K}, rerank {backend}"] = measure_conditions(args, coop, args.ce_repeats)
@@ -429,6 +436,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--competing-processes", type=int, default=1, help="CPU-bound processes started for the busy column"
+    )
+    parser.add_argument(
+        "--coop-grid", type=int, default=GRID, help="regions per side of Coop's images (7: 49 regions; 3: 9)"
     )
     parser.add_argument("--embeddings", help="real collection embeddings (.npy [N, D]); sizes then subsample it")
     parser.add_argument("--query-embeddings", help="real query embeddings (.npy [Q, D]) for recall")
@@ -505,7 +515,8 @@ def main() -> None:
             "",
         ]
     if coop_lines:
-        lines += [f"## Coop k = {TOP_K} end to end over {size_label(len(largest))} images (MiniLM)", "", *coop_lines]
+        collection = f"{size_label(len(largest))} images of {args.coop_grid**2} regions"
+        lines += [f"## Coop k = {TOP_K} end to end over {collection} (MiniLM)", "", *coop_lines]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     write_report(args.output, "\n".join(lines), data)
