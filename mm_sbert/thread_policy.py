@@ -57,17 +57,31 @@ def _own_running_threads() -> int:
     return max(running, 1)
 
 
-def other_runnable_load() -> float:
+def _other_runnable_now() -> int:
+    """Runnable tasks now (``/proc/loadavg``) minus this process's own running threads; raises OSError / ValueError
+    where ``/proc`` does not say."""
+    with open("/proc/loadavg", encoding="ascii") as f:
+        running = int(f.read().split()[3].split("/")[0])
+    return max(running - _own_running_threads(), 0)
+
+
+def other_runnable_load(samples: int = 3, interval: float = 2e-4) -> float:
     """How many cores other processes keep busy now.
 
-    On Linux the instantaneous count of runnable tasks (``/proc/loadavg``) minus this process's own running threads
-    (whose pools may still spin after the last operation); elsewhere the 1-minute load average, which lags and
-    counts this process too.
+    On Linux the count of runnable tasks (``/proc/loadavg``) minus this process's own running threads (whose pools
+    may still spin after the last operation), the smallest of ``samples`` reads ``interval`` seconds apart: a
+    CPU-bound competitor is runnable in every read, a passing daemon or a thread caught between the two counts is
+    not (one such read made an idle machine look busy and halved the threads of a query); elsewhere the 1-minute
+    load average, which lags and counts this process too.
     """
     try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        return float(max(running - _own_running_threads(), 0))
+        lowest = _other_runnable_now()
+        for _ in range(samples - 1):
+            if not lowest:
+                break
+            time.sleep(interval)
+            lowest = min(lowest, _other_runnable_now())
+        return float(lowest)
     except (OSError, ValueError, IndexError):
         pass
     try:
