@@ -782,8 +782,16 @@ def _batch_featurizer(featurizer: ImageFeaturizer, processes: int) -> Iterator[A
         yield lambda batches: (_featurize_batch(featurizer, batch) for batch in batches)
         return
     import multiprocessing
+    import pickle
     from concurrent.futures import ProcessPoolExecutor
 
+    try:
+        pickle.dumps(featurizer)
+    except (pickle.PicklingError, TypeError, AttributeError) as error:
+        raise InvalidInputError(
+            f"processes={processes} sends the featurizer to worker processes, but {featurizer!r} cannot be pickled "
+            f"({error}); featurize with processes=1"
+        ) from error
     # This process's threads (the policy's, or an explicit --threads) shared among the workers.
     threads = max(1, torch.get_num_threads() // processes)
     # spawn: a forked copy of a process that has run torch's thread pools can hang.

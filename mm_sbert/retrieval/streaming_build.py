@@ -100,7 +100,7 @@ def build_index_streaming(
                 chunk = np.array(chunk, dtype=np.float32)  # a copy of our own (never the caller's array) ...
                 chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)  # ... normalised in place
             stored = np.ascontiguousarray(chunk, dtype=dtype)
-            del chunk  # the float32 copy of a normalised chunk: the stored rows are all that is needed now
+            del chunk  # from here on only the stored rows are read (a normalised copy is freed now)
             writer.write(stored)  # checks shape, finiteness and the row count
             # Codes from the stored rows, as EmbeddingIndex(..., dtype=dtype) quantises its own rows (add() and
             # train() read them as float32 a slice at a time).

@@ -98,6 +98,14 @@ def test_two_worker_processes_write_the_store_one_process_writes(tmp_path, image
         assert two[image_id] == one[image_id]  # bit-exact
 
 
+def test_a_featurizer_that_cannot_go_to_worker_processes_is_refused_before_any_work(tmp_path, image_folder):
+    featurizer = CountingFeaturizer()
+    featurizer.hook = lambda: None  # a lambda does not pickle
+    with pytest.raises(ValueError, match="cannot be pickled .* processes=1"):
+        FeatureStore.build(tmp_path / "store", image_folder, featurizer, show_progress_bar=False, processes=2)
+    assert featurizer.images == 0
+
+
 def test_float16_store(tmp_path, image_folder):
     store = FeatureStore.build(tmp_path / "store", image_folder, grid(), dtype="float16", show_progress_bar=False)
     regions, expected = store["img3"], grid().featurize([load_image(image_folder[3])])[0]
