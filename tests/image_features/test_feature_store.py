@@ -102,7 +102,9 @@ def test_a_featurizer_that_cannot_go_to_worker_processes_is_refused_before_any_w
     featurizer = CountingFeaturizer()
     featurizer.hook = lambda: None  # a lambda does not pickle
     with pytest.raises(ValueError, match="cannot be pickled .* processes=1"):
-        FeatureStore.build(tmp_path / "store", image_folder, featurizer, show_progress_bar=False, processes=2)
+        FeatureStore.build(
+            tmp_path / "store", image_folder, featurizer, batch_size=2, show_progress_bar=False, processes=2
+        )
     assert featurizer.images == 0
 
 
