@@ -53,8 +53,8 @@ class ColorGridFeaturizer(ImageFeaturizer):
         self.hue_bins = hue_bins
         self.resize_to = resize_to
         self.mask_size = mask_size
+        self.tagger = None if tag_colors is None else ShapeTagger(tag_colors)  # checks the colours
         self.tag_colors = None if tag_colors is None else {name: list(rgb) for name, rgb in tag_colors.items()}
-        self.tagger = None if tag_colors is None else ShapeTagger(self.tag_colors)
         self.feature_dim = 3 + 3 + hue_bins + 1 + mask_size**2
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class ShapeTagger:
     def __init__(
         self, colors: Mapping[str, Sequence[int]], saturation_threshold: float = 0.3, min_pixels: int = 4
     ) -> None:
-        if not colors or not all(isinstance(name, str) and name.strip() for name in colors):
+        if not isinstance(colors, Mapping) or not colors or not all(isinstance(n, str) and n.strip() for n in colors):
             raise ValueError(f"ShapeTagger needs colour names (non-empty strings) -> RGB, got {colors!r:.200}")
         rgb = np.asarray([list(value) for value in colors.values()], dtype=np.float32)
         if rgb.ndim != 2 or rgb.shape[1] != 3 or not np.isfinite(rgb).all() or (rgb < 0).any() or (rgb > 255).any():

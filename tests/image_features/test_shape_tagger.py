@@ -35,7 +35,9 @@ def test_the_tagging_grid_saves_its_colours_and_an_untagged_grid_keeps_its_old_s
     assert "tag_colors" not in ColorGridFeaturizer(grid_size=3).get_config_dict()
 
 
-@pytest.mark.parametrize("colors", [{}, {"red": (300, 0, 0)}, {"red": (1, 2)}, {"": (1, 2, 3)}])
+@pytest.mark.parametrize("colors", [{}, {"red": (300, 0, 0)}, {"red": (1, 2)}, {"": (1, 2, 3)}, [("red", (1, 2, 3))]])
 def test_bad_colours_are_refused(colors):
     with pytest.raises(ValueError, match="ShapeTagger"):
         ShapeTagger(colors)
+    with pytest.raises(ValueError, match="ShapeTagger"):
+        ColorGridFeaturizer(tag_colors=colors)
