@@ -192,6 +192,12 @@ ROWS: dict[str, dict] = {
         "regions": "tagged",
         "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
     },
+    "binding_tags_no_dropout_1_mined": {
+        **_BINDING_OUTLINES,
+        "regions": "tagged",
+        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.TRAINING, "hard_negatives": 1},
+    },
     "binding_tags_no_dropout_2_mined": {
         **_BINDING_OUTLINES,
         "regions": "tagged",
