@@ -69,19 +69,18 @@ def other_runnable_load(samples: int = 3, interval: float = 2e-4) -> float:
     """How many cores other processes keep busy now.
 
     On Linux the count of runnable tasks (``/proc/loadavg``) minus this process's own running threads (whose pools
-    may still spin after the last operation), the smallest of ``samples`` reads ``interval`` seconds apart: a
-    CPU-bound competitor is runnable in every read, a passing daemon or a thread caught between the two counts is
-    not (one such read made an idle machine look busy and halved the threads of a query); elsewhere the 1-minute
-    load average, which lags and counts this process too.
+    may still spin after the last operation), the median of ``samples`` reads ``interval`` seconds apart: a
+    CPU-bound competitor is runnable in every read, a passing daemon or one of our threads caught between the two
+    counts of a read in one at most (one such read made an idle machine look busy and halved the threads of a
+    query); elsewhere the 1-minute load average, which lags and counts this process too.
     """
     try:
-        lowest = _other_runnable_now()
-        for _ in range(samples - 1):
-            if not lowest:
-                break
-            time.sleep(interval)
-            lowest = min(lowest, _other_runnable_now())
-        return float(lowest)
+        reads = []
+        for sample in range(samples):
+            if sample:
+                time.sleep(interval)
+            reads.append(_other_runnable_now())
+        return float(sorted(reads)[len(reads) // 2])
     except (OSError, ValueError, IndexError):
         pass
     try:

@@ -71,18 +71,23 @@ def test_a_spinning_competitor_counts_as_load_and_a_passing_task_does_not(monkey
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        assert other_runnable_load() >= 1.0
+        # Seen in most measurements (a measurement can still miss it when our own threads change state mid-read).
+        seen = []
+        for _ in range(5):
+            seen.append(other_runnable_load() >= 1.0)
+            time.sleep(0.05)
+        assert sum(seen) >= 3, seen
     finally:
         competitor.kill()
         competitor.wait()
-    # The smallest of the reads: one read that catches a passing task (or a thread between two counts) is not load.
-    reads = iter([1, 0, 1])
+    # The median of the reads: one read that catches a passing task (or misses a competitor) does not decide.
+    reads = iter([1, 0, 0])
     monkeypatch.setattr(thread_policy, "_other_runnable_now", lambda: next(reads))
     assert other_runnable_load() == 0.0
-    reads = iter([1, 1, 1])
+    reads = iter([1, 0, 1])
     assert other_runnable_load() == 1.0
-    reads = iter([0])  # an idle machine needs one read
-    assert other_runnable_load() == 0.0
+    reads = iter([2, 1, 1, 0, 1])
+    assert other_runnable_load(samples=5) == 1.0
 
 
 def test_limit_reaches_torch_and_faiss_and_restores_them(restore_policy):
