@@ -18,6 +18,7 @@ from mm_sbert.convert.state_dict_mapping import (
     read_json,
     read_state_dict,
 )
+from mm_sbert.storage import lies_inside
 
 # Old sentence-transformers modules wrote their config under any of these names.
 _MODULE_CONFIG_NAMES = (
@@ -146,7 +147,7 @@ class MMTRetrievalConverter(CheckpointConverter):
             root = os.path.realpath(folder)
             for module in modules:
                 # modules.json names sub-folders; a path leading out of the model folder is not one
-                if os.path.commonpath([root, os.path.realpath(os.path.join(root, module["path"]))]) != root:
+                if not lies_inside(os.path.join(root, module["path"]), root):
                     raise CheckpointMismatchError(
                         f"{modules_path} names the module path {module['path']!r}, which is outside {folder}"
                     )

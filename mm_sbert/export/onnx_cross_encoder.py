@@ -19,7 +19,7 @@ from torch import nn
 from mm_sbert.errors import InvalidInputError
 from mm_sbert.image_features.image_loading import is_text
 from mm_sbert.image_features.region_features import RegionFeatures
-from mm_sbert.storage import check_output_path, mark_owned_folder
+from mm_sbert.storage import check_output_path, lies_inside, mark_owned_folder
 from mm_sbert.thread_policy import get_thread_policy
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def ensure_onnx_export(
         )
     root = os.path.realpath(folder)
     path = os.path.realpath(os.path.join(folder, file_name))
-    if os.path.commonpath([path, root]) != root:
+    if not lies_inside(path, root):
         raise ValueError(f"The ONNX file_name {file_name!r} points outside the model folder {folder!r}")
     relative = os.path.relpath(path, root).replace(os.sep, "/")
     if export or (export is None and not os.path.isfile(path)):
