@@ -122,6 +122,7 @@ def store_call(count: int, processes: int):
     """``FeatureStore.build`` of ``count`` JPEG files with MobileNetV2 in ``processes`` worker processes (what
     ``mm-sbert featurize --processes N`` runs): reading, featurizing and writing the shards, the workers' start
     included."""
+    import atexit
     import tempfile
 
     from PIL import Image
@@ -131,6 +132,7 @@ def store_call(count: int, processes: int):
 
     folder = os.path.join(FLICKR_DEV, "images")
     scratch = tempfile.mkdtemp(prefix="busy_featurize_")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # the generated images and the last store
     if os.path.isdir(folder):
         paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:count]]
         source = f"{len(paths)} Flickr8k dev JPEGs"
