@@ -53,16 +53,9 @@ class ColorBlobFeaturizer(ImageFeaturizer):
     def _featurize_one(self, image: Image.Image) -> RegionFeatures:
         image = image.convert("RGB")
         width, height = image.size
-        rgb = np.asarray(image, dtype=np.float32) / 255.0
-        hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
-        saturated = hsv[..., 1] > self.saturation_threshold
-        labels, _ = ndimage.label(saturated, structure=np.ones((3, 3), dtype=bool))
+        rgb, hsv, labels, blobs = find_color_blobs(image, self.saturation_threshold, self.min_pixels)
+        saturated = labels > 0
         pixel_counts = np.bincount(labels.ravel())
-        blobs = [
-            (label, box)
-            for label, box in enumerate(ndimage.find_objects(labels), start=1)
-            if box is not None and pixel_counts[label] >= self.min_pixels
-        ]
         if len(blobs) > self.max_regions:
             blobs = sorted(blobs, key=lambda blob: -pixel_counts[blob[0]])[: self.max_regions]
         # By box centre (twice the centre: start + stop), top to bottom, then left to right.
@@ -84,7 +77,31 @@ class ColorBlobFeaturizer(ImageFeaturizer):
         hue, saturation = hsv[..., 0][region], hsv[..., 1][region]
         histogram, _ = np.histogram(hue, bins=self.hue_bins, range=(0.0, 1.0), weights=saturation)
         histogram = histogram / max(len(hue), 1)
-        half = objects.shape[0] // 2
-        bottom_heavy = objects[-half:].mean() - objects[:half].mean() if half else 0.0
-        shape = np.array([objects.mean(), bottom_heavy], dtype=np.float32)
+        shape = np.array([objects.mean(), bottom_heaviness(objects)], dtype=np.float32)
         return np.concatenate([pixels.mean(0), pixels.std(0), histogram.astype(np.float32), shape]).astype(np.float32)
+
+
+def find_color_blobs(
+    image: Image.Image, saturation_threshold: float, min_pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, tuple[slice, slice]]]]:
+    """An image of coloured objects on a plain background as RGB and HSV arrays (0-1), the label of every pixel's
+    blob (0: background) and the blobs that count: ``(label, box)`` of each 8-connected component of pixels with
+    HSV saturation above ``saturation_threshold`` that has at least ``min_pixels`` of them (smaller ones are the
+    anti-aliased edges), in label order."""
+    image = image.convert("RGB")
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
+    labels, _ = ndimage.label(hsv[..., 1] > saturation_threshold, structure=np.ones((3, 3), dtype=bool))
+    pixel_counts = np.bincount(labels.ravel())
+    blobs = [
+        (label, box)
+        for label, box in enumerate(ndimage.find_objects(labels), start=1)
+        if box is not None and pixel_counts[label] >= min_pixels
+    ]
+    return rgb, hsv, labels, blobs
+
+
+def bottom_heaviness(mask: np.ndarray) -> float:
+    """How much fuller a blob's bottom half is than its top half (a triangle standing on its base: about 0.5)."""
+    half = mask.shape[0] // 2
+    return float(mask[-half:].mean() - mask[:half].mean()) if half else 0.0

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+from mm_sbert.image_features.color_blob_featurizer import bottom_heaviness, find_color_blobs
 
 # How full its bounding box a filled shape is: a square fills it, a circle pi / 4 of it, a triangle and a five-point
 # star about half, the triangle with its weight in the bottom half (it stands on its base).
@@ -56,17 +57,11 @@ class ShapeTagger:
 
     def tag(self, image: Image.Image) -> list[str]:
         """The image's tags, one per object in reading order (empty for an image without objects)."""
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-        saturation = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float32)[..., 1] / 255.0
-        labels, _ = ndimage.label(saturation > self.saturation_threshold, structure=np.ones((3, 3), dtype=bool))
+        rgb, _, labels, blobs = find_color_blobs(image, self.saturation_threshold, self.min_pixels)
         objects = []
-        for label, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None:
-                continue
+        for label, box in blobs:
             mask = labels[box] == label
-            if mask.sum() < self.min_pixels:
-                continue
-            color = rgb[box][mask].mean(axis=0)
+            color = rgb[box][mask].mean(axis=0) * 255.0
             name = self.color_names[int(((self.color_values - color) ** 2).sum(axis=1).argmin())]
             centre = ((box[0].start + box[0].stop) / 2, (box[1].start + box[1].stop) / 2)
             objects.append((centre, f"{name} {_shape_name(mask)}"))
@@ -92,6 +87,4 @@ def _shape_name(mask: np.ndarray) -> str:
         return "square"
     if fill > _CIRCLE_FILL:
         return "circle"
-    half = mask.shape[0] // 2
-    bottom_heaviness = float(mask[-half:].mean() - mask[:half].mean()) if half else 0.0
-    return "triangle" if bottom_heaviness > _TRIANGLE_BOTTOM_HEAVINESS else "star"
+    return "triangle" if bottom_heaviness(mask) > _TRIANGLE_BOTTOM_HEAVINESS else "star"

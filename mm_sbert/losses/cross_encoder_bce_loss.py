@@ -7,9 +7,7 @@ import torch
 from sentence_transformers.util import cos_sim
 from torch import Tensor, nn
 
-# What the caption column must give a pair (its text part) and the image column (its region part).
-TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
-REGION_KEYS = ("region_features", "region_mask")
+from mm_sbert.modules.multimodal_transformer import REGION_KEYS, TEXT_KEYS
 
 
 class CrossEncoderBCELoss(nn.Module):

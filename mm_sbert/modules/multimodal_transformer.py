@@ -391,8 +391,8 @@ class MultimodalTransformer(InputModule):
         reads ``[CLS] caption [SEP] tags [SEP]``, the tags cut to the room the caption leaves as
         :meth:`preprocess` cuts them, so a cross-encoder trained on these pairs sees the layout it is used with.
         """
-        pairs = {key: _take_rows(captions[key], caption_index) for key in _TEXT_KEYS if key in captions}
-        pairs.update({key: _take_rows(images[key], image_index) for key in _REGION_KEYS})
+        pairs = {key: _take_rows(captions[key], caption_index) for key in TEXT_KEYS if key in captions}
+        pairs.update({key: _take_rows(images[key], image_index) for key in REGION_KEYS})
         tag_masks = images.get("tag_mask")
         if tag_masks is None or not bool(tag_masks.any()):
             return pairs
@@ -644,7 +644,6 @@ class MultimodalTransformer(InputModule):
         # The text-position mask is needed only by late fusion, the cross-modal bias and the matching heads.
         is_text = None
         depth = self._depth(features.get("is_pair"))
-        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
         if self.tells_modalities_apart:
             # Tags are the image's words: they count with the regions, not with the caption.
             caption = torch.ones_like(text_mask)
@@ -657,7 +656,7 @@ class MultimodalTransformer(InputModule):
         packed = None
         if self.fast_inference and not self.training and not torch.is_grad_enabled():
             packed = packed_encoder_for(self.backbone.encoder.layer, hidden.dtype, hidden.device)
-        if layer_by_layer:
+        if self.runs_layer_by_layer:
             token_embeddings = self._late_fusion_encoder(
                 hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth
             )
@@ -676,11 +675,16 @@ class MultimodalTransformer(InputModule):
         return features
 
     @property
+    def runs_layer_by_layer(self) -> bool:
+        """Whether :meth:`forward` runs the encoder one layer at a time with its own masks (late fusion, the
+        cross-modal bias, pair layers)."""
+        return self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
+
+    @property
     def tells_modalities_apart(self) -> bool:
-        """Whether :meth:`forward` tells the caption's positions from the image's (late fusion, the cross-modal bias,
-        pair layers, the matching heads): tags (``tag_mask``) then count with the image, not the caption."""
-        layer_by_layer = self.fusion_layer > 0 or self.cross_modal_attention_bias is not None or self.pair_layers > 0
-        return layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS)
+        """Whether :meth:`forward` tells the caption's positions from the image's (layer by layer, or for a matching
+        head): tags (``tag_mask``) then count with the image, not the caption."""
+        return self.runs_layer_by_layer or (self.classifier is not None and self.head_input in MATCH_HEADS)
 
     def _late_fusion_encoder(
         self,
@@ -999,9 +1003,10 @@ class MultimodalTransformer(InputModule):
         return f"MultimodalTransformer({config})"
 
 
-# What a pair takes from its caption's preprocessed row and from its image's (join_pair_features).
-_TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
-_REGION_KEYS = ("region_features", "region_mask")
+# What a pair takes from its caption's preprocessed row and from its image's (join_pair_features; the cross-encoder
+# losses check their columns for them).
+TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
+REGION_KEYS = ("region_features", "region_mask")
 
 
 def _take_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
