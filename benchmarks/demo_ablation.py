@@ -47,6 +47,10 @@ FAMILY_BATCHES = {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)
 _DEFAULT_ROW = {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING}
 _BINDING_OUTLINES = {**_DEFAULT_ROW, "families": "binding", "regions": "outlines"}
 _NO_DROPOUT = {"config_kwargs": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+# The scenes' tags ("red circle" per object, --regions tagged), without dropout.
+_TAGS_NO_DROPOUT = {"regions": "tagged", "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT}}
+_BINDING_TAGS = {**_BINDING_OUTLINES, **_TAGS_NO_DROPOUT}
+_DETAILS_TAGS = {**_DEFAULT_ROW, **_TAGS_NO_DROPOUT}
 ROWS: dict[str, dict] = {
     "baseline_1_layer_mean_head_bce": BASELINE,
     "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
@@ -176,40 +180,15 @@ ROWS: dict[str, dict] = {
         "layers": 3,
         "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
     },
-    "binding_tags_no_dropout": {
-        **_BINDING_OUTLINES,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-    },
+    "binding_tags_no_dropout": _BINDING_TAGS,
     "binding_tags_no_dropout_random_batches": {
-        **_BINDING_OUTLINES,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        **_BINDING_TAGS,
         "training": {**demo_recipe.TRAINING, "family_batches": ()},
     },
-    "details_tags_no_dropout": {
-        **_DEFAULT_ROW,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-    },
-    "binding_tags_no_dropout_1_mined": {
-        **_BINDING_OUTLINES,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 1},
-    },
-    "binding_tags_no_dropout_2_mined": {
-        **_BINDING_OUTLINES,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
-    },
-    "details_tags_no_dropout_2_mined": {
-        **_DEFAULT_ROW,
-        "regions": "tagged",
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
-    },
+    "details_tags_no_dropout": _DETAILS_TAGS,
+    "binding_tags_no_dropout_1_mined": {**_BINDING_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 1}},
+    "binding_tags_no_dropout_2_mined": {**_BINDING_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 2}},
+    "details_tags_no_dropout_2_mined": {**_DETAILS_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 2}},
     "binding_outlines_no_dropout_2_ce_steps_240": {
         **_BINDING_OUTLINES,
         "steps": 240,
