@@ -98,22 +98,37 @@ def training_step(kind: str, batch: int):
     return step
 
 
+def image_files(count: int) -> tuple[list[str], str]:
+    """``count`` JPEG files to featurize: Flickr8k dev photos, or random 224x224 JPEGs (written to a scratch folder
+    removed at exit) where the data is absent; and a line that says which."""
+    import atexit
+    import tempfile
+
+    from PIL import Image
+
+    folder = os.path.join(FLICKR_DEV, "images")
+    if os.path.isdir(folder):
+        paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:count]]
+        return paths, f"{len(paths)} Flickr8k dev JPEGs"
+    scratch = tempfile.mkdtemp(prefix="busy_images_")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    generator = torch.Generator().manual_seed(0)
+    paths = []
+    for index in range(count):
+        pixels = (torch.rand(224, 224, 3, generator=generator) * 255).byte().numpy()
+        paths.append(os.path.join(scratch, f"image{index}.jpg"))
+        Image.fromarray(pixels).save(paths[-1])
+    return paths, f"{count} random 224x224 JPEGs (Flickr8k absent)"
+
+
 def featurize_call(count: int):
+    """The featurizer on ``count`` decoded images (decoding excluded)."""
     from PIL import Image
 
     from mm_sbert import MobileNetV2GridFeaturizer
 
-    folder = os.path.join(FLICKR_DEV, "images")
-    if os.path.isdir(folder):
-        names = sorted(os.listdir(folder))[:count]
-        images = [Image.open(os.path.join(folder, name)).convert("RGB") for name in names]
-        source = f"{len(images)} Flickr8k dev JPEGs"
-    else:
-        generator = torch.Generator().manual_seed(0)
-        images = [
-            Image.fromarray((torch.rand(224, 224, 3, generator=generator) * 255).byte().numpy()) for _ in range(count)
-        ]
-        source = f"{count} random 224x224 images (Flickr8k absent)"
+    paths, source = image_files(count)
+    images = [Image.open(path).convert("RGB") for path in paths]
     featurizer = MobileNetV2GridFeaturizer(show_progress_bar=False)
     return (lambda _: featurizer(images)), source
 
@@ -122,34 +137,18 @@ def store_call(count: int, processes: int):
     """``FeatureStore.build`` of ``count`` JPEG files with MobileNetV2 in ``processes`` worker processes (what
     ``mm-sbert featurize --processes N`` runs): reading, featurizing and writing the shards, the workers' start
     included."""
-    import atexit
     import tempfile
-
-    from PIL import Image
 
     from mm_sbert import MobileNetV2GridFeaturizer
     from mm_sbert.image_features import FeatureStore
 
-    folder = os.path.join(FLICKR_DEV, "images")
-    scratch = tempfile.mkdtemp(prefix="busy_featurize_")
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # the generated images and the last store
-    if os.path.isdir(folder):
-        paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:count]]
-        source = f"{len(paths)} Flickr8k dev JPEGs"
-    else:
-        generator = torch.Generator().manual_seed(0)
-        paths = []
-        for index in range(count):
-            pixels = (torch.rand(224, 224, 3, generator=generator) * 255).byte().numpy()
-            paths.append(os.path.join(scratch, f"image{index}.jpg"))
-            Image.fromarray(pixels).save(paths[-1])
-        source = f"{count} random 224x224 JPEGs (Flickr8k absent)"
+    paths, source = image_files(count)
     featurizer = MobileNetV2GridFeaturizer(show_progress_bar=False)
 
     def call(index: int) -> None:
-        store = os.path.join(scratch, f"store{index + 1}")
-        FeatureStore.build(store, paths, featurizer, show_progress_bar=False, processes=processes)
-        shutil.rmtree(store)
+        with tempfile.TemporaryDirectory(prefix="busy_store_") as scratch:
+            store = os.path.join(scratch, "store")
+            FeatureStore.build(store, paths, featurizer, show_progress_bar=False, processes=processes)
 
     return call, source
 
