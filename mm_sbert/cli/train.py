@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from typing import get_args
 
 from mm_sbert.backbones.offline_backbones import DEFAULT_BACKBONE
 from mm_sbert.cli import common
+from mm_sbert.modules.multimodal_transformer_config import HeadInput
 
 REGIMES = ("be", "ce", "joint")
 # The options train_model() takes under their own names.
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ce-loss", choices=("bce", "listwise"),
         help="cross-encoder loss (ce, joint): the paper's BCE (default), or listwise softmax over in-batch negatives")
     add("--ce-negatives", type=common.positive_int, help="cross-encoder negatives per positive (bce: 1, listwise: 3)")
-    add("--head-input", choices=("first_token", "mean", "text_image_match", "cosine_match"),
+    add("--head-input", choices=get_args(HeadInput),
         help="what the score head reads (default: [CLS]); on a saved model, a new head of this kind replaces its own")
     add("--fusion-layer", type=common.non_negative_int,
         help="for a NEW model: first layers that read text and regions apart (default: 0, single-stream)")

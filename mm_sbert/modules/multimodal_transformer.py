@@ -49,7 +49,7 @@ BACKBONE_FOLDER = "backbone"
 # saved by mm_sbert 0.1.0 the same file holds every weight and mm_transformer_config.json the backbone's config.
 WEIGHTS_NAME = "model.safetensors"
 # Heads that read the text and region halves of a pair separately (and so need the text-position mask).
-MATCH_HEADS = ("text_image_match", "cosine_match")
+MATCH_HEADS = ("text_image_match", "cosine_match", "token_match")
 # The host's model_kwargs for backend="onnx".
 ONNX_MODEL_KWARGS = ("file_name", "provider", "export")
 
@@ -95,7 +95,11 @@ class MultimodalTransformer(InputModule):
             ``Linear(4 * hidden, 1)``), so a weighted similarity of the two halves is one linear map away and
             training from a text-only checkpoint does not have to discover it through attention first;
             ``"cosine_match"``: the same four parts of the L2-normalised ``t`` and ``r``, so the head can read exactly
-            the cosine similarity a bi-encoder ranks by (see :meth:`start_cross_encoder`).
+            the cosine similarity a bi-encoder ranks by (see :meth:`start_cross_encoder`); ``"token_match"``: each
+            caption position aligned (dot-product attention) with the image positions, compared with what it aligned
+            with as ``[h ; a ; h * a ; |h - a|]`` and pooled by mean and max over the caption (ESIM's attend,
+            compare, aggregate; ``classifier`` is ``Linear(8 * hidden, 1)``), so one caption word that matches
+            nothing in the image moves the score, where a mean over the caption would dilute it.
         fusion_layer: how many of the backbone's first layers run each modality on its own before the rest attend
             across both: ``0`` (the default) is single-stream from the first layer, as OSCAR / M3P and the paper;
             ``k > 0`` masks attention between text and region positions in layers ``0..k-1`` (late fusion, as in
@@ -238,8 +242,7 @@ class MultimodalTransformer(InputModule):
         self.img_embedding = nn.Linear(self.region_feature_dim + BOX_FORMAT_WIDTHS[box_format], hidden_size)
         self.img_layer_norm = nn.LayerNorm(hidden_size, eps=self.img_layer_norm_eps) if use_img_layernorm else None
         self.img_dropout = nn.Dropout(config.hidden_dropout_prob)
-        head_width = 4 * hidden_size if head_input in MATCH_HEADS else hidden_size
-        self.classifier = nn.Linear(head_width, 1) if score_head else None
+        self.classifier = nn.Linear(_head_width(head_input, hidden_size), 1) if score_head else None
         self.classifier_dropout = nn.Dropout(config.hidden_dropout_prob) if score_head else None
         self.cross_modal_attention_bias = None
         if cross_modal_bias is not None:
@@ -798,6 +801,8 @@ class MultimodalTransformer(InputModule):
                 raise InvalidInputError(
                     f"head_input={self.head_input!r} needs is_text, the mask of the text positions"
                 )
+            if self.head_input == "token_match":
+                return self.classifier(self.classifier_dropout(_token_match(pool(token_embeddings), mask, is_text)))
             text, regions = (pool(_masked_mean(token_embeddings, mask * part)) for part in (is_text, 1 - is_text))
             if self.head_input == "cosine_match":
                 text, regions = nn.functional.normalize(text, dim=-1), nn.functional.normalize(regions, dim=-1)
@@ -826,8 +831,7 @@ class MultimodalTransformer(InputModule):
         self.head_input = head_input
         if head_pooler is not None:
             self.head_pooler = head_pooler
-        hidden_size = self.backbone.config.hidden_size
-        width = 4 * hidden_size if head_input in MATCH_HEADS else hidden_size
+        width = _head_width(head_input, self.backbone.config.hidden_size)
         self.classifier = nn.Linear(width, 1).to(device=reference.device, dtype=reference.dtype)
         self.classifier.weight.data.normal_(mean=0.0, std=self.backbone.config.initializer_range)
         self.classifier.bias.data.zero_()
@@ -1113,3 +1117,31 @@ def _build_legacy_backbone(
 def _masked_mean(token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(token_embeddings.dtype)
     return (token_embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def _head_width(head_input: str, hidden_size: int) -> int:
+    """Width of what the score head's ``classifier`` reads for ``head_input``."""
+    if head_input == "token_match":
+        return 8 * hidden_size
+    return 4 * hidden_size if head_input in MATCH_HEADS else hidden_size
+
+
+def _token_match(states: torch.Tensor, mask: torch.Tensor, is_text: torch.Tensor) -> torch.Tensor:
+    """``head_input="token_match"``: each caption position aligned with the image positions it matches best, compared
+    position by position, then pooled by mean and max over the caption (ESIM's attend - compare - aggregate).
+
+    A mismatch on one word (a colour bound to the wrong shape) moves the max of its comparison features, where a mean
+    over the whole caption would dilute it. Returns ``[B, 8 * hidden]``.
+    """
+    caption = (mask * is_text).to(states.dtype)
+    image = (mask * (1 - is_text)).bool()
+    logits = states @ states.transpose(1, 2) / math.sqrt(states.size(-1))  # [B, L, L]
+    # A row without image positions (a caption alone) gets uniform weights: finite, and never used as a pair score.
+    logits = logits.masked_fill(~image[:, None, :], torch.finfo(logits.dtype).min)
+    aligned = torch.softmax(logits, dim=-1) @ states
+    compared = torch.cat([states, aligned, states * aligned, (states - aligned).abs()], dim=-1)
+    mean = _masked_mean(compared, caption)
+    largest = compared.masked_fill(caption.unsqueeze(-1) == 0, torch.finfo(compared.dtype).min).amax(dim=1)
+    # A row without caption positions (an image alone) gets its mean instead of the dtype's minimum.
+    has_caption = caption.sum(dim=1, keepdim=True) > 0
+    return torch.cat([mean, torch.where(has_caption, largest, mean)], dim=-1)

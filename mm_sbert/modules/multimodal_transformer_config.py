@@ -22,7 +22,7 @@ BACKBONE_REQUIRED_FILES = ("config.json", "tokenizer_config.json")
 RegionOrder = Literal["text_first", "regions_first"]
 EmbeddingMode = Literal["separate", "joint"]
 ImageOnlyText = Literal["cls_sep", "cls"]
-HeadInput = Literal["first_token", "mean", "text_image_match", "cosine_match"]
+HeadInput = Literal["first_token", "mean", "text_image_match", "cosine_match", "token_match"]
 TrainedView = Literal["bi_encoder", "cross_encoder"]
 
 

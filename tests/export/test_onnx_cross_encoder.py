@@ -279,7 +279,8 @@ if __name__ == "__main__":  # regenerate the fixture
     print(f"wrote {FIXTURE}")
 
 
-def test_a_model_reading_tags_scores_them_alike_in_onnx_in_eager_reranking_and_in_predict(tmp_path):
+@pytest.mark.parametrize("head_input", ["text_image_match", "token_match"])
+def test_a_model_reading_tags_scores_them_alike_in_onnx_in_eager_reranking_and_in_predict(tmp_path, head_input):
     """The tags count with the image (late fusion, matching head): the export takes their mask, the one-forward
     rerank path joins them as predict does, and an export that does not take the mask is refused, not trusted."""
     pytest.importorskip("onnx", reason="exporting needs the `onnx` package (pip install onnx)")
@@ -287,7 +288,7 @@ def test_a_model_reading_tags_scores_them_alike_in_onnx_in_eager_reranking_and_i
 
     from mm_sbert.retrieval.cooperative_retriever import eager_candidate_logits, eager_module
 
-    _, cross_encoder = build_views(fusion_layer=1, head_input="text_image_match", add_od_labels=True)
+    _, cross_encoder = build_views(fusion_layer=1, head_input=head_input, add_od_labels=True)
     module = cross_encoder[0]
     regions = module.featurizer.featurize(IMAGES)
     for index, region in enumerate(regions[:4]):

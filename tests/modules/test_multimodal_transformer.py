@@ -160,6 +160,16 @@ def reference_score(module, features):
             head_in = pool(states[row, 0])
         elif module.head_input == "mean":
             head_in = pool(states[row][mask[row]].mean(0))
+        elif module.head_input == "token_match":
+            caption = pool(states[row, :text_width][mask[row, :text_width]])
+            image = pool(states[row, text_width:][mask[row, text_width:]])
+            compared = []
+            for token in caption:  # each caption token against the image positions it aligns with
+                weights = torch.softmax(image @ token / token.numel() ** 0.5, dim=0)
+                aligned = weights @ image
+                compared.append(torch.cat([token, aligned, token * aligned, (token - aligned).abs()]))
+            compared = torch.stack(compared)
+            head_in = torch.cat([compared.mean(0), compared.max(0).values])
         else:
             text = pool(states[row, :text_width][mask[row, :text_width]].mean(0))
             image = pool(states[row, text_width:][mask[row, text_width:]].mean(0))
@@ -170,7 +180,7 @@ def reference_score(module, features):
     return torch.stack(logits)
 
 
-@pytest.mark.parametrize("head_input", ["first_token", "mean", "text_image_match", "cosine_match"])
+@pytest.mark.parametrize("head_input", ["first_token", "mean", "text_image_match", "cosine_match", "token_match"])
 @pytest.mark.parametrize("head_pooler", [True, False])
 def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler):
     module = build_module("bert", featurizer=False, head_input=head_input, head_pooler=head_pooler)
@@ -178,7 +188,8 @@ def test_cross_encoder_head_reads_what_head_input_names(head_input, head_pooler)
     inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
     features = run(module, inputs)
     hidden = module.backbone.config.hidden_size
-    assert module.classifier.in_features == (4 * hidden if head_input.endswith("_match") else hidden)
+    widths = {"token_match": 8 * hidden, "text_image_match": 4 * hidden, "cosine_match": 4 * hidden}
+    assert module.classifier.in_features == widths.get(head_input, hidden)
     with torch.no_grad():
         expected = reference_score(module, features)
     torch.testing.assert_close(features["scores"], expected, atol=1e-5, rtol=1e-5)

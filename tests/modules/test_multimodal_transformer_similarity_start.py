@@ -94,7 +94,9 @@ def test_start_cross_encoder_needs_a_score_head():
         module.start_cross_encoder()
 
 
-@pytest.mark.parametrize("head_input, width", [("first_token", 1), ("mean", 1), ("text_image_match", 4)])
+@pytest.mark.parametrize(
+    "head_input, width", [("first_token", 1), ("mean", 1), ("text_image_match", 4), ("token_match", 8)]
+)
 def test_reset_score_head_builds_a_new_head_of_the_named_kind(head_input, width):
     module = build_module("bert", featurizer=False, head_input="cosine_match")
     old = module.classifier
