@@ -22,7 +22,8 @@ class ColorGridFeaturizer(ImageFeaturizer):
     circle and a square of one colour and size differ only there). It needs no download, runs fast on a CPU, and
     is what the tests and the synthetic demo scenes use; real photos want a CNN or detector featurizer instead.
     With ``tag_colors`` each image also gets OSCAR-style tags from a :class:`ShapeTagger` ("red circle" per object),
-    which a model built with ``add_od_labels=True`` reads beside the caption.
+    which a model built with ``add_od_labels=True`` reads beside the caption; with ``tag_places`` each tag also says
+    where its object is ("red circle left").
 
     Args:
         grid_size: cells per side; the image yields ``grid_size ** 2 + 1`` regions.
@@ -31,9 +32,11 @@ class ColorGridFeaturizer(ImageFeaturizer):
         mask_size: blocks per side of each region's outline; 0 leaves the outline out.
         tag_colors: colour name -> RGB (0-255) of the colours the scenes use: tag each image's objects with
             :class:`ShapeTagger`; ``None`` (default): no tags.
+        tag_places: end each tag with its object's place (:class:`ShapeTagger`'s ``place_words``); needs
+            ``tag_colors``.
     """
 
-    config_keys = ["grid_size", "hue_bins", "resize_to", "mask_size", "tag_colors"]
+    config_keys = ["grid_size", "hue_bins", "resize_to", "mask_size", "tag_colors", "tag_places"]
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class ColorGridFeaturizer(ImageFeaturizer):
         resize_to: int = 96,
         mask_size: int = 0,
         tag_colors: dict[str, list[int]] | None = None,
+        tag_places: bool = False,
     ) -> None:
         if grid_size < 1 or hue_bins < 1 or resize_to < grid_size or not 0 <= mask_size <= resize_to // grid_size:
             raise ValueError(
@@ -53,7 +57,11 @@ class ColorGridFeaturizer(ImageFeaturizer):
         self.hue_bins = hue_bins
         self.resize_to = resize_to
         self.mask_size = mask_size
-        self.tagger = None if tag_colors is None else ShapeTagger(tag_colors)  # checks the colours
+        if tag_places and tag_colors is None:
+            raise ValueError("ColorGridFeaturizer(tag_places=True) needs tag_colors: places are said in the tags")
+        self.tag_places = bool(tag_places)
+        # ShapeTagger checks the colours.
+        self.tagger = None if tag_colors is None else ShapeTagger(tag_colors, place_words=self.tag_places)
         self.tag_colors = None if tag_colors is None else {name: list(rgb) for name, rgb in tag_colors.items()}
         self.feature_dim = 3 + 3 + hue_bins + 1 + mask_size**2
 
@@ -61,6 +69,8 @@ class ColorGridFeaturizer(ImageFeaturizer):
         config = super().get_config_dict()
         if config["tag_colors"] is None:
             del config["tag_colors"]  # the settings of a store or model from before tags, so both still match
+        if not config["tag_places"]:
+            del config["tag_places"]
         return config
 
     def featurize(self, images: Sequence[Image.Image]) -> list[RegionFeatures]:

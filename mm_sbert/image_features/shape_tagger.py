@@ -25,20 +25,30 @@ class ShapeTagger:
     that detector for the generated scenes of :class:`~mm_sbert.demo.SyntheticScenes`: pixels whose HSV saturation
     exceeds ``saturation_threshold`` are object pixels, each 8-connected blob of at least ``min_pixels`` of them is
     an object, named by the nearest of ``colors`` (mean RGB) and by how full its box is (square, circle, triangle,
-    star). The tags name what is in the image; which object is where stays in the regions and the tags' order.
+    star). The tags name what is in the image; which object is where stays in the regions and the tags' order, or,
+    with ``place_words``, is said in each tag too ("red circle left": the third of the image the object's box centre
+    lies in, by column and row, as :data:`place_word` names it), as a dense-captioning detector names what it sees
+    and where.
 
     Args:
         colors: colour name -> RGB (0-255) of the colours the images use.
         saturation_threshold: HSV saturation (0-1) above which a pixel belongs to an object.
         min_pixels: smaller blobs are noise (anti-aliased edges) and are dropped.
+        place_words: end each tag with where the object is ("left", "top", "top left", "centre", ...).
 
     Example:
         >>> ShapeTagger({"red": (220, 40, 40), "blue": (40, 80, 220)}).tag(image)
         ['red circle', 'blue square']
+        >>> ShapeTagger({"red": (220, 40, 40), "blue": (40, 80, 220)}, place_words=True).tag(image)
+        ['red circle left', 'blue square right']
     """
 
     def __init__(
-        self, colors: Mapping[str, Sequence[int]], saturation_threshold: float = 0.3, min_pixels: int = 4
+        self,
+        colors: Mapping[str, Sequence[int]],
+        saturation_threshold: float = 0.3,
+        min_pixels: int = 4,
+        place_words: bool = False,
     ) -> None:
         if not isinstance(colors, Mapping) or not colors or not all(isinstance(n, str) and n.strip() for n in colors):
             raise ValueError(f"ShapeTagger needs colour names (non-empty strings) -> RGB, got {colors!r:.200}")
@@ -54,6 +64,7 @@ class ShapeTagger:
         self.color_values = rgb
         self.saturation_threshold = saturation_threshold
         self.min_pixels = min_pixels
+        self.place_words = bool(place_words)
 
     def tag(self, image: Image.Image) -> list[str]:
         """The image's tags, one per object in reading order (empty for an image without objects)."""
@@ -64,8 +75,22 @@ class ShapeTagger:
             color = rgb[box][mask].mean(axis=0) * 255.0
             name = self.color_names[int(((self.color_values - color) ** 2).sum(axis=1).argmin())]
             centre = ((box[0].start + box[0].stop) / 2, (box[1].start + box[1].stop) / 2)
-            objects.append((centre, f"{name} {_shape_name(mask)}"))
+            tag = f"{name} {_shape_name(mask)}"
+            if self.place_words:
+                tag += " " + place_word(centre[0] / rgb.shape[0], centre[1] / rgb.shape[1])
+            objects.append((centre, tag))
         return [tag for _, tag in _reading_order(objects, line_height=rgb.shape[0] / 8)]
+
+
+def place_word(y: float, x: float) -> str:
+    """Where a point (fractions of the image's height and width) lies, in the words captions use: the column's
+    ("left", "right") in the middle row, the row's ("top", "bottom") in the centre column, both in a corner ("top
+    left"), "centre" in the middle."""
+    row = ("top", "middle", "bottom")[min(int(y * 3), 2)]
+    column = ("left", "centre", "right")[min(int(x * 3), 2)]
+    if row == "middle":
+        return column
+    return row if column == "centre" else f"{row} {column}"
 
 
 def _reading_order(objects: list[tuple[tuple[float, float], str]], line_height: float) -> list[tuple[Any, str]]:
