@@ -174,9 +174,12 @@ def write_index_folder(
         tmp = target.parent / f"{_tmp_prefix(str(target))}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.makedirs(tmp)
         try:
+            # Marked before the rows are written, so the rows' folder is a declared child of an index folder even
+            # where the index itself is a declared child of another owned folder (the demo's index).
+            mark_owned_folder(tmp, OUTPUT_KIND, children={EMBEDDINGS_FOLDER: OUTPUT_KIND})
             write_rows(str(tmp / EMBEDDINGS_FOLDER))
             atomic_write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": FORMAT_VERSION, **config}, indent=2)
-            mark_owned_folder(tmp, OUTPUT_KIND)
+            mark_owned_folder(tmp, OUTPUT_KIND, children={EMBEDDINGS_FOLDER: OUTPUT_KIND})
             replace_folder(str(tmp), str(target))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

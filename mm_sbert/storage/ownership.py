@@ -14,7 +14,9 @@ Every writer of the package (index, feature store, model, training output, metri
 - a path inside a folder mm_sbert owns as something else (a file inside a model folder, an index inside a store) is
   refused, and a folder that merely has a name the package also uses is not thereby "owned"; the one exception is a
   direct child the owning folder's mark names as an output of that very kind (a training run's ``checkpoint-*`` and
-  ``final`` models, the demo's ``model`` and ``index``): what a folder's writer declared it creates there.
+  ``final`` models, the demo's ``model`` and ``index``): what a folder's writer declared it creates there. The
+  nearest owned folder above a path decides: an owned folder that was itself written as a declared child (the
+  demo's ``index``) may hold its own declared children (the index's ``embeddings``), as it would anywhere else.
 """
 
 from __future__ import annotations
@@ -169,13 +171,15 @@ def check_output_path(
 
     for ancestor in resolved.parents:
         ancestor_kind = owned_folder_kind(ancestor)
-        if ancestor_kind is not None and not (
-            ancestor == resolved.parent and _declared_child(ancestor, resolved, kind)
-        ):
+        if ancestor_kind is None:
+            continue
+        # The nearest owned folder decides; it was itself checked against the folders above it when it was written.
+        if not (ancestor == resolved.parent and _declared_child(ancestor, resolved, kind)):
             raise UnsafeOutputError(
                 f"{what} {str(target)!r} lies inside {str(ancestor)!r}, mm_sbert's {ancestor_kind} folder; "
                 "write the output somewhere else"
             )
+        break
 
     if not os.path.lexists(target):
         return target

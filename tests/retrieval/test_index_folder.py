@@ -230,3 +230,23 @@ def test_a_cross_encoder_that_cannot_read_the_images_is_refused_when_opening(ind
     with pytest.raises(ValueError, match="no image featurizer"):
         CooperativeRetriever(views[0], blind).open(index_folder)
     CooperativeRetriever(views[0]).open(index_folder)  # without reranking, nothing to featurize
+
+
+def test_an_index_builds_where_an_owned_folder_declares_one(tmp_path, views, image_folder):
+    """The demo's folder declares its ``index`` child; the index's own rows folder inside it must not be refused."""
+    from mm_sbert.demo.run_demo import DEMO_CHILDREN, DEMO_KIND, DEMO_PATTERNS
+    from mm_sbert.storage import mark_owned_folder
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    mark_owned_folder(demo, DEMO_KIND, patterns=DEMO_PATTERNS, children=DEMO_CHILDREN)
+    retriever = CooperativeRetriever(views[0], show_progress_bar=False)
+    retriever.index(image_folder, ids=image_folder, path=str(demo / "index"))
+    assert owned_folder_kind(demo / "index") == "embedding-index"
+    assert not [name for name in os.listdir(demo) if ".tmp-" in name]  # the staging folder was published
+    hits = CooperativeRetriever(views[0], top_k=2).open(str(demo / "index")).search("a red square")
+    assert len(hits) == 2
+    # Rebuilt in place, as the demo's suggested command does on a second run.
+    retriever.index(image_folder, ids=image_folder, path=str(demo / "index"))
+    with pytest.raises(UnsafeOutputError, match="demo-output"):
+        retriever.index(image_folder, ids=image_folder, path=str(demo / "other_index"))

@@ -171,3 +171,24 @@ def test_an_owned_folder_accepts_only_the_children_its_mark_declares_of_that_kin
     # only direct children: a path deeper down is still inside the owned folder
     with pytest.raises(UnsafeOutputError, match="mm_sbert's training-output folder"):
         check_output_path(run / "checkpoint-5" / "inner", "model", folder=True)
+
+
+def test_the_nearest_owned_folder_decides_so_a_declared_child_may_hold_its_own_declared_children(
+    tmp_path: Path,
+) -> None:
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    mark_owned_folder(demo, "demo-output", children={"index": "embedding-index", "model": "model"})
+    index = demo / "index"
+    assert check_output_path(index, "embedding-index", folder=True) == index
+    index.mkdir()
+    mark_owned_folder(index, "embedding-index", children={"embeddings": "embedding-index"})
+    assert check_output_path(index / "embeddings", "embedding-index", folder=True) == index / "embeddings"
+    # What the nested folder does not declare stays refused, and so does a path in a plain folder of the demo's.
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's embedding-index folder"):
+        check_output_path(index / "notes", "embedding-index", folder=True)
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's embedding-index folder"):
+        check_output_path(index / "embeddings", "model", folder=True)
+    (demo / "held_out_images").mkdir()
+    with pytest.raises(UnsafeOutputError, match="mm_sbert's demo-output folder"):
+        check_output_path(demo / "held_out_images" / "index", "embedding-index", folder=True)
