@@ -44,11 +44,16 @@ BASELINE = {
 TWO_LAYERS = {"train_images": 200, "layers": 2, "training": {"learning_rate": 3e-4, "new_layer_learning_rate": 3e-3}}
 # The cross-encoder on batches of whole scene families, the step every later row builds on.
 FAMILY_BATCHES = {**TWO_LAYERS["training"], "family_batches": ("cross_encoder",)}
-_DEFAULT_ROW = {"layers": None, "steps": None, "module": demo_recipe.MODULE_KWARGS, "training": demo_recipe.TRAINING}
+_DEFAULT_ROW = {
+    "layers": None,
+    "steps": None,
+    "module": demo_recipe.JOINT_MODULE_KWARGS,
+    "training": demo_recipe.JOINT_TRAINING,
+}
 _BINDING_OUTLINES = {**_DEFAULT_ROW, "families": "binding", "regions": "outlines"}
 _NO_DROPOUT = {"config_kwargs": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
 # The scenes' tags ("red circle" per object, --regions tagged), without dropout.
-_TAGS_NO_DROPOUT = {"regions": "tagged", "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT}}
+_TAGS_NO_DROPOUT = {"regions": "tagged", "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT}}
 _BINDING_TAGS = {**_BINDING_OUTLINES, **_TAGS_NO_DROPOUT}
 _DETAILS_TAGS = {**_DEFAULT_ROW, **_TAGS_NO_DROPOUT}
 ROWS: dict[str, dict] = {
@@ -88,22 +93,22 @@ ROWS: dict[str, dict] = {
         "train_images": 200,
         "layers": None,
         "steps": 240,
-        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 1},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "fusion_layer": 0},
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 1},
     },
     # The demo's recipe before late fusion and 1,000 training scenes.
     "previous_default_200_scenes": {
         "train_images": 200,
         "layers": None,
         "steps": None,
-        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
-        "training": demo_recipe.TRAINING,
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "fusion_layer": 0},
+        "training": demo_recipe.JOINT_TRAINING,
     },
     "default_single_stream": {
         "layers": None,
         "steps": None,
-        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
-        "training": demo_recipe.TRAINING,
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "fusion_layer": 0},
+        "training": demo_recipe.JOINT_TRAINING,
     },
     # The demo's defaults.
     "default": _DEFAULT_ROW,
@@ -111,24 +116,24 @@ ROWS: dict[str, dict] = {
     "default_1080_rounds": {
         "layers": None,
         "steps": 1080,
-        "module": demo_recipe.MODULE_KWARGS,
-        "training": demo_recipe.TRAINING,
+        "module": demo_recipe.JOINT_MODULE_KWARGS,
+        "training": demo_recipe.JOINT_TRAINING,
     },
     # One region per object (ColorBlobFeaturizer, detector-style) instead of one per grid cell.
     "default_object_regions": {
         "layers": None,
         "steps": None,
         "regions": "objects",
-        "module": demo_recipe.MODULE_KWARGS,
-        "training": demo_recipe.TRAINING,
+        "module": demo_recipe.JOINT_MODULE_KWARGS,
+        "training": demo_recipe.JOINT_TRAINING,
     },
     # The same architecture from random weights: is MiniLM's head start for the bi-encoder what keeps the CE level?
     "default_random_weights": {
         "layers": None,
         "steps": None,
         "random_weights": True,
-        "module": demo_recipe.MODULE_KWARGS,
-        "training": demo_recipe.TRAINING,
+        "module": demo_recipe.JOINT_MODULE_KWARGS,
+        "training": demo_recipe.JOINT_TRAINING,
     },
     # Issue 28's binding world (families="binding": the variants of a scene exchange colours, shapes or slots between
     # its objects; every caption of a family uses the same words). benchmarks/results/demo_binding.md.
@@ -136,7 +141,7 @@ ROWS: dict[str, dict] = {
     "binding_single_stream": {
         **_DEFAULT_ROW,
         "families": "binding",
-        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 0},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "fusion_layer": 0},
     },
     "binding_object_regions": {**_DEFAULT_ROW, "families": "binding", "regions": "objects"},
     # ALBEF's layout: the bi-encoder is MiniLM's first 2 layers; pairs go on through a third that fuses.
@@ -144,56 +149,65 @@ ROWS: dict[str, dict] = {
         **_DEFAULT_ROW,
         "families": "binding",
         "layers": 3,
-        "module": {**demo_recipe.MODULE_KWARGS, "fusion_layer": 2, "pair_layers": 1},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "fusion_layer": 2, "pair_layers": 1},
     },
     # This session's binding levers (benchmarks/results/demo_binding.md, second table): each cell's outline, then one
     # lever at a time on top of it.
     "binding_outlines": _BINDING_OUTLINES,
     "binding_outlines_cross_modal_bias_2": {
         **_BINDING_OUTLINES,
-        "module": {**demo_recipe.MODULE_KWARGS, "cross_modal_bias": 2.0},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "cross_modal_bias": 2.0},
     },
     "binding_outlines_cross_modal_bias_3.5": {
         **_BINDING_OUTLINES,
-        "module": {**demo_recipe.MODULE_KWARGS, "cross_modal_bias": 3.5},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, "cross_modal_bias": 3.5},
     },
     "binding_outlines_3_mined_negatives": {
         **_BINDING_OUTLINES,
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 3},
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 3},
     },
     "binding_outlines_2_mined_negatives": {
         **_BINDING_OUTLINES,
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 2},
     },
     "binding_outlines_similarity_start_2_mined": {
         **_BINDING_OUTLINES,
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 2, "similarity_start": True},
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 2, "similarity_start": True},
     },
     "binding_outlines_3_layers_2_mined": {
         **_BINDING_OUTLINES,
         "layers": 3,
-        "training": {**demo_recipe.TRAINING, "hard_negatives": 2},
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 2},
     },
-    "binding_outlines_no_dropout": {**_BINDING_OUTLINES, "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT}},
+    "binding_outlines_no_dropout": {**_BINDING_OUTLINES, "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT}},
     "binding_outlines_no_dropout_3_layers": {
         **_BINDING_OUTLINES,
         "layers": 3,
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT},
     },
     "binding_tags_no_dropout": _BINDING_TAGS,
     "binding_tags_no_dropout_random_batches": {
         **_BINDING_TAGS,
-        "training": {**demo_recipe.TRAINING, "family_batches": ()},
+        "training": {**demo_recipe.JOINT_TRAINING, "family_batches": ()},
     },
     "details_tags_no_dropout": _DETAILS_TAGS,
-    "binding_tags_no_dropout_1_mined": {**_BINDING_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 1}},
-    "binding_tags_no_dropout_2_mined": {**_BINDING_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 2}},
-    "details_tags_no_dropout_2_mined": {**_DETAILS_TAGS, "training": {**demo_recipe.TRAINING, "hard_negatives": 2}},
+    "binding_tags_no_dropout_1_mined": {
+        **_BINDING_TAGS,
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 1},
+    },
+    "binding_tags_no_dropout_2_mined": {
+        **_BINDING_TAGS,
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 2},
+    },
+    "details_tags_no_dropout_2_mined": {
+        **_DETAILS_TAGS,
+        "training": {**demo_recipe.JOINT_TRAINING, "hard_negatives": 2},
+    },
     "binding_outlines_no_dropout_2_ce_steps_240": {
         **_BINDING_OUTLINES,
         "steps": 240,
-        "module": {**demo_recipe.MODULE_KWARGS, **_NO_DROPOUT},
-        "training": {**demo_recipe.TRAINING, "cross_encoder_steps_per_round": 2},
+        "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT},
+        "training": {**demo_recipe.JOINT_TRAINING, "cross_encoder_steps_per_round": 2},
     },
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
@@ -243,10 +257,10 @@ def run_row(
     demo_recipe.fine_tune(
         model,
         train,
-        steps=row["steps"] or demo_recipe.DEFAULTS["steps"],
+        steps=row["steps"] or demo_recipe.JOINT_SIZES["steps"],
         batch_size=demo_recipe.DEFAULTS["batch_size"],
         seed=seed,
-        warmup_steps=demo_recipe.DEFAULTS["warmup_steps"],
+        warmup_steps=demo_recipe.JOINT_SIZES["warmup_steps"],
         show_progress_bar=False,
         **training,
     )

@@ -10,6 +10,9 @@ exchanged (the same words in another arrangement), and how often each model scor
 
     mm-sbert demo --output-dir demo_run
     python benchmarks/demo_error_kinds.py demo_run/model --seed 0
+
+The CE is the demo's separate cross-encoder (``<output-dir>/cross_encoder``) where the run saved one, else the model's
+own cross-encoder view (a joint model of earlier demo versions); ``--cross-encoder`` names another.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ def binding_table(model, cross_encoder, scenes: list[Scene], regions: list, imag
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a folder saved by mm-sbert demo")
+    parser.add_argument("--cross-encoder", help="the reranker (default: the run's cross_encoder/, else the model)")
     parser.add_argument("--seed", type=int, default=None, help="the demo's --seed (default: as the run recorded it)")
     parser.add_argument("--train-images", type=int, default=None, help="the demo's --train-images (idem)")
     parser.add_argument("--eval-images", type=int, default=None, help="the demo's --eval-images (idem)")
@@ -139,10 +143,15 @@ def main() -> None:
     # Runs recorded before the binding world had one-detail families of 4.
     families = {"families": settings.get("families", "details"), "family_size": settings.get("family_size", 4)}
 
-    from mm_sbert import MMSentenceTransformer
+    from mm_sbert import MMCrossEncoder, MMSentenceTransformer
 
     model = MMSentenceTransformer(args.model, device="cpu")
-    cross_encoder = model.to_cross_encoder()
+    # The demo's separate cross-encoder reads the regions of the same featurizer as its bi-encoder.
+    separate = Path(args.model).resolve().parent / "cross_encoder"
+    if args.cross_encoder or separate.is_dir():
+        cross_encoder = MMCrossEncoder(args.cross_encoder or str(separate), device="cpu")
+    else:
+        cross_encoder = model.to_cross_encoder()
     train = SyntheticScenes(train_images, captions_per_image=5, seed=seed, **families)
     held_out = SyntheticScenes(eval_images, captions_per_image=1, seed=seed + 1, exclude=train.signatures, **families)
     regions = model[0].featurizer.featurize(held_out.images)

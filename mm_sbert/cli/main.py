@@ -15,7 +15,7 @@ from mm_sbert.version import __version__
 # mm_sbert.cli.<name> (and torch... behind it), is imported only for the command that runs, so that `mm-sbert --help`
 # answers at once; its add_arguments() and run() are the command (convert's are mm_sbert.convert's own).
 COMMANDS: dict[str, tuple[str, str | None]] = {
-    "demo": ("fine-tune a small joint model on generated scenes and compare BE, CE and Coop retrieval", "train"),
+    "demo": ("train a small bi-encoder and a cross-encoder on generated scenes; compare BE, CE and Coop", "train"),
     "featurize": ("featurize images once into a feature store (region features on disk)", "featurize"),
     "train": ("fine-tune a bi-encoder (be), a cross-encoder (ce) or a joint model (joint)", "train"),
     "evaluate": ("image-text retrieval recall of BE / CE / Coop, both directions, with timings", "compute"),

@@ -7,6 +7,7 @@ why.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import tempfile
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 DEFAULTS = {
     "train_images": 1000,
     "eval_images": 200,
-    "warmup_steps": 60,
-    "steps": 360,
+    "bi_encoder_steps": 420,
+    "cross_encoder_steps": 300,
     "batch_size": 16,
     "layers": 2,
     "eval_captions": 1,
@@ -30,18 +31,47 @@ DEFAULTS = {
 QUICK = {
     "train_images": 24,
     "eval_images": 12,
-    "warmup_steps": 1,
-    "steps": 2,
+    "bi_encoder_steps": 3,
+    "cross_encoder_steps": 2,
     "batch_size": 8,
     "layers": 1,
     "eval_captions": 1,
     "family_size": 4,
 }
-# What tells the scenes of a family apart (SyntheticScenes' families, `mm-sbert demo --families`): one detail. With
-# "binding" (the same words, another binding) neither view of this recipe left within-family chance in 120 rounds.
-FAMILIES = "details"
-# How the demo departs from the paper's recipe to learn within CPU minutes (printed with the results, see NOTES).
+# What tells the scenes of a family apart (SyntheticScenes' families, `mm-sbert demo --families`): with "binding" every
+# scene of a family shows the same colours, shapes and places and only which belongs to which object differs, the case
+# a single pooled vector blurs and reading the pair together resolves (benchmarks/results/demo_binding.md).
+FAMILIES = "binding"
+# --regions: what one image region is, and the image's words. "placed" is the default: the scenes' objects named with
+# their places ("red circle left", ShapeTagger) beside the grid, so caption and image can be matched word by word.
+REGIONS = {
+    "grid": "a 3x3 colour grid",
+    "outlines": "a 3x3 colour grid with each cell's 7x7 outline",
+    "tagged": "a 3x3 colour grid with each cell's 7x7 outline, and a tag per object ('red circle')",
+    "placed": "a 3x3 colour grid with each cell's 7x7 outline, and a tag per object and its place ('red circle left')",
+    "objects": "one region per object (ColorBlobFeaturizer)",
+}
+DEFAULT_REGIONS = "placed"
+_NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+# The demo's bi-encoder: the first layer reads the caption and the image apart, the second attends across a pair
+# (late fusion), so the cross-encoder started from it reads both sides as the bi-encoder learned to; no dropout (it
+# held both views back by about 6 points of mean recall in this budget).
+MODULE_KWARGS = {"fusion_layer": 1, "config_kwargs": _NO_DROPOUT}
+# The cross-encoder: started from the trained bi-encoder with a new score head that compares each caption word with
+# what it aligns with in the image (head_input="token_match"), trained on lists of look-alikes (whole scene families).
+CROSS_ENCODER_HEAD = "token_match"
 TRAINING = {
+    "learning_rate": 3e-4,
+    "new_layer_learning_rate": 3e-3,
+    "cross_encoder_learning_rate": 1e-4,
+    "cross_encoder_head_learning_rate": 1e-3,
+    "negatives_per_positive": 3,
+}
+# The joint recipe of the earlier demo (one model, bi-encoder and cross-encoder steps on shared weights), which
+# benchmarks/demo_ablation.py's rows were measured with (benchmarks/results/demo_binding.md); fine_tune() runs it.
+JOINT_SIZES = {"warmup_steps": 60, "steps": 360}
+JOINT_MODULE_KWARGS = {"head_input": "text_image_match", "head_pooler": True, "fusion_layer": 1}
+JOINT_TRAINING = {
     "learning_rate": 3e-4,
     "new_layer_learning_rate": 3e-3,
     "cross_encoder_steps_per_round": 1,
@@ -49,39 +79,28 @@ TRAINING = {
     "listwise": True,
     "negatives_per_positive": 3,
 }
-MODULE_KWARGS = {"head_input": "text_image_match", "head_pooler": True, "fusion_layer": 1}
 # Printed with every run: where the demo departs from the paper's recipe (§4.1) and why.
 NOTES = (
     "How this demo differs from the paper's recipe, to learn on 2 CPU cores within minutes:",
     "- model: all-MiniLM-L6-v2 (text only) cut to its first layers (paper: OSCAR / M3P, 12 layers, pretrained on"
-    " image-text pairs); images: {regions} (paper: 36 Faster R-CNN regions);",
+    " image-text pairs); images: {regions} (paper: 36 Faster R-CNN regions and, in OSCAR, the detector's labels);",
+    "- the cross-encoder starts from the trained bi-encoder (paper: both from OSCAR): its weights are the only ones"
+    " here that have seen images and text together;",
     "- bi-encoder loss: in-batch InfoNCE (paper: triplet loss with the hardest in-batch negative, which from a"
     " cold start collapses within a few hundred steps);",
     "- cross-encoder loss: softmax over the positive pair and {negatives_per_positive} in-batch negatives"
     " (CrossEncoderListwiseLoss; paper: BCE with one random negative), in batches of whole scene families"
     " (GroupedBatchSampler), so the negatives are often look-alikes;",
-    "- the cross-encoder head matches the mean text state with the mean region state ([t; r; t*r; |t-r|],"
-    " head_input='text_image_match'; paper: [CLS]): MiniLM's [CLS] state was never trained, and from a text-only"
-    " start a [CLS] or mean head stays far below the bi-encoder within this budget;",
-    "- late fusion: the first layer reads the caption and the regions apart, only the second attends across both"
-    " (fusion_layer=1; paper: single-stream from the first layer), so the caption is read as MiniLM was trained"
-    " to read it before it is compared with the regions;",
-    "- a bi-encoder-only warm-up before the joint rounds (paper: none): the cross-encoder stays at chance from a"
-    " text-only start unless the region embeddings are first aligned with the words;",
-    "- learning rate {learning_rate:g} for MiniLM's weights and {new_layer_learning_rate:g} for the new layers"
-    " (paper: 5e-5 everywhere), batch {batch_size} (paper: 128), {warmup_steps} warm-up steps + {steps} joint"
-    " rounds (paper: 30k rounds).",
+    "- the cross-encoder head compares each caption word with the image positions it aligns with and pools the"
+    " comparisons by mean and max (head_input='token_match', ESIM-style; paper: [CLS]): MiniLM's [CLS] state was"
+    " never trained, and a head over pooled states ranks like the bi-encoder it starts from;",
+    "- late fusion: the first layer reads the caption and the image apart, only the second attends across both"
+    " (fusion_layer=1; paper: single-stream from the first layer); no dropout;",
+    "- learning rates {learning_rate:g} (bi-encoder) / {cross_encoder_learning_rate:g} (cross-encoder) for the"
+    " transformer and {new_layer_learning_rate:g} / {cross_encoder_head_learning_rate:g} for the new layers (paper:"
+    " 2e-5 / 5e-5), batch {batch_size} (paper: 128), {bi_encoder_steps} bi-encoder + {cross_encoder_steps}"
+    " cross-encoder steps (paper: 30k+).",
 )
-# --regions: what one image region is. The grid is the default: the cross-encoder is closest to the bi-encoder there
-# (docs/quickstart.md, "More training, object regions").
-# "outlines" adds each cell's shape, which the binding families need (benchmarks/results/demo_binding.md); "tagged"
-# also gives each image OSCAR-style words ("red circle" per object, ShapeTagger), read beside the caption.
-REGIONS = {
-    "grid": "a 3x3 colour grid",
-    "outlines": "a 3x3 colour grid with each cell's 7x7 outline",
-    "tagged": "a 3x3 colour grid with each cell's 7x7 outline, and a tag per object ('red circle')",
-    "objects": "one region per object (ColorBlobFeaturizer)",
-}
 
 
 def regions_featurizer(regions: str, image_size: int = 64) -> ImageFeaturizer | None:
@@ -90,9 +109,11 @@ def regions_featurizer(regions: str, image_size: int = 64) -> ImageFeaturizer | 
     from mm_sbert.demo.synthetic_scenes import COLORS
     from mm_sbert.image_features import ColorBlobFeaturizer, ColorGridFeaturizer
 
-    if regions in ("outlines", "tagged"):
-        tag_colors = COLORS if regions == "tagged" else None
-        return ColorGridFeaturizer(grid_size=3, resize_to=image_size, mask_size=7, tag_colors=tag_colors)
+    if regions in ("outlines", "tagged", "placed"):
+        tag_colors = COLORS if regions in ("tagged", "placed") else None
+        return ColorGridFeaturizer(
+            grid_size=3, resize_to=image_size, mask_size=7, tag_colors=tag_colors, tag_places=regions == "placed"
+        )
     return ColorBlobFeaturizer() if regions == "objects" else None
 
 
@@ -158,14 +179,9 @@ def fine_tune(
     that are new on top of MiniLM (region projection, its LayerNorm, score head) learn at
     ``new_layer_learning_rate``. Nothing is written to disk: the trainer's output folder is a temporary one.
     """
-    import torch
+    from mm_sbert.training import TrainingRecipe
 
-    from mm_sbert.training import GroupedBatchSampler, TrainingRecipe
-
-    dataset = train.to_dataset()
     history: list[tuple[int, str, float]] = []
-    families = train.families
-    grouped = functools.partial(GroupedBatchSampler, groups=[families[i] for i in train.caption_image_ids])
     phases = [("bi-encoder warm-up", warmup_steps, False), ("joint", steps, True)]
     for phase, phase_steps, joint in phases:
         if phase_steps < 1:
@@ -190,31 +206,116 @@ def fine_tune(
             seed=seed,
             logging_steps=max(1, phase_steps // 4),
         )
-        # The card data describes the previous phase's single dataset; this phase's trainer has its own datasets (the
-        # host would warn that the counts differ, then drop the stale entry).
-        model.model_card_data.train_datasets = []
-        with tempfile.TemporaryDirectory(prefix="mm_sbert_demo_") as scratch:
-            # The demo's settings where they differ from the recipe's defaults: its results were measured with them.
-            args = recipe.training_args(
-                scratch,
-                disable_tqdm=not show_progress_bar,
-                dataloader_drop_last=False,
-                data_seed=None,
-                # Pinned memory only helps copies to an accelerator; without one torch warns on every epoch.
-                dataloader_pin_memory=torch.cuda.is_available(),
-            )
-            trainer = recipe.trainer(
-                model,
-                dataset,
-                scratch,
-                args=args,
-                batch_samplers=dict.fromkeys(family_batches, grouped) if joint else None,
-            )
-            trainer.train()
         offset = history[-1][0] + 1 if history else 0
-        history += [(offset + step, objective, loss) for step, objective, loss in trainer.objective_history]
+        samplers = dict.fromkeys(family_batches, _family_batches(train)) if joint else None
+        history += [
+            (offset + step, *entry) for step, *entry in _train(model, recipe, train, samplers, show_progress_bar)
+        ]
     model.eval()
     return history
+
+
+def train_bi_encoder(
+    model,
+    train,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: float,
+    new_layer_learning_rate: float,
+    show_progress_bar: bool = True,
+) -> list[tuple[int, str, float]]:
+    """Train ``model``'s bi-encoder view alone: in-batch InfoNCE (the host's ``MultipleNegativesRankingLoss``, caption
+    to image) on random batches, the layers new on top of MiniLM at ``new_layer_learning_rate``. Returns the
+    objective history ``(step, "bi_encoder", loss)``."""
+    from mm_sbert.training import TrainingRecipe
+
+    recipe = TrainingRecipe(
+        "bi_encoder",
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        new_layer_learning_rate=new_layer_learning_rate,
+        bi_encoder_loss="infonce",
+        infonce_directions=("query_to_doc",),
+        seed=seed,
+        logging_steps=max(1, steps // 4),
+    )
+    history = _train(model, recipe, train, None, show_progress_bar)
+    model.eval()
+    return history
+
+
+def cross_encoder_from(bi_encoder, head_input: str = CROSS_ENCODER_HEAD):
+    """A copy of a trained bi-encoder whose score head is a new one reading ``head_input``: the start of a separate
+    cross-encoder (the bi-encoder itself is left as it is)."""
+    model = copy.deepcopy(bi_encoder)
+    model[0].reset_score_head(head_input, head_pooler=False)
+    return model
+
+
+def train_cross_encoder(
+    model,
+    train,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: float,
+    head_learning_rate: float,
+    negatives_per_positive: int = 3,
+    show_progress_bar: bool = True,
+) -> list[tuple[int, str, float]]:
+    """Train ``model``'s cross-encoder view alone (:class:`~mm_sbert.losses.CrossEncoderListwiseLoss` with
+    ``negatives_per_positive`` in-batch negatives per list) on batches of whole scene families, so most lists hold
+    look-alikes; the score head learns at ``head_learning_rate``, every other weight at ``learning_rate``. Returns the
+    objective history ``(step, "cross_encoder", loss)``."""
+    from mm_sbert.training import TrainingRecipe
+
+    recipe = TrainingRecipe(
+        "cross_encoder",
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        new_layer_learning_rate=head_learning_rate,
+        new_layers=("classifier",),
+        cross_encoder_loss="listwise",
+        negatives=negatives_per_positive,
+        seed=seed,
+        logging_steps=max(1, steps // 4),
+    )
+    history = _train(model, recipe, train, {"cross_encoder": _family_batches(train)}, show_progress_bar)
+    model.eval()
+    return history
+
+
+def _family_batches(train):
+    """A batch sampler factory for :class:`~mm_sbert.training.JointTrainer`: batches of whole scene families."""
+    from mm_sbert.training import GroupedBatchSampler
+
+    return functools.partial(GroupedBatchSampler, groups=[train.families[i] for i in train.caption_image_ids])
+
+
+def _train(model, recipe, train, batch_samplers, show_progress_bar: bool) -> list[tuple[int, str, float]]:
+    """Run ``recipe`` on ``model`` with the demo's trainer settings in a temporary output folder (nothing is kept on
+    disk); returns the trainer's objective history."""
+    import torch
+
+    # The card data describes an earlier run's single dataset; this trainer has its own datasets (the host would warn
+    # that the counts differ, then drop the stale entry).
+    model.model_card_data.train_datasets = []
+    with tempfile.TemporaryDirectory(prefix="mm_sbert_demo_") as scratch:
+        # The demo's settings where they differ from the recipe's defaults: its results were measured with them.
+        args = recipe.training_args(
+            scratch,
+            disable_tqdm=not show_progress_bar,
+            dataloader_drop_last=False,
+            data_seed=None,
+            # Pinned memory only helps copies to an accelerator; without one torch warns on every epoch.
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+        trainer = recipe.trainer(model, train.to_dataset(), scratch, args=args, batch_samplers=batch_samplers)
+        trainer.train()
+    return list(trainer.objective_history)
 
 
 def cross_encoder_chance_loss(listwise: bool = False, negatives_per_positive: int = 1, **_: object) -> float:

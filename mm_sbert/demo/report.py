@@ -13,7 +13,12 @@ LATENCY_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 
 def measure_latency(
-    model: Any, regions: Sequence[Any], captions: Sequence[str], metrics: dict[str, float], top_k: int
+    model: Any,
+    regions: Sequence[Any],
+    captions: Sequence[str],
+    metrics: dict[str, float],
+    top_k: int,
+    cross_encoder: Any | None = None,
 ) -> dict[str, dict[int, float]]:
     """Seconds per text query against collections of growing size, as in the paper's latency table.
 
@@ -23,18 +28,19 @@ def measure_latency(
     second of the CE evaluation (``metrics["ce_seconds"] / metrics["ce_pairs"]``) times ``n`` (extrapolated).
 
     Args:
-        model: a joint model (bi-encoder view); its cross-encoder view reranks.
+        model: the bi-encoder.
         regions: the held-out images (featurized), the collection that is tiled.
         captions: the first is the query.
         metrics: the evaluation's metrics, with ``ce_seconds`` and ``ce_pairs``.
         top_k: candidates Coop reranks.
+        cross_encoder: the reranker; ``None``: ``model``'s own cross-encoder view (a joint model).
     """
     import torch
 
     from mm_sbert.models.views import to_cross_encoder
     from mm_sbert.retrieval import exact_search, rerank
 
-    cross_encoder = to_cross_encoder(model)
+    cross_encoder = cross_encoder if cross_encoder is not None else to_cross_encoder(model)
     image_embeddings = model.encode(list(regions), convert_to_tensor=True, normalize_embeddings=True).float().cpu()
     query = captions[0]
     model.encode([query])  # warm-up
@@ -165,7 +171,7 @@ def verdict(
             reasons.append("Coop took more than half of CE's time: the collection is smaller than a few times k")
         lines.append(
             f"Note: this run does NOT show the paper's result ({'; '.join(reasons)}). The numbers are as measured; "
-            "more --steps / --train-images lift both models."
+            "more --bi-encoder-steps / --cross-encoder-steps / --train-images lift both models."
         )
     if abs(coop - be) < 3.0:
         lines.append(
@@ -182,10 +188,12 @@ def verdict(
     return lines
 
 
-def query_ranks(model: Any, regions: Sequence[Any], caption: str, image_id: int, top_k: int) -> dict[str, int]:
-    """Where one caption's own image ranks among ``regions``: by the bi-encoder (``"be"``), and after the
-    cross-encoder reranks the bi-encoder's top ``top_k`` (``"coop"``; unchanged when the image is not among them).
-    Ranks start at 1."""
+def query_ranks(
+    model: Any, regions: Sequence[Any], caption: str, image_id: int, top_k: int, cross_encoder: Any | None = None
+) -> dict[str, int]:
+    """Where one caption's own image ranks among ``regions``: by the bi-encoder ``model`` (``"be"``), and after
+    ``cross_encoder`` (default: ``model``'s own view) reranks the bi-encoder's top ``top_k`` (``"coop"``; unchanged
+    when the image is not among them). Ranks start at 1."""
     from mm_sbert.models.views import to_cross_encoder
     from mm_sbert.retrieval import exact_search, rerank
 
@@ -195,7 +203,8 @@ def query_ranks(model: Any, regions: Sequence[Any], caption: str, image_id: int,
     be_rank = order[0].tolist().index(image_id) + 1
     if be_rank > top_k:
         return {"be": be_rank, "coop": be_rank}
-    reranked = rerank(to_cross_encoder(model), [caption], regions, order[:, :top_k], query_modality="text")
+    cross_encoder = cross_encoder if cross_encoder is not None else to_cross_encoder(model)
+    reranked = rerank(cross_encoder, [caption], regions, order[:, :top_k], query_modality="text")
     return {"be": be_rank, "coop": reranked.rows[0].tolist().index(image_id) + 1}
 
 

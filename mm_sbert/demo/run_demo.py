@@ -1,4 +1,5 @@
-"""The whole demo in one call: generate scenes, fine-tune a joint model, compare BE, CE and Coop, report."""
+"""The whole demo in one call: generate scenes, train a bi-encoder and a cross-encoder from it, compare BE, CE and
+Coop, report."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from mm_sbert.demo.recipe import DEFAULTS, FAMILIES, MODULE_KWARGS, NOTES, QUICK, REGIONS, TRAINING
+from mm_sbert.demo.recipe import DEFAULT_REGIONS, DEFAULTS, FAMILIES, MODULE_KWARGS, NOTES, QUICK, REGIONS, TRAINING
 from mm_sbert.errors import InvalidInputError
 
 # The demo's output folder, for the ownership rule (mm_sbert.storage.ownership): what the demo writes there, and
@@ -17,6 +18,7 @@ DEMO_PATTERNS = (
     "demo_results.json",
     "demo_results.png",
     "model",
+    "cross_encoder",
     "index",
     "search.html",
     ".*.lock",
@@ -25,6 +27,7 @@ DEMO_PATTERNS = (
 DEMO_CHILDREN = {
     "held_out_images": "synthetic-scenes",
     "model": "model",
+    "cross_encoder": "model",
     "index": "embedding-index",
     "search.html": "search-page",
 }
@@ -44,16 +47,17 @@ def run_demo(
     output_dir: str,
     settings: dict[str, int],
     seed: int = 0,
-    regions: str = "grid",
+    regions: str = DEFAULT_REGIONS,
     top_k: int = 20,
     save_model: bool = True,
     families: str = FAMILIES,
 ) -> dict[str, Any]:
-    """Fine-tune all-MiniLM-L6-v2 + a colour featurizer on generated scenes and compare BE, CE and Coop retrieval.
+    """Fine-tune all-MiniLM-L6-v2 + a colour featurizer on generated scenes into a bi-encoder, then a cross-encoder
+    started from it (the paper's separate setting), and compare BE, CE and Coop retrieval.
 
     Prints its progress, the comparison table, the verdict and the notes of :mod:`mm_sbert.demo.recipe`; writes
-    ``held_out_images/``, ``demo_results.json``, ``demo_results.png`` and (``save_model``) ``model/`` into
-    ``output_dir``.
+    ``held_out_images/``, ``demo_results.json``, ``demo_results.png`` and (``save_model``) ``model/`` (the
+    bi-encoder) and ``cross_encoder/`` into ``output_dir``.
 
     Args:
         output_dir: where everything goes (created if needed).
@@ -61,7 +65,7 @@ def run_demo(
         seed: seed of the scenes (held-out scenes: ``seed + 1``) and of training.
         regions: a key of :data:`~mm_sbert.demo.recipe.REGIONS`.
         top_k: bi-encoder candidates the cross-encoder reranks in Coop.
-        save_model: save the fine-tuned joint model.
+        save_model: save the fine-tuned bi-encoder and cross-encoder.
         families: what tells a family's scenes apart (``families`` of :class:`~mm_sbert.demo.SyntheticScenes`).
 
     Returns:
@@ -86,10 +90,18 @@ def _run_demo(
 ) -> dict[str, Any]:
     import torch
 
-    from mm_sbert.demo.recipe import build_demo_model, cross_encoder_chance_loss, fine_tune, regions_featurizer
+    from mm_sbert.demo.recipe import (
+        build_demo_model,
+        cross_encoder_chance_loss,
+        cross_encoder_from,
+        regions_featurizer,
+        train_bi_encoder,
+        train_cross_encoder,
+    )
     from mm_sbert.demo.report import measure_latency, query_ranks, real_photos_outcome, save_plot, verdict
     from mm_sbert.demo.synthetic_scenes import SyntheticScenes
     from mm_sbert.evaluation.results_table import evaluate_modes, format_table
+    from mm_sbert.models.views import to_cross_encoder
     from mm_sbert.storage import atomic_write_json
 
     s = settings
@@ -99,7 +111,7 @@ def _run_demo(
 
     differ = {"details": "in one detail", "binding": "only in which colour, shape or slot belongs to which object"}
     print(
-        f"[1/4] Generating {s['train_images']} training and {s['eval_images']} held-out scenes (seed {seed}): "
+        f"[1/5] Generating {s['train_images']} training and {s['eval_images']} held-out scenes (seed {seed}): "
         f"families of {s['family_size']} scenes that differ {differ[families]}"
     )
     kind = families
@@ -111,7 +123,7 @@ def _run_demo(
     held_out_paths = held_out.save_images(os.path.join(output_dir, "held_out_images"))
 
     print(
-        f"[2/4] Building a joint model from all-MiniLM-L6-v2 (offline weights, first {s['layers']} layers), image "
+        f"[2/5] Building a bi-encoder from all-MiniLM-L6-v2 (offline weights, first {s['layers']} layers), image "
         f"regions: {REGIONS[regions]}"
     )
     model = build_demo_model(
@@ -119,36 +131,55 @@ def _run_demo(
     )
     eval_regions = model[0].featurizer.featurize(held_out.images)
 
-    print(
-        f"[3/4] Fine-tuning: {s['warmup_steps']} bi-encoder warm-up steps, then {s['steps']} joint rounds of "
-        f"(bi-encoder step, cross-encoder step), {s['batch_size']} captions per batch"
-    )
+    print(f"[3/5] Training the bi-encoder: {s['bi_encoder_steps']} steps, {s['batch_size']} captions per batch")
     train_start = time.perf_counter()
-    history = fine_tune(
+    history = train_bi_encoder(
         model,
         train,
-        steps=s["steps"],
-        batch_size=s["batch_size"],
-        seed=seed,
-        warmup_steps=s["warmup_steps"],
-        **TRAINING,
+        s["bi_encoder_steps"],
+        s["batch_size"],
+        seed,
+        learning_rate=TRAINING["learning_rate"],
+        new_layer_learning_rate=TRAINING["new_layer_learning_rate"],
+    )
+    print(
+        f"[4/5] Training a cross-encoder started from the bi-encoder: {s['cross_encoder_steps']} steps on lists of "
+        f"look-alikes (a caption with its scene and {TRAINING['negatives_per_positive']} others of its batch)"
+    )
+    cross_encoder_model = cross_encoder_from(model)
+    history += train_cross_encoder(
+        cross_encoder_model,
+        train,
+        s["cross_encoder_steps"],
+        s["batch_size"],
+        seed,
+        learning_rate=TRAINING["cross_encoder_learning_rate"],
+        head_learning_rate=TRAINING["cross_encoder_head_learning_rate"],
+        negatives_per_positive=TRAINING["negatives_per_positive"],
     )
     train_seconds = time.perf_counter() - train_start
+    cross_encoder = to_cross_encoder(cross_encoder_model)
 
-    print(f"[4/4] Evaluating BE, CE and Coop (k={top_k}) on {s['eval_images']} held-out scenes")
+    print(f"[5/5] Evaluating BE, CE and Coop (k={top_k}) on {s['eval_images']} held-out scenes")
     metrics = evaluate_modes(
-        model, eval_regions, held_out.captions, held_out.caption_image_ids, top_k=top_k, recall_at=range(1, 21)
+        model,
+        eval_regions,
+        held_out.captions,
+        held_out.caption_image_ids,
+        top_k=top_k,
+        recall_at=range(1, 21),
+        cross_encoder=cross_encoder,
     )
-    latency = measure_latency(model, eval_regions, held_out.captions, metrics, top_k)
+    latency = measure_latency(model, eval_regions, held_out.captions, metrics, top_k, cross_encoder)
     try_it = held_out.captions[0]
-    ranks = query_ranks(model, eval_regions, try_it, held_out.caption_image_ids[0], top_k)
+    ranks = query_ranks(model, eval_regions, try_it, held_out.caption_image_ids[0], top_k, cross_encoder)
 
     print()
     print(f"Held-out retrieval: {s['eval_images']} images, {len(held_out.captions)} captions (recall in %)")
     print(format_table(metrics, top_k))
     print()
     ce_losses = [loss for _, objective, loss in history if objective == "cross_encoder"]
-    ce_chance = cross_encoder_chance_loss(**TRAINING)
+    ce_chance = cross_encoder_chance_loss(listwise=True, **TRAINING)
     for line in verdict(metrics, ce_losses[-10:], ce_chance, latency):
         print(line)
     print()
@@ -187,12 +218,18 @@ def _run_demo(
     )
     if save_model:
         model_path = os.path.join(output_dir, "model")
+        cross_encoder_path = os.path.join(output_dir, "cross_encoder")
         model.save(model_path)
-        print(f"Model: {model_path}  (loads as MMSentenceTransformer and MMCrossEncoder)")
+        cross_encoder_model.save(cross_encoder_path)
+        print(f"Bi-encoder: {model_path}  (loads as MMSentenceTransformer)")
+        print(f"Cross-encoder: {cross_encoder_path}  (loads as MMCrossEncoder)")
         index_path = os.path.join(output_dir, "index")
         print("Try it:")
         print(f"  mm-sbert index {os.path.dirname(held_out_paths[0])} --model {model_path} --output {index_path}")
-        print(f'  mm-sbert search {index_path} "{try_it}" --html {os.path.join(output_dir, "search.html")}')
+        print(
+            f'  mm-sbert search {index_path} "{try_it}" --cross-encoder {cross_encoder_path} '
+            f"--html {os.path.join(output_dir, 'search.html')}"
+        )
     print(f"Done in {results['total_seconds']:.0f} s (training {train_seconds:.0f} s).")
     print()
     for line in real_photos_outcome():

@@ -21,6 +21,7 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     # Only what the demo promises (and mm_sbert's ownership mark), no empty trainer folder; no warnings a user
     # cannot act on.
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".mm_sbert_owner.json") == [
+        "cross_encoder",
         "demo_results.json",
         "demo_results.png",
         "held_out_images",
@@ -45,7 +46,7 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     # in each direction, full CE the same 144 pairs once: Coop costs more than half of CE, so the run cannot show the
     # paper's result, whatever the recall.
     assert "does NOT show" in out and "Coop took more than half of CE's time" in out and "As in the paper" not in out
-    assert "How this demo differs from the paper's recipe" in out and "warm-up" in out
+    assert "How this demo differs from the paper's recipe" in out and "starts from the trained bi-encoder" in out
 
     results = json.loads((tmp_path / "demo_results.json").read_text())
     assert results["settings"]["eval_images"] == 12
@@ -56,11 +57,11 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
     assert expected[0] in out and expected[1] in out and expected[2] in out  # mean recall, time share, latency
     assert results["metrics"]["coop_seconds"] > 0.5 * results["metrics"]["ce_seconds"]
     assert abs(results["metrics"]["ce_t2i_r@1"] - float(rows["CE"][0])) < 0.051
-    # The loss of the cross-encoder steps (JointTrainer's objective history): a real loss near chance this early
+    # The loss of the cross-encoder steps (the trainer's objective history): a real loss near chance this early
     # (listwise over the positive and 3 negatives: ln 4).
     assert results["cross_encoder_chance_loss"] == pytest.approx(math.log(4))
     assert 0.5 * math.log(4) < results["final_cross_encoder_loss"] < 1.5 * math.log(4)
-    # --quick: 1 bi-encoder warm-up step, then 2 joint rounds of (bi-encoder step, cross-encoder step).
+    # --quick: 3 bi-encoder steps, then 2 steps of the cross-encoder started from it.
     assert results["objective_steps"] == {"bi_encoder": 3, "cross_encoder": 2}
     assert (tmp_path / "demo_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "held_out_images").glob("*.png"))) == 12
@@ -77,12 +78,17 @@ def test_quick_demo_prints_the_comparison_table_and_saves_plot_results_and_model
         f'"{try_it["caption"]}": its scene (scene_00000.png) ranks {try_it["ranks"]["coop"]} with Coop, '
         f"{try_it['ranks']['be']} with the bi-encoder alone."
     ) in out
-    assert f'mm-sbert search {tmp_path / "index"} "{try_it["caption"]}"' in out
+    assert (
+        f'mm-sbert search {tmp_path / "index"} "{try_it["caption"]}" --cross-encoder {tmp_path / "cross_encoder"}'
+        in out
+    )
 
-    # The saved model is a joint folder: both views load from it.
+    # The bi-encoder and the separate cross-encoder load as the host's classes, and the cross-encoder scores the
+    # held-out scene as the run's reranking did.
     bi_encoder = MMSentenceTransformer(str(tmp_path / "model"))
-    cross_encoder = MMCrossEncoder(str(tmp_path / "model"))
+    cross_encoder = MMCrossEncoder(str(tmp_path / "cross_encoder"))
     assert bi_encoder[0].backbone.config.num_hidden_layers == 1
+    assert (bi_encoder[0].trained_views, cross_encoder[0].head_input) == (["bi_encoder"], "token_match")
     assert cross_encoder.predict(
         [("a red circle on the left", str(tmp_path / "held_out_images" / "scene_00000.png"))]
     ).shape == (1,)
@@ -120,10 +126,10 @@ def test_quick_demo_with_object_regions_and_binding_families(capsys, tmp_path):
 
 
 def test_demo_rejects_bad_settings(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "demo", "--quick", "--steps", "0", "--output-dir", tmp_path)
-    assert code == 2 and "--steps must be >= 1" in err
-    code, _, err = run_cli(capsys, "demo", "--quick", "--warmup-steps", "-1", "--output-dir", tmp_path)
-    assert code == 2 and "--warmup-steps must be >= 0" in err
+    code, _, err = run_cli(capsys, "demo", "--quick", "--bi-encoder-steps", "0", "--output-dir", tmp_path)
+    assert code == 2 and "--bi-encoder-steps must be >= 1" in err
+    code, _, err = run_cli(capsys, "demo", "--quick", "--cross-encoder-steps", "-1", "--output-dir", tmp_path)
+    assert code == 2 and "--cross-encoder-steps must be >= 1" in err
     # The recipe (library code) raises ValueError; the command turns it into its usage error.
     code, _, err = run_cli(capsys, "demo", "--quick", "--layers", "7", "--output-dir", tmp_path)
     assert code == 2 and "--layers must be between 1 and 6, got 7" in err

@@ -148,6 +148,68 @@ def test_every_regions_choice_builds_a_model_that_reads_its_scenes():
         assert model.encode(scenes.images, convert_to_tensor=True).shape == (2, 384)
     assert dims["outlines"] == dims["grid"] + 7 * 7  # the grid's colours plus each cell's 7x7 outline
     # Tagged scenes: the outlines' regions, and a model that reads the tags beside the caption.
-    assert dims["tagged"] == dims["outlines"] and reads_tags == {name: name == "tagged" for name in REGIONS}
+    assert dims["tagged"] == dims["placed"] == dims["outlines"]
+    assert reads_tags == {name: name in ("tagged", "placed") for name in REGIONS}
     tagged = regions_featurizer("tagged", scenes.image_size).featurize(scenes.images)
     assert [len(r.tags) for r in tagged] == [len(scene.objects) for scene in scenes.scenes]
+    # "placed": the same tags, each followed by its object's place, in the captions' words.
+    placed = regions_featurizer("placed", scenes.image_size).featurize(scenes.images)
+    for plain, with_place, scene in zip(tagged, placed, scenes.scenes):
+        assert [tag.rsplit(" ", 1)[0] for tag in with_place.tags] == plain.tags
+        assert sorted(tag.rsplit(" ", 1)[1] for tag in with_place.tags) == sorted(obj.slot for obj in scene.objects)
+
+
+def test_the_separate_recipe_trains_a_bi_encoder_then_a_cross_encoder_started_from_it(monkeypatch, tmp_path):
+    """train_bi_encoder and train_cross_encoder go through TrainingRecipe with the demo's settings;
+    cross_encoder_from copies the bi-encoder and gives the copy a new head, leaving the bi-encoder as it was."""
+    monkeypatch.chdir(tmp_path)
+    from types import SimpleNamespace
+
+    import torch
+
+    from mm_sbert.demo.recipe import cross_encoder_from, train_bi_encoder, train_cross_encoder
+
+    built = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        built.append((recipe, kwargs["args"], kwargs["batch_samplers"], model))
+        return SimpleNamespace(train=lambda: None, objective_history=[(0, recipe.regime, 1.0)])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    scenes = SyntheticScenes(4, captions_per_image=2, seed=0, image_size=32)
+    bi_encoder = build_demo_model(32, 1, **MODULE_KWARGS)
+    assert train_bi_encoder(bi_encoder, scenes, 5, 4, 7, learning_rate=1e-4, new_layer_learning_rate=1e-2,
+                            show_progress_bar=False) == [(0, "bi_encoder", 1.0)]  # fmt: skip
+    before = {name: value.clone() for name, value in bi_encoder.state_dict().items()}
+    cross_encoder = cross_encoder_from(bi_encoder)
+    assert cross_encoder is not bi_encoder and cross_encoder[0].head_input == "token_match"
+    assert (bi_encoder[0].head_input, cross_encoder[0].head_pooler) == ("first_token", False)
+    history = train_cross_encoder(
+        cross_encoder, scenes, 3, 4, 7, learning_rate=2e-5, head_learning_rate=2e-3, negatives_per_positive=2,
+        show_progress_bar=False,
+    )  # fmt: skip
+    assert history == [(0, "cross_encoder", 1.0)]
+    (be, be_args, be_samplers, be_model), (ce, ce_args, ce_samplers, ce_model) = built
+    assert (be.regime, be_args.max_steps, be.bi_encoder_loss, be.infonce_directions, be_samplers) == (
+        "bi_encoder", 5, "infonce", ("query_to_doc",), None
+    )  # fmt: skip
+    assert (be_args.learning_rate, list(be_args.learning_rate_mapping.values()), be_model) == (
+        1e-4,
+        [1e-2],
+        bi_encoder,
+    )
+    assert (ce.regime, ce_args.max_steps, ce.cross_encoder_loss, ce.negatives, ce.new_layers) == (
+        "cross_encoder", 3, "listwise", 2, ("classifier",)
+    )  # fmt: skip
+    assert (ce_args.learning_rate, list(ce_args.learning_rate_mapping.values()), ce_model) == (
+        2e-5, [2e-3], cross_encoder
+    )  # fmt: skip
+    # The cross-encoder's lists come from batches of whole scene families.
+    assert list(ce_samplers) == ["cross_encoder"] and ce_samplers["cross_encoder"].keywords["groups"] == [
+        scenes.families[i] for i in scenes.caption_image_ids
+    ]
+    # The bi-encoder is unchanged by the copy (its own head and weights), and the copy starts from its weights.
+    after = bi_encoder.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    copied = cross_encoder.state_dict()
+    assert all(torch.equal(copied[name], after[name]) for name in after if "classifier" not in name)
