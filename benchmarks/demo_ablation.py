@@ -56,6 +56,15 @@ _NO_DROPOUT = {"config_kwargs": {"hidden_dropout_prob": 0.0, "attention_probs_dr
 _TAGS_NO_DROPOUT = {"regions": "tagged", "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT}}
 _BINDING_TAGS = {**_BINDING_OUTLINES, **_TAGS_NO_DROPOUT}
 _DETAILS_TAGS = {**_DEFAULT_ROW, **_TAGS_NO_DROPOUT}
+_SEPARATE = {
+    "separate": True,
+    "layers": None,
+    "families": demo_recipe.FAMILIES,
+    "regions": demo_recipe.DEFAULT_REGIONS,
+    "module": demo_recipe.MODULE_KWARGS,
+    "training": demo_recipe.TRAINING,
+    "head": demo_recipe.CROSS_ENCODER_HEAD,
+}
 ROWS: dict[str, dict] = {
     "baseline_1_layer_mean_head_bce": BASELINE,
     "2_layers_mean_head_bce_120": {**TWO_LAYERS, "steps": 120, "module": {"head_input": "mean"}},
@@ -209,6 +218,12 @@ ROWS: dict[str, dict] = {
         "module": {**demo_recipe.JOINT_MODULE_KWARGS, **_NO_DROPOUT},
         "training": {**demo_recipe.JOINT_TRAINING, "cross_encoder_steps_per_round": 2},
     },
+    # The separate setting (today's demo): a bi-encoder trained alone, then a cross-encoder started from it
+    # (mm_sbert.demo.recipe.train_bi_encoder / cross_encoder_from / train_cross_encoder); "head" is the latter's.
+    "separate_demo_recipe": _SEPARATE,
+    "separate_text_image_match_head": {**_SEPARATE, "head": "text_image_match"},
+    "separate_tags_without_places": {**_SEPARATE, "regions": "tagged"},
+    "separate_families_of_8": {**_SEPARATE, "family_size": 8},
 }
 # The rows were measured on 100 held-out scenes, the demo's count until it moved to 200 (a smaller Coop / CE time).
 ABLATION_HELD_OUT = 100
@@ -227,19 +242,16 @@ def run_row(
     full_cross_encoder: bool = True,
 ) -> dict[str, float]:
     torch.manual_seed(seed)
-    families = row.get("families", "details")
+    families = {"families": row.get("families", "details"), "family_size": row.get("family_size", 4)}
     train = SyntheticScenes(
-        row.get("train_images") or demo_recipe.DEFAULTS["train_images"],
-        captions_per_image=5,
-        seed=seed,
-        families=families,
+        row.get("train_images") or demo_recipe.DEFAULTS["train_images"], captions_per_image=5, seed=seed, **families
     )
     held_out = SyntheticScenes(
         held_out_images or ABLATION_HELD_OUT,
         captions_per_image=eval_captions,
         seed=seed + 1,
         exclude=train.signatures,
-        families=families,
+        **families,
     )
     layers = row["layers"] or demo_recipe.DEFAULTS["layers"]
     featurizer = demo_recipe.regions_featurizer(row.get("regions", "grid"), train.image_size)
@@ -252,25 +264,68 @@ def run_row(
         # A freshly built model of the same config: the transformers initialisation, MiniLM's weights dropped.
         backbone.load_state_dict(type(backbone)(backbone.config).state_dict())
     regions = model[0].featurizer.featurize(held_out.images)
-    training = {"cross_encoder_steps_per_round": 1, **row["training"]}
     start = time.perf_counter()
-    demo_recipe.fine_tune(
-        model,
-        train,
-        steps=row["steps"] or demo_recipe.JOINT_SIZES["steps"],
-        batch_size=demo_recipe.DEFAULTS["batch_size"],
-        seed=seed,
-        warmup_steps=demo_recipe.JOINT_SIZES["warmup_steps"],
-        show_progress_bar=False,
-        **training,
-    )
+    cross_encoder = None
+    if row.get("separate"):
+        cross_encoder = _train_separate(model, train, row, seed)
+    else:
+        demo_recipe.fine_tune(
+            model,
+            train,
+            steps=row["steps"] or demo_recipe.JOINT_SIZES["steps"],
+            batch_size=demo_recipe.DEFAULTS["batch_size"],
+            seed=seed,
+            warmup_steps=demo_recipe.JOINT_SIZES["warmup_steps"],
+            show_progress_bar=False,
+            **{"cross_encoder_steps_per_round": 1, **row["training"]},
+        )
     train_seconds = time.perf_counter() - start
     modes = ("be", "ce", "coop") if full_cross_encoder else ("be", "coop")
-    metrics = evaluate_modes(model, regions, held_out.captions, held_out.caption_image_ids, top_k=20, modes=modes)
+    metrics = evaluate_modes(
+        model,
+        regions,
+        held_out.captions,
+        held_out.caption_image_ids,
+        top_k=20,
+        modes=modes,
+        cross_encoder=cross_encoder,
+    )
     result = {mode: mean_recall(metrics, mode) for mode in modes}
     result.update({f"{mode}_t2i_r@1": metrics[f"{mode}_t2i_r@1"] for mode in modes})
     result["train_seconds"] = train_seconds
     return result
+
+
+def _train_separate(model, train, row: dict, seed: int):
+    """The demo's separate recipe on ``model``: the bi-encoder alone, then a cross-encoder (returned, the host's
+    class) started from it with the row's ``head``."""
+    from mm_sbert.models.views import to_cross_encoder
+
+    training, sizes = row["training"], demo_recipe.DEFAULTS
+    batch = sizes["batch_size"]
+    demo_recipe.train_bi_encoder(
+        model,
+        train,
+        sizes["bi_encoder_steps"],
+        batch,
+        seed,
+        learning_rate=training["learning_rate"],
+        new_layer_learning_rate=training["new_layer_learning_rate"],
+        show_progress_bar=False,
+    )
+    cross_encoder = demo_recipe.cross_encoder_from(model, row["head"])
+    demo_recipe.train_cross_encoder(
+        cross_encoder,
+        train,
+        sizes["cross_encoder_steps"],
+        batch,
+        seed,
+        learning_rate=training["cross_encoder_learning_rate"],
+        head_learning_rate=training["cross_encoder_head_learning_rate"],
+        negatives_per_positive=training["negatives_per_positive"],
+        show_progress_bar=False,
+    )
+    return to_cross_encoder(cross_encoder)
 
 
 def main() -> None:

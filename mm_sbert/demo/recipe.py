@@ -241,9 +241,7 @@ def train_bi_encoder(
         seed=seed,
         logging_steps=max(1, steps // 4),
     )
-    history = _train(model, recipe, train, None, show_progress_bar)
-    model.eval()
-    return history
+    return _train(model, recipe, train, None, show_progress_bar)
 
 
 def cross_encoder_from(bi_encoder, head_input: str = CROSS_ENCODER_HEAD):
@@ -283,9 +281,7 @@ def train_cross_encoder(
         seed=seed,
         logging_steps=max(1, steps // 4),
     )
-    history = _train(model, recipe, train, {"cross_encoder": _family_batches(train)}, show_progress_bar)
-    model.eval()
-    return history
+    return _train(model, recipe, train, {"cross_encoder": _family_batches(train)}, show_progress_bar)
 
 
 def _family_batches(train):
@@ -297,7 +293,7 @@ def _family_batches(train):
 
 def _train(model, recipe, train, batch_samplers, show_progress_bar: bool) -> list[tuple[int, str, float]]:
     """Run ``recipe`` on ``model`` with the demo's trainer settings in a temporary output folder (nothing is kept on
-    disk); returns the trainer's objective history."""
+    disk), leaving the model in eval mode; returns the trainer's objective history."""
     import torch
 
     # The card data describes an earlier run's single dataset; this trainer has its own datasets (the host would warn
@@ -315,6 +311,7 @@ def _train(model, recipe, train, batch_samplers, show_progress_bar: bool) -> lis
         )
         trainer = recipe.trainer(model, train.to_dataset(), scratch, args=args, batch_samplers=batch_samplers)
         trainer.train()
+    model.eval()
     return list(trainer.objective_history)
 
 

@@ -22,7 +22,7 @@ def bench(monkeypatch):
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("row", ["default", "match_head_listwise_mined_negatives_240"])
+@pytest.mark.parametrize("row", ["default", "match_head_listwise_mined_negatives_240", "separate_demo_recipe"])
 def test_rows_train_and_report_recall_of_all_three_modes(bench, row):
     settings = {**bench.ROWS[row], "steps": 2}
     result = bench.run_row(row, settings, seed=0)
@@ -86,3 +86,23 @@ def test_random_weights_row_drops_the_minilm_weights_and_keeps_the_rest(bench, b
     )
     # Still the same architecture, cut to the row's layers, and the same tokenizer.
     assert row_model[0].tokenizer.vocab_size == pretrained[0].tokenizer.vocab_size
+
+
+def test_separate_rows_rerank_with_a_cross_encoder_started_from_the_rows_bi_encoder(bench, built, monkeypatch):
+    """The separate rows train through the demo's own functions, and Coop reranks with the copy, not the bi-encoder's
+    untrained head."""
+    started = []
+    original = bench.demo_recipe.cross_encoder_from
+
+    def record(bi_encoder, head_input):
+        started.append((bi_encoder, head_input, original(bi_encoder, head_input)))
+        return started[-1][2]
+
+    monkeypatch.setattr(bench.demo_recipe, "cross_encoder_from", record)
+    row = bench.ROWS["separate_text_image_match_head"]
+    result = bench.run_row("separate_text_image_match_head", row, seed=0)
+    ((bi_encoder, head_input, cross_encoder),) = started
+    assert built == [bi_encoder] and head_input == "text_image_match"
+    assert cross_encoder[0].trained_views == ["bi_encoder", "cross_encoder"]
+    assert bi_encoder[0].trained_views == ["bi_encoder"]
+    assert result["coop"] == pytest.approx(result["ce"])
