@@ -1,4 +1,7 @@
-"""The demo's training recipe: all-MiniLM-L6-v2 + a colour featurizer, fine-tuned jointly on generated scenes.
+"""The demo's training recipes: all-MiniLM-L6-v2 + a colour featurizer, fine-tuned on generated scenes into a
+bi-encoder and a separate cross-encoder started from it (:func:`train_bi_encoder`, :func:`cross_encoder_from`,
+:func:`train_cross_encoder`: the demo), or into one joint model (:func:`fine_tune`: the earlier demo, kept for the
+ablation rows measured with it).
 
 ``mm-sbert demo`` (:func:`~mm_sbert.demo.run_demo`) and ``benchmarks/demo_ablation.py`` build and train their
 models here. The settings depart from the paper's recipe to learn within CPU minutes; :data:`NOTES` says where and
