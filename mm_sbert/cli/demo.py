@@ -1,6 +1,6 @@
 """Fine-tune a bi-encoder and a cross-encoder started from it (all-MiniLM-L6-v2, shipped offline) on generated scenes
 of look-alike coloured shapes and print recall@1/5/10 and time of BE, CE and Coop on held-out scenes, with a plot
-(about 5 minutes on 2 cores)."""
+(about 9 minutes on 2 cores)."""
 
 from __future__ import annotations
 
