@@ -382,10 +382,11 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
                 for d in DIRECTIONS
                 for m in RECALLS
             }
-            pool_metrics = evaluator(
-                pool_images, pool_captions, pool_owners, args, cross_encoder=cross_encoder, modes=("ce",)
-            )(bi_encoder)
-            point |= {f"ce_{d}_r@{m}@pool": pool_metrics[f"ce_{d}_r@{m}"] for d in DIRECTIONS for m in RECALLS}
+            if pool:  # --ce-pool 0 skips full cross-encoding, as in `tables`
+                pool_metrics = evaluator(
+                    pool_images, pool_captions, pool_owners, args, cross_encoder=cross_encoder, modes=("ce",)
+                )(bi_encoder)
+                point |= {f"ce_{d}_r@{m}@pool": pool_metrics[f"ce_{d}_r@{m}"] for d in DIRECTIONS for m in RECALLS}
         point["seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps(point), flush=True)
         points.append(point)
