@@ -219,7 +219,7 @@ ROWS: dict[str, dict] = {
         "training": {**demo_recipe.JOINT_TRAINING, "cross_encoder_steps_per_round": 2},
     },
     # The separate setting (today's demo): a bi-encoder trained alone, then a cross-encoder started from it
-    # (mm_sbert.demo.recipe.train_bi_encoder / cross_encoder_from / train_cross_encoder); "head" is the latter's.
+    # (mm_sbert.demo.recipe.train_separate); "head" is the cross-encoder's.
     "separate_demo_recipe": _SEPARATE,
     "separate_text_image_match_head": {**_SEPARATE, "head": "text_image_match"},
     "separate_tags_without_places": {**_SEPARATE, "regions": "tagged"},
@@ -301,28 +301,16 @@ def _train_separate(model, train, row: dict, seed: int):
     class) started from it with the row's ``head``."""
     from mm_sbert.models.views import to_cross_encoder
 
-    training, sizes = row["training"], demo_recipe.DEFAULTS
-    batch = sizes["batch_size"]
-    demo_recipe.train_bi_encoder(
+    sizes = demo_recipe.DEFAULTS
+    cross_encoder, _ = demo_recipe.train_separate(
         model,
         train,
         sizes["bi_encoder_steps"],
-        batch,
-        seed,
-        learning_rate=training["learning_rate"],
-        new_layer_learning_rate=training["new_layer_learning_rate"],
-        show_progress_bar=False,
-    )
-    cross_encoder = demo_recipe.cross_encoder_from(model, row["head"])
-    demo_recipe.train_cross_encoder(
-        cross_encoder,
-        train,
         sizes["cross_encoder_steps"],
-        batch,
+        sizes["batch_size"],
         seed,
-        learning_rate=training["cross_encoder_learning_rate"],
-        head_learning_rate=training["cross_encoder_head_learning_rate"],
-        negatives_per_positive=training["negatives_per_positive"],
+        head_input=row["head"],
+        training=row["training"],
         show_progress_bar=False,
     )
     return to_cross_encoder(cross_encoder)

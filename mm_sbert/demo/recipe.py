@@ -1,7 +1,6 @@
 """The demo's training recipes: all-MiniLM-L6-v2 + a colour featurizer, fine-tuned on generated scenes into a
-bi-encoder and a separate cross-encoder started from it (:func:`train_bi_encoder`, :func:`cross_encoder_from`,
-:func:`train_cross_encoder`: the demo), or into one joint model (:func:`fine_tune`: the earlier demo, kept for the
-ablation rows measured with it).
+bi-encoder and a separate cross-encoder started from it (:func:`train_separate`: the demo), or into one joint model
+(:func:`fine_tune`: the earlier demo, kept for the ablation rows measured with it).
 
 ``mm-sbert demo`` (:func:`~mm_sbert.demo.run_demo`) and ``benchmarks/demo_ablation.py`` build and train their
 models here. The settings depart from the paper's recipe to learn within CPU minutes; :data:`NOTES` says where and
@@ -14,7 +13,7 @@ import copy
 import functools
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -285,6 +284,54 @@ def train_cross_encoder(
         logging_steps=max(1, steps // 4),
     )
     return _train(model, recipe, train, {"cross_encoder": _family_batches(train)}, show_progress_bar)
+
+
+def train_separate(
+    model,
+    train,
+    bi_encoder_steps: int,
+    cross_encoder_steps: int,
+    batch_size: int,
+    seed: int,
+    head_input: str = CROSS_ENCODER_HEAD,
+    training: Mapping[str, float] = TRAINING,
+    show_progress_bar: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> tuple[MMSentenceTransformer, list[tuple[int, str, float]]]:
+    """The demo's separate recipe: ``model``'s bi-encoder view trained alone (:func:`train_bi_encoder`), then a
+    cross-encoder started from it with a new ``head_input`` head (:func:`cross_encoder_from`,
+    :func:`train_cross_encoder`), each at ``training``'s learning rates (keys as :data:`TRAINING`).
+
+    ``on_stage`` is called with ``"bi_encoder"`` and then ``"cross_encoder"`` as each stage starts. Returns the
+    cross-encoder model (``model`` stays the bi-encoder) and the objective history of both stages.
+    """
+    if on_stage is not None:
+        on_stage("bi_encoder")
+    history = train_bi_encoder(
+        model,
+        train,
+        bi_encoder_steps,
+        batch_size,
+        seed,
+        learning_rate=training["learning_rate"],
+        new_layer_learning_rate=training["new_layer_learning_rate"],
+        show_progress_bar=show_progress_bar,
+    )
+    if on_stage is not None:
+        on_stage("cross_encoder")
+    cross_encoder = cross_encoder_from(model, head_input)
+    history += train_cross_encoder(
+        cross_encoder,
+        train,
+        cross_encoder_steps,
+        batch_size,
+        seed,
+        learning_rate=training["cross_encoder_learning_rate"],
+        head_learning_rate=training["cross_encoder_head_learning_rate"],
+        negatives_per_positive=training["negatives_per_positive"],
+        show_progress_bar=show_progress_bar,
+    )
+    return cross_encoder, history
 
 
 def _family_batches(train):

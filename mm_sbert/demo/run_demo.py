@@ -93,10 +93,8 @@ def _run_demo(
     from mm_sbert.demo.recipe import (
         build_demo_model,
         cross_encoder_chance_loss,
-        cross_encoder_from,
         regions_featurizer,
-        train_bi_encoder,
-        train_cross_encoder,
+        train_separate,
     )
     from mm_sbert.demo.report import measure_latency, query_ranks, real_photos_outcome, save_plot, verdict
     from mm_sbert.demo.synthetic_scenes import SyntheticScenes
@@ -131,31 +129,22 @@ def _run_demo(
     )
     eval_regions = model[0].featurizer.featurize(held_out.images)
 
-    print(f"[3/5] Training the bi-encoder: {s['bi_encoder_steps']} steps, {s['batch_size']} captions per batch")
+    stages = {
+        "bi_encoder": f"[3/5] Training the bi-encoder: {s['bi_encoder_steps']} steps, {s['batch_size']} captions per "
+        "batch",
+        "cross_encoder": f"[4/5] Training a cross-encoder started from the bi-encoder: {s['cross_encoder_steps']} "
+        f"steps on lists of look-alikes (a caption with its scene and {TRAINING['negatives_per_positive']} others of "
+        "its batch)",
+    }
     train_start = time.perf_counter()
-    history = train_bi_encoder(
+    cross_encoder_model, history = train_separate(
         model,
         train,
         s["bi_encoder_steps"],
-        s["batch_size"],
-        seed,
-        learning_rate=TRAINING["learning_rate"],
-        new_layer_learning_rate=TRAINING["new_layer_learning_rate"],
-    )
-    print(
-        f"[4/5] Training a cross-encoder started from the bi-encoder: {s['cross_encoder_steps']} steps on lists of "
-        f"look-alikes (a caption with its scene and {TRAINING['negatives_per_positive']} others of its batch)"
-    )
-    cross_encoder_model = cross_encoder_from(model)
-    history += train_cross_encoder(
-        cross_encoder_model,
-        train,
         s["cross_encoder_steps"],
         s["batch_size"],
         seed,
-        learning_rate=TRAINING["cross_encoder_learning_rate"],
-        head_learning_rate=TRAINING["cross_encoder_head_learning_rate"],
-        negatives_per_positive=TRAINING["negatives_per_positive"],
+        on_stage=lambda stage: print(stages[stage]),
     )
     train_seconds = time.perf_counter() - train_start
     cross_encoder = to_cross_encoder(cross_encoder_model)

@@ -213,3 +213,33 @@ def test_the_separate_recipe_trains_a_bi_encoder_then_a_cross_encoder_started_fr
     assert all(torch.equal(before[name], after[name]) for name in before)
     copied = cross_encoder.state_dict()
     assert all(torch.equal(copied[name], after[name]) for name in after if "classifier" not in name)
+
+
+def test_train_separate_runs_both_stages_with_the_recipes_rates_and_announces_each(monkeypatch, tmp_path):
+    """train_separate: the bi-encoder stage on ``model``, then the cross-encoder stage on a copy with the asked head,
+    each at its own learning rates from ``training``; ``on_stage`` hears each stage before it runs."""
+    monkeypatch.chdir(tmp_path)
+    from types import SimpleNamespace
+
+    from mm_sbert.demo.recipe import TRAINING, train_separate
+
+    events = []
+
+    def record(recipe, model, dataset, output_dir, **kwargs):
+        events.append((recipe.regime, kwargs["args"].max_steps, kwargs["args"].learning_rate, model))
+        return SimpleNamespace(train=lambda: None, objective_history=[(0, recipe.regime, 1.0)])
+
+    monkeypatch.setattr(TrainingRecipe, "trainer", record)
+    scenes = SyntheticScenes(4, captions_per_image=2, seed=0, image_size=32)
+    bi_encoder = build_demo_model(32, 1, **MODULE_KWARGS)
+    training = {**TRAINING, "learning_rate": 1e-4, "cross_encoder_learning_rate": 2e-5}
+    cross_encoder, history = train_separate(
+        bi_encoder, scenes, 5, 3, 4, 7, head_input="text_image_match", training=training, show_progress_bar=False,
+        on_stage=lambda stage: events.append(stage),
+    )  # fmt: skip
+    assert history == [(0, "bi_encoder", 1.0), (0, "cross_encoder", 1.0)]
+    assert events == [
+        "bi_encoder", ("bi_encoder", 5, 1e-4, bi_encoder), "cross_encoder", ("cross_encoder", 3, 2e-5, cross_encoder)
+    ]  # fmt: skip
+    assert cross_encoder is not bi_encoder and cross_encoder[0].head_input == "text_image_match"
+    assert bi_encoder[0].head_input == "first_token"
