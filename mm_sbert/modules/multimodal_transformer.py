@@ -660,8 +660,16 @@ class MultimodalTransformer(InputModule):
         if self.fast_inference and not self.training and not torch.is_grad_enabled():
             packed = packed_encoder_for(self.backbone.encoder.layer, hidden.dtype, hidden.device)
         if self.runs_layer_by_layer:
+            # Below fusion_layer a caption without tags and its regions are two inputs that never meet: inference
+            # runs them as two blocks, each once where every row holds the same one (a query and its candidates).
+            tags = features.get("tag_mask")
+            caption_block = None
+            # Not when tracing (an ONNX export): which blocks are shared is decided from the values of the batch.
+            tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            if not torch.is_grad_enabled() and not tracing and (tags is None or not bool(tags.any())):
+                caption_block = (text_mask.size(1), self.region_order == "text_first")
             token_embeddings = self._late_fusion_encoder(
-                hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth
+                hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth, caption_block
             )
         elif packed is not None:
             token_embeddings = packed(hidden, encoder_mask)
@@ -698,10 +706,21 @@ class MultimodalTransformer(InputModule):
         is_pair: torch.Tensor | None = None,
         packed: PackedEncoder | None = None,
         depth: int | None = None,
+        caption_block: tuple[int, bool] | None = None,
     ) -> torch.Tensor:
         """The backbone's first ``depth`` layers (default: all) one by one; the first :attr:`fusion_layer` ones attend
         within each modality, the others across both, with :attr:`cross_modal_attention_bias` (if any) added between
-        the modalities of pairs."""
+        the modalities of pairs.
+
+        ``caption_block`` (the width of the text block, and whether it comes first) says that the text block holds
+        the caption alone; a batch of pairs then runs the first :attr:`fusion_layer` layers on the two blocks apart
+        (:meth:`_unfused_blocks`), which computes the same function on fewer and shorter rows.
+        """
+        start = 0
+        if caption_block is not None and (depth is None or depth > self.fusion_layer):
+            apart = self._unfused_blocks(hidden, mask, is_pair, packed, *caption_block)
+            if apart is not None:
+                hidden, start = apart, self.fusion_layer
         same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
         if encoder_mask is None:
             # create_bidirectional_mask returns None when no position is padded.
@@ -722,6 +741,8 @@ class MultimodalTransformer(InputModule):
                 cross = cross & is_pair.to(cross.device).view(-1, 1, 1, 1)
             across = (base, cross.to(hidden.dtype))
         for index, layer in enumerate(self.backbone.encoder.layer[:depth]):
+            if index < start:
+                continue
             if index < self.fusion_layer:
                 layer_mask = within
             elif across is not None:
@@ -731,6 +752,44 @@ class MultimodalTransformer(InputModule):
                 layer_mask = encoder_mask
             hidden = layer(hidden, layer_mask) if packed is None else packed.layer(index, hidden, layer_mask)
         return hidden
+
+    def _unfused_blocks(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        is_pair: torch.Tensor | None,
+        packed: PackedEncoder | None,
+        text_width: int,
+        text_first: bool,
+    ) -> torch.Tensor | None:
+        """The first :attr:`fusion_layer` layers on a batch of pairs, run on the caption block and the region block
+        apart (each with its own padding), once for a block whose rows are all equal (one caption reranked against
+        k images, or one image against k captions), then joined again. ``None`` where that does not apply: not every
+        row is a pair, or a row has no valid position in a block."""
+        if is_pair is None or not bool(torch.as_tensor(is_pair).all()):
+            return None
+        region_width = hidden.size(1) - text_width
+        widths = (text_width, region_width) if text_first else (region_width, text_width)
+        blocks = []
+        for block, block_mask in zip(hidden.split(widths, dim=1), mask.split(widths, dim=1)):
+            if block.size(1) == 0 or not bool(block_mask.any(dim=1).all()):
+                return None
+            rows = block.size(0)
+            shared = rows > 1 and bool((block_mask == block_mask[:1]).all()) and bool((block == block[:1]).all())
+            if shared:
+                block, block_mask = block[:1], block_mask[:1]
+            block_encoder_mask = create_bidirectional_mask(
+                config=self.backbone.config, inputs_embeds=block, attention_mask=block_mask
+            )
+            for index in range(self.fusion_layer):
+                layer = self.backbone.encoder.layer[index]
+                block = (
+                    layer(block, block_encoder_mask)
+                    if packed is None
+                    else packed.layer(index, block, block_encoder_mask)
+                )
+            blocks.append(block.expand(rows, -1, -1) if shared else block)
+        return torch.cat(blocks, dim=1)
 
     def keep_first_layers(self, layers: int) -> None:
         """Cut the backbone to its first ``layers`` layers (a proportionally cheaper model), with everything that

@@ -212,9 +212,12 @@ def reference_late_fusion(module, inputs):
         captured["hidden"] = args[0]  # returns None: a pre-hook that returns a value replaces the layer's inputs
 
     handle = module.backbone.encoder.layer[0].register_forward_pre_hook(capture)
-    features = run(module, inputs)
+    # With gradients the first layer reads the whole joined sequence (inference runs the two blocks apart).
+    with torch.enable_grad():
+        features = module(module.preprocess(inputs))
     handle.remove()
-    hidden, mask = captured["hidden"], features["attention_mask"].bool()
+    hidden = captured["hidden"].detach()
+    mask = features["attention_mask"].bool()
     text_width = features["text_mask"].shape[1]
     text_first = module.region_order == "text_first"
     text_part = slice(0, text_width) if text_first else slice(hidden.shape[1] - text_width, None)
@@ -245,7 +248,9 @@ def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone, atte
     module.backbone.set_attn_implementation(attention)
     inputs = [("a", regions(1, seed=2)), ("two green triangles left of a star", regions(5, seed=1))]
     features, expected, mask = reference_late_fusion(module, inputs)
-    torch.testing.assert_close(features["token_embeddings"][mask], expected[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features["token_embeddings"][mask].detach(), expected[mask], atol=1e-5, rtol=1e-5)
+    # Inference (the two blocks run apart) computes the same function.
+    torch.testing.assert_close(run(module, inputs)["token_embeddings"][mask], expected[mask], atol=1e-5, rtol=1e-5)
     # Single-stream (fusion_layer=0) on the same weights is a different computation for pairs ...
     module.fusion_layer = 0
     assert not torch.allclose(run(module, inputs)["token_embeddings"][mask], expected[mask], atol=1e-4)
@@ -254,6 +259,44 @@ def test_late_fusion_runs_the_first_layers_on_each_modality_alone(backbone, atte
     single = run(module, captions)["token_embeddings"]
     module.fusion_layer = 1
     torch.testing.assert_close(run(module, captions)["token_embeddings"], single)
+
+
+def first_layer_rows(module, inputs, grad: bool = False) -> tuple[list[int], torch.Tensor]:
+    """The row counts the first layer was called with, and the scores."""
+    rows = []
+    handle = module.backbone.encoder.layer[0].register_forward_pre_hook(lambda layer, args: rows.append(len(args[0])))
+    try:
+        with torch.set_grad_enabled(grad):
+            scores = module(module.preprocess(inputs))["scores"].detach()
+    finally:
+        handle.remove()
+    return rows, scores
+
+
+@pytest.mark.parametrize("backbone", ["bert", "xlmr"])
+def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbone):
+    module = build_module(backbone, featurizer=False, fusion_layer=1, head_input="text_image_match")
+    caption, image = "two green triangles left of a star", regions(3, seed=9)
+    captions = ["a", "a red circle", "one star left of two blue squares", "dogs"]
+    text_first = module.region_order == "text_first"
+    for inputs, shared_first in (
+        ([(caption, regions(2 + i, seed=i)) for i in range(4)], text_first),  # a caption and 4 images
+        ([(text, image) for text in captions], not text_first),  # an image and 4 captions
+    ):
+        rows, scores = first_layer_rows(module, inputs)
+        # The shared block once, the other one row per pair, instead of 4 joined rows.
+        assert rows == ([1, 4] if shared_first else [4, 1])
+        whole_rows, whole = first_layer_rows(module, inputs, grad=True)
+        assert whole_rows == [4]
+        torch.testing.assert_close(scores, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_tags_keep_the_caption_block_joined():
+    # Tags sit in the text block but belong to the image: the blocks are not the two modalities then.
+    module = build_module(featurizer=False, fusion_layer=1, add_od_labels=True)
+    tagged = RegionFeatures(regions(2).features, regions(2).boxes, tags=["dog", "ball"])
+    rows, _ = first_layer_rows(module, [("a dog", tagged), ("a dog", tagged)])
+    assert rows == [2]
 
 
 def test_late_fusion_needs_a_layer_that_fuses():
