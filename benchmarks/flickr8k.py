@@ -262,6 +262,7 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "part": "tables",
         "models": models,
+        "featurizer": store.featurizer_config,
         "training": {name: training_summary(path) for name, path in models.items() if path},
         "sizes": {
             "dev_images": len(images),
@@ -607,13 +608,25 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def grid_name(result: dict[str, Any]) -> str:
+    """The image features a tables result was evaluated on (files without the record: the MobileNetV2 store)."""
+    featurizer = result.get("featurizer") or {"type": "MobileNetV2GridFeaturizer", "config": {"grid_size": 3}}
+    config = featurizer.get("config", {})
+    network = "MobileNetV2"
+    if featurizer["type"] == "EfficientNetLiteGridFeaturizer":
+        network = "EfficientNet-Lite" + str(config.get("weights", "lite?")).split("lite")[-1][:1]
+    grid = config.get("grid_size")
+    tags = f" + {config['num_tags']} tags" if config.get("num_tags") else ""
+    return f"{network} {grid}x{grid} grid{tags}" if grid else f"{network} grid{tags}"
+
+
 def render(output: Path) -> str:
     parts = []
     # One tables file per evaluation run (e.g. flickr8k_en_sep.json and flickr8k_en_joint.json, run side by side).
     for path in sorted(RESULTS.glob("flickr8k_en*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("part") == "tables":
-            title = f"## Tables from `{path.name}` (all-MiniLM-L6-v2 + MobileNetV2 3x3 grid)"
+            title = f"## Tables from `{path.name}` (all-MiniLM-L6-v2 + {grid_name(result)})"
             parts.append(f"{title}\n\n" + render_tables(result))
     for path in sorted(RESULTS.glob("flickr8k_onnx*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
