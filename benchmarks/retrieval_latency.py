@@ -76,6 +76,8 @@ TOP_K = 20
 EAGER_BF16 = "eager PyTorch bfloat16"
 # The whole joint model in bfloat16: query encoding and reranking.
 BOTH_BF16 = "eager PyTorch bfloat16, query encoded in bfloat16 too"
+# The same with late fusion's unfused layers run on the joined rows (MultimodalTransformer.unfused_blocks_apart off).
+BOTH_BF16_JOINED = BOTH_BF16 + ", unfused layers on the joined rows"
 APPROXIMATE = ["int8", "binary", "hnsw", "ivf"]
 CONDITIONS = ("quiet", "busy")
 
@@ -382,6 +384,10 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     if EAGER_BF16 in args.coop_rerankers:
         rerankers.append((EAGER_BF16, MMCrossEncoder(modules=[bf16_module], device="cpu")))
         rerankers.append((BOTH_BF16, MMCrossEncoder(modules=[bf16_module], device="cpu")))
+        if module.fusion_layer:
+            joined_module = copy.deepcopy(bf16_module)
+            joined_module.unfused_blocks_apart = False
+            rerankers.append((BOTH_BF16_JOINED, MMCrossEncoder(modules=[joined_module], device="cpu")))
     for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 weights"):
         if info and backend in info and backend in args.coop_rerankers:
             rerankers.append((backend, info[backend][1]))
@@ -407,7 +413,7 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
                 retriever.cross_encoder = sessions[key]
             else:
                 retriever.cross_encoder = reranker
-            retriever.bi_encoder = bf16_bi_encoder if backend == BOTH_BF16 else bi_encoder
+            retriever.bi_encoder = bf16_bi_encoder if backend in (BOTH_BF16, BOTH_BF16_JOINED) else bi_encoder
             return retriever.search(CAPTIONS[i % len(CAPTIONS)], threads=threads)
 
         results[f"Coop k={TOP_K}, rerank {backend}"] = measure_conditions(args, coop, args.ce_repeats)

@@ -154,6 +154,9 @@ class MultimodalTransformer(InputModule):
     # bfloat16 inference on CPU through packed oneDNN layers (see mm_sbert.modules.fast_inference); False runs the
     # backbone's own layers in every case.
     fast_inference: bool = True
+    # Late fusion at inference: the layers under fusion_layer run the caption block and the region block of pairs
+    # apart, a block shared by every row once (see _unfused_blocks); False runs them on the joined rows.
+    unfused_blocks_apart: bool = True
     config_keys = MultimodalTransformerConfig.keys()
     save_in_root = True
 
@@ -666,7 +669,8 @@ class MultimodalTransformer(InputModule):
             caption_block = None
             # Not when tracing (an ONNX export): which blocks are shared is decided from the values of the batch.
             tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            if not torch.is_grad_enabled() and not tracing and (tags is None or not bool(tags.any())):
+            untagged = tags is None or not bool(tags.any())
+            if self.unfused_blocks_apart and not torch.is_grad_enabled() and not tracing and untagged:
                 caption_block = (text_mask.size(1), self.region_order == "text_first")
             token_embeddings = self._late_fusion_encoder(
                 hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth, caption_block

@@ -289,6 +289,10 @@ def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbo
         whole_rows, whole = first_layer_rows(module, inputs, grad=True)
         assert whole_rows == [4]
         torch.testing.assert_close(scores, whole, atol=1e-5, rtol=1e-5)
+        module.unfused_blocks_apart = False  # the switch: inference on the joined rows, as with gradients
+        joined_rows, joined = first_layer_rows(module, inputs)
+        module.unfused_blocks_apart = True
+        assert joined_rows == [4] and torch.equal(joined, whole)
 
 
 def test_tags_keep_the_caption_block_joined():
