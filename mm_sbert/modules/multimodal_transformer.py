@@ -154,8 +154,8 @@ class MultimodalTransformer(InputModule):
     # bfloat16 inference on CPU through packed oneDNN layers (see mm_sbert.modules.fast_inference); False runs the
     # backbone's own layers in every case.
     fast_inference: bool = True
-    # Late fusion at inference: the layers under fusion_layer run the caption block and the region block of pairs
-    # apart, a block shared by every row once (see _unfused_blocks); False runs them on the joined rows.
+    # Late fusion at inference: the layers under fusion_layer run the caption side and the image side of pairs
+    # apart, a side shared by every row once (see _unfused_blocks); False runs them on the joined rows.
     unfused_blocks_apart: bool = True
     config_keys = MultimodalTransformerConfig.keys()
     save_in_root = True
@@ -663,17 +663,11 @@ class MultimodalTransformer(InputModule):
         if self.fast_inference and not self.training and not torch.is_grad_enabled():
             packed = packed_encoder_for(self.backbone.encoder.layer, hidden.dtype, hidden.device)
         if self.runs_layer_by_layer:
-            # Below fusion_layer a caption without tags and its regions are two inputs that never meet: inference
-            # runs them as two blocks, each once where every row holds the same one (a query and its candidates).
-            tags = features.get("tag_mask")
-            caption_block = None
-            # Not when tracing (an ONNX export): which blocks are shared is decided from the values of the batch.
+            # Not when tracing (an ONNX export): how the unfused layers split a batch depends on its values.
             tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            untagged = tags is None or not bool(tags.any())
-            if self.unfused_blocks_apart and not torch.is_grad_enabled() and not tracing and untagged:
-                caption_block = (text_mask.size(1), self.region_order == "text_first")
+            apart = self.unfused_blocks_apart and not torch.is_grad_enabled() and not tracing
             token_embeddings = self._late_fusion_encoder(
-                hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth, caption_block
+                hidden, mask, encoder_mask, is_text, features.get("is_pair"), packed, depth, apart
             )
         elif packed is not None:
             token_embeddings = packed(hidden, encoder_mask)
@@ -710,21 +704,18 @@ class MultimodalTransformer(InputModule):
         is_pair: torch.Tensor | None = None,
         packed: PackedEncoder | None = None,
         depth: int | None = None,
-        caption_block: tuple[int, bool] | None = None,
+        apart: bool = False,
     ) -> torch.Tensor:
         """The backbone's first ``depth`` layers (default: all) one by one; the first :attr:`fusion_layer` ones attend
         within each modality, the others across both, with :attr:`cross_modal_attention_bias` (if any) added between
-        the modalities of pairs.
-
-        ``caption_block`` (the width of the text block, and whether it comes first) says that the text block holds
-        the caption alone; a batch of pairs then runs the first :attr:`fusion_layer` layers on the two blocks apart
-        (:meth:`_unfused_blocks`), which computes the same function on fewer and shorter rows.
-        """
+        the modalities of pairs. With ``apart``, a batch of pairs runs the first :attr:`fusion_layer` layers on the
+        caption and the image side apart where they split (:meth:`_unfused_blocks`): the same function on fewer and
+        shorter rows."""
         start = 0
-        if caption_block is not None and (depth is None or depth > self.fusion_layer):
-            apart = self._unfused_blocks(hidden, mask, is_pair, packed, *caption_block)
-            if apart is not None:
-                hidden, start = apart, self.fusion_layer
+        if apart and (depth is None or depth > self.fusion_layer):
+            blocks = self._unfused_blocks(hidden, mask, is_text, is_pair, packed)
+            if blocks is not None:
+                hidden, start = blocks, self.fusion_layer
         same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
         if encoder_mask is None:
             # create_bidirectional_mask returns None when no position is padded.
@@ -761,21 +752,30 @@ class MultimodalTransformer(InputModule):
         self,
         hidden: torch.Tensor,
         mask: torch.Tensor,
+        is_text: torch.Tensor,
         is_pair: torch.Tensor | None,
         packed: PackedEncoder | None,
-        text_width: int,
-        text_first: bool,
     ) -> torch.Tensor | None:
-        """The first :attr:`fusion_layer` layers on a batch of pairs, run on the caption block and the region block
-        apart (each with its own padding), once for a block whose rows are all equal (one caption reranked against
-        k images, or one image against k captions), then joined again. ``None`` where that does not apply: not every
-        row is a pair, or a row has no valid position in a block."""
+        """The first :attr:`fusion_layer` layers on a batch of pairs, run on the caption block and the image block
+        (tags and regions) apart, each with its own padding, and once for a block whose rows are all equal (one
+        caption reranked against k images, or one image against k captions), then joined again.
+
+        The blocks are column ranges: every row's caption positions must lie before every row's image positions
+        (after them for regions-first layouts). That holds for captions without tags, and for tagged images paired
+        with one caption; captions of different lengths each followed by tags do not split, and run joined. ``None``
+        where the batch does not split: not every row is a pair, or a row has no valid position in a block.
+        """
         if is_pair is None or not bool(torch.as_tensor(is_pair).all()):
             return None
-        region_width = hidden.size(1) - text_width
-        widths = (text_width, region_width) if text_first else (region_width, text_width)
+        valid = mask.bool()
+        caption, image = is_text.bool() & valid, ~is_text.bool() & valid
+        first, second = (caption, image) if self.region_order == "text_first" else (image, caption)
+        columns = torch.arange(1, hidden.size(1) + 1, device=hidden.device)
+        split = int((first * columns).max())  # one past the last valid position of the first block, over all rows
+        if split == 0 or bool(second[:, :split].any()):
+            return None
         blocks = []
-        for block, block_mask in zip(hidden.split(widths, dim=1), mask.split(widths, dim=1)):
+        for block, block_mask in ((hidden[:, :split], mask[:, :split]), (hidden[:, split:], mask[:, split:])):
             if block.size(1) == 0 or not bool(block_mask.any(dim=1).all()):
                 return None
             rows = block.size(0)

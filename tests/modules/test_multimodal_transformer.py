@@ -273,9 +273,11 @@ def first_layer_rows(module, inputs, grad: bool = False) -> tuple[list[int], tor
     return rows, scores
 
 
-@pytest.mark.parametrize("backbone", ["bert", "xlmr"])
-def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbone):
-    module = build_module(backbone, featurizer=False, fusion_layer=1, head_input="text_image_match")
+@pytest.mark.parametrize("backbone,region_order", [("bert", "text_first"), ("xlmr", "regions_first")])
+def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbone, region_order):
+    module = build_module(
+        backbone, featurizer=False, fusion_layer=1, head_input="text_image_match", region_order=region_order
+    )
     caption, image = "two green triangles left of a star", regions(3, seed=9)
     captions = ["a", "a red circle", "one star left of two blue squares", "dogs"]
     text_first = module.region_order == "text_first"
@@ -295,12 +297,18 @@ def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbo
         assert joined_rows == [4] and torch.equal(joined, whole)
 
 
-def test_tags_keep_the_caption_block_joined():
-    # Tags sit in the text block but belong to the image: the blocks are not the two modalities then.
-    module = build_module(featurizer=False, fusion_layer=1, add_od_labels=True)
-    tagged = RegionFeatures(regions(2).features, regions(2).boxes, tags=["dog", "ball"])
-    rows, _ = first_layer_rows(module, [("a dog", tagged), ("a dog", tagged)])
-    assert rows == [2]
+def test_tags_split_from_one_caption_but_not_from_captions_they_follow_at_different_places():
+    # Tags sit in the text block but belong to the image side; after one caption they start at one column.
+    module = build_module(featurizer=False, fusion_layer=1, add_od_labels=True, head_input="text_image_match")
+    dog = RegionFeatures(regions(2).features, regions(2).boxes, tags=["dog", "ball"])
+    circle = RegionFeatures(regions(3, seed=4).features, regions(3, seed=4).boxes, tags=["red circle"])
+    for inputs, expected_rows in (
+        ([("a dog", dog), ("a dog", circle)], [1, 2]),
+        ([("a dog", dog), ("two dogs run after a red ball on the grass", circle)], [2]),
+    ):
+        rows, scores = first_layer_rows(module, inputs)
+        assert rows == expected_rows
+        torch.testing.assert_close(scores, first_layer_rows(module, inputs, grad=True)[1], atol=1e-5, rtol=1e-5)
 
 
 def test_late_fusion_needs_a_layer_that_fuses():
