@@ -60,7 +60,7 @@ from busy_machine import (  # noqa: E402
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
 from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex, MilvusIndex  # noqa: E402
-from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits  # noqa: E402
+from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits, rerank  # noqa: E402
 from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
 
 QUERY = "A man riding a wave on top of a surfboard."
@@ -429,6 +429,47 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     ]
     for name, row in results.items():
         lines.append(f"| {name} | " + " | ".join(condition_cells(row)) + " |")
+    lines.append("")
+    if module.fusion_layer and EAGER_BF16 in args.coop_rerankers:
+        lines += rerank_direction_lines(args, bf16_module, joined_module, images, data)
+    return lines
+
+
+def rerank_direction_lines(
+    args, split_module: MultimodalTransformer, joined_module: MultimodalTransformer, images: list, data: dict
+) -> list[str]:
+    """The rerank step alone (``rerank`` of one query's 20 candidates, bfloat16, quiet, every core) in both
+    directions, late fusion's unfused layers run apart (the query's side once) and on the joined rows."""
+    set_threads(available_cores())
+    captions = [f"{CAPTIONS[j % len(CAPTIONS)][:-1]}, seen from place {j}." for j in range(TOP_K)]
+    directions = {
+        f"a caption query, its {TOP_K} candidate images (image retrieval)": ([QUERY], images),
+        f"an image query, its {TOP_K} candidate captions (text retrieval)": ([images[0]], captions),
+    }
+    rerankers = {
+        "apart": MMCrossEncoder(modules=[split_module], device="cpu"),
+        "joined": MMCrossEncoder(modules=[joined_module], device="cpu"),
+    }
+    rows = [list(range(TOP_K))]
+    lines = [
+        f"Rerank step alone (`rerank` of one query's {TOP_K} candidates, bfloat16, quiet, {available_cores()} "
+        f"threads; median of {args.ce_repeats}): the unfused layers on each side apart vs on the joined rows.",
+        "",
+        "| query | unfused layers apart | joined | joined / apart |",
+        "|---|---|---|---|",
+    ]
+    data["rerank_directions"] = {}
+    for direction, (queries, candidates) in directions.items():
+        seconds = {
+            name: timed(lambda i, ce=ce, q=queries, c=candidates: rerank(ce, q, c, rows), args.ce_repeats)
+            for name, ce in rerankers.items()
+        }
+        data["rerank_directions"][direction] = seconds
+        lines.append(
+            f"| {direction} | {ms(seconds['apart'])} | {ms(seconds['joined'])} | "
+            f"{seconds['joined'] / seconds['apart']:.2f}x |"
+        )
+        print(f"  rerank, {direction}: " + ", ".join(f"{k} {ms(v)}" for k, v in seconds.items()), flush=True)
     return [*lines, ""]
 
 
