@@ -95,6 +95,8 @@ def train_model(
 
     ``output_dir`` is claimed first (:func:`~mm_sbert.training.training_output.training_output`: never a folder of
     the user's, nor an input, one run at a time), and every setting and the data are checked before a model loads.
+    The process's random generators are seeded with ``recipe.seed`` before any layer is drawn (a new model's image
+    projection and head, a replaced head), so one command and seed train the same model on the same threads.
 
     Args:
         corpus: the :class:`~mm_sbert.data.ImageCaptionCorpus` to train on.
@@ -126,6 +128,8 @@ def train_model(
         StorageError: a store that lacks a training image or was built by another featurizer than the model's.
         UnsafeOutputError / OutputInUseError: see :func:`~mm_sbert.training.training_output.training_output`.
     """
+    from transformers import set_seed
+
     from mm_sbert.data.store_image_resolver import StoreImageResolver
     from mm_sbert.image_features import FeatureStore
     from mm_sbert.models import MMSentenceTransformer
@@ -139,6 +143,8 @@ def train_model(
     store_path = None if store is None or isinstance(store, FeatureStore) else os.fspath(store)
     with training_output(output_dir, inputs=[*inputs, name, store_path]):
         _check_settings(recipe, saved, head_input, similarity_start)
+        # The trainer seeds only when it is made, after the new layers below were drawn.
+        set_seed(recipe.seed)
         if saved:
             recipe.new_layers = SAVED_MODEL_NEW_LAYERS
         if store_path is not None:

@@ -69,6 +69,26 @@ def test_new_model_gets_the_requested_head_input(capsys, tmp_path):
     assert model[0].fusion_layer == 1
 
 
+@pytest.mark.parametrize("regime", ["be", "ce"])
+def test_one_command_with_one_seed_trains_the_same_model(capsys, tmp_path, regime):
+    """--seed makes a run repeatable from its first step: the layers a run draws before training (a new model's
+    image projection and head, a replaced head) come from it, not from whatever the process's random state was."""
+    # be: a new model on a text backbone; ce: a saved model whose head --head-input replaces.
+    start = _backbone(tmp_path) if regime == "be" else tiny_model_dir()
+    argv = ["train", regime, "--model", start, "--synthetic", "8", "--steps", "2", "--batch-size", "4"]
+    argv += ["--head-input", "mean", "--threads", "1"]
+    weights = {}
+    for run, seed in (("first", "0"), ("again", "0"), ("other seed", "1")):
+        torch.manual_seed(len(weights))  # the caller's random state differs from run to run
+        code, _, err = run_cli(capsys, *argv, "--seed", seed, "--output-dir", tmp_path / run)
+        assert code == 0, err
+        weights[run] = MMSentenceTransformer(str(tmp_path / run / "final"))[0].state_dict()
+    assert weights["first"].keys() == weights["again"].keys()
+    differing = [name for name in weights["first"] if not torch.equal(weights["first"][name], weights["again"][name])]
+    assert differing == [], f"the same command and seed trained different weights: {differing[:5]}"
+    assert not torch.equal(weights["first"]["classifier.weight"], weights["other seed"]["classifier.weight"])
+
+
 def test_fusion_layer_beyond_the_backbone_exits_2(capsys, tmp_path):
     layers = MMSentenceTransformer(tiny_model_dir())[0].backbone.config.num_hidden_layers
     argv = ["train", "be", "--model", _backbone(tmp_path), "--synthetic", "8", "--fusion-layer", str(layers)]
