@@ -30,6 +30,19 @@ class CompetingLoad:
         time.sleep(self.settle)
         return self
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the competing processes have run so far (user + system, from ``/proc``; 0 elsewhere): over
+        a stretch of wall time, the share of the machine they kept while the benchmark ran beside them."""
+        ticks = 0
+        for process in self.processes:
+            try:
+                with open(f"/proc/{process.pid}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            except (OSError, IndexError, ValueError):
+                return 0.0
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc) -> None:
         for process in self.processes:
             process.terminate()

@@ -18,6 +18,8 @@ The report names the machine (CPU, cores, AMX), the load average before and afte
 
 Usage (the issue's sizes, about 10 min on 2 cores):
     python benchmarks/busy_training.py --output benchmarks/results/busy_training.md
+    # busy also with more threads than free cores, and what that takes from the competing process:
+    python benchmarks/busy_training.py --skip featurize store --busy-threads 3 4
     # a quick check:
     python benchmarks/busy_training.py --be-batch 16 --ce-batch 8 --steps 2 --images 16
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -165,18 +168,27 @@ def timed(function, repeats: int) -> float:
 
 
 def measure(args, stage: str, function, repeats: int) -> dict:
-    """Seconds per call, quiet and busy, with every core and with the policy (decided when the stage starts)."""
+    """Seconds per call, quiet and busy, with every core and with the policy (decided when the stage starts); busy
+    also at each of ``--busy-threads``. Each busy cell records the competing processes' CPU share meanwhile (cores
+    they kept)."""
     cores = available_cores()
     row = {}
     for condition in ("quiet", "busy"):
         load = CompetingLoad(args.competing_processes) if condition == "busy" else None
+        modes = [("all cores", cores), ("policy", None)]
         if load:
             load.__enter__()
+            modes += [(f"{threads} threads", threads) for threads in args.busy_threads]
         try:
-            for mode, threads in (("all cores", cores), ("policy", None)):
+            for mode, threads in modes:
                 with get_thread_policy().limit(stage, threads=threads) as used:
+                    wall, cpu = time.perf_counter(), load.cpu_seconds() if load else 0.0
                     row[f"{condition}, {mode}"] = timed(function, repeats)
                     row[f"{condition}, {mode}, threads"] = used
+                    if load:
+                        row[f"{condition}, {mode}, competitor cores"] = (load.cpu_seconds() - cpu) / (
+                            time.perf_counter() - wall
+                        )
         finally:
             if load:
                 load.__exit__()
@@ -194,11 +206,19 @@ def main() -> None:
     parser.add_argument("--store-processes", type=int, default=2, help="worker processes of the feature-store row")
     parser.add_argument("--store-repeats", type=int, default=2)
     parser.add_argument("--competing-processes", type=int, default=1)
+    parser.add_argument(
+        "--busy-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="busy: also time these explicit thread counts (e.g. more threads than free cores), with the cores the "
+        "competing processes keep meanwhile",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["be", "ce", "featurize", "store"])
     parser.add_argument("--output", help="write the markdown report here, and its data as JSON beside it")
     args = parser.parse_args()
     started, start_load, info = time.time(), load_average(), machine()
-    data: dict = {"command": " ".join(sys.argv), "machine": info, "load_average_start": start_load, "rows": {}}
+    data: dict = {"command": shlex.join(sys.argv), "machine": info, "load_average_start": start_load, "rows": {}}
     rows: list[tuple[str, str, dict]] = []  # (name, unit, seconds per call)
     if "be" not in args.skip:
         name = f"train bi-encoder, batch {args.be_batch} (s/step)"
@@ -224,7 +244,7 @@ def main() -> None:
     lines = [
         "# Training and featurizing on a quiet and a busy machine: every core vs the thread policy",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `python {shlex.join(sys.argv)}`",
         "",
         f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
         f"{data['load_average_end']}; the run took {data['minutes']} min. Busy = {args.competing_processes} "
@@ -248,6 +268,23 @@ def main() -> None:
         cells.append(f"{row['busy, policy'] / row['quiet, policy']:.2f}x")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "busy / quiet: time per step or per image, busy over quiet (target <= 1.5 with the policy).", ""]
+    if args.busy_threads:
+        lines += [
+            "Busy at explicit thread counts: time over the quiet policy's, and the cores the "
+            f"{args.competing_processes} competing process(es) kept meanwhile (their CPU seconds over the cell's "
+            f"wall time; alone they keep {args.competing_processes}).",
+            "",
+            "| what | threads | busy | busy / quiet (policy) | competitor's cores |",
+            "|---|---|---|---|---|",
+        ]
+        for name, unit, row in rows:
+            for mode in ["all cores", "policy", *[f"{threads} threads" for threads in args.busy_threads]]:
+                lines.append(
+                    f"| {name} | {row[f'busy, {mode}, threads']} ({mode}) | {cell(row[f'busy, {mode}'], unit)} | "
+                    f"{row[f'busy, {mode}'] / row['quiet, policy']:.2f}x | "
+                    f"{row[f'busy, {mode}, competitor cores']:.2f} |"
+                )
+        lines.append("")
     write_report(args.output, "\n".join(lines), data)
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -435,6 +436,54 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     return lines
 
 
+def rerank_gflop(module: MultimodalTransformer, queries: list, candidates: list, rows: list) -> dict:
+    """GFLOP of one ``rerank`` call, split into the linear layers' matrix products and attention, counted by
+    ``torch.utils.flop_counter`` on a copy of ``module`` running the backbone's own layers (the packed bfloat16
+    layers compute the same products through oneDNN ops the counter does not know)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = copy.deepcopy(module)
+    counted.fast_inference = False
+    with FlopCounterMode(display=False) as counter:
+        rerank(MMCrossEncoder(modules=[counted], device="cpu"), queries, candidates, rows)
+    by_op = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    linear = sum(flops for op, flops in by_op.items() if op.split(".")[-1] in ("addmm", "mm", "linear"))
+    return {"linear": linear / 1e9, "attention": (counter.get_total_flops() - linear) / 1e9}
+
+
+def rerank_time_shares(cross_encoder: MMCrossEncoder, queries: list, candidates: list, rows: list) -> dict:
+    """Where one ``rerank`` call's time goes, from ``torch.profiler`` over 5 calls: the shares of the wall time
+    spent in the linear layers' products and in attention (each op's time on the calling thread, its intra-op
+    threads included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rerank(cross_encoder, queries, candidates, rows)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
+        for _ in range(5):
+            rerank(cross_encoder, queries, candidates, rows)
+        wall = (time.perf_counter() - started) * 1e6  # the profiler's unit: microseconds
+    shares = {"linear": 0.0, "attention": 0.0}
+    for event in profiler.key_averages():
+        name = event.key.split("::")[-1]
+        part = "linear" if name in ("_linear_pointwise", "addmm", "mm", "linear") else None
+        part = "attention" if "scaled_dot_product" in name or name == "bmm" else part
+        if part:
+            shares[part] += event.self_cpu_time_total / wall
+    return shares
+
+
+def bf16_gemm_gflops(rows: int, width: int, out: int, repeats: int = 50) -> float:
+    """This CPU's bfloat16 rate (GFLOP/s) on one ``[rows, width] x [width, out]`` product through the packed oneDNN
+    linear that :class:`mm_sbert.modules.fast_inference.PackedEncoder` calls: the ceiling a layer of that shape
+    can reach."""
+    x = torch.randn(rows, width).to(torch.bfloat16)
+    weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(out, width).to(torch.bfloat16), None)
+    bias = torch.zeros(out, dtype=torch.bfloat16)
+    seconds = timed(lambda i: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none"), repeats)
+    return 2 * rows * width * out / seconds / 1e9
+
+
 def rerank_direction_lines(
     args, split_module: MultimodalTransformer, joined_module: MultimodalTransformer, images: list, data: dict
 ) -> list[str]:
@@ -455,8 +504,9 @@ def rerank_direction_lines(
         f"Rerank step alone (`rerank` of one query's {TOP_K} candidates, bfloat16, quiet, {available_cores()} "
         f"threads; median of {args.ce_repeats}): the unfused layers on each side apart vs on the joined rows.",
         "",
-        "| query | unfused layers apart | joined | joined / apart |",
-        "|---|---|---|---|",
+        "| query | unfused layers apart | joined | joined / apart | GFLOP apart: linear + attention | GFLOP/s apart "
+        "| time apart in linear / attention |",
+        "|---|---|---|---|---|---|---|",
     ]
     data["rerank_directions"] = {}
     for direction, (queries, candidates) in directions.items():
@@ -464,12 +514,28 @@ def rerank_direction_lines(
             name: timed(lambda i, ce=ce, q=queries, c=candidates: rerank(ce, q, c, rows), args.ce_repeats)
             for name, ce in rerankers.items()
         }
-        data["rerank_directions"][direction] = seconds
+        gflop = rerank_gflop(split_module, queries, candidates, rows)
+        shares = rerank_time_shares(rerankers["apart"], queries, candidates, rows)
+        data["rerank_directions"][direction] = {**seconds, "gflop": gflop, "time_shares": shares}
+        total = gflop["linear"] + gflop["attention"]
         lines.append(
             f"| {direction} | {ms(seconds['apart'])} | {ms(seconds['joined'])} | "
-            f"{seconds['joined'] / seconds['apart']:.2f}x |"
+            f"{seconds['joined'] / seconds['apart']:.2f}x | {gflop['linear']:.1f} + {gflop['attention']:.2f} | "
+            f"{total / seconds['apart']:.0f} | {shares['linear']:.0%} / {shares['attention']:.0%} |"
         )
         print(f"  rerank, {direction}: " + ", ".join(f"{k} {ms(v)}" for k, v in seconds.items()), flush=True)
+    # The widest product of a rerank: the intermediate layer over every row of the 20 (query caption, image) pairs.
+    width = split_module.backbone.config.hidden_size
+    intermediate = split_module.backbone.config.intermediate_size
+    pair_rows = TOP_K * (args.coop_grid**2 + len(split_module.tokenizer(QUERY)["input_ids"]))
+    gemm = bf16_gemm_gflops(pair_rows, width, intermediate)
+    data["bf16_gemm_gflops"] = {"shape": [pair_rows, width, intermediate], "gflops": gemm}
+    lines += [
+        "",
+        f"This CPU's bfloat16 matrix-product rate at the rerank's widest shape ([{pair_rows}, {width}] x [{width}, "
+        f"{intermediate}], the packed oneDNN linear the layers call): {gemm:.0f} GFLOP/s. GFLOP counted by "
+        "`torch.utils.flop_counter` on the backbone's own layers (the same products).",
+    ]
     return [*lines, ""]
 
 
@@ -519,7 +585,7 @@ def main() -> None:
     started = time.time()
     notes: list[str] = []
     info = machine()
-    data: dict = {"command": " ".join(sys.argv), "machine": info, "load_average_start": start_load}
+    data: dict = {"command": shlex.join(sys.argv), "machine": info, "load_average_start": start_load}
 
     real = None
     if args.embeddings:
@@ -559,7 +625,7 @@ def main() -> None:
     lines = [
         "# Retrieval latency on a quiet and a busy machine: search precisions, cross-encoders, Coop end to end",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `python {shlex.join(sys.argv)}`",
         "",
         f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
         f"{data['load_average_end']}; the run took {data['minutes']} min. Latencies are medians of {args.repeats} "

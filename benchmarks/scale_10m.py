@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -259,7 +260,7 @@ def main() -> None:
         exact_seconds = None
     searched = child(args, "search")
     data = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "machine": info,
         "vectors": label,
         "count": args.count,
@@ -275,7 +276,7 @@ def main() -> None:
     lines = [
         f"# {args.count:,} x {DIM} on one machine: streamed binary index, float16 rows for rescoring",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `python {shlex.join(sys.argv)}`",
         "",
         f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
         f"{data['load_average_end']}; the run took {data['minutes']} min (phases done by an earlier run are "
