@@ -500,33 +500,48 @@ def mark_degenerate(score_rows: list[dict[str, Any]], table1: list[dict[str, Any
 
 
 def render_tables(result: dict[str, Any]) -> str:
+    """The run's header and each of its tables that has rows (a run without a cross-encoder has only table 1)."""
     sizes = ", ".join(f"{k} = {v}" for k, v in result["sizes"].items())
     training = "\n".join(f"- {name}: `{json.dumps(summary)}`" for name, summary in result["training"].items())
     tables = result["tables"]
     columns = ["mode", "k", *RECALL_COLUMNS, "t2i_queries", "i2t_queries", "seconds"]
-    out = [
-        f"Command: `{result['command']}`  \nCommit: {result['commit']}  \nMachine: {result['machine']}  \n"
-        f"Run: {result['finished']} ({result['total_seconds']:.0f} s in all)  \nSizes: {sizes}\n\n"
-        f"Training (from each run's trainer state):\n{training}\n",
-        "\n### Table 1 analogue: Flickr8k dev 1k, full protocol (t2i = image retrieval, i2t = text retrieval, %)\n\n",
-        markdown_table(tables["table1"], columns),
-        "\n### Full cross-encoding on a pool (every caption of the pool's images x every pool image)\n\n",
-        markdown_table(tables["ce_pool"], ["mode", *RECALL_COLUMNS, "t2i_queries", "i2t_queries", "pairs", "seconds"]),
-        "\n### Table 5 analogue: train images (one caption each) added to the search space as distractors\n\n",
-        markdown_table(tables["table5"], columns),
-        "\n### Table 8 analogue: Coop top-k (full protocol)\n\n",
-        markdown_table(tables["table8"], columns),
-        "\n### Score combination (Coop k = 20, full protocol): `lam * cos_BE + (1 - lam) * sigmoid(CE)`, and with "
-        "both scores min-max normalised per query\n\n"
-        "A `combination` row marked degenerate ranks like the bi-encoder (every recall within 0.1 point of its row "
-        "in table 1): the cross-encoder's logits sit far from 0 (10-12 for a similarity-started head; a listwise "
-        "loss does not pin the offset), so sigmoid(CE) is ~1 for every candidate and only cos_BE orders them. Those "
-        "rows measure nothing about the reranker; `ce` (the logit) and `combination_normalized` do.\n\n",
-        markdown_table(
+    sections = [
+        (
+            "Table 1 analogue: Flickr8k dev 1k, full protocol (t2i = image retrieval, i2t = text retrieval, %)\n\n",
+            tables["table1"],
+            columns,
+        ),
+        (
+            "Full cross-encoding on a pool (every caption of the pool's images x every pool image)\n\n",
+            tables["ce_pool"],
+            ["mode", *RECALL_COLUMNS, "t2i_queries", "i2t_queries", "pairs", "seconds"],
+        ),
+        (
+            "Table 5 analogue: train images (one caption each) added to the search space as distractors\n\n",
+            tables["table5"],
+            columns,
+        ),
+        ("Table 8 analogue: Coop top-k (full protocol)\n\n", tables["table8"], columns),
+        (
+            "Score combination (Coop k = 20, full protocol): `lam * cos_BE + (1 - lam) * sigmoid(CE)`, and with "
+            "both scores min-max normalised per query\n\n"
+            "A `combination` row marked degenerate ranks like the bi-encoder (every recall within 0.1 point of its "
+            "row in table 1): the cross-encoder's logits sit far from 0 (10-12 for a similarity-started head; a "
+            "listwise loss does not pin the offset), so sigmoid(CE) is ~1 for every candidate and only cos_BE orders "
+            "them. Those rows measure nothing about the reranker; `ce` (the logit) and `combination_normalized` do."
+            "\n\n",
             mark_degenerate(tables.get("score", []), tables["table1"]),
             ["mode", "score", "lam", *columns[1:], "note"],
         ),
     ]
+    out = [
+        f"Command: `{result['command']}`  \nCommit: {result['commit']}  \nMachine: {result['machine']}  \n"
+        f"Run: {result['finished']} ({result['total_seconds']:.0f} s in all)  \nSizes: {sizes}\n\n"
+        f"Training (from each run's trainer state):\n{training}\n"
+    ]
+    for heading, rows, table_columns in sections:
+        if rows:
+            out += [f"\n### {heading}", markdown_table(rows, table_columns)]
     return "".join(out)
 
 
