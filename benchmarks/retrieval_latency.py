@@ -436,6 +436,11 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     return lines
 
 
+# Operators that compute the linear layers' products: the backbone's own (addmm / mm / linear, as the flop counter
+# and the profiler name them) and the packed bfloat16 layers' oneDNN op.
+LINEAR_OPS = ("_linear_pointwise", "addmm", "mm", "linear")
+
+
 def rerank_gflop(module: MultimodalTransformer, queries: list, candidates: list, rows: list) -> dict:
     """GFLOP of one ``rerank`` call, split into the linear layers' matrix products and attention, counted by
     ``torch.utils.flop_counter`` on a copy of ``module`` running the backbone's own layers (the packed bfloat16
@@ -447,7 +452,7 @@ def rerank_gflop(module: MultimodalTransformer, queries: list, candidates: list,
     with FlopCounterMode(display=False) as counter:
         rerank(MMCrossEncoder(modules=[counted], device="cpu"), queries, candidates, rows)
     by_op = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
-    linear = sum(flops for op, flops in by_op.items() if op.split(".")[-1] in ("addmm", "mm", "linear"))
+    linear = sum(flops for op, flops in by_op.items() if op.split(".")[-1] in LINEAR_OPS)
     return {"linear": linear / 1e9, "attention": (counter.get_total_flops() - linear) / 1e9}
 
 
@@ -466,7 +471,7 @@ def rerank_time_shares(cross_encoder: MMCrossEncoder, queries: list, candidates:
     shares = {"linear": 0.0, "attention": 0.0}
     for event in profiler.key_averages():
         name = event.key.split("::")[-1]
-        part = "linear" if name in ("_linear_pointwise", "addmm", "mm", "linear") else None
+        part = "linear" if name in LINEAR_OPS else None
         part = "attention" if "scaled_dot_product" in name or name == "bmm" else part
         if part:
             shares[part] += event.self_cpu_time_total / wall
