@@ -67,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--features", type=Path, help="the feature store the models were trained from")
     parser.add_argument("--be", help="bi-encoder model folder (curve: the fixed retriever of a cross-encoder run)")
-    parser.add_argument("--ce", help="separately trained cross-encoder folder (Sep+Coop)")
+    parser.add_argument(
+        "--ce",
+        action="append",
+        help="separately trained cross-encoder folder (Sep+Coop); given more than once, the cross-encoders rerank as "
+        "one CrossEncoderEnsemble (their mean logit)",
+    )
     parser.add_argument("--joint", help="joint model folder (Joint+BE, Joint+Coop)")
     parser.add_argument("--run", help="curve: a run folder with checkpoint-N subfolders")
     parser.add_argument(
@@ -192,7 +197,7 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
     score modes, the distractor setting): each (caption, image) pair is cross-encoded once, and each row's
     ``seconds`` still counts the cross-encoder time of its own pairs."""
     from mm_sbert import FeatureStore
-    from mm_sbert.retrieval import PairScoreCache
+    from mm_sbert.retrieval import CrossEncoderEnsemble, PairScoreCache
 
     store = FeatureStore(args.features)
     dev_rows = read_split(args.data_dir / "dev")[: args.dev_images]
@@ -216,7 +221,9 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
         metrics = timed("BE", lambda: evaluator(images, captions, owners, args, modes=("be",))(bi_encoder))
         tables["table1"].append(row(metrics, "be", "BE", **queries))
         if args.ce:
-            setups.append(("Sep+Coop", "BE", bi_encoder, load_cross_encoder(args.ce, args.device)))
+            members = [load_cross_encoder(folder, args.device) for folder in args.ce]
+            reranker = members[0] if len(members) == 1 else CrossEncoderEnsemble(members)
+            setups.append(("Sep+Coop", "BE", bi_encoder, reranker))
     if args.joint:
         joint = load_bi_encoder(args.joint, args.device)
         metrics = timed("Joint+BE", lambda: evaluator(images, captions, owners, args, modes=("be",))(joint))
@@ -258,12 +265,16 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
         metrics = timed(f"pool {ce_label}", lambda: pool_evaluator(bi_encoder))  # noqa: B023 (called at once)
         tables["ce_pool"].append(row(metrics, "be", be_label, pairs=0, **pool_queries))
         tables["ce_pool"].append(row(metrics, "ce", ce_label, pairs=len(pool_captions) * len(pool), **pool_queries))
-    models = {"be": args.be, "ce": args.ce, "joint": args.joint}
+    # One cross-encoder is recorded as its folder (as before ensembles); an ensemble as the list of its members.
+    single = args.ce is not None and len(args.ce) == 1
+    models = {"be": args.be, "ce": args.ce[0] if single else args.ce, "joint": args.joint}
+    runs = {"be": args.be, "joint": args.joint}
+    runs |= {"ce": args.ce[0]} if single else {f"ce_{i}": folder for i, folder in enumerate(args.ce or [], 1)}
     return {
         "part": "tables",
         "models": models,
         "featurizer": store.featurizer_config,
-        "training": {name: training_summary(path) for name, path in models.items() if path},
+        "training": {name: training_summary(path) for name, path in runs.items() if path},
         "sizes": {
             "dev_images": len(images),
             "dev_captions": len(captions),
@@ -307,14 +318,17 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     dev_rows = read_split(args.data_dir / "dev")
     subset = sorted(random.Random(args.seed).sample(range(len(dev_rows)), min(args.onnx_images, len(dev_rows))))
     images, captions, owners = protocol([dev_rows[i] for i in subset], store)
-    bi_encoder, cross_encoder = load_bi_encoder(args.be, args.device), load_cross_encoder(args.ce, args.device)
+    if not args.ce or len(args.ce) != 1:
+        raise SystemExit("onnx compares backends of one cross-encoder: give --ce once")
+    (ce_folder,) = args.ce
+    bi_encoder, cross_encoder = load_bi_encoder(args.be, args.device), load_cross_encoder(ce_folder, args.device)
     queries = {"t2i_queries": len(captions), "i2t_queries": len(images)}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         fp32, int8 = cross_encoder.export_onnx(folder, quantize=True)
         backends = {
             "eager PyTorch": cross_encoder,
-            "eager PyTorch bfloat16": load_cross_encoder(args.ce, args.device, dtype=torch.bfloat16),
+            "eager PyTorch bfloat16": load_cross_encoder(ce_folder, args.device, dtype=torch.bfloat16),
             "ONNX Runtime fp32": with_onnx_scorer(cross_encoder, fp32),
             "ONNX Runtime int8 weights": with_onnx_scorer(cross_encoder, int8),
         }

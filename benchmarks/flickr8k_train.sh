@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Flickr8k training runs behind benchmarks/results/flickr8k.md, through the user's own commands.
-# Usage: benchmarks/flickr8k_train.sh {store|be|ce|joint|ce_sim|joint_sim|be_part1|ce_crossfit|joint_crossfit}
+# Usage: benchmarks/flickr8k_train.sh
+#          {store|be|ce|joint|ce_sim|joint_sim|be_part1|be_part2|ce_crossfit|ce_crossfit_reverse|joint_crossfit}
 #        [extra mm-sbert train arguments]
 # Every run checkpoints every SAVE_STEPS steps and resumes from its newest checkpoint when started again.
 # Environment: DATA (flickr8k folder), RUNS (output folder), STORE (feature store), THREADS, DEVICE, STEPS, BATCH.
@@ -22,11 +23,16 @@ esac
 # Cross-fitting: a bi-encoder on half of the images (be_part1: 400 steps = as many passes per image as `be`), then
 # the similarity-started cross-encoder or joint model from it on the other half, whose images that bi-encoder never
 # saw, so its mined negatives are the near misses it makes on new photos (on its own images it has memorised them).
+# The reverse pair (be_part2, then ce_crossfit_reverse on the first half) covers the other half of the images.
 case "$what" in
-  be_part1) set -- --image-part 1/2 --output-dir "$RUNS/be_part1" --steps "${STEPS:-400}" "$@"; what=be ;;
+  be_part1|be_part2)
+    set -- --image-part "${what#be_part}/2" --output-dir "$RUNS/$what" --steps "${STEPS:-400}" "$@"; what=be ;;
   ce_crossfit|joint_crossfit)
     similarity=(--similarity-start --model "$RUNS/be_part1/final" --image-part 2/2 --output-dir "$RUNS/$what")
     what=${what%_crossfit} ;;
+  ce_crossfit_reverse)
+    similarity=(--similarity-start --model "$RUNS/be_part2/final" --image-part 1/2 --output-dir "$RUNS/$what")
+    what=ce ;;
 esac
 common=(--data "$DATA/train/captions.jsonl" --features "$STORE" --save-steps "$SAVE_STEPS"
         --threads "$THREADS" --device "$DEVICE" --resume)
@@ -45,6 +51,7 @@ case "$what" in
   joint)  # joint model initialised from the trained bi-encoder: both objectives alternating on shared weights
     mm-sbert train joint --recipe flickr8k "${common[@]}" --model "$RUNS/be/final" --output-dir "$RUNS/joint" \
       ${STEPS:+--steps "$STEPS"} ${BATCH:+--batch-size "$BATCH"} "${similarity[@]}" "$@" ;;
-  *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim|be_part1|ce_crossfit|joint_crossfit} [arguments]" >&2
+  *) echo "usage: $0 {store|be|ce|joint|ce_sim|joint_sim|be_part1|be_part2|ce_crossfit|ce_crossfit_reverse|joint_crossfit}" \
+       "[arguments]" >&2
      exit 2 ;;
 esac

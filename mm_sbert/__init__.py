@@ -33,6 +33,7 @@ _EXPORTS = {
     "MMSentenceTransformer": "mm_sbert.models",
     "MultimodalTransformer": "mm_sbert.modules",
     "CooperativeRetriever": "mm_sbert.retrieval",
+    "CrossEncoderEnsemble": "mm_sbert.retrieval",
     "EmbeddingIndex": "mm_sbert.retrieval",
     "MilvusIndex": "mm_sbert.retrieval",
     "VectorSearch": "mm_sbert.retrieval",
@@ -46,8 +47,8 @@ __all__ = [
     "ColorGridFeaturizer",
     "CooperativeRetriever",
     "CrossEncoderBCELoss",
+    "CrossEncoderEnsemble",
     "DetectorFeaturizer",
-    "EfficientNetLiteGridFeaturizer",
     "EfficientNetLiteGridFeaturizer",
     "EmbeddingIndex",
     "FeatureStore",
@@ -55,7 +56,6 @@ __all__ = [
     "ImageCaptionCorpus",
     "ImageFeaturizer",
     "ImageLoadError",
-    "ImageNetTagger",
     "ImageNetTagger",
     "ImageTextRetrievalEvaluator",
     "JointTrainer",
@@ -91,7 +91,13 @@ if TYPE_CHECKING:
     from mm_sbert.losses import CrossEncoderBCELoss, HardNegativeTripletLoss
     from mm_sbert.models import MMCrossEncoder, MMSentenceTransformer
     from mm_sbert.modules import MultimodalTransformer
-    from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex, MilvusIndex, VectorSearch
+    from mm_sbert.retrieval import (
+        CooperativeRetriever,
+        CrossEncoderEnsemble,
+        EmbeddingIndex,
+        MilvusIndex,
+        VectorSearch,
+    )
     from mm_sbert.thread_policy import ThreadPolicy
     from mm_sbert.training import JointTrainer
 

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # fmt: off
     add = parser.add_argument
     add("--model", "-m", required=True, help="saved mm_sbert model folder (its bi-encoder retrieves)")
-    add("--cross-encoder", metavar="CE",
-        help="a separately trained model whose cross-encoder reranks (default: --model's own score head)")
+    add("--cross-encoder", metavar="CE", action="append",
+        help="a separately trained model whose cross-encoder reranks (default: --model's own score head); given "
+             "more than once: they rerank as one ensemble, by their mean logit")
     common.add_data_arguments(parser, "evaluate on N generated held-out scenes")
     add("--features", metavar="STORE", dest="store",
         help="read the images' regions from this `mm-sbert featurize` store (matched by file name)")
@@ -47,23 +48,25 @@ def run(args: argparse.Namespace) -> int:
     from mm_sbert.evaluation import results_table as results
 
     common.existing_path(args.model, "Model folder", folder=True)
-    if args.cross_encoder is not None:
-        common.existing_path(args.cross_encoder, "Cross-encoder folder", folder=True)
+    rerankers = args.cross_encoder or []
+    for folder in rerankers:
+        common.existing_path(folder, "Cross-encoder folder", folder=True)
     if args.output:
-        inputs = [args.data, args.model, args.cross_encoder, args.store]
+        inputs = [args.data, args.model, *rerankers, args.store]
         results.check_metrics_path(args.output, inputs=inputs, what="--output")
-    names = {"model_name": f"--model {args.model}", "cross_encoder_name": f"--cross-encoder {args.cross_encoder}"}
+    names = {"model_name": f"--model {args.model}", "cross_encoder_name": [f"--cross-encoder {f}" for f in rerankers]}
     with tempfile.TemporaryDirectory() as scratch:
         # The data is read and checked before any model loads: bad --data fails at once.
         corpus = common.read_caption_data(args, scratch, captions_per_image=1)
-        cross_encoder = None if args.cross_encoder is None else common.load_model(args.cross_encoder)
+        cross_encoder = [common.load_model(folder) for folder in rerankers] or None
         options = {name: getattr(args, name) for name in OPTIONS}
         metrics = results.evaluate_models(common.load_model(args.model), corpus, cross_encoder, **options, **names)
     if args.modes is None and "coop_seconds" not in metrics:
         print(f"--model {args.model}: its score head was never trained; evaluating the bi-encoder only (--modes be)")
     print(f"{len(set(corpus.caption_image_ids))} images, {len(corpus)} captions (recall in %)")
-    if args.cross_encoder is not None and ("ce_seconds" in metrics or "coop_seconds" in metrics):
-        print(f"Bi-encoder {args.model}, reranker {args.cross_encoder} (separately trained)")
+    if rerankers and ("ce_seconds" in metrics or "coop_seconds" in metrics):
+        what = "reranker" if len(rerankers) == 1 else f"ensemble of {len(rerankers)} rerankers"
+        print(f"Bi-encoder {args.model}, {what} {', '.join(rerankers)} (separately trained)")
     print(results.format_table(metrics, args.top_k))
     if warning := results.saturation_warning(metrics, args.top_k):
         print(warning)

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-rerank", action="store_true", help="bi-encoder ranking only (no cross-encoder)")
     common.add_score_arguments(parser, "the --rerank-k candidates")
     add("--model", "-m", help="bi-encoder model folder (default: the one the index was built with)")
-    add("--cross-encoder", metavar="CE",
-        help="a separately trained cross-encoder folder to rerank with (default: --model's own score head)")
+    add("--cross-encoder", metavar="CE", action="append",
+        help="a separately trained cross-encoder folder to rerank with (default: --model's own score head); given "
+             "more than once: they rerank as one ensemble, by their mean logit")
     add("--image-root", metavar="DIR",
         help="the only folder images are read from (default: the index's; pass it when the images moved)")
     add("--ce-backend", choices=["torch", "bf16", "onnx", "onnx-int8"], default="torch",
@@ -53,22 +54,26 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or config["model"]
     if config.get("backend") == "milvus":
         common.require_package("pymilvus", "milvus", "Searching a Milvus-backed index")
-    inputs = [folder, args.image_root or config.get("image_root"), model_path, args.cross_encoder]
+    rerankers = args.cross_encoder or []
+    inputs = [folder, args.image_root or config.get("image_root"), model_path, *rerankers]
     page = check_page_path(args.html, inputs) if args.html else None
     if model_path is None:
         raise common.CLIError(f"The index '{folder}' records no model; pass --model")
     model = common.load_model(model_path)
-    if args.cross_encoder is not None:
-        common.existing_path(args.cross_encoder, "--cross-encoder", folder=True)
+    for reranker in rerankers:
+        common.existing_path(reranker, "--cross-encoder", folder=True)
     if not args.no_rerank and args.ce_backend.startswith("onnx"):
         common.require_package("onnxruntime", "onnx", f"--ce-backend {args.ce_backend}")
-        if export := onnx_export_path(args.cross_encoder or model_path, args.ce_backend):
-            common.require_package("onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}")
-            print(f"Exporting the cross-encoder to {export} (once)", file=sys.stderr)
+        for reranker in rerankers or [model_path]:
+            if export := onnx_export_path(reranker, args.ce_backend):
+                common.require_package(
+                    "onnx", "onnx", f"Exporting the cross-encoder for --ce-backend {args.ce_backend}"
+                )
+                print(f"Exporting the cross-encoder to {export} (once)", file=sys.stderr)
     cross_encoder = None
     if not args.no_rerank:
         with common.input_errors(ValueError, FileNotFoundError):
-            cross_encoder = load_reranker(model, model_path, args.cross_encoder, args.ce_backend)
+            cross_encoder = load_reranker(model, model_path, rerankers or None, args.ce_backend)
     retriever = CooperativeRetriever(model, cross_encoder, top_k=args.top_k, rerank_k=args.rerank_k)
     try:
         with common.input_errors(FileNotFoundError, ValueError), warnings.catch_warnings(record=True) as caught:

@@ -88,7 +88,7 @@ def format_table(metrics: dict[str, float], top_k: int) -> str:
 def evaluate_models(
     model: Any,
     corpus: Any,
-    cross_encoder: Any | None = None,
+    cross_encoder: Any | Sequence[Any] | None = None,
     *,
     store: Any | None = None,
     modes: Sequence[str] | None = None,
@@ -98,7 +98,7 @@ def evaluate_models(
     lam: float = 0.5,
     allow_untrained_head: bool = False,
     model_name: str = "the model",
-    cross_encoder_name: str = "the cross-encoder",
+    cross_encoder_name: str | Sequence[str] = "the cross-encoder",
 ) -> dict[str, float]:
     """:func:`evaluate_modes` of saved models on an :class:`~mm_sbert.data.ImageCaptionCorpus`, as
     ``mm-sbert evaluate`` runs it: every view checked before it is used, the images featurized once per featurizer.
@@ -107,7 +107,8 @@ def evaluate_models(
         model: the bi-encoder (either view of a saved model); its own score head reranks unless ``cross_encoder``.
         corpus: the evaluation images and captions.
         cross_encoder: a separately trained model whose score head reranks (the paper's Sep+Coop); it reads the
-            images with its own featurizer when that is not ``model``'s.
+            images with its own featurizer when that is not ``model``'s. A list of such models reranks as one
+            :class:`~mm_sbert.retrieval.CrossEncoderEnsemble` (their mean logit; one featurizer among them).
         store: a :class:`~mm_sbert.image_features.FeatureStore` (or its folder) with the images' regions (matched
             by file name), read instead of featurizing them; a reranker with another featurizer than the store's
             featurizes the images itself.
@@ -115,7 +116,7 @@ def evaluate_models(
             was trained (or does not record it).
         top_k / batch_size / score / lam: see :func:`evaluate_modes`.
         allow_untrained_head: use a view no training objective trained (only logged).
-        model_name / cross_encoder_name: how messages name the two models.
+        model_name / cross_encoder_name: how messages name the models (one name per cross-encoder of a list).
 
     Raises:
         IncompatibleModelError: an untrained view asked for, or a reranker that cannot read the images.
@@ -124,15 +125,29 @@ def evaluate_models(
     from mm_sbert.errors import IncompatibleModelError
     from mm_sbert.models import check_reranker, check_view_trained, same_featurizer
     from mm_sbert.models.views import to_cross_encoder
+    from mm_sbert.retrieval.cross_encoder_ensemble import CrossEncoderEnsemble
 
     images, captions, caption_image_ids = corpus.evaluation_data()
     check_view_trained(model, "bi_encoder", model_name, allow_untrained=allow_untrained_head)
-    reranker, usable = None, False
-    source, what = (model, model_name) if cross_encoder is None else (cross_encoder, cross_encoder_name)
+    sources = [(model, model_name)]  # (a model whose score head reranks, its name in messages)
+    if cross_encoder is not None:
+        separate = list(cross_encoder) if isinstance(cross_encoder, list | tuple) else [cross_encoder]
+        names = [cross_encoder_name] * len(separate) if isinstance(cross_encoder_name, str) else cross_encoder_name
+        if len(names) != len(separate):
+            raise ValueError(f"Got {len(names)} cross_encoder_name for {len(separate)} cross-encoders")
+        sources = list(zip(separate, names))
+    reranker, members, usable = None, [], False
     if modes is None or "ce" in modes or "coop" in modes:
         try:
-            check_view_trained(source, "cross_encoder", what, allow_untrained=allow_untrained_head)
-            reranker, usable = to_cross_encoder(source), True
+            for source, what in sources:
+                check_view_trained(source, "cross_encoder", what, allow_untrained=allow_untrained_head)
+                members.append(to_cross_encoder(source))
+                if not same_featurizer(members[0], members[-1]):
+                    raise IncompatibleModelError(
+                        f"{what} featurizes images differently from {sources[0][1]}; the cross-encoders of an "
+                        "ensemble must read one set of regions (train them on one feature store)"
+                    )
+            reranker, usable = members[0] if len(members) == 1 else CrossEncoderEnsemble(members), True
         except IncompatibleModelError:
             if modes is not None or cross_encoder is not None:
                 raise
@@ -146,12 +161,14 @@ def evaluate_models(
         store = FeatureStore(store)
     regions = _regions(model, images, store, model_name)
     reranker_regions = None
-    if needs_reranker and cross_encoder is not None and not same_featurizer(model, reranker):
+    # An ensemble's members share one featurizer (CrossEncoderEnsemble checks it): the first reads for all.
+    if needs_reranker and cross_encoder is not None and not same_featurizer(model, members[0]):
         own_store = store
-        if store is not None and not _fits(store, reranker):
+        if store is not None and not _fits(store, members[0]):
             own_store = None  # the store holds the bi-encoder's regions: featurize for the reranker
-        check_reranker(reranker, store=own_store, what=what, allow_untrained=allow_untrained_head)
-        reranker_regions = _regions(reranker, images, own_store, what)
+        for member, (_, what) in zip(members, sources):
+            check_reranker(member, store=own_store, what=what, allow_untrained=allow_untrained_head)
+        reranker_regions = _regions(members[0], images, own_store, sources[0][1])
     return evaluate_modes(
         model,
         regions,

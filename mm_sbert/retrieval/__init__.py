@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from mm_sbert.retrieval.base_index import BaseIndex
 from mm_sbert.retrieval.cooperative_retriever import CooperativeRetriever, Hit, Reranked, rerank
+from mm_sbert.retrieval.cross_encoder_ensemble import CrossEncoderEnsemble
 from mm_sbert.retrieval.embedding_index import (
     EmbeddingIndex,
     IndexCorruptedError,
@@ -19,6 +20,7 @@ from mm_sbert.retrieval.vector_search import PRECISIONS, VectorSearch
 __all__ = [
     "BaseIndex",
     "CooperativeRetriever",
+    "CrossEncoderEnsemble",
     "EmbeddingIndex",
     "Hit",
     "IndexCorruptedError",

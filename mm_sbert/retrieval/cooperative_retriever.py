@@ -28,6 +28,7 @@ from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_feat
 from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import multimodal_module, resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
+from mm_sbert.retrieval.cross_encoder_ensemble import ensemble_members, mean_logits
 from mm_sbert.retrieval.embedding_index import (
     EmbeddingIndex,
     IndexWriter,
@@ -178,8 +179,9 @@ def rerank(
     Pairs are always built as ``(caption, image)``: captions as queries search images, images search captions.
 
     Args:
-        cross_encoder: anything with the host's ``CrossEncoder.predict`` (logits are read, no sigmoid); may be
-            ``None`` for ``score="be"``.
+        cross_encoder: anything with the host's ``CrossEncoder.predict`` (logits are read, no sigmoid), or a
+            :class:`CrossEncoderEnsemble` (each member scores on its own fast path; their logits are averaged); may
+            be ``None`` for ``score="be"``.
         queries: one query item per row of ``rows`` (captions, or images: PIL, paths, RegionFeatures).
         candidates: the collection the rows point into: a sequence, or a function ``row -> item`` (read only for
             pairs that are not cached).
@@ -242,10 +244,9 @@ def rerank(
         def pair(query: int, row: int) -> tuple[Any, Any]:
             return (queries[query], item(row)) if caption_first else (item(row), queries[query])
 
-        fast = onnx_module(cross_encoder)
-        eager = eager_module(cross_encoder) if fast is None else None
-
-        def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
+        def member_logits(member: Any, positions: list[tuple[int, int]]) -> torch.Tensor:
+            fast = onnx_module(member)
+            eager = eager_module(member) if fast is None else None
             if fast is not None or eager is not None:
                 # A query's candidates are scored in batches with the query preprocessed once (ONNX Runtime, or the
                 # PyTorch module itself); logits are put back in the order of ``positions``.
@@ -262,8 +263,15 @@ def rerank(
                     logits[slots] = scores.detach().float().cpu().reshape(-1)
                 return logits
             return cross_encoder_logits(
-                cross_encoder, [pair(q, r) for q, r in positions], batch_size, show_progress_bar=show_progress_bar
+                member, [pair(q, r) for q, r in positions], batch_size, show_progress_bar=show_progress_bar
             )
+
+        members = ensemble_members(cross_encoder)
+
+        def score_pairs(positions: list[tuple[int, int]]) -> torch.Tensor:
+            if len(members) == 1:
+                return member_logits(members[0], positions)
+            return mean_logits([member_logits(member, positions) for member in members])
 
         if cache is None:
             start = time.perf_counter()
@@ -793,11 +801,13 @@ def _process_devices(processes: int | Sequence[str] | None) -> list[str] | None:
 
 def _check_reads_images(cross_encoder: Any) -> None:
     """What reranking image files needs of a cross-encoder (its own tokenizer reads the captions): a featurizer."""
-    try:
-        module = cross_encoder[0]
-    except (TypeError, IndexError, KeyError):
-        return  # not a MultimodalTransformer model: its predict decides what it reads
-    if hasattr(module, "featurizer") and module.featurizer is None:
+    for member in ensemble_members(cross_encoder):
+        try:
+            module = member[0]
+        except (TypeError, IndexError, KeyError):
+            continue  # not a MultimodalTransformer model: its predict decides what it reads
+        if not hasattr(module, "featurizer") or module.featurizer is not None:
+            continue
         raise InvalidInputError(
             "The cross-encoder has no image featurizer, so it cannot read the candidate images; pass store= with "
             "their region features (built by the featurizer it was trained on)"
@@ -827,7 +837,8 @@ def _store_candidates(
     from mm_sbert.data.store_image_resolver import default_store_key
 
     try:
-        store.check_compatible(cross_encoder)
+        for member in ensemble_members(cross_encoder):
+            store.check_compatible(member)
     except (ValueError, TypeError) as error:
         if explicit:
             raise

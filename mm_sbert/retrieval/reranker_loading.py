@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from mm_sbert.errors import IncompatibleModelError, InvalidInputError
@@ -71,18 +72,29 @@ def check_can_rerank(reranker: Any, what: str, separate: bool = False) -> bool:
 
 
 def load_reranker(
-    model: Any, model_folder: str | os.PathLike, cross_encoder: Any = None, backend: str = "torch"
+    model: Any,
+    model_folder: str | os.PathLike,
+    cross_encoder: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    backend: str = "torch",
 ) -> Any:
     """The reranker of a search whose bi-encoder is ``model`` (the saved model at ``model_folder``): the separately
-    trained ``cross_encoder`` folder, else ``model``'s own score head, on ``backend`` (:func:`load_cross_encoder`).
+    trained ``cross_encoder`` folder (several folders: their :class:`~mm_sbert.retrieval.CrossEncoderEnsemble`),
+    else ``model``'s own score head, on ``backend`` (:func:`load_cross_encoder`).
 
     Returns:
         The cross-encoder, or ``None`` where ``model`` itself reranks (its own head in eager float32, which
         :class:`~mm_sbert.retrieval.CooperativeRetriever` uses as it is) or only retrieves (it has no score head).
 
     Raises:
-        IncompatibleModelError: the score head was never trained (:func:`check_can_rerank`).
+        IncompatibleModelError: a score head was never trained (:func:`check_can_rerank`), or an ensemble's
+            members featurize images differently.
     """
+    if isinstance(cross_encoder, list | tuple):
+        if len(cross_encoder) > 1:
+            from mm_sbert.retrieval.cross_encoder_ensemble import CrossEncoderEnsemble
+
+            return CrossEncoderEnsemble([load_reranker(model, model_folder, f, backend) for f in cross_encoder])
+        cross_encoder = cross_encoder[0] if cross_encoder else None
     separate = cross_encoder is not None
     reranker = None
     if separate or backend != "torch":

@@ -195,3 +195,30 @@ def test_tables_headings_name_the_features_the_models_read(bench):
     assert bench.grid_name({"featurizer": mobilenet}) == "MobileNetV2 7x7 grid"
     # Results written before the record were all evaluated on the MobileNetV2 3x3 store.
     assert bench.grid_name({}) == "MobileNetV2 3x3 grid"
+
+
+def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, scene_dev, monkeypatch):
+    from mm_sbert.retrieval import CrossEncoderEnsemble
+
+    store, model, _ = scene_dev
+    argv = ["tables", "--features", str(store), "--be", model, "--data-dir", str(tmp_path), "--threads", "1"]
+    options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "0.5"]
+    single = bench.run_tables(bench.parse_args([*argv, *options, "--ce", model]))
+    rerankers = []
+    original = bench.evaluator
+
+    def recording(*args, **kwargs):
+        rerankers.append(kwargs.get("cross_encoder"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluator", recording)
+    pair = bench.run_tables(bench.parse_args([*argv, *options, "--ce", model, "--ce", model]))
+    assert any(isinstance(r, CrossEncoderEnsemble) and len(r) == 2 for r in rerankers)
+    assert pair["models"]["ce"] == [model, model] and single["models"]["ce"] == model
+    # Two copies of one cross-encoder: their mean logit is its logit, so every row is the single model's.
+
+    def recalls(result):
+        return {name: [{k: v for k, v in r.items() if k != "seconds"} for r in rows] for name, rows in result.items()}
+
+    assert recalls(pair["tables"]) == recalls(single["tables"])
+    assert set(pair["training"]) == {"be", "ce_1", "ce_2"} and set(single["training"]) == {"be", "ce"}

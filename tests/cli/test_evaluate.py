@@ -114,9 +114,10 @@ def test_evaluate_output_never_replaces_its_data_or_a_file_it_did_not_write(caps
 
 
 @functools.cache
-def _trained(regime: str, grid_size: int = 2) -> str:
+def _trained(regime: str, grid_size: int = 2, seed: int = 0) -> str:
     """A tiny model trained by `mm-sbert train` for one step per regime: `be` from the tiny joint model; `ce` from
-    that bi-encoder, or with ``grid_size`` 3 from a new model on the tiny backbone with its own 3x3 colour grid."""
+    that bi-encoder, or with ``grid_size`` 3 from a new model on the tiny backbone with its own 3x3 colour grid (its
+    new layers drawn with ``seed``)."""
     import tempfile
 
     from cli_helpers import _SCRATCH
@@ -135,7 +136,7 @@ def _trained(regime: str, grid_size: int = 2) -> str:
         module.tokenizer.save_pretrained(start)
         # A fast head: the new head starts near zero, and two steps at the default rate leave its scores equal to
         # the sixth decimal, ranking like any other untrained head.
-        extra = ["--featurizer", "color-grid", "--grid-size", str(grid_size), "--new-lr", "0.05"]
+        extra = ["--featurizer", "color-grid", "--grid-size", str(grid_size), "--new-lr", "0.05", "--seed", seed]
     argv = ["train", regime, "--model", start, "--synthetic", "8", "--steps", "2", "--batch-size", "4", *extra]
     assert main([str(arg) for arg in [*argv, "--output-dir", folder]]) == 0
     return os.path.join(folder, "final")
@@ -225,3 +226,35 @@ def test_a_saturated_cross_encoder_is_flagged_when_combined(capsys, tmp_path):
     assert "so `--score combination` ranks like the bi-encoder" in out
     for direction in ("t2i", "i2t"):  # R@1 inside the top 3: exactly the bi-encoder's
         assert metrics[f"coop_{direction}_r@1"] == metrics[f"be_{direction}_r@1"]
+
+
+def test_two_cross_encoders_rerank_as_one_ensemble(capsys, tmp_path):
+    from mm_sbert import MMCrossEncoder, MMSentenceTransformer
+    from mm_sbert.data import ImageCaptionCorpus
+    from mm_sbert.evaluation.results_table import evaluate_modes
+    from mm_sbert.retrieval import CrossEncoderEnsemble
+
+    # Two CEs on one 3x3 grid (not the bi-encoder's featurizer: the ensemble featurizes the images for both).
+    rerankers = [_trained("ce", grid_size=3), _trained("ce", grid_size=3, seed=1)]
+    argv = ["--model", _trained("be"), "--top-k", "3", "--modes", "coop,ce"]
+    metrics = _metrics(capsys, tmp_path, *argv, "--cross-encoder", rerankers[0], "--cross-encoder", rerankers[1])
+    images, captions, ids = ImageCaptionCorpus.from_file(f"{scene_folder()}/captions.csv").evaluation_data()
+
+    def api(*folders) -> dict:
+        members = [MMCrossEncoder(folder) for folder in folders]
+        reranker = members[0] if len(members) == 1 else CrossEncoderEnsemble(members)
+        bi_encoder = MMSentenceTransformer(_trained("be"))
+        return evaluate_modes(bi_encoder, images, captions, ids, top_k=3, modes=("coop", "ce"), cross_encoder=reranker)
+
+    expected, alone = api(*rerankers), [api(folder) for folder in rerankers]
+    recalls = [key for key in expected if "_r@" in key]
+    assert {key: metrics[key] for key in recalls} == pytest.approx({key: expected[key] for key in recalls})
+    for single in alone:  # not either member's ranking
+        assert {key: single[key] for key in recalls} != pytest.approx({key: expected[key] for key in recalls})
+    # The pair count is the ranking's, as for one reranker (each member scores every pair).
+    assert metrics["coop_pairs"] == 16 * 3 + 8 * 3
+    # Rerankers that read images differently cannot share one set of regions: refused, naming both.
+    data = f"{scene_folder()}/captions.csv"
+    mixed = ["--cross-encoder", _trained("ce"), "--cross-encoder", _trained("ce", grid_size=3)]
+    code, _, err = run_cli(capsys, "evaluate", "--model", _trained("be"), "--data", data, "--modes", "coop", *mixed)
+    assert code == 2 and f"--cross-encoder {_trained('ce', grid_size=3)} featurizes images differently" in err, err

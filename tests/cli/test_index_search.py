@@ -502,3 +502,23 @@ def test_search_opens_an_index_folder_written_by_the_old_command_line(capsys, tm
     expected = [json.loads(line) for line in (folder / "expected_search.jsonl").read_text().splitlines()]
     assert [os.path.basename(hit["image"]) for hit in hits] == [os.path.basename(hit["image"]) for hit in expected]
     assert [hit["ce_score"] for hit in hits] == pytest.approx([hit["ce_score"] for hit in expected], abs=1e-5)
+
+
+def test_search_with_two_cross_encoders_reranks_by_their_mean_logit(capsys, index_dir, tmp_path):
+    from conftest import build_views
+
+    folders = []
+    for seed in (1, 2):
+        _, cross_encoder = build_views("bert", seed=seed)
+        cross_encoder.save(str(tmp_path / f"ce{seed}"))
+        folders.append(tmp_path / f"ce{seed}")
+
+    def ce_scores(*rerankers) -> dict[str, float]:
+        argv = [arg for folder in rerankers for arg in ("--cross-encoder", folder)] + ["-k", "8", "--rerank-k", "8"]
+        code, out, err = run_cli(capsys, "search", index_dir, "a red circle", *argv, "--json")
+        assert code == 0, err
+        return {hit["image"]: hit["ce_score"] for hit in map(json.loads, out.splitlines())}
+
+    first, second, both = ce_scores(folders[0]), ce_scores(folders[1]), ce_scores(*folders)
+    assert both == pytest.approx({image: (first[image] + second[image]) / 2 for image in first}, abs=1e-4)
+    assert both != pytest.approx(first, abs=1e-3) and both != pytest.approx(second, abs=1e-3)
