@@ -320,9 +320,9 @@ class CooperativeRetriever:
     Args:
         bi_encoder: a :class:`~mm_sbert.MMSentenceTransformer` (or any SentenceTransformer over these inputs).
         cross_encoder: a :class:`~mm_sbert.MMCrossEncoder` (loaded with ``backend="onnx"``, it scores each query's
-            k candidates in one ONNX Runtime batch, the query preprocessed once).
-            Left out, a joint model (a bi-encoder whose ``MultimodalTransformer`` has a score head) reranks with
-            its own head; otherwise only ``rerank=False`` searches work.
+            k candidates in one ONNX Runtime batch, the query preprocessed once), or a :class:`CrossEncoderEnsemble`
+            of several (their mean logit). Left out, a joint model (a bi-encoder whose ``MultimodalTransformer``
+            has a score head) reranks with its own head; otherwise only ``rerank=False`` searches work.
         top_k: hits returned per query (paper: 20).
         rerank_k: candidates the bi-encoder retrieves and the cross-encoder reranks per query (default: ``top_k``,
             the paper's setting; at least ``top_k``).
