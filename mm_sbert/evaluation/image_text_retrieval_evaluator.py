@@ -16,6 +16,7 @@ from sentence_transformers.base.evaluation.evaluator import SentenceEvaluator
 from mm_sbert.errors import InvalidInputError, UnsafeOutputError
 from mm_sbert.models.views import resolve_views
 from mm_sbert.retrieval.cooperative_retriever import Reranked, cross_encoder_logits, rerank
+from mm_sbert.retrieval.cross_encoder_ensemble import check_cross_encoder
 from mm_sbert.retrieval.embedding_index import exact_search
 from mm_sbert.retrieval.pair_score_cache import PairScoreCache
 from mm_sbert.retrieval.score_combination import SCORE_MODES, ScoreMode, saturated_share
@@ -205,6 +206,9 @@ class ImageTextRetrievalEvaluator(SentenceEvaluator):
                 f"caption_image_ids {bad[:5]} are not positions in images (0..{len(images) - 1}); pass image_ids= "
                 "when they are ids"
             )
+
+        if cross_encoder is not None:
+            check_cross_encoder(cross_encoder)
 
         self.images = images
         self.captions = captions

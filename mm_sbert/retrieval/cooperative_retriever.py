@@ -28,7 +28,7 @@ from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_feat
 from mm_sbert.image_features.image_loading import ItemKind, is_text
 from mm_sbert.models.views import multimodal_module, resolve_views
 from mm_sbert.retrieval.base_index import BaseIndex
-from mm_sbert.retrieval.cross_encoder_ensemble import ensemble_members, mean_logits
+from mm_sbert.retrieval.cross_encoder_ensemble import check_cross_encoder, ensemble_members, mean_logits
 from mm_sbert.retrieval.embedding_index import (
     EmbeddingIndex,
     IndexWriter,
@@ -237,6 +237,7 @@ def rerank(
     if score != "be":
         if cross_encoder is None:
             raise InvalidInputError(f"Score {score!r} needs a cross-encoder; pass one, or use score='be'")
+        check_cross_encoder(cross_encoder)
         caption_first = (query_modality or collection_modality(queries, what="queries")) == "text"
         item = candidates if callable(candidates) else candidates.__getitem__
         flat = [(query, row) for query, query_rows in enumerate(rows.tolist()) for row in query_rows]
@@ -354,6 +355,8 @@ class CooperativeRetriever:
             raise InvalidInputError(f"rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k = rerank_k
         self.bi_encoder, self.cross_encoder = resolve_views(bi_encoder, cross_encoder)
+        if self.cross_encoder is not None:
+            check_cross_encoder(self.cross_encoder)
         self.top_k = top_k
         self.batch_size = batch_size
         self.ce_batch_size = ce_batch_size

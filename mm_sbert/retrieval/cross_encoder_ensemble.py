@@ -48,10 +48,9 @@ class CrossEncoderEnsemble:
                 f"An ensemble needs at least two cross-encoders, got {len(members)}; rerank with the model itself"
             )
         for position, member in enumerate(members):
-            if isinstance(member, CrossEncoderEnsemble) or not callable(getattr(member, "predict", None)):
-                raise InvalidInputError(
-                    f"cross_encoders[{position}] is a {type(member).__name__}, not a cross-encoder with predict()"
-                )
+            if isinstance(member, CrossEncoderEnsemble):
+                raise InvalidInputError(f"cross_encoders[{position}] is a CrossEncoderEnsemble; list its members")
+            check_cross_encoder(member, f"cross_encoders[{position}]")
         readers = [(position, m) for position, m in enumerate(members) if multimodal_module(m) is not None]
         for position, member in readers[1:]:
             if not same_featurizer(readers[0][1], member):
@@ -109,6 +108,20 @@ class CrossEncoderEnsemble:
         if not convert_to_tensor:
             scores = scores.numpy() if convert_to_numpy else list(scores)
         return scores[0] if singular else scores
+
+
+def check_cross_encoder(cross_encoder: Any, what: str = "cross_encoder") -> None:
+    """Refuse what cannot rerank: anything but a :class:`CrossEncoderEnsemble` or an object with ``predict``.
+
+    Raises:
+        InvalidInputError: naming ``what`` and its type (for a list: how to rerank with several).
+    """
+    if isinstance(cross_encoder, CrossEncoderEnsemble) or callable(getattr(cross_encoder, "predict", None)):
+        return
+    hint = (
+        "; to rerank with several, pass CrossEncoderEnsemble([...])" if isinstance(cross_encoder, list | tuple) else ""
+    )
+    raise InvalidInputError(f"{what} is a {type(cross_encoder).__name__}, not a cross-encoder with predict(){hint}")
 
 
 def ensemble_members(cross_encoder: Any) -> list[Any]:

@@ -137,3 +137,17 @@ def test_members_that_featurize_images_differently_are_refused(tiny_views):
     _, regions_only = build_views(featurizer=False)
     with pytest.raises(IncompatibleModelError, match=r"cross_encoders\[1\] featurizes images differently"):
         CrossEncoderEnsemble([first, regions_only])
+
+
+@pytest.mark.parametrize("not_a_reranker", [[TableCrossEncoder(FIRST), TableCrossEncoder(SECOND)], "runs/ce", 3])
+def test_what_cannot_rerank_is_refused_where_it_enters(not_a_reranker, tiny_views):
+    from mm_sbert import ImageTextRetrievalEvaluator
+
+    bi_encoder, _, _ = tiny_views
+    hint = "CrossEncoderEnsemble" if isinstance(not_a_reranker, list) else "not a cross-encoder with predict"
+    with pytest.raises(InvalidInputError, match=hint):
+        rerank(not_a_reranker, CAPTIONS, IMAGES, ROWS, BE)
+    with pytest.raises(InvalidInputError, match=hint):
+        CooperativeRetriever(bi_encoder, not_a_reranker)
+    with pytest.raises(InvalidInputError, match=hint):
+        ImageTextRetrievalEvaluator(_images()[:2], ["a", "b"], [0, 1], cross_encoder=not_a_reranker)
