@@ -122,7 +122,7 @@ def evaluate_models(
         IncompatibleModelError: an untrained view asked for, or a reranker that cannot read the images.
         StorageError: the store lacks an image or was built by another featurizer than ``model``'s.
     """
-    from mm_sbert.errors import IncompatibleModelError
+    from mm_sbert.errors import IncompatibleModelError, InvalidInputError
     from mm_sbert.models import check_reranker, check_view_trained, same_featurizer
     from mm_sbert.models.views import to_cross_encoder
     from mm_sbert.retrieval.cross_encoder_ensemble import CrossEncoderEnsemble
@@ -134,7 +134,7 @@ def evaluate_models(
         separate = list(cross_encoder) if isinstance(cross_encoder, list | tuple) else [cross_encoder]
         names = [cross_encoder_name] * len(separate) if isinstance(cross_encoder_name, str) else cross_encoder_name
         if len(names) != len(separate):
-            raise ValueError(f"Got {len(names)} cross_encoder_name for {len(separate)} cross-encoders")
+            raise InvalidInputError(f"Got {len(names)} cross_encoder_name for {len(separate)} cross-encoders")
         sources = list(zip(separate, names))
     reranker, members, usable = None, [], False
     if modes is None or "ce" in modes or "coop" in modes:
