@@ -142,12 +142,9 @@ def evaluate_models(
             for source, what in sources:
                 check_view_trained(source, "cross_encoder", what, allow_untrained=allow_untrained_head)
                 members.append(to_cross_encoder(source))
-                if not same_featurizer(members[0], members[-1]):
-                    raise IncompatibleModelError(
-                        f"{what} featurizes images differently from {sources[0][1]}; the cross-encoders of an "
-                        "ensemble must read one set of regions (train them on one feature store)"
-                    )
-            reranker, usable = members[0] if len(members) == 1 else CrossEncoderEnsemble(members), True
+            names = [what for _, what in sources]
+            reranker = members[0] if len(members) == 1 else CrossEncoderEnsemble(members, names=names)
+            usable = True
         except IncompatibleModelError:
             if modes is not None or cross_encoder is not None:
                 raise

@@ -12,7 +12,7 @@ from mm_sbert.errors import IncompatibleModelError, InvalidInputError
 
 class CrossEncoderEnsemble:
     """Cross-encoders whose logits are averaged, used wherever one cross-encoder reranks: :func:`rerank`,
-    :class:`CooperativeRetriever`, the evaluator, ``mm-sbert evaluate / search --cross-encoder A B``.
+    :class:`CooperativeRetriever`, the evaluator, ``mm-sbert evaluate / search --cross-encoder A --cross-encoder B``.
 
     Two cross-encoders trained on different data (e.g. the two halves of a cross-fitted pair, each trained on the
     images the other's bi-encoder never saw) make different mistakes; their mean logit ranks the bi-encoder's top-k
@@ -24,6 +24,7 @@ class CrossEncoderEnsemble:
         cross_encoders: two or more cross-encoders (anything with the host's ``CrossEncoder.predict``). Members that
             are mm_sbert models must read images the same way (one featurizer), so one set of candidate regions
             serves them all.
+        names: how messages name the members (e.g. their folders); default ``cross_encoders[i]``.
 
     Raises:
         InvalidInputError: fewer than two members, or a member without ``predict``.
@@ -34,7 +35,7 @@ class CrossEncoderEnsemble:
         >>> retriever = CooperativeRetriever(bi_encoder, ensemble, top_k=20)
     """
 
-    def __init__(self, cross_encoders: Sequence[Any]) -> None:
+    def __init__(self, cross_encoders: Sequence[Any], names: Sequence[str] | None = None) -> None:
         from mm_sbert.models import same_featurizer
         from mm_sbert.models.views import multimodal_module
 
@@ -51,12 +52,15 @@ class CrossEncoderEnsemble:
             if isinstance(member, CrossEncoderEnsemble):
                 raise InvalidInputError(f"cross_encoders[{position}] is a CrossEncoderEnsemble; list its members")
             check_cross_encoder(member, f"cross_encoders[{position}]")
-        readers = [(position, m) for position, m in enumerate(members) if multimodal_module(m) is not None]
-        for position, member in readers[1:]:
+        names = [f"cross_encoders[{position}]" for position in range(len(members))] if names is None else names
+        if len(names) != len(members):
+            raise InvalidInputError(f"Got {len(names)} names for {len(members)} cross-encoders")
+        readers = [(name, m) for name, m in zip(names, members) if multimodal_module(m) is not None]
+        for name, member in readers[1:]:
             if not same_featurizer(readers[0][1], member):
                 raise IncompatibleModelError(
-                    f"cross_encoders[{position}] featurizes images differently from cross_encoders[{readers[0][0]}]; "
-                    "the members of an ensemble must read one set of candidate regions (train them on one store)"
+                    f"{name} featurizes images differently from {readers[0][0]}; the members of an ensemble must "
+                    "read one set of candidate regions (train them on one feature store)"
                 )
         self.cross_encoders = members
 
@@ -130,5 +134,5 @@ def ensemble_members(cross_encoder: Any) -> list[Any]:
 
 
 def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The members' logits ``[n]`` each, averaged in one fixed order (so every path gives the same bits)."""
+    """The members' logits ``[n]`` each, averaged in member order (rerank and predict average alike)."""
     return torch.stack(list(logits)).mean(dim=0)

@@ -93,7 +93,8 @@ def load_reranker(
         if len(cross_encoder) > 1:
             from mm_sbert.retrieval.cross_encoder_ensemble import CrossEncoderEnsemble
 
-            return CrossEncoderEnsemble([load_reranker(model, model_folder, f, backend) for f in cross_encoder])
+            members = [load_reranker(model, model_folder, folder, backend) for folder in cross_encoder]
+            return CrossEncoderEnsemble(members, names=[f"--cross-encoder {folder}" for folder in cross_encoder])
         cross_encoder = cross_encoder[0] if cross_encoder else None
     separate = cross_encoder is not None
     reranker = None

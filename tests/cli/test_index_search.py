@@ -522,3 +522,13 @@ def test_search_with_two_cross_encoders_reranks_by_their_mean_logit(capsys, inde
     first, second, both = ce_scores(folders[0]), ce_scores(folders[1]), ce_scores(*folders)
     assert both == pytest.approx({image: (first[image] + second[image]) / 2 for image in first}, abs=1e-4)
     assert both != pytest.approx(first, abs=1e-3) and both != pytest.approx(second, abs=1e-3)
+    # A member that reads images another way cannot share the candidates' regions: exit 2, naming both folders.
+    _, regions_only = build_views("bert", featurizer=False)
+    regions_only.save(str(tmp_path / "regions_only"))
+    argv = ["--cross-encoder", folders[0], "--cross-encoder", tmp_path / "regions_only"]
+    code, _, err = run_cli(capsys, "search", index_dir, "a red circle", *argv)
+    assert code == 2, err
+    assert (
+        f"--cross-encoder {tmp_path / 'regions_only'} featurizes images differently from --cross-encoder {folders[0]}"
+        in err
+    )

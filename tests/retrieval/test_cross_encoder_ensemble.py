@@ -124,6 +124,11 @@ def test_bad_members_are_refused_naming_them(members, message):
         CrossEncoderEnsemble(members)
 
 
+def test_names_must_name_every_member():
+    with pytest.raises(InvalidInputError, match="Got 1 names for 2 cross-encoders"):
+        CrossEncoderEnsemble([TableCrossEncoder(FIRST), TableCrossEncoder(SECOND)], names=["ce_a"])
+
+
 def test_an_ensemble_inside_an_ensemble_is_refused():
     pair = CrossEncoderEnsemble([TableCrossEncoder(FIRST), TableCrossEncoder(SECOND)])
     with pytest.raises(InvalidInputError, match=r"cross_encoders\[0\] is a CrossEncoderEnsemble"):
@@ -137,6 +142,8 @@ def test_members_that_featurize_images_differently_are_refused(tiny_views):
     _, regions_only = build_views(featurizer=False)
     with pytest.raises(IncompatibleModelError, match=r"cross_encoders\[1\] featurizes images differently"):
         CrossEncoderEnsemble([first, regions_only])
+    with pytest.raises(IncompatibleModelError, match="runs/regions featurizes images differently from runs/grid"):
+        CrossEncoderEnsemble([first, regions_only], names=["runs/grid", "runs/regions"])
 
 
 @pytest.mark.parametrize("not_a_reranker", [[TableCrossEncoder(FIRST), TableCrossEncoder(SECOND)], "runs/ce", 3])
