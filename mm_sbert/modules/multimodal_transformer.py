@@ -716,19 +716,25 @@ class MultimodalTransformer(InputModule):
             blocks = self._unfused_blocks(hidden, mask, is_text, is_pair, packed)
             if blocks is not None:
                 hidden, start = blocks, self.fusion_layer
-        same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
-        if encoder_mask is None:
-            # create_bidirectional_mask returns None when no position is padded.
-            encoder_mask = mask.bool()[:, None, None, :].expand(-1, 1, mask.size(1), -1)
-        if encoder_mask.dtype == torch.bool:
-            within = encoder_mask & same_modality
-        else:
-            # Additive masks (eager attention): 0 where allowed, the dtype's minimum where not.
-            within = encoder_mask.masked_fill(~same_modality, torch.finfo(encoder_mask.dtype).min)
+        # create_bidirectional_mask returns None when no position is padded; the fused layers then attend without a
+        # mask (attention's fastest path), and only the masks below need it written out.
+        full_mask = encoder_mask
+        if full_mask is None:
+            full_mask = mask.bool()[:, None, None, :].expand(-1, 1, mask.size(1), -1)
+        same_modality = None
+        if start < self.fusion_layer or self.cross_modal_attention_bias is not None:
+            same_modality = (is_text.unsqueeze(2) == is_text.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
+        within = None
+        if start < self.fusion_layer:
+            if full_mask.dtype == torch.bool:
+                within = full_mask & same_modality
+            else:
+                # Additive masks (eager attention): 0 where allowed, the dtype's minimum where not.
+                within = full_mask.masked_fill(~same_modality, torch.finfo(full_mask.dtype).min)
         across = None
         if self.cross_modal_attention_bias is not None:
             # A learned additive bias needs a float mask: 0 where allowed, the dtype's minimum where padded.
-            allowed = encoder_mask if encoder_mask.dtype == torch.bool else encoder_mask == 0
+            allowed = full_mask if full_mask.dtype == torch.bool else full_mask == 0
             base = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
             base = base.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
             cross = ~same_modality
