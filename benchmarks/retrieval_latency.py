@@ -7,7 +7,9 @@ One run measures, for each collection size:
   rescoring, FAISS HNSW / IVF (rescored), optionally Milvus (milvus-lite); beside each its recall@20 against exact
   search over ``--num-queries`` queries.
 - **Coop k = 20 end to end** over the largest collection through ``CooperativeRetriever.search``: encode the query,
-  binary search + rescoring, rerank the 20 with eager float32, eager bfloat16 and ONNX Runtime int8 weights.
+  binary search + rescoring, rerank the 20 with eager float32, eager bfloat16 and ONNX Runtime int8 weights; with
+  ``--coop-ensemble N``, also an ensemble of N bfloat16 cross-encoders (``CrossEncoderEnsemble``) reranking the top
+  5, 10 and 20 (``--coop-ensemble-ks``), beside one cross-encoder at the same k.
 - Each of those **quiet and busy**: the benchmark starts ``--competing-processes`` CPU-bound processes (one core
   each) for the busy column and stops them after; each with the library's thread policy (``threads=None``) and
   with every core (``threads=<cores>``, the old default), with the busy / quiet ratio of the policy.
@@ -60,7 +62,7 @@ from busy_machine import (  # noqa: E402
 )
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
-from mm_sbert.retrieval import CooperativeRetriever, EmbeddingIndex, MilvusIndex  # noqa: E402
+from mm_sbert.retrieval import CooperativeRetriever, CrossEncoderEnsemble, EmbeddingIndex, MilvusIndex  # noqa: E402
 from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits, rerank  # noqa: E402
 from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
 
@@ -423,6 +425,8 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
             + ", ".join(f"{k} {ms(v)}" for k, v in results[f"Coop k={TOP_K}, rerank {backend}"].items()),
             flush=True,
         )
+    if args.coop_ensemble > 1 and EAGER_BF16 in args.coop_rerankers:
+        results |= ensemble_rows(args, retriever, bf16_bi_encoder, bf16_module)
     data["coop"] = {"collection": len(corpus), "pipelines": results}
     lines = [
         "| pipeline | " + " | ".join(condition_columns()) + " |",
@@ -434,6 +438,33 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     if module.fusion_layer and EAGER_BF16 in args.coop_rerankers:
         lines += rerank_direction_lines(args, bf16_module, joined_module, images, data)
     return lines
+
+
+def ensemble_rows(args, retriever: CooperativeRetriever, bi_encoder, module: MultimodalTransformer) -> dict:
+    """Coop through ``CooperativeRetriever.search(query, top_k=k)`` reranking with a ``CrossEncoderEnsemble`` of
+    ``--coop-ensemble`` bfloat16 cross-encoders (each member its own copy of the module: its own packed weights;
+    latency does not depend on the weights' values), at each k of ``--coop-ensemble-ks``, beside one cross-encoder
+    at the same k."""
+    members = [MMCrossEncoder(modules=[copy.deepcopy(module)], device="cpu") for _ in range(args.coop_ensemble)]
+    rerankers = {
+        "one bfloat16 cross-encoder": members[0],
+        f"an ensemble of {args.coop_ensemble} bfloat16 cross-encoders": CrossEncoderEnsemble(members),
+    }
+    retriever.bi_encoder = bi_encoder
+    rows = {}
+    for k in args.coop_ensemble_ks:
+        for name, reranker in rerankers.items():
+            if k == TOP_K and reranker is members[0]:
+                continue  # the BOTH_BF16 row above
+
+            def coop(i: int, threads: int | None, reranker=reranker, k=k) -> object:
+                retriever.cross_encoder = reranker
+                return retriever.search(CAPTIONS[i % len(CAPTIONS)], top_k=k, threads=threads)
+
+            label = f"Coop k={k}, rerank {name} (query encoded in bfloat16 too)"
+            rows[label] = measure_conditions(args, coop, args.ce_repeats)
+            print(f"  {label}: " + ", ".join(f"{c} {ms(v)}" for c, v in rows[label].items()), flush=True)
+    return rows
 
 
 # Operators that compute the linear layers' products: the backbone's own (addmm / mm / linear, as the flop counter
@@ -579,6 +610,16 @@ def main() -> None:
         default="mean-head",
         help="Coop's MiniLM: single-stream with a mean head, or the published Flickr8k models' (late fusion from "
         "layer 3, text-image-match head; eager rerankers only)",
+    )
+    parser.add_argument(
+        "--coop-ensemble",
+        type=int,
+        default=0,
+        help="also time Coop reranking with an ensemble of this many bfloat16 cross-encoders (mm_sbert."
+        "CrossEncoderEnsemble: one cross-encoding per member), at each k of --coop-ensemble-ks",
+    )
+    parser.add_argument(
+        "--coop-ensemble-ks", type=int, nargs="+", default=[5, 10, TOP_K], help="k values of the ensemble rows"
     )
     parser.add_argument("--embeddings", help="real collection embeddings (.npy [N, D]); sizes then subsample it")
     parser.add_argument("--query-embeddings", help="real query embeddings (.npy [Q, D]) for recall")
