@@ -16,9 +16,10 @@ class CrossEncoderEnsemble:
 
     Two cross-encoders trained on different data (e.g. the two halves of a cross-fitted pair, each trained on the
     images the other's bi-encoder never saw) make different mistakes; their mean logit ranks the bi-encoder's top-k
-    better than either alone, at the cost of one cross-encoding per member. :func:`rerank` scores each member on its
-    own fast path (eager or ONNX, the query prepared once) and averages; :meth:`predict` does the same through the
-    members' ``predict``, so both give the same logits.
+    better than either alone, at the cost of one cross-encoding per member (rerank fewer candidates with more
+    members: three over the top 5 cross-encode fewer pairs than one over the top 20). :func:`rerank` scores each
+    member on its own fast path (eager or ONNX, the query prepared once) and averages; :meth:`predict` does the same
+    through the members' ``predict``, so both give the same logits.
 
     Args:
         cross_encoders: two or more cross-encoders (anything with the host's ``CrossEncoder.predict``). Members that

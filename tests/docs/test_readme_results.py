@@ -35,3 +35,33 @@ def test_the_readme_demo_row_quotes_the_committed_default_run():
     ]
     minutes = re.search(r"`mm-sbert demo` \((\d+(?:\.\d)?) min", row)
     assert minutes and abs(float(minutes.group(1)) - results["total_seconds"] / 60) < 0.6
+
+
+def flickr8k_row(name: str, mode: str, k: int | None = None) -> tuple[float, float]:
+    """R@1 (t2i, i2t) of one row of a committed Flickr8k result file, from Table 1 or (with ``k``) Table 8."""
+    results = json.loads((ROOT / "benchmarks" / "results" / f"flickr8k_{name}.json").read_text(encoding="utf-8"))
+    table = results["tables"]["table1" if k is None else "table8"]
+    (row,) = [row for row in table if row["mode"] == mode and (k is None or row["k"] == k)]
+    return row["t2i_r@1"], row["i2t_r@1"]
+
+
+def test_the_readme_flickr8k_row_quotes_the_committed_ensemble_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith("| Flickr8k dev, full 1k protocol")]
+
+    def quoted(pattern: str) -> list[float]:
+        found = re.search(pattern, row)
+        assert found, pattern
+        return [float(value) for value in found.groups()]
+
+    pair = r"(\d+\.\d) / (\d+\.\d)"
+    seed1, rerun2 = "en_sep_ensemble3_2000_lite2_full_be", "en_sep_ensemble3_2000_lite2_full_be_rerun2"
+    assert quoted(rf"three CEs {pair} \(") == [*flickr8k_row(seed1, "Sep+Coop")]
+    assert quoted(rf"a second such BE \({pair}\) {pair}") == [
+        *flickr8k_row(rerun2, "BE"),
+        *flickr8k_row(rerun2, "Sep+Coop"),
+    ]
+    assert quoted(rf"top 5 the three keep that R@1 within a point \({pair}, {pair}\)") == [
+        *flickr8k_row(seed1 + "_top_k", "Sep+Coop", k=5),
+        *flickr8k_row(rerun2, "Sep+Coop", k=5),
+    ]
