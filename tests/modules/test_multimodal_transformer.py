@@ -297,6 +297,18 @@ def test_a_query_and_its_candidates_run_the_unfused_layers_once_per_query(backbo
         assert joined_rows == [4] and torch.equal(joined, whole)
 
 
+def test_pairs_without_padding_score_as_they_do_beside_a_padded_pair():
+    # With no padding the fused layers attend with no mask at all; beside a longer pair the same rows are masked.
+    module = build_module(featurizer=False, fusion_layer=1, head_input="text_image_match")
+    caption = "two green triangles left of a star"
+    pairs = [(caption, regions(3, seed=i)) for i in range(4)]
+    _, alone = first_layer_rows(module, pairs)
+    _, beside_longer = first_layer_rows(module, [*pairs, (caption, regions(5, seed=9))])
+    torch.testing.assert_close(alone, beside_longer[:4], atol=1e-5, rtol=1e-5)
+    _, with_gradients = first_layer_rows(module, pairs, grad=True)  # the joined rows, no mask either
+    torch.testing.assert_close(alone, with_gradients, atol=1e-5, rtol=1e-5)
+
+
 def test_tags_split_from_one_caption_but_not_from_captions_they_follow_at_different_places():
     # Tags sit in the text block but belong to the image side; after one caption they start at one column.
     module = build_module(featurizer=False, fusion_layer=1, add_od_labels=True, head_input="text_image_match")
