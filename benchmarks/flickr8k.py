@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="separately trained cross-encoder folder (Sep+Coop); given more than once, the cross-encoders rerank as "
         "one CrossEncoderEnsemble (their mean logit)",
     )
+    parser.add_argument(
+        "--ce-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="tables: the --ce models' weights (bfloat16: the reranker the latency benchmark times)",
+    )
     parser.add_argument("--joint", help="joint model folder (Joint+BE, Joint+Coop)")
     parser.add_argument("--run", help="curve: a run folder with checkpoint-N subfolders")
     parser.add_argument(
@@ -221,7 +227,8 @@ def run_tables(args: argparse.Namespace) -> dict[str, Any]:
         metrics = timed("BE", lambda: evaluator(images, captions, owners, args, modes=("be",))(bi_encoder))
         tables["table1"].append(row(metrics, "be", "BE", **queries))
         if args.ce:
-            members = [load_cross_encoder(folder, args.device) for folder in args.ce]
+            dtype = torch.bfloat16 if args.ce_dtype == "bfloat16" else None
+            members = [load_cross_encoder(folder, args.device, dtype=dtype) for folder in args.ce]
             reranker = members[0] if len(members) == 1 else CrossEncoderEnsemble(members)
             setups.append(("Sep+Coop", "BE", bi_encoder, reranker))
     if args.joint:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from benchmark_helpers import load_benchmark
 
 
@@ -222,3 +223,24 @@ def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, 
 
     assert recalls(pair["tables"]) == recalls(single["tables"])
     assert set(pair["training"]) == {"be", "ce_1", "ce_2"} and set(single["training"]) == {"be", "ce"}
+
+
+def test_tables_ce_dtype_loads_every_reranker_in_bfloat16(bench, tmp_path, scene_dev, monkeypatch):
+    from mm_sbert.retrieval.cross_encoder_ensemble import ensemble_members
+
+    store, model, _ = scene_dev
+    argv = ["tables", "--features", str(store), "--be", model, "--data-dir", str(tmp_path), "--threads", "1"]
+    options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "0.5"]
+    rerankers = []
+    original = bench.evaluator
+
+    def recording(*args, **kwargs):
+        rerankers.append(kwargs.get("cross_encoder"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluator", recording)
+    for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        rerankers.clear()
+        bench.run_tables(bench.parse_args([*argv, *options, "--ce", model, "--ce", model, "--ce-dtype", dtype]))
+        members = [member for r in rerankers if r is not None for member in ensemble_members(r)]
+        assert members and {next(member.parameters()).dtype for member in members} == {expected}
