@@ -198,13 +198,16 @@ def test_tables_headings_name_the_features_the_models_read(bench):
     assert bench.grid_name({}) == "MobileNetV2 3x3 grid"
 
 
-def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, scene_dev, monkeypatch):
-    from mm_sbert.retrieval import CrossEncoderEnsemble
-
+def small_tables_args(bench, scene_dev, tmp_path, *extra: str):
+    """``flickr8k.py tables`` on the scene store: the BE's top 5 reranked, no pool, no distractors."""
     store, model, _ = scene_dev
     argv = ["tables", "--features", str(store), "--be", model, "--data-dir", str(tmp_path), "--threads", "1"]
     options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "0.5"]
-    single = bench.run_tables(bench.parse_args([*argv, *options, "--ce", model]))
+    return bench.parse_args([*argv, *options, *extra])
+
+
+def record_rerankers(bench, monkeypatch) -> list:
+    """The ``cross_encoder`` of every evaluator the benchmark builds from now on, in order."""
     rerankers = []
     original = bench.evaluator
 
@@ -213,7 +216,16 @@ def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, 
         return original(*args, **kwargs)
 
     monkeypatch.setattr(bench, "evaluator", recording)
-    pair = bench.run_tables(bench.parse_args([*argv, *options, "--ce", model, "--ce", model]))
+    return rerankers
+
+
+def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, scene_dev, monkeypatch):
+    from mm_sbert.retrieval import CrossEncoderEnsemble
+
+    model = scene_dev[1]
+    single = bench.run_tables(small_tables_args(bench, scene_dev, tmp_path, "--ce", model))
+    rerankers = record_rerankers(bench, monkeypatch)
+    pair = bench.run_tables(small_tables_args(bench, scene_dev, tmp_path, "--ce", model, "--ce", model))
     assert any(isinstance(r, CrossEncoderEnsemble) and len(r) == 2 for r in rerankers)
     assert pair["models"]["ce"] == [model, model] and single["models"]["ce"] == model
     # Two copies of one cross-encoder: their mean logit is its logit, so every row is the single model's.
@@ -228,19 +240,12 @@ def test_tables_with_two_ce_folders_rerank_with_their_ensemble(bench, tmp_path, 
 def test_tables_ce_dtype_loads_every_reranker_in_bfloat16(bench, tmp_path, scene_dev, monkeypatch):
     from mm_sbert.retrieval.cross_encoder_ensemble import ensemble_members
 
-    store, model, _ = scene_dev
-    argv = ["tables", "--features", str(store), "--be", model, "--data-dir", str(tmp_path), "--threads", "1"]
-    options = ["--k", "5", "--top-k", "5", "--ce-pool", "0", "--distractors", "0", "--combination-lams", "0.5"]
-    rerankers = []
-    original = bench.evaluator
-
-    def recording(*args, **kwargs):
-        rerankers.append(kwargs.get("cross_encoder"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(bench, "evaluator", recording)
+    model = scene_dev[1]
+    rerankers = record_rerankers(bench, monkeypatch)
     for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         rerankers.clear()
-        bench.run_tables(bench.parse_args([*argv, *options, "--ce", model, "--ce", model, "--ce-dtype", dtype]))
+        bench.run_tables(
+            small_tables_args(bench, scene_dev, tmp_path, "--ce", model, "--ce", model, "--ce-dtype", dtype)
+        )
         members = [member for r in rerankers if r is not None for member in ensemble_members(r)]
         assert members and {next(member.parameters()).dtype for member in members} == {expected}
