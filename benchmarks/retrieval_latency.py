@@ -425,7 +425,7 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
             + ", ".join(f"{k} {ms(v)}" for k, v in results[f"Coop k={TOP_K}, rerank {backend}"].items()),
             flush=True,
         )
-    if args.coop_ensemble > 1 and EAGER_BF16 in args.coop_rerankers:
+    if args.coop_ensemble:
         results |= ensemble_rows(args, retriever, bf16_bi_encoder, bf16_module)
     data["coop"] = {"collection": len(corpus), "pipelines": results}
     lines = [
@@ -627,6 +627,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.repeats >= 1 or not args.ce_repeats >= 1:
         parser.error("--repeats and --ce-repeats must be >= 1")
+    if args.coop_ensemble and (args.coop_ensemble < 2 or EAGER_BF16 not in args.coop_rerankers or not args.coop):
+        parser.error(f"--coop-ensemble needs 2 or more members, Coop on and {EAGER_BF16!r} in --coop-rerankers")
     start_load = load_average()
     started = time.time()
     notes: list[str] = []

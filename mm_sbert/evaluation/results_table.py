@@ -142,8 +142,10 @@ def evaluate_models(
             for source, what in sources:
                 check_view_trained(source, "cross_encoder", what, allow_untrained=allow_untrained_head)
                 members.append(to_cross_encoder(source))
-            names = [what for _, what in sources]
-            reranker = members[0] if len(members) == 1 else CrossEncoderEnsemble(members, names=names)
+            if len(members) == 1:
+                reranker = members[0]
+            else:
+                reranker = CrossEncoderEnsemble(members, names=[what for _, what in sources])
             usable = True
         except IncompatibleModelError:
             if modes is not None or cross_encoder is not None:
