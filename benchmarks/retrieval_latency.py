@@ -489,8 +489,8 @@ def rerank_gflop(module: MultimodalTransformer, queries: list, candidates: list,
 
 def rerank_time_shares(cross_encoder: MMCrossEncoder, queries: list, candidates: list, rows: list) -> dict:
     """Where one ``rerank`` call's time goes, from ``torch.profiler`` over 5 calls: the shares of the wall time
-    spent in the linear layers' products and in attention (each op's time on the calling thread, its intra-op
-    threads included)."""
+    spent in the linear layers' products and in attention (its products and softmax; each op's time on the calling
+    thread, its intra-op threads included)."""
     from torch.profiler import ProfilerActivity, profile
 
     rerank(cross_encoder, queries, candidates, rows)
@@ -503,7 +503,8 @@ def rerank_time_shares(cross_encoder: MMCrossEncoder, queries: list, candidates:
     for event in profiler.key_averages():
         name = event.key.split("::")[-1]
         part = "linear" if name in LINEAR_OPS else None
-        part = "attention" if "scaled_dot_product" in name or name == "bmm" else part
+        # The packed layers' attention is two batched products around a softmax (fast_inference.attention).
+        part = "attention" if "scaled_dot_product" in name or name in ("bmm", "_softmax") else part
         if part:
             shares[part] += event.self_cpu_time_total / wall
     return shares

@@ -3,9 +3,10 @@
 Eager bfloat16 runs each ``nn.Linear`` through oneDNN with the weight re-laid-out on every call, the three attention
 projections as three products, and GELU as a separate pass over the widest activation. Here the weights are packed
 once (and again only when they change), the query / key / value projections are one product and GELU runs inside
-the intermediate product. Attention itself is the same ``scaled_dot_product_attention`` call the backbone makes, so
-the layer computes the same function as the backbone's own ``BertLayer`` (post-LayerNorm, absolute positions in the
-embeddings), with other rounding only where oneDNN's fused epilogue rounds once instead of twice.
+the intermediate product. Attention is written as two batched products around a float32 softmax (:func:`attention`),
+so the layer computes the same function as the backbone's own ``BertLayer`` (post-LayerNorm, absolute positions in
+the embeddings), with other rounding only where oneDNN's fused epilogue rounds once instead of twice and where the
+attention scores are rounded to bfloat16 before their softmax.
 
 It is used only where it applies: CPU, bfloat16 weights, no gradient, eval mode, a BERT / XLM-R style encoder
 layer with an erf GELU, and a PyTorch whose oneDNN computes bfloat16 natively (e.g. AMX). Everything else, training
@@ -23,7 +24,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PackedEncoder", "packed_encoder_for"]
+__all__ = ["PackedEncoder", "attention", "packed_encoder_for"]
 
 
 def _cpu_packs_bf16() -> bool:
@@ -124,7 +125,7 @@ class PackedEncoder:
         flat = hidden.reshape(batch * length, width)
         qkv = self._linear(flat, packed["qkv"]).view(batch, length, 3, heads, head_size)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        context = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        context = attention(query, key, value, mask)
         context = context.transpose(1, 2).reshape(batch * length, heads * head_size)
         norm = packed["attention_norm"]
         attended = norm(self._linear(context, packed["attention_out"]) + flat)
@@ -136,6 +137,24 @@ class PackedEncoder:
         for index in range(len(self.packed)):
             hidden = self.layer(index, hidden, mask)
         return hidden
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention of ``[B, heads, L, head_size]`` bfloat16 tensors as two batched products around
+    a float32 softmax (the math form of ``scaled_dot_product_attention``); ``mask`` as the backbone passes it: ``None``,
+    boolean (True = attend) or additive.
+
+    Sequences here are short (tens of positions) and the heads many, where PyTorch's CPU flash kernel spends more on
+    its per-block bookkeeping than on arithmetic; see docs/scale.md for the measurements.
+    """
+    scores = torch.matmul(query * query.size(-1) ** -0.5, key.transpose(-1, -2)).float()
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            # The float32 minimum, not -inf: a row with every position masked then averages instead of giving NaN.
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        else:
+            scores = scores + mask.float()
+    return torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)
 
 
 def _layer_tensors(layer: nn.Module) -> list[torch.Tensor]:

@@ -83,3 +83,27 @@ def test_a_packed_module_still_deep_copies():
     module = build_module(featurizer=False).to(torch.bfloat16)
     scores(module, pairs(), fast=True)
     copy.deepcopy(module)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_attention_matches_float32_sdpa_and_ignores_masked_keys(mask_kind):
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(4, 3, 9, 8, generator=generator) for _ in range(3))
+    allowed = torch.ones(4, 1, 9, 9, dtype=torch.bool)
+    allowed[1, :, :, 6:] = False  # row 1 is padded from position 6 on
+    allowed[3, :, :, :2] = False
+    mask = {"none": None, "bool": allowed, "additive": torch.zeros(allowed.shape).masked_fill(~allowed, -1e30)}[
+        mask_kind
+    ]
+    exact = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    bf16 = [tensor.to(torch.bfloat16) for tensor in (query, key, value)]
+    packed_mask = mask.to(torch.bfloat16) if mask_kind == "additive" else mask
+    out = fast_inference.attention(*bf16, packed_mask)
+    assert out.dtype == torch.bfloat16 and out.shape == exact.shape
+    assert (out.float() - exact).abs().max() < 5e-2
+    if mask is not None:
+        # A masked key's value cannot reach the output.
+        changed = bf16[2].clone()
+        changed[1, :, 6:] = 1e3
+        changed[3, :, :2] = -1e3
+        assert torch.equal(fast_inference.attention(bf16[0], bf16[1], changed, packed_mask), out)
