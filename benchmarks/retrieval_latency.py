@@ -62,6 +62,7 @@ from busy_machine import (  # noqa: E402
 )
 
 from mm_sbert import MMCrossEncoder, MMSentenceTransformer, MultimodalTransformer  # noqa: E402
+from mm_sbert.memory_policy import retain_freed_memory  # noqa: E402
 from mm_sbert.retrieval import CooperativeRetriever, CrossEncoderEnsemble, EmbeddingIndex, MilvusIndex  # noqa: E402
 from mm_sbert.retrieval.cooperative_retriever import cross_encoder_logits, rerank  # noqa: E402
 from mm_sbert.thread_policy import available_cores, get_thread_policy  # noqa: E402
@@ -394,9 +395,9 @@ def coop_section(args, corpus: np.ndarray, best: dict, data: dict) -> list[str]:
     for backend in ("ONNX Runtime fp32", "ONNX Runtime int8 weights"):
         if info and backend in info and backend in args.coop_rerankers:
             rerankers.append((backend, info[backend][1]))
-    retriever = CooperativeRetriever(bi_encoder, cross_encoder, top_k=TOP_K).use_index(
-        index, items=lambda r: images[r % TOP_K]
-    )
+    retriever = CooperativeRetriever(
+        bi_encoder, cross_encoder, top_k=TOP_K, retain_freed_memory=args.retain_freed_memory
+    ).use_index(index, items=lambda r: images[r % TOP_K])
     results = {}
     results["BE only: encode + binary search + rescoring"] = measure_conditions(
         args,
@@ -622,6 +623,13 @@ def main() -> None:
     parser.add_argument(
         "--coop-ensemble-ks", type=int, nargs="+", default=[5, 10, TOP_K], help="k values of the ensemble rows"
     )
+    parser.add_argument(
+        "--no-retain-freed-memory",
+        dest="retain_freed_memory",
+        action="store_false",
+        help="leave glibc's malloc thresholds as they are (by default the run sets them up front, as the command line "
+        "and CooperativeRetriever do: mm_sbert.memory_policy.retain_freed_memory)",
+    )
     parser.add_argument("--embeddings", help="real collection embeddings (.npy [N, D]); sizes then subsample it")
     parser.add_argument("--query-embeddings", help="real query embeddings (.npy [Q, D]) for recall")
     parser.add_argument("--output", help="write the markdown report here, and its data as JSON beside it")
@@ -634,7 +642,14 @@ def main() -> None:
     started = time.time()
     notes: list[str] = []
     info = machine()
-    data: dict = {"command": shlex.join(sys.argv), "machine": info, "load_average_start": start_load}
+    # Up front, so every row runs under one allocator setting (the retriever would apply it only from Coop on).
+    retained = retain_freed_memory() if args.retain_freed_memory else False
+    data: dict = {
+        "command": shlex.join(sys.argv),
+        "machine": info,
+        "load_average_start": start_load,
+        "freed_memory_retained": retained,
+    }
 
     real = None
     if args.embeddings:
@@ -679,7 +694,13 @@ def main() -> None:
         f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
         f"{data['load_average_end']}; the run took {data['minutes']} min. Latencies are medians of {args.repeats} "
         f"single-query searches / {args.ce_repeats} Coop searches after a warm-up; recall@{TOP_K} is against exact "
-        f"search over {len(queries)} queries.",
+        f"search over {len(queries)} queries. Freed memory "
+        + (
+            "retained (mm_sbert.memory_policy.retain_freed_memory, the default)"
+            if retained
+            else "handed back as glibc does by default (--no-retain-freed-memory, or not glibc)"
+        )
+        + ".",
         "",
         f"Columns: **quiet** = nothing started by the benchmark; **busy** = {args.competing_processes} "
         "process(es) spinning on one core each, started by the benchmark; **policy** = the library's default "

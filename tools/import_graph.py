@@ -16,7 +16,7 @@ PACKAGE = ROOT / "mm_sbert"
 
 # Lowest first: a package may import only packages of a lower (or its own) layer.
 LAYERS: list[set[str]] = [
-    {"version", "errors", "thread_policy"},
+    {"version", "errors", "thread_policy", "memory_policy"},
     {"storage"},
     {"image_features"},
     {"export"},

@@ -92,13 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from mm_sbert.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
     from mm_sbert.errors import MMSbertError
+    from mm_sbert.memory_policy import retain_freed_memory
     from mm_sbert.thread_policy import using_thread_policy
 
     stage = COMMANDS[args.command][1]
     try:
         if stage is None:
             return args.run(args) or EXIT_OK
-        # The one place a command's threads are set: --threads for every stage, or the free cores per stage.
+        # The one place a command's threads and memory reuse are set: --threads for every stage, or the free cores
+        # per stage; the process owns its heap.
+        retain_freed_memory()
         with using_thread_policy(args.threads, stage):
             return args.run(args) or EXIT_OK
     except (CLIError, MMSbertError) as exc:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.autonotebook import tqdm
 
+from mm_sbert import memory_policy
 from mm_sbert.errors import InvalidInputError, MissingFileError, StorageError, UnknownIdError
 from mm_sbert.export.onnx_cross_encoder import onnx_module, query_candidate_features, score_candidates
 from mm_sbert.image_features.image_loading import ItemKind, is_text
@@ -330,6 +331,9 @@ class CooperativeRetriever:
         batch_size: bi-encoder batch size.
         ce_batch_size: cross-encoder batch size.
         show_progress_bar: progress bars while encoding / reranking (default: when indexing).
+        retain_freed_memory: let this process's malloc keep the memory tensors free for the next query (see
+            :func:`mm_sbert.memory_policy.retain_freed_memory`; process-wide, glibc only): each query then reuses
+            its activations' memory instead of faulting in fresh pages.
 
     Example:
         >>> retriever = CooperativeRetriever(bi_encoder, cross_encoder, top_k=20)
@@ -348,6 +352,7 @@ class CooperativeRetriever:
         ce_batch_size: int = 32,
         show_progress_bar: bool | None = None,
         rerank_k: int | None = None,
+        retain_freed_memory: bool = True,
     ) -> None:
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
@@ -364,6 +369,8 @@ class CooperativeRetriever:
         self.embedding_index: BaseIndex | None = None
         self.items: ItemSource | None = None
         self.image_paths: Callable[[int], str] | None = None
+        if retain_freed_memory:
+            memory_policy.retain_freed_memory()
 
     # ------------------------------------------------------------------ building / opening a collection
 

@@ -123,3 +123,12 @@ def test_threads_reach_torch_and_faiss_while_the_command_runs(capsys, monkeypatc
     code, _, _ = run_cli(capsys, "evaluate", "--model", "x", "--synthetic", "3", *argv)
     assert code == 0 and seen == [(expected, expected)]
     assert torch.get_num_threads() == before  # restored for whoever called main()
+
+
+def test_a_command_that_computes_retains_freed_memory(capsys, monkeypatch, tmp_path):
+    from mm_sbert import memory_policy
+
+    calls = []
+    monkeypatch.setattr(memory_policy, "retain_freed_memory", lambda: calls.append("applied") or True)
+    code, _, _ = run_cli(capsys, "evaluate", "--model", tmp_path / "nope", "--synthetic", "4")
+    assert code == 2 and calls == ["applied"]
