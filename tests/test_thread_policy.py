@@ -112,9 +112,9 @@ def test_index_search_runs_at_the_policy_threads(restore_policy, monkeypatch):
     seen = []
     original = vector_search.VectorSearch.candidates
 
-    def recording(self, queries, count):
+    def recording(self, queries, count, *args):
         seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
-        return original(self, queries, count)
+        return original(self, queries, count, *args)
 
     monkeypatch.setattr(vector_search.VectorSearch, "candidates", recording)
     rng = np.random.default_rng(0)
@@ -133,6 +133,31 @@ def test_index_search_runs_at_the_policy_threads(restore_policy, monkeypatch):
     assert seen[-1] == (2, 2)  # the override wins
     assert torch.equal(one[1], explicit[1])
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)  # restored after each search
+
+
+def test_one_int8_query_scans_with_two_threads_per_core_on_a_busy_machine(restore_policy, monkeypatch):
+    import usearch.index
+
+    seen = []
+    original = usearch.index.search
+
+    def recording(*args, threads=0, **kwargs):
+        seen.append(threads)
+        return original(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(usearch.index, "search", recording)
+    rng = np.random.default_rng(0)
+    index = EmbeddingIndex(rng.standard_normal((300, 16)).astype(np.float32), precision="int8")
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    set_thread_policy(ThreadPolicy(cores=2, other_load=0.0))
+    quiet = index.search(queries[:1], 5)
+    set_thread_policy(ThreadPolicy(cores=2, other_load=1.0))
+    busy = index.search(queries[:1], 5)
+    index.search(queries[:1], 5, threads=1)
+    index.search(queries, 5)
+    # quiet: the free cores; busy: row blocks over two threads per core; an explicit count and a batch: as the policy
+    assert seen == [2, 4, 1, 1]
+    assert torch.equal(quiet[1], busy[1])
 
 
 def test_set_thread_policy_takes_a_count():

@@ -141,8 +141,8 @@ class PackedEncoder:
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention of ``[B, heads, L, head_size]`` bfloat16 tensors as two batched products around
-    a float32 softmax (the math form of ``scaled_dot_product_attention``); ``mask`` as the backbone passes it: ``None``,
-    boolean (True = attend) or additive.
+    a float32 softmax (the math form of ``scaled_dot_product_attention``); ``mask`` as the backbone passes it:
+    ``None``, boolean (True = attend) or additive.
 
     Sequences here are short (tens of positions) and the heads many, where PyTorch's CPU flash kernel spends more on
     its per-block bookkeeping than on arithmetic; see docs/scale.md for the measurements.

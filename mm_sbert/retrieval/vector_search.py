@@ -191,8 +191,13 @@ class VectorSearch:
 
     # ------------------------------------------------------------------ search
 
-    def candidates(self, queries: torch.Tensor | np.ndarray, count: int) -> np.ndarray:
-        """Rows of the ``count`` best candidates per query ``[Q, count]`` (``-1`` where the index found fewer)."""
+    def candidates(self, queries: torch.Tensor | np.ndarray, count: int, workers: int = 1) -> np.ndarray:
+        """Rows of the ``count`` best candidates per query ``[Q, count]`` (``-1`` where the index found fewer).
+
+        ``workers``: threads for the int8 scan where more than torch's current count (see
+        :meth:`~mm_sbert.ThreadPolicy.scan_workers`: two per core while other processes keep cores busy; usearch
+        hands each thread its own rows and merges once, so a descheduled thread holds nobody up).
+        """
         from sentence_transformers.util.quantization import quantize_embeddings
 
         queries = np.ascontiguousarray(torch.as_tensor(queries).float().numpy())
@@ -207,7 +212,7 @@ class VectorSearch:
                 count,
                 MetricKind.IP,
                 exact=True,
-                threads=torch.get_num_threads(),
+                threads=max(workers, torch.get_num_threads()),
             )
             keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
             # One query gives usearch's Matches (only its found keys), several its BatchMatches (padded, .counts).
@@ -232,8 +237,11 @@ class VectorSearch:
         _, rows = self._faiss.search(queries, count)
         return rows.astype(np.int64)
 
-    def search(self, queries: torch.Tensor, top_k: int, embeddings: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k rows of normalised ``queries`` ``[Q, D]``: candidates, then float32 rescoring with ``embeddings``.
+    def search(
+        self, queries: torch.Tensor, top_k: int, embeddings: np.ndarray, workers: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows of normalised ``queries`` ``[Q, D]``: candidates (``workers`` as in :meth:`candidates`), then
+        float32 rescoring with ``embeddings``.
 
         Returns:
             ``(scores, rows)``, both ``[Q, min(top_k, N)]``, best first, scores are float32 cosine similarities.
@@ -242,7 +250,7 @@ class VectorSearch:
             RuntimeError: the index returned fewer than ``top_k`` candidates for a query (e.g. a small IVF probe).
         """
         k = min(top_k, len(embeddings))
-        rows = self.candidates(queries, k * self.rescore_multiplier)
+        rows = self.candidates(queries, k * self.rescore_multiplier, workers)
         valid = rows >= 0
         if (valid.sum(axis=1) < k).any():
             raise RuntimeError(
