@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,20 @@ class CompetingLoad:
         time.sleep(self.settle)
         return self
 
+    def pause(self) -> None:
+        """Stop the competing processes (SIGSTOP) and wait ``settle`` seconds: a quiet machine until :meth:`resume`,
+        without the cost of starting them again."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let the paused processes spin again (SIGCONT) and wait ``settle`` seconds."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        for process in self.processes:
+            process.send_signal(number)
+        time.sleep(self.settle)
+
     def cpu_seconds(self) -> float:
         """CPU seconds the competing processes have run so far (user + system, from ``/proc``; 0 elsewhere): over
         a stretch of wall time, the share of the machine they kept while the benchmark ran beside them."""
@@ -45,6 +60,7 @@ class CompetingLoad:
 
     def __exit__(self, *exc) -> None:
         for process in self.processes:
+            process.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM until continued
             process.terminate()
         for process in self.processes:
             process.wait(timeout=10)

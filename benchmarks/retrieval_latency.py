@@ -99,15 +99,20 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def timed(function: Callable[[int], object], repeats: int) -> float:
-    """Median seconds of ``function(i)`` for i = 0..repeats-1, after one warm-up call."""
+def timings(function: Callable[[int], object], repeats: int) -> list[float]:
+    """Seconds of ``function(i)`` for i = 0..repeats-1, after one warm-up call."""
     function(repeats)
     times = []
     for i in range(repeats):
         start = time.perf_counter()
         function(i)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def timed(function: Callable[[int], object], repeats: int) -> float:
+    """Median seconds of ``function(i)`` for i = 0..repeats-1, after one warm-up call."""
+    return statistics.median(timings(function, repeats))
 
 
 def ms(seconds: float) -> str:
@@ -182,20 +187,24 @@ def onnx_available() -> str | None:
 
 def measure_conditions(args, search: Callable[[int, int | None], object], repeats: int) -> dict:
     """Median seconds of ``search(i, threads)`` quiet and under the competing load, each with the library's thread
-    policy (``threads=None``) and with every core (``threads=cores``, what the package did before the policy)."""
+    policy (``threads=None``) and with every core (``threads=cores``, what the package did before the policy).
+
+    The conditions alternate in ``--condition-blocks`` blocks (the competing load paused and resumed between them),
+    so a drift of the machine's speed during the measurement (other tenants of a VM) reaches both alike; each cell is
+    the median over all its blocks."""
     cores = available_cores()
-    row = {}
-    for condition in CONDITIONS:
-        if condition == "busy":
-            load = CompetingLoad(args.competing_processes)
-            load.__enter__()
-        try:
-            for mode, threads in (("policy", None), ("all cores", cores)):
-                row[f"{condition}, {mode}"] = timed(lambda i, t=threads: search(i, t), repeats)
-        finally:
-            if condition == "busy":
-                load.__exit__()
-    return row
+    blocks = max(1, min(args.condition_blocks, repeats))
+    per_block = -(-repeats // blocks)
+    samples: dict[str, list[float]] = {
+        f"{condition}, {mode}": [] for condition in CONDITIONS for mode in ("policy", "all cores")
+    }
+    with CompetingLoad(args.competing_processes) as load:
+        for _ in range(blocks):
+            for condition in CONDITIONS:
+                load.resume() if condition == "busy" else load.pause()
+                for mode, threads in (("policy", None), ("all cores", cores)):
+                    samples[f"{condition}, {mode}"] += timings(lambda i, t=threads: search(i, t), per_block)
+    return {cell: statistics.median(seconds) for cell, seconds in samples.items()}
 
 
 def condition_columns() -> list[str]:
@@ -604,6 +613,12 @@ def main() -> None:
         "--competing-processes", type=int, default=1, help="CPU-bound processes started for the busy column"
     )
     parser.add_argument(
+        "--condition-blocks",
+        type=int,
+        default=4,
+        help="quiet and busy alternate in this many blocks per cell (the competing load paused in between)",
+    )
+    parser.add_argument(
         "--coop-grid", type=int, default=GRID, help="regions per side of Coop's images (7: 49 regions; 3: 9)"
     )
     parser.add_argument(
@@ -634,8 +649,8 @@ def main() -> None:
     parser.add_argument("--query-embeddings", help="real query embeddings (.npy [Q, D]) for recall")
     parser.add_argument("--output", help="write the markdown report here, and its data as JSON beside it")
     args = parser.parse_args()
-    if not args.repeats >= 1 or not args.ce_repeats >= 1:
-        parser.error("--repeats and --ce-repeats must be >= 1")
+    if not args.repeats >= 1 or not args.ce_repeats >= 1 or not args.condition_blocks >= 1:
+        parser.error("--repeats, --ce-repeats and --condition-blocks must be >= 1")
     if args.coop_ensemble and (args.coop_ensemble < 2 or EAGER_BF16 not in args.coop_rerankers or not args.coop):
         parser.error(f"--coop-ensemble needs 2 or more members, Coop on and {EAGER_BF16!r} in --coop-rerankers")
     start_load = load_average()
@@ -702,8 +717,10 @@ def main() -> None:
         )
         + ".",
         "",
-        f"Columns: **quiet** = nothing started by the benchmark; **busy** = {args.competing_processes} "
-        "process(es) spinning on one core each, started by the benchmark; **policy** = the library's default "
+        f"Columns: **quiet** = the benchmark's competing process(es) stopped; **busy** = {args.competing_processes} "
+        "process(es) spinning on one core each, started by the benchmark; the two alternate in "
+        f"{args.condition_blocks} blocks per cell, so a drift of the machine's speed reaches both; **policy** = the "
+        "library's default "
         "threads (mm_sbert.ThreadPolicy: the free cores); **all cores** = "
         f"threads={available_cores()} passed explicitly (what the package did before the policy). "
         "busy / quiet is for the policy (target <= 1.5).",
