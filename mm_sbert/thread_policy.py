@@ -169,7 +169,18 @@ class ThreadPolicy:
         if check_threads(threads, "threads") or self.threads:
             return 1
         cores = self.cores or available_cores()
-        return 2 * cores if cores > 1 and self.free_cores() < cores else 1
+        return self.block_scan_threads() if cores > 1 and self.free_cores() < cores else 1
+
+    def block_scan_threads(self, threads: int | None = None) -> int:
+        """Threads for a scan whose threads each take their own row blocks and meet once at the end (the int8
+        scan's usearch threads; exact search on a busy machine): ``threads`` (or the policy's fixed count) where
+        given, else two per core, busy or not: a descheduled thread then holds nobody up, and usearch's scan was
+        faster with two threads per core even on a quiet machine (docs/scale.md)."""
+        explicit = check_threads(threads, "threads") or self.threads
+        if explicit:
+            return explicit
+        cores = self.cores or available_cores()
+        return 2 * cores if cores > 1 else 1
 
     @contextlib.contextmanager
     def limit(self, stage: Stage = "compute", threads: int | None = None) -> Iterator[int]:

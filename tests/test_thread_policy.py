@@ -135,7 +135,7 @@ def test_index_search_runs_at_the_policy_threads(restore_policy, monkeypatch):
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)  # restored after each search
 
 
-def test_one_int8_query_scans_with_two_threads_per_core_on_a_busy_machine(restore_policy, monkeypatch):
+def test_one_int8_query_scans_with_two_threads_per_core(restore_policy, monkeypatch):
     import usearch.index
 
     seen = []
@@ -155,8 +155,10 @@ def test_one_int8_query_scans_with_two_threads_per_core_on_a_busy_machine(restor
     busy = index.search(queries[:1], 5)
     index.search(queries[:1], 5, threads=1)
     index.search(queries, 5)
-    # quiet: the free cores; busy: row blocks over two threads per core; an explicit count and a batch: as the policy
-    assert seen == [2, 4, 1, 1]
+    # one query: row blocks over two threads per core, quiet or busy; an explicit count and a batch: as the policy
+    assert seen == [4, 4, 1, 1]
+    assert ThreadPolicy(threads=3, cores=2).block_scan_threads() == 3
+    assert ThreadPolicy(cores=1).block_scan_threads() == 1
     assert torch.equal(quiet[1], busy[1])
 
 

@@ -451,11 +451,13 @@ class EmbeddingIndex(BaseIndex):
             _check_rankable_rows(queries, "The query embeddings")
         queries = torch.nn.functional.normalize(queries, dim=1)
         with thread_limit("search", threads):
-            # One query's scan (exact, or over int8 codes) may take more threads than the free cores on a busy machine.
-            workers = get_thread_policy().scan_workers(threads) if len(queries) == 1 else 1
+            # One query's scan may take more threads than the free cores: its threads meet only at the end.
+            policy, single = get_thread_policy(), len(queries) == 1
             if self.vector_search is not None and not exact:
+                workers = policy.block_scan_threads(threads) if single else 1
                 scores, rows = self.vector_search.search(queries, int(top_k), self.embeddings, workers=workers)
             else:
+                workers = policy.scan_workers(threads) if single else 1
                 scores, rows = exact_search(queries, self._tensor, int(top_k), workers=workers)
         if torch.isnan(scores).any():
             # Rows are checked when an index is built; NaN rows in a stored index mean it was altered on disk.

@@ -195,8 +195,7 @@ class VectorSearch:
         """Rows of the ``count`` best candidates per query ``[Q, count]`` (``-1`` where the index found fewer).
 
         ``workers``: threads for the int8 scan where more than torch's current count (see
-        :meth:`~mm_sbert.ThreadPolicy.scan_workers`: two per core while other processes keep cores busy; usearch
-        hands each thread its own rows and merges once, so a descheduled thread holds nobody up).
+        :meth:`~mm_sbert.ThreadPolicy.block_scan_threads`: usearch hands each thread its own rows and merges once).
         """
         from sentence_transformers.util.quantization import quantize_embeddings
 
