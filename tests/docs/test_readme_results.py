@@ -65,3 +65,28 @@ def test_the_readme_flickr8k_row_quotes_the_committed_ensemble_runs():
         *flickr8k_row(seed1 + "_top_k", "Sep+Coop", k=5),
         *flickr8k_row(rerun2, "Sep+Coop", k=5),
     ]
+
+
+def test_the_readme_latency_row_quotes_the_committed_busy_run():
+    results = json.loads(
+        (ROOT / "benchmarks" / "results" / "retrieval_latency_busy_all_9_regions.json").read_text(encoding="utf-8")
+    )
+    rows = [method["seconds"] for method in results["search"]["1000000"]["methods"].values()]
+    rows += list(results["coop"]["pipelines"].values())
+    ratios = [row["busy, policy"] / row["quiet, policy"] for row in rows]
+    worst_all_cores = max(row["busy, all cores"] / row["quiet, policy"] for row in rows)
+    coop = results["coop"]["pipelines"]["Coop k=20, rerank eager PyTorch bfloat16, query encoded in bfloat16 too"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith("| one text query: search backends")]
+    quoted = re.search(
+        r"Coop \(9 regions, (\d+\.\d) ms quiet\) stay within (\d+\.\d\d)-(\d+\.\d\d)x of their quiet latency in one "
+        r"run \(the thread policy; every core instead: up to (\d+\.\d)x here",
+        row,
+    )
+    assert quoted, row
+    assert [float(value) for value in quoted.groups()] == [
+        round(coop["quiet, policy"] * 1e3, 1),
+        round(min(ratios), 2),
+        round(max(ratios), 2),
+        round(worst_all_cores, 1),
+    ]
