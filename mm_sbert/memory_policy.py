@@ -1,12 +1,11 @@
 """Keep memory that tensors free for the next tensors instead of handing it back to the OS (glibc's malloc).
 
-PyTorch allocates CPU tensors with ``malloc``. glibc serves a block above its mmap threshold from a fresh mapping and
-returns free memory at the top of its heap to the OS once more than its trim threshold lies there, so inference
+PyTorch allocates CPU tensors with ``malloc``. glibc serves a block above its mmap threshold from a fresh mapping
+and returns free memory at the top of its heap to the OS once more than its trim threshold lies there, so inference
 that allocates a few MB of activations per layer, freshly for each query, pays page faults and the zeroing of new
-pages for most of them on every call: a kernel-side cost that grows with the batch and that a busy machine's
-scheduler charges twice. :func:`retain_freed_memory` raises both thresholds once per process, so those blocks come
-from the heap and stay there; what it costs is the free memory the heap keeps (at most ``retained_bytes`` at its
-top).
+pages for most of them on every call, a kernel-side cost that grows with the batch. :func:`retain_freed_memory`
+raises both thresholds once per process, so those blocks come from the heap and stay there; what it costs is the
+free memory the heap keeps (at most ``retained_bytes`` at its top).
 
 A process-wide setting, so it is applied where mm_sbert owns the process or is asked to: the ``mm-sbert`` command
 line, and :class:`~mm_sbert.CooperativeRetriever` (``retain_freed_memory=True``, its default). It is left alone where

@@ -155,16 +155,16 @@ class ThreadPolicy:
         return self.free_cores()
 
     def scan_workers(self, threads: int | None = None) -> int:
-        """Threads for one query's scan handed out in row blocks (``exact_search(workers=...)``, and the int8 scan,
-        whose usearch threads each take their own rows), or 1 for the plain matrix-vector product split by BLAS.
+        """Threads for one query's exact scan handed out in row blocks (``exact_search(workers=...)``), or 1 for the
+        plain matrix-vector product split by BLAS.
 
         On a quiet machine (and with an explicit ``threads``) 1: BLAS splits the product over the free cores, the
         fastest way there. When other processes keep some cores busy, two threads per core, taking row blocks as
         they come free: a thread descheduled by another process then holds nobody up at a barrier, and the scan
         gets the contended core's share that its runnable threads are due. With one spinning process on 2 cores
         this took one 1M x 384 query from 1.9x to about 1.4x its quiet time (benchmarks/results/
-        retrieval_latency_busy.md). Only these scans do this: their threads never wait for each other before the
-        end, where the layers of a model meet at a barrier after every operation.
+        retrieval_latency_busy.md). Only scans do this (see :meth:`block_scan_threads`): their threads never wait
+        for each other before the end, where the layers of a model meet at a barrier after every operation.
         """
         if check_threads(threads, "threads") or self.threads:
             return 1
