@@ -11,7 +11,8 @@ One run measures, for each collection size:
   ``--coop-ensemble N``, also an ensemble of N bfloat16 cross-encoders (``CrossEncoderEnsemble``) reranking the top
   5, 10 and 20 (``--coop-ensemble-ks``), beside one cross-encoder at the same k.
 - Each of those **quiet and busy**: the benchmark starts ``--competing-processes`` CPU-bound processes (one core
-  each) for the busy column and stops them after; each with the library's thread policy (``threads=None``) and
+  each) for the busy column and pauses them (SIGSTOP) for the quiet one, alternating in ``--condition-blocks``
+  blocks per cell; each with the library's thread policy (``threads=None``) and
   with every core (``threads=<cores>``, the old default), with the busy / quiet ratio of the policy.
 - **Cross-encoder** cost per (caption, 49-region image) pair at ``--threads`` (quiet): eager PyTorch float32 and
   bfloat16, ONNX Runtime float32 and int8 weights, for all-MiniLM-L6-v2 (and a BERT-base-size model with random
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import shlex
 import shutil
@@ -185,6 +187,13 @@ def onnx_available() -> str | None:
 # ---------------------------------------------------------------------------------------------------- sections
 
 
+def condition_blocks(blocks: int, repeats: int) -> tuple[int, int]:
+    """``(blocks, timings per block)`` of a cell of ``repeats`` timings: at most one block per timing, and every block
+    the same size (so a cell may hold a few more than ``repeats``)."""
+    blocks = max(1, min(blocks, repeats))
+    return blocks, -(-repeats // blocks)
+
+
 def measure_conditions(args, search: Callable[[int, int | None], object], repeats: int) -> dict:
     """Median seconds of ``search(i, threads)`` quiet and under the competing load, each with the library's thread
     policy (``threads=None``) and with every core (``threads=cores``, what the package did before the policy).
@@ -193,15 +202,17 @@ def measure_conditions(args, search: Callable[[int, int | None], object], repeat
     so a drift of the machine's speed during the measurement (other tenants of a VM) reaches both alike; each cell is
     the median over all its blocks."""
     cores = available_cores()
-    blocks = max(1, min(args.condition_blocks, repeats))
-    per_block = -(-repeats // blocks)
+    blocks, per_block = condition_blocks(args.condition_blocks, repeats)
     samples: dict[str, list[float]] = {
         f"{condition}, {mode}": [] for condition in CONDITIONS for mode in ("policy", "all cores")
     }
     with CompetingLoad(args.competing_processes) as load:
         for _ in range(blocks):
             for condition in CONDITIONS:
-                load.resume() if condition == "busy" else load.pause()
+                if condition == "busy":
+                    load.resume()
+                else:
+                    load.pause()
                 for mode, threads in (("policy", None), ("all cores", cores)):
                     samples[f"{condition}, {mode}"] += timings(lambda i, t=threads: search(i, t), per_block)
     return {cell: statistics.median(seconds) for cell, seconds in samples.items()}
@@ -707,8 +718,11 @@ def main() -> None:
         f"Command: `python {shlex.join(sys.argv)}`",
         "",
         f"Machine: {machine_line(info)}. Load average (1 / 5 / 15 min) at the start {start_load}, at the end "
-        f"{data['load_average_end']}; the run took {data['minutes']} min. Latencies are medians of {args.repeats} "
-        f"single-query searches / {args.ce_repeats} Coop searches after a warm-up; recall@{TOP_K} is against exact "
+        f"{data['load_average_end']}; the run took {data['minutes']} min. Latencies of the quiet / busy tables are "
+        "medians of "
+        f"{math.prod(condition_blocks(args.condition_blocks, args.repeats))} single-query searches / "
+        f"{math.prod(condition_blocks(args.condition_blocks, args.ce_repeats))} Coop searches per cell after a "
+        f"warm-up per block; recall@{TOP_K} is against exact "
         f"search over {len(queries)} queries. Freed memory "
         + (
             "retained (mm_sbert.memory_policy.retain_freed_memory, the default)"
